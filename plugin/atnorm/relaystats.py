@@ -22,10 +22,12 @@ class RelayStats:
         self.connections_active = 0
         self.connections_rejected = 0  # over max connections
         self.bytes_received = 0
+        self.records_received = 0
         self.frames: Counter[str] = Counter()  # by mode: message, forward, packed_forward, compressed_packed_forward, heartbeat
         self.protocol_errors: Counter[str] = Counter()  # by kind: malformed, oversize, decompress_limit, auth, idle_timeout, ...
         self.acks_sent = 0
         self.duplicate_chunks = 0
+        self.handler_failures = 0  # chunks not handed on (handler said no or failed): left unacked for a resend
         # outbound
         self.bytes_sent = 0
         self.chunks_sent = 0
@@ -56,10 +58,12 @@ class RelayStats:
             "connections_active": self.connections_active,
             "connections_rejected": self.connections_rejected,
             "bytes_received": self.bytes_received,
+            "records_received": self.records_received,
             "frames": dict(self.frames),
             "protocol_errors": dict(self.protocol_errors),
             "acks_sent": self.acks_sent,
             "duplicate_chunks": self.duplicate_chunks,
+            "handler_failures": self.handler_failures,
             "bytes_sent": self.bytes_sent,
             "chunks_sent": self.chunks_sent,
             "chunks_acked": self.chunks_acked,
