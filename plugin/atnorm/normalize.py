@@ -1,0 +1,440 @@
+"""Normalization: small named steps that bring drifting real-world events to canonical form.
+
+Two stages, each a chain of steps configured once (structlog-style):
+- `find_event` looks through envelopes (`payload`, `line`, a JSON string in `log` /
+  `message`) and flattened dotted keys to the event inside a record; it never changes the
+  record it was given.
+- `Normalizer.normalize` works on a copy of the event: trims stray whitespace, makes
+  `eventTime` canonical, coerces type drift, case-folds enumerated values, fixes
+  `typeURI`s, and finally adds derived fields under one key without overwriting any
+  source field.
+Every change is named (`unwrap:payload`, `coerce:/reason/reasonCode`, …) in the list of
+fixes, which the pipeline counts and can attach to the record.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .eventmodel import EVENT_MARKERS
+
+Fixes = List[str]
+Step = Callable[[Dict[str, Any], Fixes], None]
+
+# ---------------------------------------------------------------------------------------
+# Stage 1: find the event inside a record
+
+
+def is_event(record: Dict[str, Any]) -> bool:
+    """An Activity Tracker event carries at least two of action, initiator and target.
+
+    One of them alone is too common in other logs (an app's own `action` field) to mean
+    the record is an audit event; two make it one, and a missing third is then a reason
+    to reject rather than to pass the record on unchecked.
+    """
+    return sum(1 for key in EVENT_MARKERS if key in record) >= 2
+
+
+def _json_object(text: Any) -> Optional[Dict[str, Any]]:
+    if not isinstance(text, str):
+        return None
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _unwrap_payload(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    payload = record.get("payload")
+    if not isinstance(payload, dict):
+        payload = _json_object(payload)
+    if payload is None:
+        return None
+    # Legacy envelope: logSourceCRN, saveServiceCopy and meta sit beside the event.
+    event = dict(payload)
+    for key, value in record.items():
+        if key != "payload" and key not in event:
+            event[key] = value
+    return event
+
+
+def _unwrap_line(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    line = record.get("line")
+    return line if isinstance(line, dict) else _json_object(line)
+
+
+def _unwrap_string_field(name: str) -> Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    def unwrap(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        return _json_object(record.get(name))
+    return unwrap
+
+
+UNWRAPPERS: Sequence[Tuple[str, Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]]] = (
+    ("unwrap:payload", _unwrap_payload),
+    ("unwrap:line", _unwrap_line),
+    ("unwrap:log", _unwrap_string_field("log")),
+    ("unwrap:message", _unwrap_string_field("message")),
+)
+MAX_UNWRAP_DEPTH = 3
+
+
+def unflatten(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """`{"initiator.id": x}` → `{"initiator": {"id": x}}`; None when no key is dotted.
+
+    A dotted key that would clash with a non-object value is left as it is.
+    """
+    if not any("." in key for key in record):
+        return None
+    result: Dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in record.items() if "." not in k}
+    for key, value in record.items():
+        if "." not in key:
+            continue
+        parts = key.split(".")
+        node = result
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                node = None  # type: ignore[assignment]
+                break
+            else:
+                child = node[part] = dict(child)
+            node = child
+        if node is None or parts[-1] in node:
+            result[key] = value
+        else:
+            node[parts[-1]] = value
+    return result
+
+
+def find_event(record: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
+    """The event a record carries: itself, or what an envelope holds. `record` is not changed."""
+    event = record
+    for _ in range(MAX_UNWRAP_DEPTH):
+        if "action" in event:
+            break
+        for fix, unwrap in UNWRAPPERS:
+            inner = unwrap(event)
+            if inner is not None and (is_event(inner) or _unwrappable(inner)):
+                event = inner
+                fixes.append(fix)
+                break
+        else:
+            break
+    flat = unflatten(event)
+    if flat is not None:
+        fixes.append("unflatten")
+        event = flat
+    return event
+
+
+def _unwrappable(inner: Dict[str, Any]) -> bool:
+    # An envelope inside an envelope (e.g. a `log` string holding a `payload` record).
+    return "payload" in inner or "line" in inner or any("." in k for k in inner)
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 2: steps on a working copy of the event
+
+# Nested objects some step may change; the working copy copies them so the original
+# record stays untouched.
+_COPIED = ("initiator", "target", "reason", "observer")
+_COPIED_DEEPER = (("initiator", "host"), ("initiator", "credential"))
+
+
+def working_copy(event: Dict[str, Any]) -> Dict[str, Any]:
+    work = dict(event)
+    for key in _COPIED:
+        value = work.get(key)
+        if isinstance(value, dict):
+            work[key] = dict(value)
+    for outer, inner in _COPIED_DEEPER:
+        parent = work.get(outer)
+        if isinstance(parent, dict) and isinstance(parent.get(inner), dict):
+            parent[inner] = dict(parent[inner])
+    return work
+
+
+def _get(record: Dict[str, Any], path: Tuple[str, ...]) -> Tuple[Optional[Dict[str, Any]], Any]:
+    node: Any = record
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and path[-1] in node:
+        return node, node[path[-1]]
+    return None, None
+
+
+def _pointer(path: Tuple[str, ...]) -> str:
+    return "/" + "/".join(path)
+
+
+TRIMMED_FIELDS = (
+    ("action",), ("outcome",), ("severity",), ("eventTime",), ("message",), ("logSourceCRN",),
+    ("initiator", "id"), ("initiator", "name"), ("initiator", "typeURI"),
+    ("initiator", "host", "address"), ("initiator", "credential", "type"),
+    ("target", "id"), ("target", "name"), ("target", "typeURI"), ("observer", "name"),
+)
+
+
+def trim_whitespace(work: Dict[str, Any], fixes: Fixes) -> None:
+    for path in TRIMMED_FIELDS:
+        node, value = _get(work, path)
+        if node is not None and isinstance(value, str) and value and (value[0].isspace() or value[-1].isspace()):
+            node[path[-1]] = value.strip()
+            fixes.append("trim:" + _pointer(path))
+
+
+_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
+    r"\s*(Z|z|UTC|[+-]\d{2}(?::?\d{2})?)?"
+)
+_UTC = _dt.timezone.utc
+
+
+def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
+    """A function turning any eventTime we can read into canonical form, or None.
+
+    Canonical: UTC, `+0000`, exactly `fraction_digits` fractional digits (0 to 9).
+    Specialised here so the per-record path does no option checks.
+    """
+    if not 0 <= fraction_digits <= 9:
+        raise ValueError("fraction digits must be 0 to 9")
+
+    def fraction(nanos: int) -> str:
+        if fraction_digits == 0:
+            return ""
+        return "." + f"{nanos:09d}"[:fraction_digits]
+
+    def from_datetime(moment: _dt.datetime, nanos: int) -> str:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction(nanos) + "+0000"
+
+    def canonical(value: Any) -> Optional[str]:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, (int, float)):
+            # Epoch seconds, or milliseconds when too large to be seconds.
+            seconds = value / 1000 if abs(value) > 1e11 else value
+            try:
+                moment = _dt.datetime.fromtimestamp(int(seconds // 1), _UTC)
+            except (OverflowError, OSError, ValueError):
+                return None
+            return from_datetime(moment, int(round((seconds % 1) * 1e9)) % 1_000_000_000)
+        if not isinstance(value, str):
+            return None
+        match = _TIME.fullmatch(value.strip())
+        if match is None:
+            return None
+        year, month, day, hour, minute, second, frac, zone = match.groups()
+        try:
+            moment = _dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
+                                  min(int(second), 59))
+        except ValueError:
+            return None
+        if zone and zone not in ("Z", "z", "UTC"):
+            sign = -1 if zone[0] == "-" else 1
+            digits = zone[1:].replace(":", "")
+            offset = _dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+            moment -= sign * offset
+        nanos = int((frac or "")[:9].ljust(9, "0"))
+        return from_datetime(moment, nanos)
+
+    return canonical
+
+
+def make_event_time_step(fraction_digits: int) -> Step:
+    canonical = make_time_formatter(fraction_digits)
+
+    def event_time(work: Dict[str, Any], fixes: Fixes) -> None:
+        value = work.get("eventTime")
+        if value is None:
+            return
+        fixed = canonical(value)
+        if fixed is not None and fixed != value:
+            work["eventTime"] = fixed
+            fixes.append("eventTime")
+    return event_time
+
+
+_TRUE = frozenset({"true", "True", "TRUE", "yes"})
+_FALSE = frozenset({"false", "False", "FALSE", "no"})
+
+
+def coerce_types(work: Dict[str, Any], fixes: Fixes) -> None:
+    reason = work.get("reason")
+    if isinstance(reason, dict):
+        code = reason.get("reasonCode")
+        if isinstance(code, str) and code.strip().isdigit():
+            reason["reasonCode"] = int(code)
+            fixes.append("coerce:/reason/reasonCode")
+    for key in ("dataEvent", "saveServiceCopy"):
+        value = work.get(key)
+        if isinstance(value, str):
+            text = value.strip()
+            if text in _TRUE or text in _FALSE:
+                work[key] = text in _TRUE
+                fixes.append("coerce:/" + key)
+    for key in ("requestData", "responseData"):
+        value = work.get(key)
+        if isinstance(value, str):
+            parsed = _json_object(value)
+            if parsed is not None:
+                work[key] = parsed
+                fixes.append("coerce:/" + key)
+
+
+CASE_FOLDED_FIELDS = (("outcome",), ("severity",), ("initiator", "credential", "type"))
+
+
+def casefold_enums(work: Dict[str, Any], fixes: Fixes) -> None:
+    for path in CASE_FOLDED_FIELDS:
+        node, value = _get(work, path)
+        if node is not None and isinstance(value, str) and not value.islower() and value.lower() != value:
+            node[path[-1]] = value.lower()
+            fixes.append("casefold:" + _pointer(path))
+
+
+def fix_type_uris(work: Dict[str, Any], fixes: Fixes) -> None:
+    for path in (("initiator", "typeURI"), ("target", "typeURI")):
+        node, value = _get(work, path)
+        if node is not None and isinstance(value, str) and value.startswith("/"):
+            node[path[-1]] = value.lstrip("/")
+            fixes.append("typeURI:" + _pointer(path))
+
+
+# ---------------------------------------------------------------------------------------
+# Derived fields
+
+DERIVED_FIELDS = ("service", "objectType", "verb", "region", "account", "crnServiceName", "resourceType")
+_ZONE_SUFFIX = re.compile(r"-[0-9]+$")
+
+
+def parse_crn(value: Any) -> Optional[Dict[str, str]]:
+    """`crn:v1:cname:ctype:service-name:location:scope:instance:resource-type:resource` → parts.
+
+    Tolerates a missing `crn:` prefix; empty segments become absent keys.
+    """
+    if not isinstance(value, str):
+        return None
+    parts = value.split(":")
+    if parts and parts[0] != "crn":
+        parts = ["crn"] + parts
+    if len(parts) < 7 or parts[1] != "v1":
+        return None
+    parts += [""] * (10 - len(parts))
+    out: Dict[str, str] = {}
+    if parts[4]:
+        out["crnServiceName"] = parts[4]
+    if parts[5]:
+        out["region"] = _ZONE_SUFFIX.sub("", parts[5])
+    if parts[6].startswith("a/") and len(parts[6]) > 2:
+        out["account"] = parts[6][2:]
+    if parts[8]:
+        out["resourceType"] = parts[8]
+    return out
+
+
+def derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, str]:
+    """Service, object type and verb from the action; region, account, … from the CRNs."""
+    derived: Dict[str, str] = {}
+    action = work.get("action")
+    if isinstance(action, str) and action.count(".") >= 2:
+        parts = action.split(".")
+        service = service or parts[0]
+        rest = action[len(service) + 1:].split(".") if action.startswith(service + ".") else parts[1:]
+        derived["service"] = service
+        derived["objectType"] = ".".join(rest[:-1])
+        derived["verb"] = rest[-1]
+    target = work.get("target")
+    crn = parse_crn(target.get("id")) if isinstance(target, dict) else None
+    source = parse_crn(work.get("logSourceCRN"))
+    for parsed in (crn, source):
+        if parsed:
+            for key, value in parsed.items():
+                derived.setdefault(key, value)
+    return derived
+
+
+class Normalizer:
+    """The configured chain of steps. Build once; `normalize` runs per record."""
+
+    def __init__(self, *, fraction_digits: int = 3, derived_fields: Sequence[str] = DERIVED_FIELDS,
+                 annotation_key: Optional[str] = "atnorm", record_fixes: bool = True,
+                 aliases: Optional[Dict[str, str]] = None) -> None:
+        unknown = set(derived_fields) - set(DERIVED_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
+        self.steps: List[Step] = []
+        if aliases:
+            self.steps.append(_make_alias_step(aliases))
+        self.steps += [trim_whitespace, make_event_time_step(fraction_digits), coerce_types,
+                       casefold_enums, fix_type_uris]
+        self.derived_fields = tuple(derived_fields)
+        self.annotation_key = annotation_key
+        self.record_fixes = record_fixes
+
+    def normalize(self, event: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
+        """A normalized copy of `event`; the names of the changes are appended to `fixes`."""
+        work = working_copy(event)
+        for step in self.steps:
+            step(work, fixes)
+        return work
+
+    def annotate(self, work: Dict[str, Any], service: Optional[str], fixes: Fixes) -> None:
+        """Add derived fields (and the fixes) under the annotation key, if it is free."""
+        key = self.annotation_key
+        if key is None or key in work:
+            return
+        annotation: Dict[str, Any] = {}
+        if self.derived_fields:
+            derived = derive(work, service)
+            annotation.update((k, derived[k]) for k in self.derived_fields if k in derived)
+        if self.record_fixes and fixes:
+            annotation["fixes"] = list(fixes)
+        if annotation:
+            work[key] = annotation
+
+
+def _writable_parent(work: Dict[str, Any], path: Tuple[str, ...], create: bool) -> Optional[Dict[str, Any]]:
+    """The dict holding `path[-1]`, copied along the way so the original stays untouched."""
+    node = work
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None and create:
+            child = {}
+        elif not isinstance(child, dict):
+            return None
+        else:
+            child = dict(child)
+        node[part] = child
+        node = child
+    return node
+
+
+def _make_alias_step(aliases: Dict[str, str]) -> Step:
+    """Rename source keys (dotted paths) to the model's names before validation."""
+    pairs = [(tuple(src.split(".")), tuple(dst.split("."))) for src, dst in aliases.items()]
+
+    def rename(work: Dict[str, Any], fixes: Fixes) -> None:
+        for src, dst in pairs:
+            holder, _ = _get(work, src)
+            if holder is None:
+                continue
+            source_parent = _writable_parent(work, src, create=False)
+            if source_parent is None:
+                continue
+            value = source_parent.pop(src[-1])
+            target_parent = _writable_parent(work, dst, create=True)
+            if target_parent is None or dst[-1] in target_parent:
+                source_parent[src[-1]] = value  # the model's own field wins; keep both
+                continue
+            target_parent[dst[-1]] = value
+            fixes.append("alias:" + _pointer(src))
+    return rename

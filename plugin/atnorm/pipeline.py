@@ -1,0 +1,241 @@
+"""The filter core: record → accepted | rejected (with reasons) | passed through.
+
+Contract (design/event-model.md): every record that enters leaves as exactly one of
+- accepted: valid after normalization, in canonical form;
+- rejected: the original record, untouched, plus the reasons;
+- passed: not an Activity Tracker event at all, unchanged.
+accepted + rejected + passed = received, and `stats` says so.
+
+Everything that can be decided at start-up is: rules are compiled to predicates, levels
+and policies are resolved into per-service rule lists, so `process` only runs checks.
+The reference validator (python-jsonschema) is asked only to explain a rejection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .normalize import DERIVED_FIELDS, Normalizer, find_event, is_event
+from .rules import Rule, RuleSet, SchemaDocument
+from .stats import FilterStats
+from .verdict import ACCEPTED, PASSED, REJECTED, RejectReason, Verdict
+
+MODES = ("enforce", "warn", "off")
+UNKNOWN_ACTION_POLICIES = ("reject", "warn", "pass")
+UNKNOWN_SERVICE_POLICIES = ("warn", "reject", "pass")
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+
+UNKNOWN_SERVICE = "unknown_service"
+UNKNOWN_ACTION = "unknown_action"
+
+
+@dataclass
+class ServicePolicy:
+    """How strictly one service (or, as the default, every service) is checked."""
+
+    mode: str = "enforce"  # enforce: failures reject; warn: failures are warnings; off: no service rules
+    unknown_action: str = "reject"  # reject | warn (accept, counted) | pass (pass through unchecked)
+    rule_levels: Dict[str, str] = field(default_factory=dict)  # short rule name → level
+
+
+@dataclass
+class FilterSettings:
+    """Everything that shapes the filter, resolved once at start-up."""
+
+    schema_dirs: List[Path] = field(default_factory=list)  # empty: the bundled schemas
+    default_policy: ServicePolicy = field(default_factory=ServicePolicy)
+    services: Dict[str, ServicePolicy] = field(default_factory=dict)
+    envelope_levels: Dict[str, str] = field(default_factory=dict)
+    unknown_service: str = "warn"  # warn: envelope only, accepted with a warning
+    fraction_digits: int = 3
+    derived_fields: Sequence[str] = DERIVED_FIELDS
+    annotation_key: Optional[str] = "atnorm"
+    record_fixes: bool = True
+    aliases: Dict[str, str] = field(default_factory=dict)
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+
+
+def bundled_schema_dir() -> Path:
+    from .schemagen import bundled_dir
+
+    return bundled_dir() / "generated"
+
+
+@dataclass
+class _CompiledService:
+    document: SchemaDocument
+    policy: ServicePolicy
+    enforce: List[Rule]
+    warn: List[Rule]
+    action_rule: Optional[Rule]
+
+
+def _record_error(rule: str, message: str) -> RejectReason:
+    return RejectReason("", rule, message)
+
+
+class EventFilter:
+    """Filters records; build once with `from_schemas`, then call `process` per record."""
+
+    def __init__(self, rules: RuleSet, settings: Optional[FilterSettings] = None,
+                 stats: Optional[FilterStats] = None) -> None:
+        self.settings = settings or FilterSettings()
+        self.rules = rules
+        self.stats = stats or FilterStats()
+        s = self.settings
+        self.normalizer = Normalizer(fraction_digits=s.fraction_digits, derived_fields=s.derived_fields,
+                                     annotation_key=s.annotation_key, record_fixes=s.record_fixes,
+                                     aliases=s.aliases or None)
+        envelope = rules.envelope.rules
+        self._envelope_enforce = [r for r in envelope if r.level == "enforce"]
+        self._envelope_warn = [r for r in envelope if r.level == "warn"]
+        self._services: Dict[str, _CompiledService] = {
+            name: self._compile_service(document) for name, document in rules.services.items()
+        }
+        self._service_cache: Dict[str, Optional[str]] = {}
+
+    @classmethod
+    def from_schemas(cls, schema_dirs: Optional[Sequence[Path]] = None,
+                     settings: Optional[FilterSettings] = None,
+                     stats: Optional[FilterStats] = None) -> "EventFilter":
+        """Load the bundled schemas (and any extra directories) and build the filter."""
+        settings = settings or FilterSettings()
+        directories = [bundled_schema_dir()] + [Path(d) for d in (schema_dirs or settings.schema_dirs)]
+        levels: Dict[str, Dict[str, str]] = {"envelope": dict(settings.envelope_levels)}
+        for name, policy in settings.services.items():
+            levels[name] = dict(policy.rule_levels)
+        return cls(RuleSet.load(directories, levels), settings, stats)
+
+    def _compile_service(self, document: SchemaDocument) -> _CompiledService:
+        policy = self.settings.services.get(document.name, self.settings.default_policy)
+        enforce: List[Rule] = []
+        warn: List[Rule] = []
+        action_rule = document.rule("action")
+        if policy.mode != "off":
+            for rule in document.rules:
+                if rule is action_rule or rule.level == "off":
+                    continue  # the action is checked by set membership, below
+                if rule.level == "enforce" and policy.mode == "enforce":
+                    enforce.append(rule)
+                else:
+                    warn.append(rule)
+        return _CompiledService(document, policy, enforce, warn, action_rule)
+
+    def _service_of(self, action: Any) -> Optional[str]:
+        if not isinstance(action, str):
+            return None
+        try:
+            return self._service_cache[action]
+        except KeyError:
+            service = self.rules.service_for(action)
+            if len(self._service_cache) < 10_000:  # actions come from traffic: stay bounded
+                self._service_cache[action] = service
+            return service
+
+    # -- the per-record path ---------------------------------------------------------
+
+    def process(self, record: Any) -> Verdict:
+        """Decide one parsed record's fate and count it."""
+        verdict = self._decide(record)
+        self.stats.count(verdict)
+        return verdict
+
+    def _decide(self, record: Any) -> Verdict:
+        if type(record) is not dict:
+            kind = type(record).__name__ if record is not None else "null"
+            return Verdict(REJECTED, record,
+                           reasons=[_record_error("record.type", f"a record must be a JSON object, not {kind}")])
+        fixes: List[str] = []
+        event = find_event(record, fixes)
+        if not is_event(event):
+            return Verdict(PASSED, record)
+        work = self.normalizer.normalize(event, fixes)
+
+        failed: List[Tuple[Rule, Optional[str]]] = []
+        warnings: List[str] = []
+        for rule in self._envelope_enforce:
+            if not rule.check(work):
+                failed.append((rule, None))
+        for rule in self._envelope_warn:
+            warnings += rule.warning_kinds(work)
+
+        action = work.get("action")
+        service = self._service_of(action)
+        if service is None:
+            if self.settings.unknown_service == "pass":
+                return Verdict(PASSED, record)
+            if self.settings.unknown_service == "reject":
+                unknown = RejectReason("/action", "unknown_service",
+                                       f"no schema declares the service of {action!r}")
+                return self._rejected(record, work, failed, [unknown], None, warnings, fixes)
+            warnings.append(UNKNOWN_SERVICE)
+        else:
+            compiled = self._services[service]
+            if compiled.policy.mode != "off" and action not in compiled.document.actions:
+                self.stats.count_unknown_action(service, action)
+                policy = compiled.policy.unknown_action
+                if policy == "pass":
+                    return Verdict(PASSED, record, service=service, action=action)
+                if policy == "reject" and compiled.policy.mode == "enforce" and compiled.action_rule is not None:
+                    failed.append((compiled.action_rule, compiled.document.nearest_action(action)))
+                else:
+                    warnings.append(UNKNOWN_ACTION)
+            for rule in compiled.enforce:
+                if not rule.check(work):
+                    failed.append((rule, None))
+            for rule in compiled.warn:
+                warnings += rule.warning_kinds(work)
+
+        if failed:
+            return self._rejected(record, work, failed, [], service, warnings, fixes)
+        self.normalizer.annotate(work, service, fixes)
+        return Verdict(ACCEPTED, work, service=service, action=action, warnings=warnings,
+                       fixes=fixes, event_time=work.get("eventTime"))
+
+    @staticmethod
+    def _rejected(record: Any, work: Dict[str, Any], failed: List[Tuple[Rule, Optional[str]]],
+                  reasons: List[RejectReason], service: Optional[str], warnings: List[str],
+                  fixes: List[str]) -> Verdict:
+        """The rejection of `record`: reasons from the reference validator, on the normalized form."""
+        for rule, suggestion in failed:
+            reasons += rule.reasons(work, suggestion) or [
+                RejectReason("", rule.name, f"does not satisfy {rule.name}", suggestion)]
+        action = work.get("action")
+        return Verdict(REJECTED, record, service=service, action=action if isinstance(action, str) else None,
+                       reasons=reasons, warnings=warnings, fixes=fixes)
+
+    def process_json(self, line: Any) -> Verdict:
+        """Decide one JSON document given as bytes or text; unreadable input is rejected."""
+        limit = self.settings.max_record_bytes
+        if isinstance(line, (bytes, bytearray, memoryview)):
+            raw = bytes(line)
+            if len(raw) > limit:
+                return self._count(self._unreadable(raw, "record.size",
+                                                    f"record of {len(raw)} bytes is over the {limit}-byte limit"))
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return self._count(self._unreadable(raw, "record.encoding",
+                                                    f"invalid UTF-8 at byte {exc.start}: {exc.reason}"))
+        else:
+            text = str(line)
+            if len(text) > limit:
+                return self._count(self._unreadable(text, "record.size",
+                                                    f"record of {len(text)} characters is over the {limit}-byte limit"))
+        try:
+            record = json.loads(text)
+        except ValueError as exc:
+            return self._count(self._unreadable(text, "record.json", f"not JSON: {exc}"))
+        return self.process(record)
+
+    def _count(self, verdict: Verdict) -> Verdict:
+        self.stats.count(verdict)
+        return verdict
+
+    @staticmethod
+    def _unreadable(raw: Any, rule: str, message: str) -> Verdict:
+        original = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+        return Verdict(REJECTED, original, reasons=[_record_error(rule, message)])
