@@ -104,7 +104,8 @@ class AtnormCollector(Collector):
         yield rejections
 
         warnings = CounterMetricFamily(
-            "atnorm_warnings", "Warnings on accepted records, by kind.", labels=["kind"])
+            "atnorm_warnings", "Warnings the filter raised, by kind (a record may carry several).",
+            labels=["kind"])
         for kind, count in sorted(_copy(stats.warnings).items()):
             warnings.add_metric([kind], count)
         yield warnings
@@ -143,6 +144,8 @@ class AtnormCollector(Collector):
                       stats.connections_rejected)
         yield counter("atnorm_received_bytes", "Bytes read from forward connections.",
                       stats.bytes_received)
+        yield counter("atnorm_received_records", "Records read from forward connections.",
+                      stats.records_received)
         frames = CounterMetricFamily("atnorm_frames", "Forward frames received, by mode.",
                                      labels=["mode"])
         frame_counts = _copy(stats.frames)
@@ -160,6 +163,10 @@ class AtnormCollector(Collector):
         yield counter("atnorm_duplicate_chunks",
                       "Chunks received again after they had been handed on (not re-sent).",
                       stats.duplicate_chunks)
+        yield counter("atnorm_handoff_failures",
+                      "Chunks that could not be handed on (spool full or failing), left unacked "
+                      "so the sender resends.",
+                      stats.handler_failures)
 
         # outbound
         yield counter("atnorm_sent_bytes", "Bytes written to the downstream aggregator.",
@@ -278,7 +285,8 @@ class MetricsServer:
             raise ConfigError(
                 f"metrics endpoint: cannot listen on {self.host}:{self.requested_port}: "
                 f"{exc.strerror or exc}", key="metrics") from None
-        self._thread = threading.Thread(target=self._server.serve_forever,
+        # A short poll interval only makes stop() prompt; requests are served at once.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
                                         name="atnorm-metrics", daemon=True)
         self._thread.start()
         return self
