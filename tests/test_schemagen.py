@@ -1,0 +1,122 @@
+"""Schemas generated from the seed pages: exact action sets, rules, determinism, staleness."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+
+from atnorm.schemagen import build_documents
+from conftest import REPO
+
+PAGES = sorted(str(p) for p in (REPO / "schemas" / "pages").glob("*.md"))
+OVERLAYS = [REPO / "schemas" / "overlays"]
+GENERATED = REPO / "schemas" / "generated"
+
+
+def documents():
+    return {rel: json.loads(text) for rel, text in build_documents(PAGES, OVERLAYS).items()}
+
+
+def test_checked_in_schemas_are_not_stale():
+    for rel, text in build_documents(PAGES, OVERLAYS).items():
+        path = GENERATED / rel
+        assert path.is_file(), f"{rel} is not checked in; run atnorm schemas build"
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path} is stale: run `atnorm schemas build schemas/pages/*.md --out schemas/generated`")
+    checked_in = {str(p.relative_to(GENERATED)) for p in GENERATED.rglob("*.json")}
+    assert checked_in == set(build_documents(PAGES, OVERLAYS))
+
+
+def test_generation_is_deterministic():
+    assert build_documents(PAGES, OVERLAYS) == build_documents(list(reversed(PAGES)), OVERLAYS)
+
+
+def test_every_document_is_a_valid_draft_2020_12_schema():
+    for document in documents().values():
+        Draft202012Validator.check_schema(document)
+        assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_vsi_seed_yields_exactly_its_20_actions():
+    vsi = documents()["services/audit-log.json"]
+    actions = vsi["$defs"]["action"]["properties"]["action"]["enum"]
+    assert len(actions) == 20
+    assert all(a.startswith("audit-log.vsi") for a in actions)
+    assert "audit-log.vsi-port-speed.update" in actions and "audit-log.vsi.pause" in actions
+
+
+def test_vmware_seed_yields_20_management_and_6_kmip_actions():
+    vmware = documents()["services/vmware-solutions.json"]
+    actions = vmware["$defs"]["action"]["properties"]["action"]["enum"]
+    kmip = [a for a in actions if ".kmip-" in a]
+    assert len(actions) == 26 and len(kmip) == 6
+    headings = {vmware["x-atnorm"]["actions"][a]["heading"] for a in kmip}
+    assert headings == {"Events for KMIP for VMware"}
+
+
+def test_vmware_region_table_becomes_a_warning_level_rule():
+    vmware = documents()["services/vmware-solutions.json"]
+    rules = {r["name"]: r["level"] for r in vmware["x-atnorm"]["rules"]}
+    assert rules["regions"] == "warn"
+    regions = vmware["x-atnorm"]["regions"]
+    assert sorted(r for r, ok in regions.items() if ok) == ["ca-tor", "eu-de", "jp-tok", "us-east", "us-south"]
+    assert sorted(r for r, ok in regions.items() if not ok) == ["au-syd", "br-sao", "eu-es", "eu-gb", "in-che", "jp-osa"]
+
+
+def test_overlay_rule_is_merged_and_enforced_by_the_document_alone():
+    vmware = documents()["services/vmware-solutions.json"]
+    assert {"$ref": "#/$defs/kmip-initiator"} in vmware["allOf"]
+    validator = Draft202012Validator(vmware)
+    kmip = {"action": "vmware-solutions.kmip-key.read",
+            "initiator": {"id": "CertificateID-" + "AB" * 20, "host": {"address": "10.0.0.1"}}}
+    assert not validator.is_valid(kmip)
+    kmip["initiator"]["host"]["address"] = ""
+    assert validator.is_valid(kmip)
+
+
+def test_envelope_has_required_and_expected_levels():
+    envelope = documents()["envelope.json"]
+    levels = {r["name"]: r["level"] for r in envelope["x-atnorm"]["rules"]}
+    assert levels == {"required": "enforce", "types": "enforce", "expected": "warn", "vocabulary": "warn"}
+    assert envelope["$defs"]["required"]["required"] == ["action", "initiator", "target", "eventTime", "outcome"]
+
+
+def test_build_command_writes_and_checks(tmp_path):
+    page = tmp_path / "svc.md"
+    page.write_text("# Events\n\n| Action | Description |\n|---|---|\n"
+                    "| `demo-svc.widget.create` | A widget is created. |\n"
+                    "| `demo-svc.widget.delete` | A widget is deleted. |\n", encoding="utf-8")
+    out = tmp_path / "out"
+    run = [sys.executable, "-m", "atnorm", "schemas", "build", str(page), "--out", str(out)]
+    assert subprocess.run(run, capture_output=True).returncode == 0
+    service = json.loads((out / "services" / "demo-svc.json").read_text())
+    assert service["x-atnorm"]["actions"].keys() == {"demo-svc.widget.create", "demo-svc.widget.delete"}
+    assert subprocess.run(run + ["--check"], capture_output=True).returncode == 0
+    (out / "services" / "demo-svc.json").write_text("{}")
+    check = subprocess.run(run + ["--check"], capture_output=True, text=True)
+    assert check.returncode == 1 and "stale" in check.stderr
+
+
+def test_build_command_reports_a_missing_page_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "atnorm", "schemas", "build", str(tmp_path / "nope.md"),
+                             "--out", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and "no such page" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_added_service_directory_is_used_by_the_filter(tmp_path):
+    from atnorm.pipeline import EventFilter
+
+    page = tmp_path / "svc.md"
+    page.write_text("| Action | Description |\n|---|---|\n| `demo-svc.widget.create` | created |\n", encoding="utf-8")
+    out = tmp_path / "out"
+    for rel, text in build_documents([str(page)], []).items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    event_filter = EventFilter.from_schemas([out])
+    event = {"action": "demo-svc.widget.craete", "initiator": {"id": "x"}, "target": {"id": "y"},
+             "eventTime": "2024-01-01T00:00:00Z", "outcome": "success"}
+    verdict = event_filter.process(event)
+    assert verdict.outcome == "rejected" and verdict.reasons[0].suggestion == "demo-svc.widget.create"
+    assert "vmware-solutions" in event_filter.rules.services  # bundled services stay
