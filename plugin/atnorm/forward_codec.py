@@ -1,0 +1,523 @@
+"""Fluent Forward protocol v1 as data: frames in, chunks out; entries, acks and handshake out.
+
+No sockets and no logging here, so the server (`forward_server`) and the sender share one
+byte-exact encoding. Strings are decoded with ``surrogateescape``: a str that is not valid
+UTF-8 (Fluentd writes gzip payloads as str32) survives decoding and re-encoding byte for
+byte, and the packers below use the same error handler to restore the original bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+import time as _time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+import msgpack
+
+try:  # optional: only needed when a sender compresses with zstd
+    import zstandard
+except ImportError:  # pragma: no cover - depends on the environment
+    zstandard = None
+
+EVENT_TIME_EXT_CODE = 0
+_EVENT_TIME = struct.Struct(">II")
+
+MESSAGE = "message"
+FORWARD = "forward"
+PACKED_FORWARD = "packed_forward"
+COMPRESSED_PACKED_FORWARD = "compressed_packed_forward"
+
+# One place for the decoding rules every unpacker in this module follows.
+_UNPACK_OPTIONS: Dict[str, Any] = {
+    "raw": False,
+    "unicode_errors": "surrogateescape",
+    "strict_map_key": False,
+}
+
+
+class ProtocolError(Exception):
+    """A peer broke the protocol. `kind` is the label it is counted under in RelayStats."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class EventTime:
+    """Fluentd EventTime (msgpack ext type 0): whole seconds plus nanoseconds."""
+
+    __slots__ = ("seconds", "nanoseconds")
+
+    def __init__(self, seconds: int, nanoseconds: int = 0) -> None:
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+
+    @classmethod
+    def now(cls) -> "EventTime":
+        """The current wall-clock time."""
+        seconds, nanoseconds = divmod(_time.time_ns(), 1_000_000_000)
+        return cls(seconds, nanoseconds)
+
+    def to_float(self) -> float:
+        """Seconds since the epoch as a float (loses sub-microsecond precision)."""
+        return self.seconds + self.nanoseconds / 1e9
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EventTime):
+            return NotImplemented
+        return self.seconds == other.seconds and self.nanoseconds == other.nanoseconds
+
+    def __hash__(self) -> int:
+        return hash((self.seconds, self.nanoseconds))
+
+    def __repr__(self) -> str:
+        return f"EventTime({self.seconds}, {self.nanoseconds})"
+
+
+Time = Union[int, float, EventTime]
+
+
+def encode_event_time(seconds: int, nanoseconds: int = 0) -> msgpack.ExtType:
+    """EventTime as the msgpack ext value a Fluentd peer expects (packs as fixext8 `d7 00`)."""
+    return msgpack.ExtType(EVENT_TIME_EXT_CODE, _EVENT_TIME.pack(seconds, nanoseconds))
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EVENT_TIME_EXT_CODE and len(data) == 8:
+        return EventTime(*_EVENT_TIME.unpack(data))
+    return msgpack.ExtType(code, data)
+
+
+def _pack_default(value: Any) -> Any:
+    if isinstance(value, EventTime):
+        return msgpack.ExtType(EVENT_TIME_EXT_CODE, _EVENT_TIME.pack(value.seconds, value.nanoseconds))
+    raise TypeError(f"cannot pack {type(value).__name__} as msgpack")
+
+
+def _packer() -> msgpack.Packer:
+    return msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_pack_default,
+                          autoreset=False)
+
+
+def packb(value: Any) -> bytes:
+    """msgpack with the protocol's rules: bytes as bin, str as str (original bytes kept), EventTime as ext 0."""
+    return msgpack.packb(value, use_bin_type=True, unicode_errors="surrogateescape", default=_pack_default)
+
+
+def unpackb(data: bytes) -> Any:
+    """Decode one msgpack object with the same rules the server uses (EventTime, surrogateescape)."""
+    return msgpack.unpackb(data, ext_hook=_ext_hook, **_UNPACK_OPTIONS)
+
+
+def as_bytes(value: Union[str, bytes]) -> bytes:
+    """The wire bytes of a msgpack str or bin value (a str decoded here keeps its original bytes)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise TypeError(f"expected str or bytes, got {type(value).__name__}")
+
+
+class Entry(NamedTuple):
+    """One event. `time` keeps the form it arrived in (int seconds, float, or EventTime);
+    `metadata` is the map of Fluent Bit's `[[time, metadata], record]` form, else None.
+    `record` is normally a map; anything else is handed on as it came so the filter can
+    dead-letter it rather than have it vanish."""
+
+    time: Time
+    record: Any
+    metadata: Optional[Dict[Any, Any]] = None
+
+
+@dataclass
+class Chunk:
+    """The events of one frame. `chunk_id` is the `chunk` option exactly as received
+    (str stays str, bytes stay bytes) so the ack can echo it; None when no ack is wanted."""
+
+    tag: str
+    entries: List[Entry]
+    chunk_id: Any = None
+    mode: str = FORWARD
+    peer: str = ""
+    options: Dict[Any, Any] = field(default_factory=dict)
+    skipped: int = 0  # entries dropped as invalid (no usable time, not an entry at all)
+
+    @property
+    def wants_ack(self) -> bool:
+        return self.chunk_id is not None
+
+
+class FrameReader:
+    """Splits a byte stream into msgpack objects, refusing any frame larger than `max_frame_size`.
+
+    Feed at most `max_feed` bytes at a time; iterate to get complete objects. Errors are
+    raised as ProtocolError ('oversize' or 'malformed') and leave the stream unusable.
+    """
+
+    def __init__(self, max_frame_size: int, max_feed: int = 1 << 16) -> None:
+        self.max_frame_size = max_frame_size
+        self._unpacker = msgpack.Unpacker(
+            max_buffer_size=max_frame_size + max_feed,
+            max_str_len=max_frame_size, max_bin_len=max_frame_size, max_ext_len=max_frame_size,
+            max_array_len=max_frame_size, max_map_len=max_frame_size // 2,
+            ext_hook=_ext_hook, **_UNPACK_OPTIONS)
+        self._fed = 0
+        self._consumed = 0
+
+    def feed(self, data: bytes) -> None:
+        """Add received bytes."""
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise ProtocolError("oversize", f"frame larger than the {self.max_frame_size}-byte limit") from None
+        self._fed += len(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete object."""
+        return self._fed - self._consumed
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            obj = next(self._unpacker)
+        except StopIteration:
+            if self.buffered > self.max_frame_size:
+                raise ProtocolError("oversize", f"frame larger than the {self.max_frame_size}-byte limit") from None
+            raise
+        except ValueError as exc:  # includes msgpack's FormatError, StackError and declared-size checks
+            if "exceeds max" in str(exc):
+                raise ProtocolError("oversize", f"declared size over the {self.max_frame_size}-byte limit") from None
+            raise ProtocolError("malformed", f"invalid msgpack: {exc or type(exc).__name__}") from None
+        except Exception as exc:  # e.g. a map key that cannot be hashed
+            raise ProtocolError("malformed", f"invalid msgpack: {exc or type(exc).__name__}") from None
+        position = self._unpacker.tell()
+        size, self._consumed = position - self._consumed, position
+        if size > self.max_frame_size:
+            raise ProtocolError("oversize", f"{size}-byte frame over the {self.max_frame_size}-byte limit")
+        return obj
+
+
+def inflate_gzip(data: bytes, limit: int) -> bytearray:
+    """Decompress one or more gzip members back to back, never producing more than `limit` bytes."""
+    out = bytearray()
+    rest = memoryview(data)
+    try:
+        while rest:
+            member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            # Asking for one byte over the budget is how we learn it would be exceeded.
+            out += member.decompress(rest, limit - len(out) + 1)
+            if len(out) > limit:
+                raise ProtocolError("decompress_limit", f"gzip payload inflates past the {limit}-byte limit")
+            if not member.eof:
+                raise ProtocolError("malformed", "truncated gzip payload")
+            rest = memoryview(member.unused_data)
+    except zlib.error as exc:
+        raise ProtocolError("malformed", f"invalid gzip payload: {exc}") from None
+    return out
+
+
+def inflate_zstd(data: bytes, limit: int) -> bytearray:
+    """Decompress zstd frames, never producing more than `limit` bytes (needs `zstandard`)."""
+    if zstandard is None:
+        raise ProtocolError("unsupported_compression",
+                            "chunk compressed with zstd, which needs the 'zstandard' package; "
+                            "install it or set the sender's compression to gzip")
+    out = bytearray()
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(bytes(data), read_across_frames=True)
+        while True:
+            block = reader.read(min(1 << 20, limit - len(out) + 1))
+            if not block:
+                break
+            out += block
+            if len(out) > limit:
+                raise ProtocolError("decompress_limit", f"zstd payload inflates past the {limit}-byte limit")
+    except zstandard.ZstdError as exc:
+        raise ProtocolError("malformed", f"invalid zstd payload: {exc}") from None
+    return out
+
+
+def _valid_time(value: Any) -> Optional[Time]:
+    kind = type(value)
+    if kind is EventTime or kind is float:
+        return value
+    if kind is int:
+        # Fluentd's in_forward stamps "no time" (0) with the arrival time; so do we.
+        return value if value != 0 else EventTime.now()
+    if value is None:
+        return EventTime.now()
+    return None
+
+
+def entries_from_list(items: Iterable[Any]) -> Tuple[List[Entry], int]:
+    """`[time, record]` / `[[time, metadata], record]` items → (entries, number skipped as invalid)."""
+    entries: List[Entry] = []
+    append = entries.append
+    skipped = 0
+    for item in items:
+        if type(item) is not list or len(item) != 2:
+            skipped += 1
+            continue
+        stamp, record = item
+        metadata = None
+        if type(stamp) is list:
+            if len(stamp) != 2 or type(stamp[1]) is not dict:
+                skipped += 1
+                continue
+            stamp, metadata = stamp
+        when = _valid_time(stamp)
+        if when is None or record is None:
+            skipped += 1
+            continue
+        append(Entry(when, record, metadata))
+    return entries, skipped
+
+
+def unpack_entries(payload: Union[bytes, bytearray]) -> Tuple[List[Entry], int]:
+    """A PackedForward payload (concatenated msgpack entries) → (entries, number skipped)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook, **_UNPACK_OPTIONS)
+    try:
+        unpacker.feed(payload)
+        items = list(unpacker)
+    except Exception as exc:
+        raise ProtocolError("malformed", f"invalid entries in packed payload: {exc or type(exc).__name__}") from None
+    if unpacker.tell() != len(payload):
+        raise ProtocolError("malformed", "packed payload ends in the middle of an entry")
+    return entries_from_list(items)
+
+
+def _options(frame: List[Any], index: int) -> Dict[Any, Any]:
+    if len(frame) > index + 1:
+        raise ProtocolError("malformed", f"frame has {len(frame)} elements")
+    if len(frame) <= index or frame[index] is None:
+        return {}
+    options = frame[index]
+    if type(options) is not dict:
+        raise ProtocolError("malformed", f"options is a {type(options).__name__}, not a map")
+    return options
+
+
+def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "") -> Chunk:
+    """One decoded msgpack array → Chunk, by the mode element [1] selects.
+
+    Raises ProtocolError for a frame that cannot be a forward message, an unsupported
+    compression, or a payload over `max_decompressed_size` once inflated.
+    """
+    if len(frame) < 2:
+        raise ProtocolError("malformed", f"frame has {len(frame)} elements")
+    tag = frame[0]
+    if type(tag) is not str:
+        if type(tag) is not bytes:
+            raise ProtocolError("malformed", f"tag is a {type(tag).__name__}, not a string")
+        tag = tag.decode("utf-8", "surrogateescape")
+    body = frame[1]
+    kind = type(body)
+    if kind is list:
+        options = _options(frame, 2)
+        entries, skipped = entries_from_list(body)
+        mode = FORWARD
+    elif kind is str or kind is bytes:
+        options = _options(frame, 2)
+        payload: Union[bytes, bytearray] = as_bytes(body)
+        compressed = options.get("compressed")
+        if compressed is None or compressed == "text":
+            mode = PACKED_FORWARD
+        elif compressed == "gzip":
+            payload = inflate_gzip(payload, max_decompressed_size)
+            mode = COMPRESSED_PACKED_FORWARD
+        elif compressed == "zstd":
+            payload = inflate_zstd(payload, max_decompressed_size)
+            mode = COMPRESSED_PACKED_FORWARD
+        else:
+            raise ProtocolError("unsupported_compression", f"unknown compression {compressed!r}")
+        entries, skipped = unpack_entries(payload)
+    else:
+        # Anything else in [1] is a Message's time (as in Fluentd's in_forward).
+        if len(frame) < 3:
+            raise ProtocolError("malformed", "message frame without a record")
+        options = _options(frame, 3)
+        entries, skipped = entries_from_list(([body, frame[2]],))
+        mode = MESSAGE
+    return Chunk(tag, entries, options.get("chunk"), mode, peer, options, skipped)
+
+
+def pack_entries(entries: Iterable[Entry]) -> bytes:
+    """Entries → a PackedForward payload, each in the form it arrived in (metadata kept)."""
+    packer = _packer()
+    pack = packer.pack
+    for entry in entries:
+        if entry.metadata is None:
+            pack([entry.time, entry.record])
+        else:
+            pack([[entry.time, entry.metadata], entry.record])
+    return packer.bytes()
+
+
+def gzip_payload(payload: bytes, level: int = 6) -> bytes:
+    """One gzip member, as CompressedPackedForward carries it."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(payload) + compressor.flush()
+
+
+def new_chunk_id() -> str:
+    """A fresh chunk id: base64 of 16 random bytes."""
+    return base64.b64encode(os.urandom(16)).decode("ascii")
+
+
+def packed_forward_frame(tag: str, payload: bytes, *, chunk_id: Any = None, size: Optional[int] = None,
+                         compressed: Optional[str] = None) -> bytes:
+    """`[tag, bin payload, options]`; `payload` is already packed (and gzipped if `compressed`)."""
+    options: Dict[str, Any] = {}
+    if size is not None:
+        options["size"] = size
+    if compressed is not None:
+        options["compressed"] = compressed
+    if chunk_id is not None:
+        options["chunk"] = chunk_id
+    return packb([tag, payload, options])
+
+
+def ack_frame(chunk_id: Any) -> bytes:
+    """`{"ack": chunk_id}` with the chunk value echoed as received (str as str, bin as bin)."""
+    return packb({"ack": chunk_id})
+
+
+def ack_chunk_id(message: Any) -> Any:
+    """The chunk value of a decoded ack, or None if `message` is not an ack."""
+    if type(message) is dict:
+        return message.get("ack")
+    return None
+
+
+# --- shared-key handshake ------------------------------------------------------------------
+
+def _sha512_hex(*parts: Union[str, bytes]) -> str:
+    digest = hashlib.sha512()
+    for part in parts:
+        digest.update(as_bytes(part))
+    return digest.hexdigest()
+
+
+def ping_digest(shared_key_salt: Union[str, bytes], client_hostname: str, nonce: Union[str, bytes],
+                shared_key: str) -> str:
+    """The PING's proof of the shared key: sha512_hex(salt + client_hostname + nonce + key)."""
+    return _sha512_hex(shared_key_salt, client_hostname, nonce, shared_key)
+
+
+def pong_digest(shared_key_salt: Union[str, bytes], server_hostname: str, nonce: Union[str, bytes],
+                shared_key: str) -> str:
+    """The PONG's proof of the shared key: sha512_hex(salt + server_hostname + nonce + key)."""
+    return _sha512_hex(shared_key_salt, server_hostname, nonce, shared_key)
+
+
+def password_digest(auth_salt: Union[str, bytes], username: str, password: str) -> str:
+    """The PING's user proof: sha512_hex(auth_salt + username + password)."""
+    return _sha512_hex(auth_salt, username, password)
+
+
+def _same(expected: str, given: Any) -> bool:
+    try:
+        return hmac.compare_digest(expected.encode("ascii"), as_bytes(given))
+    except TypeError:
+        return False
+
+
+def helo_frame(nonce: bytes, auth_salt: Union[str, bytes] = "", keepalive: bool = True) -> bytes:
+    """Server's opening message. `auth_salt` is "" unless user authentication is on."""
+    return packb(["HELO", {"nonce": nonce, "auth": auth_salt, "keepalive": keepalive}])
+
+
+@dataclass
+class Helo:
+    nonce: bytes
+    auth_salt: bytes
+    keepalive: bool
+
+
+def parse_helo(message: Any) -> Helo:
+    """A decoded HELO → its nonce, user-auth salt and keepalive flag."""
+    if type(message) is not list or len(message) != 2 or message[0] != "HELO" or type(message[1]) is not dict:
+        raise ProtocolError("auth", "expected a HELO message")
+    options = message[1]
+    try:
+        nonce = as_bytes(options["nonce"])
+        auth = as_bytes(options.get("auth") or b"")
+    except (KeyError, TypeError):
+        raise ProtocolError("auth", "HELO without a usable nonce") from None
+    return Helo(nonce, auth, bool(options.get("keepalive", True)))
+
+
+def ping_frame(client_hostname: str, shared_key: str, nonce: bytes, *, shared_key_salt: Optional[bytes] = None,
+               username: str = "", password: str = "", auth_salt: bytes = b"") -> Tuple[bytes, bytes]:
+    """Client's answer to HELO → (frame bytes, the salt used, needed to check the PONG)."""
+    salt = os.urandom(16) if shared_key_salt is None else shared_key_salt
+    user_proof = password_digest(auth_salt, username, password) if auth_salt else ""
+    frame = packb(["PING", client_hostname, salt, ping_digest(salt, client_hostname, nonce, shared_key),
+                   username, user_proof])
+    return frame, salt
+
+
+@dataclass
+class PingCheck:
+    ok: bool
+    reason: str = ""
+    client_hostname: str = ""
+    shared_key_salt: bytes = b""
+
+
+def check_ping(message: Any, *, nonce: bytes, shared_key: str, auth_salt: bytes = b"",
+               users: Optional[Mapping[str, str]] = None) -> PingCheck:
+    """Server side: does this PING prove the shared key (and a user's password when `users`)?"""
+    if type(message) is not list or len(message) != 6 or message[0] != "PING":
+        return PingCheck(False, "invalid ping message")
+    _, hostname, salt, key_digest, username, user_digest = message
+    if type(hostname) is not str:
+        return PingCheck(False, "invalid ping message")
+    try:
+        salt_bytes = as_bytes(salt)
+    except TypeError:
+        return PingCheck(False, "invalid ping message")
+    if not _same(ping_digest(salt_bytes, hostname, nonce, shared_key), key_digest):
+        return PingCheck(False, "shared_key mismatch", hostname)
+    if users:
+        password = users.get(username) if type(username) is str else None
+        if password is None or not _same(password_digest(auth_salt, username, password), user_digest):
+            return PingCheck(False, "username/password mismatch", hostname)
+    return PingCheck(True, "", hostname, salt_bytes)
+
+
+def pong_frame(ok: bool, *, reason: str = "", server_hostname: str = "", shared_key_salt: bytes = b"",
+               nonce: bytes = b"", shared_key: str = "") -> bytes:
+    """Server's verdict: `["PONG", true, "", hostname, digest]` or `["PONG", false, reason, "", ""]`."""
+    if not ok:
+        return packb(["PONG", False, reason, "", ""])
+    return packb(["PONG", True, "", server_hostname,
+                  pong_digest(shared_key_salt, server_hostname, nonce, shared_key)])
+
+
+@dataclass
+class PongCheck:
+    ok: bool
+    reason: str = ""
+    server_hostname: str = ""
+
+
+def check_pong(message: Any, *, shared_key_salt: bytes, nonce: bytes, shared_key: str) -> PongCheck:
+    """Client side: did the server accept us, and does its digest prove it knows the key?"""
+    if type(message) is not list or len(message) != 5 or message[0] != "PONG":
+        return PongCheck(False, "invalid pong message")
+    _, accepted, reason, hostname, digest = message
+    if accepted is not True:
+        return PongCheck(False, str(reason) or "authentication refused")
+    if type(hostname) is not str or not _same(pong_digest(shared_key_salt, hostname, nonce, shared_key), digest):
+        return PongCheck(False, "server's shared key digest does not match", str(hostname))
+    return PongCheck(True, "", hostname)
