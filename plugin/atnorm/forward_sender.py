@@ -31,43 +31,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
 import hashlib
 import itertools
 import logging
-import secrets
 import socket
 import ssl as ssl_module
-import struct
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
-import msgpack
-
+from . import forward_codec as codec
 from .relaystats import RelayStats
 
 log = logging.getLogger(__name__)
 
 Server = Tuple[str, int]
 # A misbehaving downstream may send us anything; acks and handshake replies are tiny.
-_MAX_REPLY_BUFFER = 1 << 20
-
-
-def event_time(seconds: int, nanoseconds: int = 0) -> msgpack.ExtType:
-    """Forward-protocol EventTime: msgpack ext type 0, big-endian uint32 seconds + nanoseconds."""
-    return msgpack.ExtType(0, struct.pack(">II", seconds, nanoseconds))
-
-
-def pack_entries(entries: Iterable[Tuple[Any, Any]]) -> bytes:
-    """Pack (time, record) pairs into one PackedForward entries payload with a single Packer.
-
-    `time` may be an int, an `event_time(...)` or Fluent Bit's `[time, metadata]` pair.
-    """
-    packer = msgpack.Packer(autoreset=False, use_bin_type=True)
-    pack = packer.pack
-    for entry in entries:
-        pack(entry)
-    return packer.bytes()
+_MAX_REPLY_SIZE = 1 << 20
 
 
 def chunk_id(tag: str, entries_payload: bytes) -> str:
@@ -91,35 +70,6 @@ def client_ssl_context(*, verify: bool = True, ca_file: Optional[str] = None,
 
 class HandshakeError(Exception):
     """The shared-key handshake failed (wrong key, unexpected reply, server refused)."""
-
-
-def _as_bytes(value: Any) -> bytes:
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    return b""
-
-
-def _sha512_hex(*parts: bytes) -> str:
-    digest = hashlib.sha512()
-    for part in parts:
-        digest.update(part)
-    return digest.hexdigest()
-
-
-def _bin_header(size: int) -> bytes:
-    """msgpack bin8/16/32 header, so the payload is written once without re-packing it."""
-    if size < 0x100:
-        return b"\xc4" + struct.pack(">B", size)
-    if size < 0x10000:
-        return b"\xc5" + struct.pack(">H", size)
-    return b"\xc6" + struct.pack(">I", size)
-
-
-def _reply_unpacker() -> msgpack.Unpacker:
-    return msgpack.Unpacker(raw=False, unicode_errors="surrogateescape",
-                            max_buffer_size=_MAX_REPLY_BUFFER, strict_map_key=False)
 
 
 class _OpenBatch:
@@ -154,15 +104,15 @@ class _Chunk:
 
 
 class _Connection:
-    __slots__ = ("index", "reader", "writer", "unpacker", "opened_at", "reader_task",
+    __slots__ = ("index", "reader", "writer", "replies", "opened_at", "reader_task",
                  "ack_timer", "lost")
 
     def __init__(self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 unpacker: msgpack.Unpacker, opened_at: float) -> None:
+                 replies: codec.FrameReader, opened_at: float) -> None:
         self.index = index
         self.reader = reader
         self.writer = writer
-        self.unpacker = unpacker
+        self.replies = replies
         self.opened_at = opened_at
         self.reader_task: Optional["asyncio.Task[None]"] = None
         self.ack_timer: Optional[asyncio.TimerHandle] = None
@@ -215,7 +165,6 @@ class ForwardSender:
         self.stats = stats if stats is not None else RelayStats()
         self.last_error: Optional[str] = None  # why the last connection or chunk failed
 
-        self._packer = msgpack.Packer(use_bin_type=True)
         self._open: Dict[str, _OpenBatch] = {}
         self._pending: Deque[_Chunk] = deque()
         self._in_flight: Dict[int, _Chunk] = {}  # serial → chunk, in send order
@@ -355,14 +304,11 @@ class ForwardSender:
         batch = self._open.pop(tag)
         payload = batch.parts[0] if len(batch.parts) == 1 else b"".join(batch.parts)
         cid = chunk_id(tag, payload)
-        options: Dict[str, Any] = {"chunk": cid, "size": batch.count}
-        body = payload
         if self.compress == "gzip":
-            body = gzip.compress(payload, compresslevel=6)
-            options["compressed"] = "gzip"
-        pack = self._packer
-        frame = b"".join((pack.pack_array_header(3), pack.pack(tag),
-                          _bin_header(len(body)), body, pack.pack(options)))
+            frame = codec.packed_forward_frame(tag, codec.gzip_payload(payload), chunk_id=cid,
+                                               size=batch.count, compressed="gzip")
+        else:
+            frame = codec.packed_forward_frame(tag, payload, chunk_id=cid, size=batch.count)
         assert self._loop is not None and self._wake is not None
         self._pending.append(_Chunk(tag, batch.count, batch.size, cid, frame, batch.waiters,
                                     self._loop.time()))
@@ -441,8 +387,7 @@ class ForwardSender:
             index = (self._server_index + step) % count
             try:
                 conn = await self._open_connection(index)
-            except (OSError, asyncio.TimeoutError, HandshakeError, ValueError,
-                    msgpack.UnpackException) as exc:
+            except (OSError, asyncio.TimeoutError, HandshakeError, codec.ProtocolError) as exc:
                 host, port = self.servers[index]
                 reason = str(exc) or type(exc).__name__
                 self.last_error = f"{host}:{port}: {reason}"
@@ -483,7 +428,7 @@ class ForwardSender:
         assert self._loop is not None
 
         async def establish() -> Tuple[asyncio.StreamReader, asyncio.StreamWriter,
-                                       msgpack.Unpacker]:
+                                       codec.FrameReader]:
             if host.startswith("unix://"):
                 reader, writer = await asyncio.open_unix_connection(host[len("unix://"):],
                                                                     ssl=self._ssl)
@@ -491,51 +436,38 @@ class ForwardSender:
                 server_hostname = (self.tls_server_hostname or host) if self._ssl else None
                 reader, writer = await asyncio.open_connection(
                     host, port, ssl=self._ssl, server_hostname=server_hostname)
-            unpacker = _reply_unpacker()
+            replies = codec.FrameReader(_MAX_REPLY_SIZE)
             try:
                 if self.shared_key is not None:
-                    await self._handshake(reader, writer, unpacker)
+                    await self._handshake(reader, writer, replies)
             except BaseException:
                 writer.transport.abort()
                 raise
-            return reader, writer, unpacker
+            return reader, writer, replies
 
-        reader, writer, unpacker = await asyncio.wait_for(establish(), self.connect_timeout)
-        conn = _Connection(index, reader, writer, unpacker, self._loop.time())
+        reader, writer, replies = await asyncio.wait_for(establish(), self.connect_timeout)
+        conn = _Connection(index, reader, writer, replies, self._loop.time())
         conn.reader_task = self._loop.create_task(self._read_acks(conn))
         log.info("connected to downstream %s:%d", host, port)
         return conn
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         unpacker: msgpack.Unpacker) -> None:
-        helo = await _read_one(reader, unpacker)
-        if not (isinstance(helo, list) and len(helo) >= 2 and helo[0] == "HELO"
-                and isinstance(helo[1], dict)):
-            raise HandshakeError(f"expected HELO from the server, got {helo!r:.80}")
-        nonce = _as_bytes(helo[1].get("nonce"))
-        auth_salt = _as_bytes(helo[1].get("auth"))
-        if auth_salt and not self.username:
+                         replies: codec.FrameReader) -> None:
+        try:
+            helo = codec.parse_helo(await _read_one(reader, replies))
+        except codec.ProtocolError as exc:
+            raise HandshakeError(f"{exc} from the server") from None
+        if helo.auth_salt and not self.username:
             raise HandshakeError("the server asks for a username and password")
-        key = _as_bytes(self.shared_key)
-        salt = secrets.token_hex(16)  # hex text: safe for peers that handle it as a string
-        hostname = self.self_hostname.encode("utf-8")
-        password_digest = ""
-        if auth_salt:
-            password_digest = _sha512_hex(auth_salt, self.username.encode("utf-8"),
-                                          self.password.encode("utf-8"))
-        writer.write(self._packer.pack([
-            "PING", self.self_hostname, salt,
-            _sha512_hex(salt.encode(), hostname, nonce, key),
-            self.username if auth_salt else "", password_digest]))
+        ping, salt = codec.ping_frame(self.self_hostname, str(self.shared_key), helo.nonce,
+                                      username=self.username, password=self.password,
+                                      auth_salt=helo.auth_salt)
+        writer.write(ping)
         await writer.drain()
-        pong = await _read_one(reader, unpacker)
-        if not (isinstance(pong, list) and len(pong) == 5 and pong[0] == "PONG"):
-            raise HandshakeError(f"expected PONG from the server, got {pong!r:.80}")
-        if pong[1] is not True:
-            raise HandshakeError(f"the server refused the handshake: {pong[2]}")
-        expected = _sha512_hex(salt.encode(), _as_bytes(pong[3]), nonce, key)
-        if pong[4] != expected:
-            raise HandshakeError("the server's PONG digest does not match our shared key")
+        pong = codec.check_pong(await _read_one(reader, replies), shared_key_salt=salt,
+                                nonce=helo.nonce, shared_key=str(self.shared_key))
+        if not pong.ok:
+            raise HandshakeError(f"the server refused the handshake: {pong.reason}")
 
     # -- acks and failures -------------------------------------------------------
 
@@ -545,8 +477,8 @@ class ForwardSender:
                 data = await conn.reader.read(1 << 16)
                 if not data:
                     raise ConnectionResetError("downstream closed the connection")
-                conn.unpacker.feed(data)
-                for message in conn.unpacker:
+                conn.replies.feed(data)
+                for message in conn.replies:
                     self._on_reply(conn, message)
         except asyncio.CancelledError:
             raise
@@ -554,8 +486,8 @@ class ForwardSender:
             self._connection_lost(conn, exc)
 
     def _on_reply(self, conn: _Connection, message: Any) -> None:
-        if isinstance(message, dict):
-            ack = message.get("ack")
+        ack = codec.ack_chunk_id(message)
+        if ack is not None:
             if isinstance(ack, bytes):
                 ack = ack.decode("utf-8", "surrogateescape")
             serials = self._by_id.get(ack) if isinstance(ack, str) else None
@@ -657,14 +589,14 @@ class ForwardSender:
             self._conn = None
 
 
-async def _read_one(reader: asyncio.StreamReader, unpacker: msgpack.Unpacker) -> Any:
+async def _read_one(reader: asyncio.StreamReader, replies: codec.FrameReader) -> Any:
     """The next msgpack value from the stream (used during the handshake)."""
     while True:
         try:
-            return next(unpacker)
+            return next(replies)
         except StopIteration:
             pass
         data = await reader.read(4096)
         if not data:
             raise ConnectionResetError("the server closed the connection during the handshake")
-        unpacker.feed(data)
+        replies.feed(data)
