@@ -1,0 +1,198 @@
+"""Getting batches to the downstream safely: acked by it, or else in the durable spool.
+
+`Delivery.hand_off(tag, entries_payload, count)` is the relay's one call per outgoing batch.
+It returns True when the batch is safe — acked downstream, or appended to the spool — so
+the upstream chunk may be acked; False only when the spool is full, in which case nothing
+was stored and the upstream must not be acked (its sender keeps the data and retries).
+
+`SpoolDrainer` runs beside it: while the spool holds batches it sends them downstream
+oldest first, removes each only after its ack, and backs off while the downstream is down.
+Spool calls run on one worker thread, so a `sync="full"` fsync never stalls the event loop
+and spool operations keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any, Callable, Optional, Tuple, TypeVar
+
+from .forward_sender import ForwardSender
+from .relaystats import RelayStats
+from .spool import Spool, SpoolFull
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _SpoolWorker:
+    """Runs spool calls, one at a time and in order, on a private thread."""
+
+    def __init__(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                               thread_name_prefix="atnorm-spool")
+
+    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class SpoolDrainer:
+    """Sends spooled batches downstream in order; removes each only after its ack."""
+
+    def __init__(self, spool: Spool, sender: ForwardSender, *,
+                 stats: Optional[RelayStats] = None, window_batches: int = 512,
+                 window_bytes: int = 8 << 20, retry_wait: float = 1.0,
+                 retry_max_wait: float = 30.0, refresh_interval: float = 1.0,
+                 worker: Optional[_SpoolWorker] = None) -> None:
+        self.spool = spool
+        self.sender = sender
+        self.stats = stats if stats is not None else sender.stats
+        self.window_batches = window_batches
+        self.window_bytes = window_bytes
+        self.retry_wait = retry_wait
+        self.retry_max_wait = retry_max_wait
+        self.refresh_interval = refresh_interval
+        self._worker = worker or _SpoolWorker()
+        self._owns_worker = worker is None
+        self._wake: Optional[asyncio.Event] = None
+        self._stopping = False
+        self._task: Optional["asyncio.Task[None]"] = None
+
+    def start(self) -> "asyncio.Task[None]":
+        """Run the drain loop as a task on the running event loop."""
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self.run())
+        return self._task
+
+    def wake(self) -> None:
+        """Tell the loop the spool has new batches (it also checks every `refresh_interval`)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Drain until `stop()`: wait while empty, back off while the downstream fails."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        backoff = self.retry_wait
+        while not self._stopping:
+            self._wake.clear()  # before looking, so a wake() from now on is not missed
+            if self.spool.depth_batches == 0:
+                self.spool.publish_stats()
+                await self._pause(self.refresh_interval)
+                continue
+            down_for = self.sender.down_for()
+            if down_for > 0:
+                await self._pause(down_for)
+                continue
+            delivered, failed = await self.drain_once()
+            self.spool.publish_stats()
+            if failed:
+                self.stats.retries += failed
+                log.info("spool: %d batch(es) not delivered, retrying in %.1fs (%s)",
+                         failed, backoff, self.sender.last_error)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, self.retry_max_wait)
+            else:
+                backoff = self.retry_wait
+
+    async def drain_once(self) -> Tuple[int, int]:
+        """Send one window of the oldest batches; returns (records delivered, batches failed)."""
+        batches = await self._worker.call(self.spool.peek, self.window_batches,
+                                          max_bytes=self.window_bytes)
+        if not batches:
+            return 0, 0
+        # submit() in spool order: same-tag batches share chunks and keep their order.
+        futures = [self.sender.submit(b.tag, b.payload, b.count) for b in batches]
+        results = await asyncio.gather(*futures)
+        acked = [b for b, ok in zip(batches, results) if ok]
+        if acked:
+            await self._worker.call(self.spool.remove, [b.seq for b in acked])
+        return sum(b.count for b in acked), len(batches) - len(acked)
+
+    def request_stop(self) -> None:
+        """Ask the loop to end after the current window; `stop()` waits for it."""
+        self._stopping = True
+        self.wake()
+
+    async def stop(self) -> None:
+        """End the loop after the current window (its unacked batches stay spooled)."""
+        self.request_stop()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self._owns_worker:
+            self._worker.shutdown()
+
+    async def _pause(self, seconds: float) -> None:
+        assert self._wake is not None
+        if self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+class Delivery:
+    """Sender + spool + drainer: the outbound side of the relay behind one call.
+
+    Takes ownership of `sender` and `spool`; `close()` closes both.
+    """
+
+    def __init__(self, sender: ForwardSender, spool: Spool, *,
+                 stats: Optional[RelayStats] = None, **drainer_options: Any) -> None:
+        self.sender = sender
+        self.spool = spool
+        self.stats = stats if stats is not None else sender.stats
+        self._worker = _SpoolWorker()
+        self.drainer = SpoolDrainer(spool, sender, stats=self.stats, worker=self._worker,
+                                    **drainer_options)
+        self._active = 0
+        self._quiet: Optional[asyncio.Event] = None
+
+    async def start(self) -> None:
+        """Start draining whatever the spool holds from before (e.g. a previous run)."""
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self.drainer.start()
+
+    async def hand_off(self, tag: str, entries_payload: bytes, count: int) -> bool:
+        """True once the batch is acked downstream or durably spooled; False if the spool is full.
+
+        On False nothing was stored: do not ack upstream (the sender will retry).
+        """
+        if self._quiet is None:
+            await self.start()
+        assert self._quiet is not None
+        self._active += 1
+        self._quiet.clear()
+        try:
+            if await self.sender.send(tag, entries_payload, count):
+                return True
+            try:
+                await self._worker.call(self.spool.append, tag, entries_payload, count)
+            except SpoolFull:
+                return False
+            self.drainer.wake()
+            return True
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._quiet.set()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop draining, give in-flight batches `timeout` to be acked, spool the rest, close."""
+        self.drainer.request_stop()
+        await self.sender.close(timeout)  # resolves the drainer's window too
+        await self.drainer.stop()
+        if self._quiet is not None:
+            await self._quiet.wait()  # hand-offs that just failed are appending to the spool
+        await self._worker.call(self.spool.close)
+        self._worker.shutdown()
