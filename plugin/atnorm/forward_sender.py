@@ -334,20 +334,27 @@ class ForwardSender:
             self._wake.clear()
             while self._pending:
                 conn = self._conn
-                if conn is not None and self._should_fail_back(conn):
-                    log.info("returning to primary downstream %s:%d", *self.servers[0])
-                    self._drop_connection(conn)
-                    self._server_index = 0
-                    conn = None
-                if conn is None:
-                    conn = await self._connect_round()
-                    if conn is None:
-                        continue
-                self._write_pending(conn)
                 try:
+                    if conn is not None and self._should_fail_back(conn):
+                        log.info("returning to primary downstream %s:%d", *self.servers[0])
+                        self._drop_connection(conn)
+                        self._server_index = 0
+                        conn = None
+                    if conn is None:
+                        conn = await self._connect_round()
+                        if conn is None:
+                            continue
+                    self._write_pending(conn)
                     await conn.writer.drain()
-                except (ConnectionError, OSError) as exc:
-                    self._connection_lost(conn, exc)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # this loop must outlive any one failure
+                    if conn is not None:
+                        self._connection_lost(conn, exc)
+                    else:
+                        log.exception("forward sender: unexpected failure")
+                        while self._pending:
+                            self._resolve(self._pending.popleft(), False)
 
     def _should_fail_back(self, conn: _Connection) -> bool:
         return (conn.index != 0 and not self._in_flight
@@ -387,7 +394,7 @@ class ForwardSender:
             index = (self._server_index + step) % count
             try:
                 conn = await self._open_connection(index)
-            except (OSError, asyncio.TimeoutError, HandshakeError, codec.ProtocolError) as exc:
+            except Exception as exc:  # refused, timeout, TLS, handshake, bad address: next server
                 host, port = self.servers[index]
                 reason = str(exc) or type(exc).__name__
                 self.last_error = f"{host}:{port}: {reason}"
