@@ -124,7 +124,7 @@ class ForwardReceiver:
     async def __aenter__(self) -> "ForwardReceiver":
         return await self.start()
 
-    async def __aexit__(self, *exc_info: Any) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     # -- what arrived ------------------------------------------------------------
@@ -306,5 +306,5 @@ class ReceiverThread:
     def __enter__(self) -> "ReceiverThread":
         return self.start()
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

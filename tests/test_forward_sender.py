@@ -30,8 +30,8 @@ def payload_of(records: List[dict], seconds: int = 1714557600) -> bytes:
 
 
 def fast_sender(*servers: int, **options: Any) -> ForwardSender:
-    settings = dict(ack_timeout=2.0, connect_timeout=2.0, retry_deadline=10.0, retry_wait=0.01,
-                    retry_max_wait=0.05, flush_interval=0.01, stats=RelayStats())
+    settings = {"ack_timeout": 2.0, "connect_timeout": 2.0, "retry_deadline": 10.0, "retry_wait": 0.01,
+                "retry_max_wait": 0.05, "flush_interval": 0.01, "stats": RelayStats()}
     settings.update(options)
     return ForwardSender([("127.0.0.1", port) for port in servers], **settings)
 

@@ -116,9 +116,8 @@ def test_sequence_numbers_are_never_reused_after_draining(tmp_path):
 
 def test_second_open_of_the_same_spool_is_refused(tmp_path):
     path = str(tmp_path / "spool.db")
-    with Spool(path, max_bytes=1 << 20):
-        with pytest.raises(SpoolError, match="in use"):
-            Spool(path, max_bytes=1 << 20)
+    with Spool(path, max_bytes=1 << 20), pytest.raises(SpoolError, match="in use"):
+        Spool(path, max_bytes=1 << 20)
     Spool(path, max_bytes=1 << 20).close()  # free again once closed
 
 
@@ -184,6 +183,7 @@ def test_every_append_that_returned_survives_kill_9_in_order(tmp_path):
     finally:
         child.kill()
         child.wait()
+        child.stdout.close()
     assert child.returncode == -signal.SIGKILL
     assert len(reported) >= 2000
 

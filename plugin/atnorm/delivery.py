@@ -91,7 +91,7 @@ class SpoolDrainer:
             if down_for > 0:
                 await self._pause(down_for)
                 continue
-            delivered, failed = await self.drain_once()
+            _, failed = await self.drain_once()
             self.spool.publish_stats()
             if failed:
                 self.stats.retries += failed

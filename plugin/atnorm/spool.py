@@ -212,7 +212,7 @@ class Spool:
 
     def remove(self, seqs: Iterable[int]) -> None:
         """Delete the batches with these sequence numbers (unknown numbers are ignored)."""
-        wanted = sorted(set(int(s) for s in seqs))
+        wanted = sorted({int(s) for s in seqs})
         if not wanted:
             return
         with self._lock:
@@ -286,7 +286,7 @@ class Spool:
     def __enter__(self) -> "Spool":
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- internals ---------------------------------------------------------------
