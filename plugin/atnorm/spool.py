@@ -177,13 +177,15 @@ class Spool:
                     (tag, count, created, sqlite3.Binary(entries_payload)))
             except sqlite3.Error as exc:
                 raise SpoolError(f"{self.path}: cannot append: {exc}") from None
+            seq = cursor.lastrowid
+            assert seq is not None  # set by every successful INSERT
             self._batches += 1
             self._records += count
             self._bytes += size
             if self._oldest_created is None:
                 self._oldest_created = created
             self._publish()
-            return int(cursor.lastrowid)
+            return seq
 
     def peek(self, limit: int, *, max_bytes: Optional[int] = None,
              after: int = 0) -> List[SpooledBatch]:
