@@ -1,16 +1,18 @@
-"""Compile a JSON Schema into a plain Python predicate for the per-record fast path.
+"""Compile a JSON Schema into a plain Python function for the per-record fast path.
 
 python-jsonschema stays the reference: it explains failures and its verdict is what a
 compiled predicate must reproduce (a differential test checks this on generated records).
-The compiler handles the keywords the generator and the tuning file emit; any other
-keyword in a subschema makes that subschema fall back to the reference validator, so an
-unknown keyword can cost speed but never correctness.
+The compiler writes Python source for each schema (nested `if`s that return False at the
+first failure, as fastjsonschema does) and executes it once at start-up. It handles the
+keywords the generator and the tuning file emit; any other keyword in a subschema makes
+that subschema call the reference validator, so an unknown keyword can cost speed but
+never correctness.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from jsonschema import Draft202012Validator
 
@@ -34,14 +36,15 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
-_TYPE_CHECKS: Dict[str, Predicate] = {
-    "string": lambda v: isinstance(v, str),
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-    "integer": _is_integer,
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+# Python expressions for JSON Schema types; `{v}` is the value's variable.
+_TYPE_EXPRESSIONS: Dict[str, str] = {
+    "string": "isinstance({v}, str)",
+    "object": "isinstance({v}, dict)",
+    "array": "isinstance({v}, list)",
+    "boolean": "isinstance({v}, bool)",
+    "null": "{v} is None",
+    "integer": "_is_integer({v})",
+    "number": "(isinstance({v}, (int, float)) and not isinstance({v}, bool))",
 }
 
 
@@ -60,147 +63,203 @@ def json_equal(one: Any, two: Any) -> bool:
     return bool(one == two)
 
 
-def _all(checks: List[Predicate]) -> Predicate:
-    if not checks:
-        return lambda value: True
-    if len(checks) == 1:
-        return checks[0]
-    if len(checks) == 2:
-        first, second = checks
-        return lambda value: first(value) and second(value)
-    return lambda value: all(check(value) for check in checks)
-
-
 class SchemaCompiler:
-    """Turns the subschemas of one root document into predicates (refs resolved in it)."""
+    """Turns the subschemas of one root document into functions (refs resolved in it)."""
 
     def __init__(self, root: Dict[str, Any]) -> None:
         self.root = root
         self._reference = Draft202012Validator(root)
-        self._refs: Dict[str, Predicate] = {}
+        self.namespace: Dict[str, Any] = {"_is_integer": _is_integer, "json_equal": json_equal}
+        self._pending: List[str] = []
+        self._refs: Dict[str, str] = {}
+        self._counter = 0
 
     def compile(self, schema: Any) -> Predicate:
-        if schema is True or schema == {}:
-            return lambda value: True
+        """A function `value -> bool` equal to the reference's `is_valid` for `schema`."""
+        name = self._function(schema)
+        source = "\n".join(self._pending)
+        self._pending = []
+        exec(compile(source, f"<schema {self.root.get('$id', '')}>", "exec"), self.namespace)
+        return self.namespace[name]  # type: ignore[no-any-return]
+
+    def source_of(self, schema: Any) -> str:
+        """The generated source for `schema` (for reading and debugging)."""
+        saved, self._pending = self._pending, []
+        self._function(schema)
+        source, self._pending = "\n".join(self._pending), saved
+        return source
+
+    # -- generation ------------------------------------------------------------------
+
+    def _name(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}_{self._counter}"
+
+    def _constant(self, prefix: str, value: Any) -> str:
+        name = self._name(prefix)
+        self.namespace[name] = value
+        return name
+
+    def _function(self, schema: Any, name: Optional[str] = None) -> str:
+        name = name or self._name("check")
+        lines: List[str] = []
+        self._emit(schema, "v", lines, 1)
+        self._pending.append(f"def {name}(v):\n" + "".join(lines) + "    return True\n")
+        return name
+
+    def _emit(self, schema: Any, var: str, out: List[str], depth: int) -> None:
+        """Append lines that `return False` when `var` does not satisfy `schema`."""
+        pad = "    " * depth
+        if schema is True:
+            return
         if schema is False:
-            return lambda value: False
+            out.append(f"{pad}return False\n")
+            return
         if not isinstance(schema, dict):
             raise TypeError(f"not a schema: {schema!r}")
         if set(schema) - _SUPPORTED:
-            return self._reference.evolve(schema=schema).is_valid
-        checks: List[Predicate] = []
+            fallback = self._constant("reference", self._reference.evolve(schema=schema).is_valid)
+            out.append(f"{pad}if not {fallback}({var}): return False\n")
+            return
         for keyword, value in schema.items():
-            builder = getattr(self, "_kw_" + keyword.lstrip("$").replace("-", "_"), None)
-            if builder is not None:
-                checks.append(builder(value, schema))
-        return _all(checks)
+            emit = getattr(self, "_kw_" + keyword.lstrip("$"), None)
+            if emit is not None:
+                emit(value, schema, var, out, depth)
 
-    # Each `_kw_<keyword>` returns the predicate for that keyword alone.
+    def _block(self, header: str, schema: Any, var: str, out: List[str], depth: int,
+               prelude: str = "") -> None:
+        """`header:` followed by the checks of `schema`, only if there are any."""
+        inner: List[str] = []
+        self._emit(schema, var, inner, depth + 1)
+        if inner:
+            pad = "    " * depth
+            out.append(f"{pad}{header}:\n")
+            if prelude:
+                out.append(f"{pad}    {prelude}\n")
+            out.extend(inner)
 
-    def _kw_type(self, value: Any, _schema: Dict[str, Any]) -> Predicate:
-        if isinstance(value, str):
-            return _TYPE_CHECKS[value]
-        checks = [_TYPE_CHECKS[name] for name in value]
-        return lambda v: any(check(v) for check in checks)
+    # Each `_kw_<keyword>` appends the lines for that keyword alone.
 
-    def _kw_enum(self, values: List[Any], _schema: Dict[str, Any]) -> Predicate:
-        strings = frozenset(v for v in values if isinstance(v, str))
+    def _kw_type(self, value: Any, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        names = [value] if isinstance(value, str) else list(value)
+        test = " or ".join(_TYPE_EXPRESSIONS[n].format(v=var) for n in names)
+        out.append(f"{'    ' * depth}if not ({test}): return False\n")
+
+    def _kw_enum(self, values: List[Any], _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        pad = "    " * depth
+        strings = self._constant("strings", frozenset(v for v in values if isinstance(v, str)))
         others = [v for v in values if not isinstance(v, str)]
+        if not others:
+            out.append(f"{pad}if not (isinstance({var}, str) and {var} in {strings}): return False\n")
+            return
+        other = self._constant("others", others)
+        out.append(f"{pad}if isinstance({var}, str):\n{pad}    if {var} not in {strings}: return False\n"
+                   f"{pad}elif not any(json_equal({var}, o) for o in {other}): return False\n")
 
-        def check(v: Any) -> bool:
-            if isinstance(v, str):
-                return v in strings
-            return any(json_equal(v, other) for other in others)
-        return check
+    def _kw_const(self, expected: Any, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        constant = self._constant("const", expected)
+        out.append(f"{'    ' * depth}if not json_equal({var}, {constant}): return False\n")
 
-    def _kw_const(self, expected: Any, _schema: Dict[str, Any]) -> Predicate:
-        return lambda v: json_equal(v, expected)
+    def _kw_pattern(self, pattern: str, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        search = self._constant("search", re.compile(pattern).search)
+        out.append(f"{'    ' * depth}if isinstance({var}, str) and {search}({var}) is None: return False\n")
 
-    def _kw_pattern(self, pattern: str, _schema: Dict[str, Any]) -> Predicate:
-        search = re.compile(pattern).search
-        return lambda v: not isinstance(v, str) or search(v) is not None
+    def _length(self, op: str, limit: int, var: str, out: List[str], depth: int) -> None:
+        out.append(f"{'    ' * depth}if isinstance({var}, str) and len({var}) {op} {int(limit)}: return False\n")
 
-    def _kw_minLength(self, limit: int, _schema: Dict[str, Any]) -> Predicate:
-        return lambda v: not isinstance(v, str) or len(v) >= limit
+    def _kw_minLength(self, limit: int, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        self._length("<", limit, var, out, depth)
 
-    def _kw_maxLength(self, limit: int, _schema: Dict[str, Any]) -> Predicate:
-        return lambda v: not isinstance(v, str) or len(v) <= limit
+    def _kw_maxLength(self, limit: int, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        self._length(">", limit, var, out, depth)
 
-    def _kw_minimum(self, limit: float, _schema: Dict[str, Any]) -> Predicate:
-        number = _TYPE_CHECKS["number"]
-        return lambda v: not number(v) or v >= limit
+    def _bound(self, op: str, limit: float, var: str, out: List[str], depth: int) -> None:
+        number = _TYPE_EXPRESSIONS["number"].format(v=var)
+        constant = self._constant("limit", limit)
+        out.append(f"{'    ' * depth}if {number} and {var} {op} {constant}: return False\n")
 
-    def _kw_maximum(self, limit: float, _schema: Dict[str, Any]) -> Predicate:
-        number = _TYPE_CHECKS["number"]
-        return lambda v: not number(v) or v <= limit
+    def _kw_minimum(self, limit: float, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        self._bound("<", limit, var, out, depth)
 
-    def _kw_required(self, names: List[str], _schema: Dict[str, Any]) -> Predicate:
-        if len(names) == 1:
-            name = names[0]
-            return lambda v: not isinstance(v, dict) or name in v
-        return lambda v: not isinstance(v, dict) or all(n in v for n in names)
+    def _kw_maximum(self, limit: float, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        self._bound(">", limit, var, out, depth)
 
-    def _kw_properties(self, properties: Dict[str, Any], _schema: Dict[str, Any]) -> Predicate:
-        compiled = [(name, self.compile(sub)) for name, sub in properties.items()]
+    def _kw_required(self, names: List[str], _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        if not names:
+            return
+        present = " and ".join(f"{n!r} in {var}" for n in names)
+        out.append(f"{'    ' * depth}if isinstance({var}, dict) and not ({present}): return False\n")
 
-        def check(v: Any) -> bool:
-            if not isinstance(v, dict):
-                return True
-            for name, predicate in compiled:
-                if name in v and not predicate(v[name]):
-                    return False
-            return True
-        return check
+    def _kw_properties(self, properties: Dict[str, Any], _s: Dict[str, Any], var: str,
+                       out: List[str], depth: int) -> None:
+        inner: List[str] = []
+        for name, sub in properties.items():
+            child = self._name("value")
+            self._block(f"if {name!r} in {var}", sub, child, inner, depth + 1, f"{child} = {var}[{name!r}]")
+        if inner:
+            out.append(f"{'    ' * depth}if isinstance({var}, dict):\n")
+            out.extend(inner)
 
-    def _kw_additionalProperties(self, sub: Any, schema: Dict[str, Any]) -> Predicate:
-        if "patternProperties" in schema:  # pragma: no cover - routed to the reference
-            return self._reference.evolve(schema=schema).is_valid
-        declared = frozenset(schema.get("properties", {}))
-        predicate = self.compile(sub)
-        return lambda v: not isinstance(v, dict) or all(
-            predicate(v[k]) for k in v if k not in declared)
+    def _kw_additionalProperties(self, sub: Any, schema: Dict[str, Any], var: str,
+                                 out: List[str], depth: int) -> None:
+        declared = self._constant("declared", frozenset(schema.get("properties", {})))
+        key, child = self._name("key"), self._name("value")
+        inner: List[str] = []
+        self._block(f"if {key} not in {declared}", sub, child, inner, depth + 2, f"{child} = {var}[{key}]")
+        if inner:
+            pad = "    " * depth
+            out.append(f"{pad}if isinstance({var}, dict):\n{pad}    for {key} in {var}:\n")
+            out.extend(inner)
 
-    def _kw_items(self, sub: Any, _schema: Dict[str, Any]) -> Predicate:
-        predicate = self.compile(sub)
-        return lambda v: not isinstance(v, list) or all(predicate(item) for item in v)
+    def _kw_items(self, sub: Any, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        child = self._name("item")
+        inner: List[str] = []
+        self._block(f"for {child} in {var}", sub, child, inner, depth + 1)
+        if inner:
+            out.append(f"{'    ' * depth}if isinstance({var}, list):\n")
+            out.extend(inner)
 
-    def _kw_allOf(self, subs: List[Any], _schema: Dict[str, Any]) -> Predicate:
-        return _all([self.compile(sub) for sub in subs])
+    def _kw_allOf(self, subs: List[Any], _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        for sub in subs:
+            self._emit(sub, var, out, depth)
 
-    def _kw_anyOf(self, subs: List[Any], _schema: Dict[str, Any]) -> Predicate:
-        checks = [self.compile(sub) for sub in subs]
-        return lambda v: any(check(v) for check in checks)
+    def _calls(self, subs: List[Any], var: str) -> List[str]:
+        return [f"{self._function(sub)}({var})" for sub in subs]
 
-    def _kw_oneOf(self, subs: List[Any], _schema: Dict[str, Any]) -> Predicate:
-        checks = [self.compile(sub) for sub in subs]
-        return lambda v: sum(1 for check in checks if check(v)) == 1
+    def _kw_anyOf(self, subs: List[Any], _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        out.append(f"{'    ' * depth}if not ({' or '.join(self._calls(subs, var))}): return False\n")
 
-    def _kw_not(self, sub: Any, _schema: Dict[str, Any]) -> Predicate:
-        check = self.compile(sub)
-        return lambda v: not check(v)
+    def _kw_oneOf(self, subs: List[Any], _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        total = " + ".join(f"bool({call})" for call in self._calls(subs, var))
+        out.append(f"{'    ' * depth}if ({total}) != 1: return False\n")
 
-    def _kw_if(self, sub: Any, schema: Dict[str, Any]) -> Predicate:
-        condition = self.compile(sub)
-        then = self.compile(schema.get("then", True))
-        otherwise = self.compile(schema.get("else", True))
-        return lambda v: then(v) if condition(v) else otherwise(v)
+    def _kw_not(self, sub: Any, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        out.append(f"{'    ' * depth}if {self._calls([sub], var)[0]}: return False\n")
 
-    def _kw_then(self, _sub: Any, _schema: Dict[str, Any]) -> Predicate:
-        return lambda v: True  # evaluated by `if` (alone, `then` does nothing)
+    def _kw_if(self, sub: Any, schema: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        pad = "    " * depth
+        condition = self._calls([sub], var)[0]
+        then_lines: List[str] = []
+        else_lines: List[str] = []
+        self._emit(schema.get("then", True), var, then_lines, depth + 1)
+        self._emit(schema.get("else", True), var, else_lines, depth + 1)
+        out.append(f"{pad}if {condition}:\n")
+        out.extend(then_lines or [f"{pad}    pass\n"])
+        if else_lines:
+            out.append(f"{pad}else:\n")
+            out.extend(else_lines)
 
-    _kw_else = _kw_then
-
-    def _kw_ref(self, ref: str, _schema: Dict[str, Any]) -> Predicate:
+    def _kw_ref(self, ref: str, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        pad = "    " * depth
         if not ref.startswith("#"):
-            return self._reference.evolve(schema={"$ref": ref}).is_valid
+            fallback = self._constant("reference", self._reference.evolve(schema={"$ref": ref}).is_valid)
+            out.append(f"{pad}if not {fallback}({var}): return False\n")
+            return
         if ref not in self._refs:
-            # Placeholder first, so a recursive reference compiles.
-            self._refs[ref] = lambda v: resolved(v)
-            target = self._resolve_pointer(ref[1:])
-            resolved = self.compile(target)
-            self._refs[ref] = resolved
-        cached = self._refs
-        return lambda v: cached[ref](v)
+            # Named before its body is generated, so a recursive reference works.
+            self._refs[ref] = self._name("ref")
+            self._function(self._resolve_pointer(ref[1:]), self._refs[ref])
+        out.append(f"{pad}if not {self._refs[ref]}({var}): return False\n")
 
     def _resolve_pointer(self, pointer: str) -> Any:
         node: Any = self.root

@@ -24,6 +24,9 @@ def _account(rng: random.Random) -> str:
     return "".join(rng.choice("0123456789abcdef") for _ in range(32))
 
 
+ACCOUNTS = [_account(random.Random(n)) for n in range(5)]
+
+
 def _fingerprint(rng: random.Random) -> str:
     return ":".join(f"{rng.randrange(256):02X}" for _ in range(20))
 
@@ -39,10 +42,11 @@ def _event_time(rng: random.Random) -> str:
 
 def valid_event(rng: random.Random, action: str, service: str, regions: Optional[List[str]]) -> Dict[str, Any]:
     """One event that the filter accepts for `action` (given the allowed `regions`)."""
+    # A realistic stream comes from a few instances of each service, in a few accounts.
     region = rng.choice(regions) if regions else rng.choice(REGIONS)
-    account = _account(rng)
+    account = ACCOUNTS[rng.randrange(len(ACCOUNTS))]
     object_type = action.split(".")[-2]
-    crn = f"crn:v1:bluemix:public:{service}:{region}:a/{account}:{rng.randrange(10**8):08d}::"
+    crn = f"crn:v1:bluemix:public:{service}:{region}:a/{account}:{rng.randrange(8):08d}::"
     kmip = ".kmip-" in action
     initiator: Dict[str, Any] = {
         "id": f"CertificateID-{_fingerprint(rng)}" if kmip else f"IBMid-{rng.randrange(10**9):09d}",

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .eventmodel import EVENT_MARKERS
 
 Fixes = List[str]
-Step = Callable[[Dict[str, Any], Fixes], None]
+Step = Callable[[Dict[str, Any], Dict[str, Any], Fixes], None]  # (work, original event, fixes)
 
 # ---------------------------------------------------------------------------------------
 # Stage 1: find the event inside a record
@@ -144,23 +144,25 @@ def _unwrappable(inner: Dict[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------------
 # Stage 2: steps on a working copy of the event
 
-# Nested objects some step may change; the working copy copies them so the original
-# record stays untouched.
-_COPIED = ("initiator", "target", "reason", "observer")
-_COPIED_DEEPER = (("initiator", "host"), ("initiator", "credential"))
+def owned(work: Dict[str, Any], event: Dict[str, Any], path: Tuple[str, ...]) -> Optional[Dict[str, Any]]:
+    """The object at `path` in `work`, copied first if it is still shared with `event`.
 
-
-def working_copy(event: Dict[str, Any]) -> Dict[str, Any]:
-    work = dict(event)
-    for key in _COPIED:
-        value = work.get(key)
-        if isinstance(value, dict):
-            work[key] = dict(value)
-    for outer, inner in _COPIED_DEEPER:
-        parent = work.get(outer)
-        if isinstance(parent, dict) and isinstance(parent.get(inner), dict):
-            parent[inner] = dict(parent[inner])
-    return work
+    The working copy starts as a shallow copy of the event; nested objects are copied
+    only when a step changes them (copy on write), so the original record stays
+    untouched and records that need no fix cost no copies.
+    """
+    node: Any = work
+    original: Any = event
+    for part in path:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            return None
+        original_child = original.get(part) if isinstance(original, dict) else None
+        if child is original_child:
+            child = dict(child)
+            node[part] = child
+        node, original = child, original_child
+    return node  # type: ignore[no-any-return]
 
 
 def _get(record: Dict[str, Any], path: Tuple[str, ...]) -> Tuple[Optional[Dict[str, Any]], Any]:
@@ -176,20 +178,33 @@ def _pointer(path: Tuple[str, ...]) -> str:
     return "/" + "/".join(path)
 
 
-TRIMMED_FIELDS = (
-    ("action",), ("outcome",), ("severity",), ("eventTime",), ("message",), ("logSourceCRN",),
-    ("initiator", "id"), ("initiator", "name"), ("initiator", "typeURI"),
-    ("initiator", "host", "address"), ("initiator", "credential", "type"),
-    ("target", "id"), ("target", "name"), ("target", "typeURI"), ("observer", "name"),
+# Fields whose stray whitespace is trimmed, grouped by the object that holds them.
+TRIMMED_FIELDS: Sequence[Tuple[Tuple[str, ...], Tuple[str, ...]]] = (
+    ((), ("action", "outcome", "severity", "eventTime", "message", "logSourceCRN")),
+    (("initiator",), ("id", "name", "typeURI")),
+    (("initiator", "host"), ("address",)),
+    (("initiator", "credential"), ("type",)),
+    (("target",), ("id", "name", "typeURI")),
+    (("observer",), ("name",)),
 )
 
 
-def trim_whitespace(work: Dict[str, Any], fixes: Fixes) -> None:
-    for path in TRIMMED_FIELDS:
-        node, value = _get(work, path)
-        if node is not None and isinstance(value, str) and value and (value[0].isspace() or value[-1].isspace()):
-            node[path[-1]] = value.strip()
-            fixes.append("trim:" + _pointer(path))
+def trim_whitespace(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
+    for parent_path, keys in TRIMMED_FIELDS:
+        node: Any = work
+        for part in parent_path:
+            node = node.get(part)
+            if not isinstance(node, dict):
+                break
+        else:
+            for key in keys:
+                value = node.get(key)
+                if isinstance(value, str):
+                    stripped = value.strip()
+                    if stripped != value:
+                        node = owned(work, event, parent_path)
+                        node[key] = stripped
+                        fixes.append("trim:" + _pointer(parent_path + (key,)))
 
 
 _TIME = re.compile(
@@ -207,6 +222,9 @@ def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
     """
     if not 0 <= fraction_digits <= 9:
         raise ValueError("fraction digits must be 0 to 9")
+    already = re.compile(
+        r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+        + (rf"\.[0-9]{{{fraction_digits}}}" if fraction_digits else "") + r"\+0000").fullmatch
 
     def fraction(nanos: int) -> str:
         if fraction_digits == 0:
@@ -214,12 +232,14 @@ def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
         return "." + f"{nanos:09d}"[:fraction_digits]
 
     def from_datetime(moment: _dt.datetime, nanos: int) -> str:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction(nanos) + "+0000"
+        return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+                f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}{fraction(nanos)}+0000")
 
     def canonical(value: Any) -> Optional[str]:
-        if isinstance(value, bool):
-            return None
-        if isinstance(value, (int, float)):
+        if isinstance(value, str):
+            if already(value):
+                return value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             # Epoch seconds, or milliseconds when too large to be seconds.
             seconds = value / 1000 if abs(value) > 1e11 else value
             try:
@@ -227,7 +247,7 @@ def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
             except (OverflowError, OSError, ValueError):
                 return None
             return from_datetime(moment, int(round((seconds % 1) * 1e9)) % 1_000_000_000)
-        if not isinstance(value, str):
+        else:
             return None
         match = _TIME.fullmatch(value.strip())
         if match is None:
@@ -238,12 +258,11 @@ def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
                                   min(int(second), 59))
         except ValueError:
             return None
+        nanos = int((frac or "")[:9].ljust(9, "0"))
         if zone and zone not in ("Z", "z", "UTC"):
             sign = -1 if zone[0] == "-" else 1
             digits = zone[1:].replace(":", "")
-            offset = _dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
-            moment -= sign * offset
-        nanos = int((frac or "")[:9].ljust(9, "0"))
+            moment -= sign * _dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
         return from_datetime(moment, nanos)
 
     return canonical
@@ -252,7 +271,7 @@ def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
 def make_event_time_step(fraction_digits: int) -> Step:
     canonical = make_time_formatter(fraction_digits)
 
-    def event_time(work: Dict[str, Any], fixes: Fixes) -> None:
+    def event_time(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
         value = work.get("eventTime")
         if value is None:
             return
@@ -267,12 +286,12 @@ _TRUE = frozenset({"true", "True", "TRUE", "yes"})
 _FALSE = frozenset({"false", "False", "FALSE", "no"})
 
 
-def coerce_types(work: Dict[str, Any], fixes: Fixes) -> None:
+def coerce_types(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
     reason = work.get("reason")
     if isinstance(reason, dict):
         code = reason.get("reasonCode")
         if isinstance(code, str) and code.strip().isdigit():
-            reason["reasonCode"] = int(code)
+            owned(work, event, ("reason",))["reasonCode"] = int(code)  # type: ignore[index]
             fixes.append("coerce:/reason/reasonCode")
     for key in ("dataEvent", "saveServiceCopy"):
         value = work.get(key)
@@ -293,19 +312,19 @@ def coerce_types(work: Dict[str, Any], fixes: Fixes) -> None:
 CASE_FOLDED_FIELDS = (("outcome",), ("severity",), ("initiator", "credential", "type"))
 
 
-def casefold_enums(work: Dict[str, Any], fixes: Fixes) -> None:
+def casefold_enums(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
     for path in CASE_FOLDED_FIELDS:
         node, value = _get(work, path)
         if node is not None and isinstance(value, str) and not value.islower() and value.lower() != value:
-            node[path[-1]] = value.lower()
+            owned(work, event, path[:-1])[path[-1]] = value.lower()  # type: ignore[index]
             fixes.append("casefold:" + _pointer(path))
 
 
-def fix_type_uris(work: Dict[str, Any], fixes: Fixes) -> None:
+def fix_type_uris(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
     for path in (("initiator", "typeURI"), ("target", "typeURI")):
         node, value = _get(work, path)
         if node is not None and isinstance(value, str) and value.startswith("/"):
-            node[path[-1]] = value.lstrip("/")
+            owned(work, event, path[:-1])[path[-1]] = value.lstrip("/")  # type: ignore[index]
             fixes.append("typeURI:" + _pointer(path))
 
 
@@ -316,7 +335,25 @@ DERIVED_FIELDS = ("service", "objectType", "verb", "region", "account", "crnServ
 _ZONE_SUFFIX = re.compile(r"-[0-9]+$")
 
 
+# Keys come from traffic: the caches are cleared when they reach this size.
+_CACHE_LIMIT = 4096
+_CRN_PARTS: Dict[str, Optional[Dict[str, str]]] = {}
+
+
 def parse_crn(value: Any) -> Optional[Dict[str, str]]:
+    """Parse a CRN (cached: a source's logSourceCRN repeats in every event it sends)."""
+    if not isinstance(value, str):
+        return None
+    parts = _CRN_PARTS.get(value)
+    if parts is None and value not in _CRN_PARTS:
+        parts = _parse_crn(value)
+        if len(_CRN_PARTS) >= _CACHE_LIMIT:
+            _CRN_PARTS.clear()
+        _CRN_PARTS[value] = parts
+    return parts
+
+
+def _parse_crn(value: str) -> Optional[Dict[str, str]]:
     """`crn:v1:cname:ctype:service-name:location:scope:instance:resource-type:resource` → parts.
 
     Tolerates a missing `crn:` prefix; empty segments become absent keys.
@@ -341,24 +378,37 @@ def parse_crn(value: Any) -> Optional[Dict[str, str]]:
     return out
 
 
+_ACTION_PARTS: Dict[Tuple[str, Optional[str]], Dict[str, str]] = {}
+
+
+def _action_parts(action: str, service: Optional[str]) -> Dict[str, str]:
+    key = (action, service)
+    parts = _ACTION_PARTS.get(key)
+    if parts is None:
+        segments = action.split(".")
+        service = service or segments[0]
+        rest = action[len(service) + 1:].split(".") if action.startswith(service + ".") else segments[1:]
+        parts = {"service": service, "objectType": ".".join(rest[:-1]), "verb": rest[-1]}
+        if len(_ACTION_PARTS) >= _CACHE_LIMIT:
+            _ACTION_PARTS.clear()
+        _ACTION_PARTS[key] = parts
+    return parts
+
+
 def derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, str]:
     """Service, object type and verb from the action; region, account, … from the CRNs."""
     derived: Dict[str, str] = {}
     action = work.get("action")
     if isinstance(action, str) and action.count(".") >= 2:
-        parts = action.split(".")
-        service = service or parts[0]
-        rest = action[len(service) + 1:].split(".") if action.startswith(service + ".") else parts[1:]
-        derived["service"] = service
-        derived["objectType"] = ".".join(rest[:-1])
-        derived["verb"] = rest[-1]
+        derived.update(_action_parts(action, service))
     target = work.get("target")
     crn = parse_crn(target.get("id")) if isinstance(target, dict) else None
+    if crn:
+        derived.update(crn)
     source = parse_crn(work.get("logSourceCRN"))
-    for parsed in (crn, source):
-        if parsed:
-            for key, value in parsed.items():
-                derived.setdefault(key, value)
+    if source:
+        for key, value in source.items():
+            derived.setdefault(key, value)
     return derived
 
 
@@ -382,9 +432,9 @@ class Normalizer:
 
     def normalize(self, event: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
         """A normalized copy of `event`; the names of the changes are appended to `fixes`."""
-        work = working_copy(event)
+        work = dict(event)
         for step in self.steps:
-            step(work, fixes)
+            step(work, event, fixes)
         return work
 
     def annotate(self, work: Dict[str, Any], service: Optional[str], fixes: Fixes) -> None:
@@ -422,7 +472,7 @@ def _make_alias_step(aliases: Dict[str, str]) -> Step:
     """Rename source keys (dotted paths) to the model's names before validation."""
     pairs = [(tuple(src.split(".")), tuple(dst.split("."))) for src, dst in aliases.items()]
 
-    def rename(work: Dict[str, Any], fixes: Fixes) -> None:
+    def rename(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
         for src, dst in pairs:
             holder, _ = _get(work, src)
             if holder is None:

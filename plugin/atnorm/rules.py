@@ -85,8 +85,17 @@ class SchemaDocument:
         """The declared action closest to an unknown one (a renamed one first)."""
         if action in self.renames:
             return self.renames[action]
-        matches = difflib.get_close_matches(action, sorted(self.actions), n=1, cutoff=0.6)
-        return matches[0] if matches else None
+        if action in self._nearest:
+            return self._nearest[action]
+        matches = difflib.get_close_matches(action, self._sorted_actions, n=1, cutoff=0.6)
+        if len(self._nearest) >= 4096:  # unknown actions come from traffic: stay bounded
+            self._nearest.clear()
+        self._nearest[action] = matches[0] if matches else None
+        return self._nearest[action]
+
+    def __post_init__(self) -> None:
+        self._sorted_actions = sorted(self.actions)
+        self._nearest: Dict[str, Optional[str]] = {}
 
 
 def load_document(path: Path, levels: Optional[Dict[str, str]] = None) -> SchemaDocument:
@@ -115,12 +124,32 @@ def load_document(path: Path, levels: Optional[Dict[str, str]] = None) -> Schema
         schema = raw["$defs"][short]
         rule = Rule(f"{name}.{short}", level, schema, compiler.compile(schema),
                     reference.evolve(schema=schema), entry.get("description", ""))
-        if isinstance(schema.get("allOf"), list) and all(
-                isinstance(item, dict) and "title" in item for item in schema["allOf"]):
-            rule.items = [(f"{rule.name}:{item['title']}", compiler.compile(item)) for item in schema["allOf"]]
+        _split_titled_items(rule, compiler)
         rules.append(rule)
     return SchemaDocument(kind, name, str(path), rules,
                           frozenset(meta.get("actions", {})), dict(meta.get("renames", {})), raw)
+
+
+def _split_titled_items(rule: Rule, compiler: SchemaCompiler) -> None:
+    schema = rule.schema
+    if isinstance(schema.get("allOf"), list) and all(
+            isinstance(item, dict) and "title" in item for item in schema["allOf"]):
+        rule.items = [(f"{rule.name}:{item['title']}", compiler.compile(item)) for item in schema["allOf"]]
+
+
+def standalone_rule(name: str, level: str, schema: Dict[str, Any], description: str = "") -> Rule:
+    """A rule from a self-contained schema (no `$ref` outside it), e.g. one a tuning file adds.
+
+    Compiled like the generated rules, with python-jsonschema as its reference, so its
+    reasons read the same.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"rule level must be one of {', '.join(LEVELS)}, got {level!r}")
+    Draft202012Validator.check_schema(schema)
+    compiler = SchemaCompiler(schema)
+    rule = Rule(name, level, schema, compiler.compile(schema), Draft202012Validator(schema), description)
+    _split_titled_items(rule, compiler)
+    return rule
 
 
 @dataclass
