@@ -24,8 +24,10 @@ def describe(verdict: Verdict, show_record: bool = False) -> str:
     lines: List[str] = [f"verdict: {verdict.outcome}"]
     if verdict.action:
         lines.append(f"action: {verdict.action}")
-    lines.append(f"service: {verdict.service or '(no schema declares it)'}"
-                 if verdict.outcome != "passed" else "not an Activity Tracker event (no action/initiator/target): passed on unchanged")
+    if verdict.outcome == "passed":
+        lines.append("not an Activity Tracker event (no action/initiator/target): passed on unchanged")
+    else:
+        lines.append(f"service: {verdict.service or '(no schema declares it)'}")
     if verdict.fixes:
         lines.append("fixed:")
         lines += [f"  - {fix}" for fix in verdict.fixes]

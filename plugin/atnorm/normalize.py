@@ -159,7 +159,7 @@ def owned(work: Dict[str, Any], event: Dict[str, Any], path: Tuple[str, ...]) ->
             return None
         original_child = original.get(part) if isinstance(original, dict) else None
         if child is original_child:
-            child = dict(child)
+            child = dict(child)  # type: ignore[arg-type]
             node[part] = child
         node, original = child, original_child
     return node  # type: ignore[no-any-return]

@@ -14,12 +14,12 @@ The reference validator (python-jsonschema) is asked only to explain a rejection
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .normalize import DERIVED_FIELDS, Normalizer, find_event, is_event
-from .rules import Rule, RuleSet, SchemaDocument
+from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
 from .verdict import ACCEPTED, PASSED, REJECTED, RejectReason, Verdict
 
@@ -56,6 +56,11 @@ class FilterSettings:
     record_fixes: bool = True
     aliases: Dict[str, str] = field(default_factory=dict)
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    # Rules added by a tuning file, by scope: "*" (every event, checked with the envelope)
+    # or a service name. Each is {"name", "level", "schema"}, compiled once like the rest.
+    extra_rules: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
+    # Warning kinds left unreported, by scope ("*" or a service name).
+    ignored_warnings: Dict[str, List[str]] = field(default_factory=dict)
 
 
 def bundled_schema_dir() -> Path:
@@ -71,10 +76,26 @@ class _CompiledService:
     enforce: List[Rule]
     warn: List[Rule]
     action_rule: Optional[Rule]
+    ignored: frozenset = frozenset()
 
 
 def _record_error(rule: str, message: str) -> RejectReason:
     return RejectReason("", rule, message)
+
+
+def _without_kinds(rules: List[Rule], ignored: frozenset) -> List[Rule]:
+    """Warning rules with the ignored kinds taken out (a rule left with nothing is dropped)."""
+    if not ignored:
+        return rules
+    kept: List[Rule] = []
+    for rule in rules:
+        if rule.items:
+            items = [(kind, check) for kind, check in rule.items if kind not in ignored]
+            if items:
+                kept.append(replace(rule, items=items))
+        elif rule.name not in ignored:
+            kept.append(rule)
+    return kept
 
 
 class EventFilter:
@@ -90,8 +111,10 @@ class EventFilter:
                                      annotation_key=s.annotation_key, record_fixes=s.record_fixes,
                                      aliases=s.aliases or None)
         envelope = rules.envelope.rules
+        envelope = envelope + self._extra_rules("*")
         self._envelope_enforce = [r for r in envelope if r.level == "enforce"]
-        self._envelope_warn = [r for r in envelope if r.level == "warn"]
+        self._envelope_warn = _without_kinds([r for r in envelope if r.level == "warn"],
+                                             frozenset(s.ignored_warnings.get("*", ())))
         self._services: Dict[str, _CompiledService] = {
             name: self._compile_service(document) for name, document in rules.services.items()
         }
@@ -115,14 +138,19 @@ class EventFilter:
         warn: List[Rule] = []
         action_rule = document.rule("action")
         if policy.mode != "off":
-            for rule in document.rules:
+            for rule in document.rules + self._extra_rules(document.name):
                 if rule is action_rule or rule.level == "off":
                     continue  # the action is checked by set membership, below
                 if rule.level == "enforce" and policy.mode == "enforce":
                     enforce.append(rule)
                 else:
                     warn.append(rule)
-        return _CompiledService(document, policy, enforce, warn, action_rule)
+        ignored = frozenset(self.settings.ignored_warnings.get(document.name, ()))
+        return _CompiledService(document, policy, enforce, warn, action_rule, ignored)
+
+    def _extra_rules(self, scope: str) -> List[Rule]:
+        return [standalone_rule(spec["name"], spec["level"], spec["schema"])
+                for spec in self.settings.extra_rules.get(scope, ())]
 
     def _service_of(self, action: Any) -> Optional[str]:
         if not isinstance(action, str):
@@ -163,10 +191,10 @@ class EventFilter:
             warnings += rule.warning_kinds(work)
 
         action = work.get("action")
-        service = self._service_of(action)
+        service = self._service_of(action)  # a str action, or None
         if service is None:
             if self.settings.unknown_service == "pass":
-                return Verdict(PASSED, record)
+                return Verdict(PASSED, record, action=action if isinstance(action, str) else None)
             if self.settings.unknown_service == "reject":
                 unknown = RejectReason("/action", "unknown_service",
                                        f"no schema declares the service of {action!r}")
@@ -174,6 +202,7 @@ class EventFilter:
             warnings.append(UNKNOWN_SERVICE)
         else:
             compiled = self._services[service]
+            assert isinstance(action, str)  # a service was found for it
             if compiled.policy.mode != "off" and action not in compiled.document.actions:
                 self.stats.count_unknown_action(service, action)
                 policy = compiled.policy.unknown_action
@@ -188,6 +217,8 @@ class EventFilter:
                     failed.append((rule, None))
             for rule in compiled.warn:
                 warnings += rule.warning_kinds(work)
+            if compiled.ignored:
+                warnings = [w for w in warnings if w not in compiled.ignored]
 
         if failed:
             return self._rejected(record, work, failed, [], service, warnings, fixes)
