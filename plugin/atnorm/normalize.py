@@ -427,6 +427,7 @@ class Normalizer:
         self.steps += [trim_whitespace, make_event_time_step(fraction_digits), coerce_types,
                        casefold_enums, fix_type_uris]
         self.derived_fields = tuple(derived_fields)
+        self._some_derived_fields = set(derived_fields) != set(DERIVED_FIELDS)
         self.annotation_key = annotation_key
         self.record_fixes = record_fixes
 
@@ -444,8 +445,9 @@ class Normalizer:
             return
         annotation: Dict[str, Any] = {}
         if self.derived_fields:
-            derived = derive(work, service)
-            annotation.update((k, derived[k]) for k in self.derived_fields if k in derived)
+            annotation = derive(work, service)  # a fresh dict
+            if self._some_derived_fields:
+                annotation = {k: annotation[k] for k in self.derived_fields if k in annotation}
         if self.record_fixes and fixes:
             annotation["fixes"] = list(fixes)
         if annotation:

@@ -41,10 +41,24 @@ class Rule:
     description: str = ""
     # For split warning rules: (kind, predicate) per titled item.
     items: List[Tuple[str, Predicate]] = field(default_factory=list)
+    # For object rules: the rule without `properties`, and per property (name, predicate,
+    # reference), so a failure is explained by asking the reference about the failing
+    # properties only (the same errors, for a fraction of the work).
+    narrowed: Optional[Tuple[Draft202012Validator, List[Tuple[str, Predicate, Draft202012Validator]]]] = None
 
     def reasons(self, record: Any, suggestion: Optional[str] = None) -> List[RejectReason]:
         """Why `record` fails this rule, in python-jsonschema's words."""
-        errors = sorted(self.reference.iter_errors(record), key=relevance)
+        if self.narrowed is not None and isinstance(record, dict):
+            rest, properties = self.narrowed
+            errors = list(rest.iter_errors(record))
+            for name, check, reference in properties:
+                if name in record and not check(record[name]):
+                    for error in reference.iter_errors(record[name]):
+                        error.path.appendleft(name)
+                        errors.append(error)
+        else:
+            errors = list(self.reference.iter_errors(record))
+        errors.sort(key=relevance)
         return [to_reason(error, self.name, suggestion) for error in errors]
 
     def warning_kinds(self, record: Any) -> List[str]:
@@ -125,9 +139,22 @@ def load_document(path: Path, levels: Optional[Dict[str, str]] = None) -> Schema
         rule = Rule(f"{name}.{short}", level, schema, compiler.compile(schema),
                     reference.evolve(schema=schema), entry.get("description", ""))
         _split_titled_items(rule, compiler)
+        _narrow(rule, compiler)
         rules.append(rule)
     return SchemaDocument(kind, name, str(path), rules,
                           frozenset(meta.get("actions", {})), dict(meta.get("renames", {})), raw)
+
+
+_NARROWABLE = frozenset({"type", "required", "properties", "title", "description", "$comment"})
+
+
+def _narrow(rule: Rule, compiler: SchemaCompiler) -> None:
+    properties = rule.schema.get("properties")
+    if not isinstance(properties, dict) or not set(rule.schema) <= _NARROWABLE:
+        return
+    rest = rule.reference.evolve(schema={k: v for k, v in rule.schema.items() if k != "properties"})
+    rule.narrowed = (rest, [(name, compiler.compile(sub), rule.reference.evolve(schema=sub))
+                            for name, sub in properties.items()])
 
 
 def _split_titled_items(rule: Rule, compiler: SchemaCompiler) -> None:
@@ -149,6 +176,7 @@ def standalone_rule(name: str, level: str, schema: Dict[str, Any], description: 
     compiler = SchemaCompiler(schema)
     rule = Rule(name, level, schema, compiler.compile(schema), Draft202012Validator(schema), description)
     _split_titled_items(rule, compiler)
+    _narrow(rule, compiler)
     return rule
 
 
