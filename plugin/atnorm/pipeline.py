@@ -110,8 +110,7 @@ class EventFilter:
         self.normalizer = Normalizer(fraction_digits=s.fraction_digits, derived_fields=s.derived_fields,
                                      annotation_key=s.annotation_key, record_fixes=s.record_fixes,
                                      aliases=s.aliases or None)
-        envelope = rules.envelope.rules
-        envelope = envelope + self._extra_rules("*")
+        envelope = rules.envelope.rules + self._extra_rules("*")
         self._envelope_enforce = [r for r in envelope if r.level == "enforce"]
         self._envelope_warn = _without_kinds([r for r in envelope if r.level == "warn"],
                                              frozenset(s.ignored_warnings.get("*", ())))
