@@ -1,0 +1,162 @@
+"""Where each record of a chunk goes: verdict → (route, tag, time, record), grouped per chunk.
+
+Every record of a chunk leaves on exactly one route:
+
+- ``accepted``: the normalized event under the accepted tag (the incoming tag unless
+  rewritten), stamped with its normalized ``eventTime`` as an EventTime (or with the
+  time it arrived with, if so configured);
+- ``rejected``: ``{"original", "reasons"}`` under the dead-letter tag (default
+  ``<tag>.rejected``), with the time it arrived with;
+- ``passed``: the record unchanged, under its tag, with the time it arrived with.
+
+Fluent Bit's per-record metadata travels with the record on every route. Tag templates
+and the time source are turned into small functions once, so `Router.route` only loops.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from .forward_codec import Entry, EventTime, Time
+from .verdict import ACCEPTED, PASSED, REJECTED, Verdict
+
+TAG_PLACEHOLDER = "{tag}"
+TIME_SOURCES = ("event", "original")
+ROUTES = (ACCEPTED, REJECTED, PASSED)
+
+# Dates seen in traffic cluster around "now"; this bounds the cache of day → epoch seconds.
+_MAX_CACHED_DAYS = 4096
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+class RoutedBatch(NamedTuple):
+    """The records of one chunk that leave on one route, under one tag."""
+
+    route: str
+    tag: str
+    entries: List[Entry]
+
+
+def check_tag_template(template: str) -> str:
+    """Accept `{tag}`-templates such as `{tag}.rejected` or `audit.{tag}`, or a fixed tag."""
+    template = str(template)
+    if not template.strip():
+        raise ValueError("expected a tag or a template such as {tag}.rejected, got an empty string")
+    rest = template.replace(TAG_PLACEHOLDER, "")
+    if "{" in rest or "}" in rest:
+        raise ValueError(f"only {TAG_PLACEHOLDER} may appear in braces, got {template!r}")
+    return template
+
+
+def tag_function(template: str) -> Callable[[str], str]:
+    """A function incoming tag → outgoing tag for `template` (specialised once)."""
+    if template == TAG_PLACEHOLDER:
+        return lambda tag: tag
+    if TAG_PLACEHOLDER not in template:
+        return lambda tag: template
+    if template.count(TAG_PLACEHOLDER) == 1:
+        prefix, suffix = template.split(TAG_PLACEHOLDER)
+        return lambda tag: prefix + tag + suffix
+    return lambda tag: template.replace(TAG_PLACEHOLDER, tag)
+
+
+class _EventTimeParser:
+    """Canonical eventTime text (`2024-05-01T10:00:00.000+0000`) → EventTime, or None."""
+
+    def __init__(self) -> None:
+        self._days: Dict[str, int] = {}
+
+    def __call__(self, text: Any) -> Optional[EventTime]:
+        if type(text) is not str or len(text) < 24 or text[10] != "T":
+            return None
+        try:
+            day = self._days.get(text[:10])
+            if day is None:
+                day = self._day_seconds(text[:10])
+            clock = int(text[11:13]) * 3600 + int(text[14:16]) * 60 + int(text[17:19])
+            rest = text[19:]
+            nanoseconds = 0
+            if rest[:1] == ".":
+                digits = rest[1:-5]
+                if not digits.isdigit() or len(digits) > 9:
+                    return None
+                nanoseconds = int(digits.ljust(9, "0"))
+            zone = rest[-5:]
+            if zone[0] not in "+-" or not zone[1:].isdigit():
+                return None
+            offset = int(zone[1:3]) * 3600 + int(zone[3:5]) * 60
+            seconds = day + clock - (offset if zone[0] == "+" else -offset)
+        except ValueError:
+            return None
+        if seconds < 0 or seconds >= 1 << 32:
+            return None  # EventTime carries an unsigned 32-bit second count
+        return EventTime(seconds, nanoseconds)
+
+    def _day_seconds(self, text: str) -> int:
+        day = (date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_ORDINAL) * 86400
+        if len(self._days) < _MAX_CACHED_DAYS:
+            self._days[text] = day
+        return day
+
+
+parse_event_time = _EventTimeParser()
+
+
+class Router:
+    """Splits a chunk's entries into at most three `RoutedBatch`es, by verdict.
+
+    `decide` is the filter's per-record call (`EventFilter.process`), or None for a
+    pass-through relay: every record then leaves on the passed route unchanged, through
+    the same grouping and packing as filtered traffic.
+    """
+
+    def __init__(self, decide: Optional[Callable[[Any], Verdict]], *, accepted_tag: str = TAG_PLACEHOLDER,
+                 rejected_tag: str = TAG_PLACEHOLDER + ".rejected", passed_tag: str = TAG_PLACEHOLDER,
+                 time_source: str = "event") -> None:
+        if time_source not in TIME_SOURCES:
+            raise ValueError(f"time_source must be one of {', '.join(TIME_SOURCES)}, got {time_source!r}")
+        self.decide = decide
+        self.accepted_tag = tag_function(check_tag_template(accepted_tag))
+        self.rejected_tag = tag_function(check_tag_template(rejected_tag))
+        self.passed_tag = tag_function(check_tag_template(passed_tag))
+        self.time_source = time_source
+
+    def place(self, tag: str, entry: Entry, verdict: Verdict) -> Tuple[str, str, Entry]:
+        """(route, tag, entry) for one record already decided (for callers that emit one at a time)."""
+        outcome = verdict.outcome
+        if outcome == ACCEPTED:
+            when = parse_event_time(verdict.event_time) if self.time_source == "event" else None
+            return ACCEPTED, self.accepted_tag(tag), Entry(when if when is not None else entry.time,
+                                                           verdict.record, entry.metadata)
+        if outcome == REJECTED:
+            return REJECTED, self.rejected_tag(tag), Entry(entry.time, verdict.dead_letter(), entry.metadata)
+        return PASSED, self.passed_tag(tag), entry
+
+    def route(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
+        """The chunk's records, decided and grouped by route (empty groups left out)."""
+        if self.decide is None:
+            return [RoutedBatch(PASSED, self.passed_tag(tag), list(entries))] if entries else []
+        decide = self.decide
+        event_time = parse_event_time if self.time_source == "event" else None
+        accepted: List[Entry] = []
+        rejected: List[Entry] = []
+        passed: List[Entry] = []
+        for entry in entries:
+            verdict = decide(entry.record)
+            outcome = verdict.outcome
+            if outcome == ACCEPTED:
+                when: Optional[Time] = event_time(verdict.event_time) if event_time is not None else None
+                accepted.append(Entry(when if when is not None else entry.time, verdict.record, entry.metadata))
+            elif outcome == REJECTED:
+                rejected.append(Entry(entry.time, verdict.dead_letter(), entry.metadata))
+            else:
+                passed.append(entry)
+        batches: List[RoutedBatch] = []
+        if accepted:
+            batches.append(RoutedBatch(ACCEPTED, self.accepted_tag(tag), accepted))
+        if rejected:
+            batches.append(RoutedBatch(REJECTED, self.rejected_tag(tag), rejected))
+        if passed:
+            batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))
+        return batches
