@@ -1,0 +1,524 @@
+"""`atnorm serve`: the forward-protocol relay between log shippers and an aggregator.
+
+Fluent Bit / Fluentd (or any forward client) send chunks; each chunk is filtered record
+by record, split by verdict (accepted / rejected / passed, see `routing`) and handed on
+per route in one batch:
+
+- with `forward` servers: to the downstream aggregator with acks, or into the durable
+  spool while it is away (`delivery`); rejected records may have their own downstream;
+- without: into JSON-lines files in the data directory, fsync'd (`localstore`).
+
+The upstream chunk is acked only when every one of its records is safe in one of those
+places; if the spool is full it is not acked and the sender keeps it. Chunk ids already
+acked are answered without handing the records on again (the server's dedup window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import signal
+import sys
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
+
+from .delivery import Delivery
+from .forward_codec import Chunk, Entry, EventTime, pack_entries
+from .forward_sender import ForwardSender
+from .forward_server import ForwardServer
+from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
+from .metrics import MetricsServer, build_registry
+from .options import (
+    ConfigError,
+    Option,
+    add_arguments,
+    boolean,
+    host_port,
+    load_config_file,
+    positive_float,
+    positive_int,
+    resolve,
+    size_bytes,
+    text,
+)
+from .relaystats import RelayStats
+from .routing import TIME_SOURCES, RoutedBatch, Router, check_tag_template
+from .settings import FILTER_OPTIONS, add_filter_arguments, build_filter
+from .spool import Spool, SpoolError
+from .stats import FilterStats
+from .stats_record import STATS_OPTIONS, StatsRecorder
+from .verdict import REJECTED
+
+log = logging.getLogger("atnorm.relay")
+
+DEFAULT_LISTEN = "127.0.0.1:24224"
+# Records filtered between two yields to the event loop, so one big chunk cannot hold up
+# every other connection's acks and reads for the length of its filtering.
+ROUTE_SLICE = 512
+# Chunks whose hand-off failed half-way, remembered so a resend of the same chunk id
+# hands on only what is still missing (and is not decided and counted twice).
+MAX_UNFINISHED_CHUNKS = 256
+
+
+def address(value: Any) -> str:
+    """`HOST:PORT`, `[v6]:PORT` or `unix:///path`, checked and kept as text."""
+    host_port(text(value))
+    return str(value).strip()
+
+
+def tag_template(value: Any) -> str:
+    return check_tag_template(text(value))
+
+
+OPTIONS = (
+    # upstream: where shippers connect
+    Option("listen", address, [DEFAULT_LISTEN], "forward-protocol address to listen on (repeatable)",
+           multiple=True, metavar="HOST:PORT"),
+    Option("shared_key", text, None, "require this shared key from senders (forward-protocol handshake)",
+           metavar="KEY"),
+    Option("self_hostname", text, None, "hostname this relay gives in handshakes (default: the host's name)",
+           metavar="NAME"),
+    Option("tls_cert", text, None, "serve TLS with this certificate (PEM)", metavar="FILE"),
+    Option("tls_key", text, None, "private key of tls_cert (PEM; omit if it is in the certificate file)",
+           metavar="FILE"),
+    Option("max_frame_size", size_bytes, 16 << 20, "largest forward frame accepted from a sender",
+           metavar="SIZE"),
+    Option("max_decompressed_size", size_bytes, 64 << 20, "largest size a compressed chunk may inflate to",
+           metavar="SIZE"),
+    Option("idle_timeout", positive_float, 120.0, "close a sender's connection after this many idle seconds",
+           metavar="SECONDS"),
+    Option("max_connections", positive_int, 256, "most sender connections open at once", metavar="N"),
+    # downstream: where records go
+    Option("forward", address, [], "downstream aggregator (repeatable: the next one is the failover); "
+           "unset: write JSON-lines files in data_dir", multiple=True, metavar="HOST:PORT"),
+    Option("rejected_forward", address, [], "separate downstream for rejected records (repeatable; "
+           "default: the forward servers)", multiple=True, metavar="HOST:PORT"),
+    Option("forward_shared_key", text, None, "shared key for the downstream handshake", metavar="KEY"),
+    Option("forward_tls", boolean, False, "connect to the downstream with TLS", metavar="BOOL"),
+    Option("forward_tls_verify", boolean, True, "verify the downstream's TLS certificate", metavar="BOOL"),
+    Option("forward_tls_ca", text, None, "CA bundle for the downstream's certificate (default: system store)",
+           metavar="FILE"),
+    Option("forward_compress", text, "none", "compress chunks sent downstream", choices=("none", "gzip"),
+           metavar="none|gzip"),
+    Option("forward_ack_timeout", positive_float, 30.0, "resend a downstream chunk not acked within this time",
+           metavar="SECONDS"),
+    Option("retry_max_wait", positive_float, 10.0, "longest wait between attempts to reach the downstream",
+           metavar="SECONDS"),
+    # what the records look like on the way out
+    Option("accepted_tag", tag_template, "{tag}", "tag of accepted records ({tag} is the incoming tag)",
+           metavar="TEMPLATE"),
+    Option("rejected_tag", tag_template, "{tag}.rejected",
+           "dead-letter tag of rejected records, sent as {original, reasons}", metavar="TEMPLATE"),
+    Option("time_source", text, "event", "time sent on with accepted records: the normalized eventTime "
+           "(event) or the time the record arrived with (original)", choices=TIME_SOURCES,
+           metavar="event|original"),
+    Option("filter", boolean, True, "validate and normalize (off: pass every record through unchanged)",
+           metavar="on|off"),
+    # local state
+    Option("data_dir", text, "atnorm-data", "directory for the spool, and for the record files when no "
+           "downstream is set", metavar="DIR"),
+    Option("spool_path", text, None, "spool file (default: DATA_DIR/spool.db)", metavar="FILE"),
+    Option("spool_max_size", size_bytes, 1 << 30, "most bytes the spool holds; when full, chunks are "
+           "not acked and senders keep them", metavar="SIZE"),
+    Option("spool_sync", text, "normal", "spool durability: normal survives a crash of the process, full "
+           "also a power loss", choices=("normal", "full"), metavar="normal|full"),
+    # operations
+    Option("metrics_listen", address, None, "serve Prometheus /metrics, /healthz and /readyz here",
+           metavar="HOST:PORT"),
+    Option("shutdown_timeout", positive_float, 10.0, "on SIGTERM, how long chunks in flight may take to "
+           "finish", metavar="SECONDS"),
+    Option("log_level", text, "info", "log level", choices=("debug", "info", "warning", "error"),
+           metavar="LEVEL"),
+)
+
+ALL_OPTIONS: Tuple[Option, ...] = OPTIONS + tuple(STATS_OPTIONS) + tuple(FILTER_OPTIONS)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Flags for `atnorm serve`: relay, stats record and filter options, plus `--config FILE`."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file with the same keys as the flags (flags win)")
+    add_arguments(parser, OPTIONS)
+    add_arguments(parser, STATS_OPTIONS)
+    add_filter_arguments(parser)
+
+
+def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(relay settings, raw config-file values): defaults < `--config` file < flags, checked."""
+    config_path = getattr(args, "config", None)
+    file_values = load_config_file(config_path, ALL_OPTIONS) if config_path else {}
+    settings = resolve(OPTIONS + tuple(STATS_OPTIONS), args, file_values)
+    if settings["tls_key"] and not settings["tls_cert"]:
+        raise ConfigError("tls_key needs tls_cert too", key="tls_key")
+    if not settings["listen"]:
+        raise ConfigError("at least one listen address is needed", key="listen")
+    if settings["rejected_forward"] and not settings["forward"]:
+        raise ConfigError("rejected_forward needs forward too (without a downstream, records go to "
+                          "files in data_dir)", key="rejected_forward")
+    if settings["spool_path"] is None:
+        settings["spool_path"] = os.path.join(settings["data_dir"], "spool.db")
+    return settings, file_values
+
+
+def _listen_address(text_address: str) -> Union[Tuple[str, int], str]:
+    host, port = host_port(text_address)
+    return host if host.startswith("unix://") else (host, port)
+
+
+def _show(address: Union[Tuple[str, int], str]) -> str:
+    if isinstance(address, str):
+        return address
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _rejected_spool_path(spool_path: str) -> str:
+    base, extension = os.path.splitext(spool_path)
+    return f"{base}-rejected{extension or '.db'}"
+
+
+def _build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats) -> Any:
+    """The filter the options describe: one that reloads its tuning, when that is available."""
+    values = resolve(FILTER_OPTIONS, args, file_values)
+    if values.get("tuning") and importlib.util.find_spec("atnorm.reload") is not None:
+        from .reload import ReloadingFilter  # a tuning file may change while the relay runs
+
+        return ReloadingFilter.from_options(values, stats=stats)
+    return build_filter(args, file_values, stats)
+
+
+# --- destinations ----------------------------------------------------------------------------
+
+class _SpoolGauges:
+    """Lets several spools publish into one RelayStats: each writes its share, the sum is shown."""
+
+    _shares: List["_SpoolGauges"]
+
+    def __init__(self, stats: RelayStats, shares: List["_SpoolGauges"]) -> None:
+        self._stats = stats
+        self._shares = shares
+        self.records, self.size, self.age = 0, 0, 0.0
+        shares.append(self)
+
+    def _sum(self) -> None:
+        self._stats.spool_depth_records = sum(s.records for s in self._shares)
+        self._stats.spool_depth_bytes = sum(s.size for s in self._shares)
+        self._stats.spool_oldest_age_seconds = max(s.age for s in self._shares)
+
+    @property
+    def spool_depth_records(self) -> int:
+        return self.records
+
+    @spool_depth_records.setter
+    def spool_depth_records(self, value: int) -> None:
+        self.records = value
+        self._sum()
+
+    @property
+    def spool_depth_bytes(self) -> int:
+        return self.size
+
+    @spool_depth_bytes.setter
+    def spool_depth_bytes(self, value: int) -> None:
+        self.size = value
+        self._sum()
+
+    @property
+    def spool_oldest_age_seconds(self) -> float:
+        return self.age
+
+    @spool_oldest_age_seconds.setter
+    def spool_oldest_age_seconds(self, value: float) -> None:
+        self.age = value
+        self._sum()
+
+
+class ForwardDestination:
+    """Batches go to the downstream (acked) or the spool; rejected ones maybe to their own."""
+
+    def __init__(self, main: Delivery, rejected: Optional[Delivery] = None) -> None:
+        self.main = main
+        self.rejected = rejected
+        self.deliveries = [main] + ([rejected] if rejected is not None else [])
+
+    async def start(self) -> None:
+        for delivery in self.deliveries:
+            await delivery.start()
+
+    async def deliver(self, batches: Sequence[RoutedBatch]) -> List[bool]:
+        """Hand each batch off; True per batch once acked downstream or spooled."""
+        rejected = self.rejected
+        calls: List[Awaitable[bool]] = []
+        for batch in batches:
+            delivery = rejected if rejected is not None and batch.route == REJECTED else self.main
+            calls.append(delivery.hand_off(batch.tag, pack_entries(batch.entries), len(batch.entries)))
+        if len(calls) == 1:
+            return [await calls[0]]
+        return list(await asyncio.gather(*calls))
+
+    def readiness(self) -> Tuple[bool, str]:
+        for delivery in self.deliveries:
+            if delivery.sender.connected_server is None and delivery.spool.is_full:
+                return False, f"downstream not connected ({delivery.sender.last_error}) and the spool is full"
+        return True, "ready"
+
+    async def close(self, timeout: float) -> None:
+        for delivery in self.deliveries:
+            await delivery.close(timeout)
+
+
+class FileDestination:
+    """Batches go to the JSON-lines files of the data directory, synced before the ack."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+
+    async def start(self) -> None:
+        pass
+
+    async def deliver(self, batches: Sequence[RoutedBatch]) -> List[bool]:
+        ok = await self.store.store(list(batches))
+        return [ok] * len(batches)
+
+    def readiness(self) -> Tuple[bool, str]:
+        if self.store.last_error is not None:
+            return False, self.store.last_error
+        return True, "ready"
+
+    async def close(self, timeout: float) -> None:
+        await self.store.close()
+
+
+Destination = Union[ForwardDestination, FileDestination]
+
+
+# --- the relay -------------------------------------------------------------------------------
+
+class Relay:
+    """Forward server → router → destination, with metrics and the periodic stats record."""
+
+    def __init__(self, settings: Dict[str, Any], event_filter: Any = None,
+                 filter_stats: Optional[FilterStats] = None) -> None:
+        self.settings = settings
+        self.event_filter = event_filter
+        self.filter_stats = filter_stats or (event_filter.stats if event_filter is not None else FilterStats())
+        self.relay_stats = RelayStats()
+        self.router = Router(self._decide_function(), accepted_tag=settings["accepted_tag"],
+                             rejected_tag=settings["rejected_tag"], time_source=settings["time_source"])
+        self.server = ForwardServer(
+            self.handle_chunk,
+            listen=[_listen_address(a) for a in settings["listen"]],
+            tls_cert=settings["tls_cert"], tls_key=settings["tls_key"],
+            shared_key=settings["shared_key"], self_hostname=settings["self_hostname"],
+            max_frame_size=settings["max_frame_size"],
+            max_decompressed_size=settings["max_decompressed_size"],
+            idle_timeout=settings["idle_timeout"], max_connections=settings["max_connections"],
+            stats=self.relay_stats)
+        self.destination: Optional[Destination] = None
+        self.metrics: Optional[MetricsServer] = None
+        self._stats_task: Optional["asyncio.Task[None]"] = None
+        self._unfinished: "OrderedDict[Hashable, List[RoutedBatch]]" = OrderedDict()
+
+    def _decide_function(self) -> Optional[Callable[[Any], Any]]:
+        if not self.settings["filter"] or self.event_filter is None:
+            return None
+        return self.event_filter.process
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the destination, bind the listeners, start metrics and the stats record."""
+        self.destination = self._open_destination()
+        await self.destination.start()
+        try:
+            await self.server.start()
+        except OSError as exc:
+            await self.destination.close(0)
+            raise ConfigError(exc.strerror or str(exc)) from None
+        if self.settings["metrics_listen"]:
+            host, port = host_port(self.settings["metrics_listen"])
+            registry = build_registry(self.filter_stats, self.relay_stats, self._schemas_loaded)
+            self.metrics = MetricsServer(registry, host, port, readiness=self.readiness)
+            try:
+                self.metrics.start()
+            except ConfigError:
+                await self.server.stop(grace=0)
+                await self.destination.close(0)
+                raise
+        if self.settings.get("stats_interval"):
+            recorder = StatsRecorder(self.filter_stats, self._emit_stats_record, self.relay_stats,
+                                     tag=self.settings["stats_tag"])
+            self._stats_task = recorder.start_task(self.settings["stats_interval"])
+
+    def _open_destination(self) -> Destination:
+        settings = self.settings
+        if not settings["forward"]:
+            try:
+                return FileDestination(LocalStore(settings["data_dir"]))
+            except LocalStoreError as exc:
+                raise ConfigError(str(exc), key="data_dir") from None
+        shares: List[_SpoolGauges] = []
+        main = self._delivery(settings["forward"], settings["spool_path"], _SpoolGauges(self.relay_stats, shares))
+        rejected = None
+        if settings["rejected_forward"]:
+            try:
+                rejected = self._delivery(settings["rejected_forward"], _rejected_spool_path(settings["spool_path"]),
+                                          _SpoolGauges(self.relay_stats, shares))
+            except ConfigError:
+                main.spool.close()
+                raise
+        return ForwardDestination(main, rejected)
+
+    def _delivery(self, servers: Sequence[str], spool_path: str, gauges: _SpoolGauges) -> Delivery:
+        settings = self.settings
+        try:
+            spool = Spool(spool_path, max_bytes=settings["spool_max_size"], sync=settings["spool_sync"],
+                          stats=gauges)
+        except SpoolError as exc:
+            raise ConfigError(str(exc), key="spool_path") from None
+        try:
+            sender = ForwardSender(
+                [host_port(s) for s in servers],
+                tls=settings["forward_tls"], tls_verify=settings["forward_tls_verify"],
+                tls_ca_file=settings["forward_tls_ca"], shared_key=settings["forward_shared_key"],
+                self_hostname=settings["self_hostname"], ack_timeout=settings["forward_ack_timeout"],
+                retry_max_wait=settings["retry_max_wait"],
+                compress=None if settings["forward_compress"] == "none" else settings["forward_compress"],
+                stats=self.relay_stats)
+        except (OSError, ValueError) as exc:
+            spool.close()
+            raise ConfigError(f"downstream: {exc}", key="forward") from None
+        return Delivery(sender, spool, stats=self.relay_stats, retry_max_wait=settings["retry_max_wait"])
+
+    async def stop(self) -> None:
+        """Stop accepting, let chunks in flight finish, flush and close the destination."""
+        timeout = self.settings["shutdown_timeout"]
+        await self.server.stop(grace=timeout)
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            await asyncio.gather(self._stats_task, return_exceptions=True)
+        if self.destination is not None:
+            await self.destination.close(timeout)
+        if self.metrics is not None:
+            self.metrics.stop()
+
+    # --- per chunk ---------------------------------------------------------------------------
+
+    async def handle_chunk(self, chunk: Chunk) -> bool:
+        """The ForwardServer handler: True once every record of `chunk` is safely handed on."""
+        assert self.destination is not None
+        key = _chunk_key(chunk)
+        batches = self._unfinished.pop(key, None) if key is not None else None
+        if batches is None:
+            batches = await self._route(chunk.tag, chunk.entries)
+        results = await self.destination.deliver(batches)
+        if all(results):
+            return True
+        if key is not None:
+            self._unfinished[key] = [b for b, ok in zip(batches, results) if not ok]
+            while len(self._unfinished) > MAX_UNFINISHED_CHUNKS:
+                self._unfinished.popitem(last=False)
+        return False
+
+    async def _route(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
+        route = self.router.route
+        if len(entries) <= ROUTE_SLICE:
+            return route(tag, entries)
+        groups: Dict[Tuple[str, str], List[Entry]] = {}
+        for start in range(0, len(entries), ROUTE_SLICE):
+            for batch in route(tag, entries[start:start + ROUTE_SLICE]):
+                groups.setdefault((batch.route, batch.tag), []).extend(batch.entries)
+            await asyncio.sleep(0)
+        return [RoutedBatch(route_name, out_tag, group) for (route_name, out_tag), group in groups.items()]
+
+    async def _emit_stats_record(self, tag: str, timestamp: float, record: Dict[str, Any]) -> None:
+        assert self.destination is not None
+        seconds = int(timestamp)
+        when = EventTime(seconds, int((timestamp - seconds) * 1e9))
+        results = await self.destination.deliver([RoutedBatch(STATS_ROUTE, tag, [Entry(when, record)])])
+        if not all(results):
+            log.warning("stats record not delivered (downstream and spool unavailable)")
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _schemas_loaded(self) -> int:
+        event_filter = self.event_filter
+        rules = getattr(event_filter, "rules", None) if event_filter is not None else None
+        return len(rules.services) if rules is not None else 0
+
+    def readiness(self) -> Tuple[bool, str]:
+        """Ready: schemas loaded (unless the filter is off) and records have somewhere to go."""
+        if self.settings["filter"] and self._schemas_loaded() == 0:
+            return False, "no schemas loaded"
+        if self.destination is None:
+            return False, "starting"
+        return self.destination.readiness()
+
+    def describe(self) -> str:
+        """One line: where the relay listens and where records go."""
+        settings = self.settings
+        listening = ", ".join(_show(a) for a in self.server.addresses)
+        if settings["forward"]:
+            where = f"forwarding with acks to {', '.join(settings['forward'])}"
+            if settings["rejected_forward"]:
+                where += f" (rejected records to {', '.join(settings['rejected_forward'])})"
+            where += f", spooling to {settings['spool_path']} while the downstream is away"
+        else:
+            directory = settings["data_dir"]
+            where = (f"writing records to {os.path.join(directory, 'accepted.jsonl')}, rejected.jsonl "
+                     f"and passed.jsonl (synced before each ack)")
+        mode = "filter on" if self.router.decide is not None else "filter off, records pass through unchanged"
+        metrics = f"; metrics on http://{settings['metrics_listen']}/metrics" if settings["metrics_listen"] else ""
+        return f"listening on {listening} (forward protocol); {where}; {mode}{metrics}"
+
+    def summary(self) -> str:
+        stats = self.relay_stats
+        return (f"{self.filter_stats.summary_line()} acks_sent={stats.acks_sent} "
+                f"duplicate_chunks={stats.duplicate_chunks} spool_depth_records={stats.spool_depth_records}")
+
+
+def _chunk_key(chunk: Chunk) -> Optional[Hashable]:
+    if chunk.chunk_id is None:
+        return None
+    key = (chunk.tag, chunk.chunk_id)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+# --- the command -----------------------------------------------------------------------------
+
+async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -> None:
+    """Run `relay` until SIGTERM or SIGINT, then shut it down cleanly."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await relay.start()
+    log.info("%s", relay.describe())
+    if ready is not None:
+        ready(relay)
+    try:
+        await stopping.wait()
+        log.info("stopping: no new connections; finishing chunks in flight")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await relay.stop()
+    log.info("stopped: %s", relay.summary())
+
+
+def run(args: argparse.Namespace) -> int:
+    """`atnorm serve`: load settings, build the filter, serve until told to stop."""
+    settings, file_values = load_settings(args)
+    logging.basicConfig(stream=sys.stderr, level=settings["log_level"].upper(),
+                        format="%(asctime)s %(levelname)s atnorm serve: %(message)s")
+    filter_stats = FilterStats()
+    event_filter = _build_event_filter(args, file_values, filter_stats) if settings["filter"] else None
+    relay = Relay(settings, event_filter, filter_stats)
+    asyncio.run(serve(relay))
+    return 0

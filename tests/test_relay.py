@@ -1,0 +1,391 @@
+"""`atnorm serve` wired end to end on loopback: senders → relay → files or a downstream receiver."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import msgpack
+import pytest
+from fluent.sender import FluentSender
+
+from atnorm.forward_codec import Entry, EventTime, pack_entries
+from atnorm.forward_sender import ForwardSender
+from atnorm.options import ConfigError
+from atnorm.pipeline import EventFilter
+from atnorm.relay import Relay, configure_parser, load_settings
+from atnorm.stats import FilterStats
+from forward_frames import Time, fluentbit_entry, fluentbit_forward
+from forward_receiver import EventTime as ReceivedTime
+from forward_receiver import ForwardReceiver
+from relay_process import RelayProcess
+
+EVENTS = Path(__file__).parent / "fixtures" / "events"
+
+
+def event(name: str) -> Dict[str, Any]:
+    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
+
+
+def valid_event() -> Dict[str, Any]:
+    """An audit event the bundled schemas accept (its eventTime needs normalizing)."""
+    return event("vsi-provision.json")
+
+
+def invalid_event() -> Dict[str, Any]:
+    """The same event without the required `outcome`."""
+    broken = valid_event()
+    del broken["outcome"]
+    return broken
+
+
+def other_record() -> Dict[str, Any]:
+    """A platform log line: not an audit event, so it passes through."""
+    return event("platform-log-not-an-event.json")
+
+
+# The valid event's eventTime, 2021-05-19T10:11:12.5+0000, normalized and as an EventTime.
+NORMALIZED_TIME = "2021-05-19T10:11:12.500+0000"
+NORMALIZED_EVENT_TIME = ReceivedTime(1621419072, 500_000_000)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def settings_for(*argv: str) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    settings, _ = load_settings(parser.parse_args(list(argv)))
+    return settings
+
+
+def new_filter() -> EventFilter:
+    return EventFilter.from_schemas(stats=FilterStats())
+
+
+async def exchange(port: int, frames: List[bytes], replies: int) -> List[Any]:
+    """Send raw frames on one connection and read `replies` msgpack answers (acks)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for frame in frames:
+            writer.write(frame)
+        await writer.drain()
+        unpacker = msgpack.Unpacker(raw=False)
+        answers: List[Any] = []
+        while len(answers) < replies:
+            data = await reader.read(1 << 16)
+            if not data:
+                break
+            unpacker.feed(data)
+            answers.extend(unpacker)
+        return answers
+    finally:
+        writer.close()
+
+
+def read_lines(path: Path) -> List[Any]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def wait_until(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+# --- the embedded default: a real process, fluent-logger in front, files behind ------------------
+
+def test_fluent_logger_events_land_in_the_file_of_their_route(tmp_path):
+    data = tmp_path / "data"
+    with RelayProcess("--listen", "127.0.0.1:0", "--data-dir", str(data)) as relay:
+        assert f"writing records to {data / 'accepted.jsonl'}" in relay.stderr
+        sender = FluentSender("app", host="127.0.0.1", port=relay.port, nanosecond_precision=True)
+        assert sender.emit("audit", valid_event())
+        assert sender.emit("audit", invalid_event())
+        assert sender.emit("logs", other_record())
+        sender.close()
+        wait_until(lambda: all(read_lines(data / f"{route}.jsonl")
+                               for route in ("accepted", "rejected", "passed")))
+        status = relay.stop()
+
+    assert status == 0
+    [accepted] = read_lines(data / "accepted.jsonl")
+    assert accepted["eventTime"] == NORMALIZED_TIME
+    assert accepted["action"] == "audit-log.vsi.provision"
+    [rejected] = read_lines(data / "rejected.jsonl")
+    assert rejected["original"] == invalid_event()
+    assert [(r["path"], r["rule"]) for r in rejected["reasons"]] == [("/outcome", "envelope.required")]
+    assert read_lines(data / "passed.jsonl") == [other_record()]
+    summary = relay.summary()
+    assert (summary["received"], summary["accepted"], summary["rejected"], summary["passed"]) == (3, 1, 1, 1)
+    assert "Traceback" not in relay.stderr
+
+
+def test_the_console_command_starts_with_only_a_data_dir(tmp_path):
+    # What the README tells a new user to type, from a fresh directory (default listen address
+    # aside, so a relay already running on the machine cannot interfere).
+    atnorm = Path(sys.executable).with_name("atnorm")
+    if not atnorm.exists():
+        pytest.skip("the atnorm console script is not installed next to this Python")
+    relay = RelayProcess("--data-dir", "./atnorm-data", "--listen", "127.0.0.1:0", cwd=str(tmp_path))
+    relay.args = [str(atnorm), "serve", "--data-dir", "./atnorm-data", "--listen", "127.0.0.1:0"]
+    with relay:
+        sender = FluentSender("app", host="127.0.0.1", port=relay.port)
+        assert sender.emit("audit", valid_event())
+        sender.close()
+        wait_until(lambda: read_lines(tmp_path / "atnorm-data" / "accepted.jsonl"))
+        assert relay.stop() == 0
+    [start_line] = [line for line in relay.lines if "listening on" in line]
+    assert "atnorm-data/accepted.jsonl" in start_line
+
+
+def test_chunks_are_acked_only_after_their_records_are_in_the_files(tmp_path):
+    async def scenario() -> None:
+        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)), new_filter())
+        await relay.start()
+        try:
+            entries = [fluentbit_entry(Time(1700000000), valid_event(), {"source": "node-1"}),
+                       fluentbit_entry(Time(1700000001), invalid_event(), {})]
+            frame, chunk_id = fluentbit_forward("audit.at", entries, ack=True)
+            [answer] = await exchange(relay.server.port, [frame], replies=1)
+            assert answer == {"ack": chunk_id}
+            # The ack is only sent once the store has synced: the lines are there already.
+            assert len(read_lines(tmp_path / "accepted.jsonl")) == 1
+            assert len(read_lines(tmp_path / "rejected.jsonl")) == 1
+        finally:
+            await relay.stop()
+    run(scenario())
+
+
+# --- forward mode: a real downstream receiver ------------------------------------------------
+
+def fluentbit_chunk(tag: str, records: List[Tuple[Time, Dict[str, Any], Optional[Dict[str, Any]]]]
+                    ) -> Tuple[bytes, str]:
+    frame, chunk_id = fluentbit_forward(tag, [fluentbit_entry(t, r, m) for t, r, m in records], ack=True)
+    assert chunk_id is not None
+    return frame, chunk_id
+
+
+def by_tag(receiver: ForwardReceiver) -> Dict[str, List[Tuple[Any, Any]]]:
+    out: Dict[str, List[Tuple[Any, Any]]] = {}
+    for tag, when, record in receiver.events:
+        out.setdefault(tag, []).append((when, record))
+    return out
+
+
+def test_forwarded_records_take_their_route_tag_time_and_metadata(tmp_path):
+    async def scenario() -> None:
+        async with ForwardReceiver() as receiver:
+            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+                                       "--data-dir", str(tmp_path)), new_filter())
+            await relay.start()
+            try:
+                frame, chunk_id = fluentbit_chunk("audit.at", [
+                    (Time(1700000000, 5), valid_event(), {"source": "node-1"}),
+                    (Time(1700000001, 6), invalid_event(), {"source": "node-2"}),
+                    (Time(1700000002, 7), other_record(), {}),
+                ])
+                assert await exchange(relay.server.port, [frame], replies=1) == [{"ack": chunk_id}]
+                await receiver.wait_for(lambda: len(receiver.events) == 3)
+            finally:
+                await relay.stop()
+        routes = by_tag(receiver)
+        assert sorted(routes) == ["audit.at", "audit.at.rejected"]
+
+        accepted, passed = routes["audit.at"]
+        (when, metadata), record = accepted
+        assert when == NORMALIZED_EVENT_TIME
+        assert metadata == {"source": "node-1"}
+        assert record["eventTime"] == NORMALIZED_TIME and record["outcome"] == "success"
+        assert passed == ([ReceivedTime(1700000002, 7), {}], other_record())
+
+        [((when, metadata), dead_letter)] = routes["audit.at.rejected"]
+        assert when == ReceivedTime(1700000001, 6)  # no normalized time: the time it came with
+        assert metadata == {"source": "node-2"}
+        assert dead_letter["original"] == invalid_event()
+        assert dead_letter["reasons"][0]["rule"] == "envelope.required"
+        assert relay.filter_stats.snapshot()["received"] == 3
+    run(scenario())
+
+
+def test_tags_and_time_source_follow_the_settings(tmp_path):
+    async def scenario() -> None:
+        async with ForwardReceiver() as receiver:
+            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+                                       "--data-dir", str(tmp_path), "--accepted-tag", "clean.{tag}",
+                                       "--rejected-tag", "deadletter", "--time-source", "original"),
+                          new_filter())
+            await relay.start()
+            try:
+                frame, chunk_id = fluentbit_chunk("audit.at", [(Time(1700000000), valid_event(), None),
+                                                               (Time(1700000001), invalid_event(), None)])
+                assert await exchange(relay.server.port, [frame], replies=1) == [{"ack": chunk_id}]
+                await receiver.wait_for(lambda: len(receiver.events) == 2)
+            finally:
+                await relay.stop()
+        routes = by_tag(receiver)
+        assert sorted(routes) == ["clean.audit.at", "deadletter"]
+        [(when, record)] = routes["clean.audit.at"]
+        assert when == ReceivedTime(1700000000, 0)
+        assert record["eventTime"] == NORMALIZED_TIME
+    run(scenario())
+
+
+def test_a_resent_chunk_is_acked_again_but_forwarded_once_and_counted(tmp_path):
+    async def scenario() -> None:
+        async with ForwardReceiver() as receiver:
+            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+                                       "--data-dir", str(tmp_path)), new_filter())
+            await relay.start()
+            try:
+                frame, chunk_id = fluentbit_chunk("audit.at", [(Time(1700000000), valid_event(), None)])
+                assert await exchange(relay.server.port, [frame], replies=1) == [{"ack": chunk_id}]
+                assert await exchange(relay.server.port, [frame], replies=1) == [{"ack": chunk_id}]
+                await receiver.wait_for(lambda: len(receiver.events) >= 1)
+            finally:
+                await relay.stop()
+        assert len(receiver.events) == 1
+        assert relay.relay_stats.duplicate_chunks == 1
+        assert relay.filter_stats.snapshot()["received"] == 1  # decided once, counted once
+    run(scenario())
+
+
+def test_rejected_records_can_have_their_own_downstream(tmp_path):
+    async def scenario() -> None:
+        async with ForwardReceiver() as main, ForwardReceiver() as dead_letters:
+            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{main.port}",
+                                       "--rejected-forward", f"127.0.0.1:{dead_letters.port}",
+                                       "--data-dir", str(tmp_path)), new_filter())
+            await relay.start()
+            try:
+                frame, chunk_id = fluentbit_chunk("audit.at", [(Time(1700000000), valid_event(), None),
+                                                               (Time(1700000001), invalid_event(), None)])
+                assert await exchange(relay.server.port, [frame], replies=1) == [{"ack": chunk_id}]
+                await main.wait_for(lambda: len(main.events) == 1)
+                await dead_letters.wait_for(lambda: len(dead_letters.events) == 1)
+            finally:
+                await relay.stop()
+        assert [tag for tag, _, _ in main.events] == ["audit.at"]
+        assert [tag for tag, _, _ in dead_letters.events] == ["audit.at.rejected"]
+        assert (tmp_path / "spool-rejected.db").exists()
+    run(scenario())
+
+
+def test_filter_off_passes_every_record_through_unchanged(tmp_path):
+    async def scenario() -> None:
+        async with ForwardReceiver() as receiver:
+            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+                                       "--data-dir", str(tmp_path), "--filter", "off"), None)
+            await relay.start()
+            try:
+                sender = ForwardSender([("127.0.0.1", relay.server.port)])
+                entries = [Entry(EventTime(1700000000), valid_event()), Entry(EventTime(1700000001), invalid_event())]
+                assert await sender.send("audit.at", pack_entries(entries), 2)
+                await sender.close()
+                await receiver.wait_for(lambda: len(receiver.events) == 2)
+            finally:
+                await relay.stop()
+        assert receiver.events == [("audit.at", ReceivedTime(1700000000, 0), valid_event()),
+                                   ("audit.at", ReceivedTime(1700000001, 0), invalid_event())]
+    run(scenario())
+
+
+def test_a_shared_key_is_required_from_senders(tmp_path):
+    async def scenario() -> None:
+        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                                   "--shared-key", "s3cret"), new_filter())
+        await relay.start()
+        try:
+            good = ForwardSender([("127.0.0.1", relay.server.port)], shared_key="s3cret")
+            assert await good.send("audit.at", pack_entries([Entry(1700000000, valid_event())]), 1)
+            await good.close()
+            wrong = ForwardSender([("127.0.0.1", relay.server.port)], shared_key="guess", retry_deadline=0.5)
+            assert not await wrong.send("audit.at", pack_entries([Entry(1700000000, valid_event())]), 1)
+            await wrong.close()
+        finally:
+            await relay.stop()
+        assert len(read_lines(tmp_path / "accepted.jsonl")) == 1
+        assert relay.relay_stats.protocol_errors["auth"] >= 1
+    run(scenario())
+
+
+def test_stats_records_and_metrics_are_served_while_relaying(tmp_path):
+    async def scenario() -> None:
+        async with ForwardReceiver() as receiver:
+            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+                                       "--data-dir", str(tmp_path), "--metrics-listen", "127.0.0.1:0",
+                                       "--stats-interval", "0.05", "--stats-tag", "relay.stats"), new_filter())
+            await relay.start()
+            try:
+                frame, chunk_id = fluentbit_chunk("audit.at", [(Time(1700000000), valid_event(), None)])
+                assert await exchange(relay.server.port, [frame], replies=1) == [{"ack": chunk_id}]
+                await receiver.wait_for(lambda: any(tag == "relay.stats" and record["accepted"] == 1
+                                                    for tag, _, record in receiver.events))
+                assert relay.metrics is not None
+                url = relay.metrics.url
+                ready = await asyncio.to_thread(lambda: urllib.request.urlopen(url + "/readyz").read())
+                metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(url + "/metrics").read())
+            finally:
+                await relay.stop()
+        assert ready == b"ready\n"
+        text = metrics.decode()
+        assert 'atnorm_records_total{outcome="accepted",service="audit-log"} 1.0' in text
+        assert "atnorm_spool_depth_records 0.0" in text
+        assert "atnorm_received_records_total 1.0" in text
+    run(scenario())
+
+
+# --- configuration -------------------------------------------------------------------------
+
+def test_flags_win_over_the_config_file_which_wins_over_defaults(tmp_path):
+    config = tmp_path / "atnorm.yaml"
+    config.write_text("listen: [127.0.0.1:25000, 127.0.0.1:25001]\n"
+                      "rejected_tag: 'dlq.{tag}'\n"
+                      "spool_max_size: 64M\n"
+                      "time_fraction_digits: 6\n", encoding="utf-8")
+    settings = settings_for("--config", str(config), "--rejected-tag", "{tag}.bad")
+    assert settings["listen"] == ["127.0.0.1:25000", "127.0.0.1:25001"]
+    assert settings["rejected_tag"] == "{tag}.bad"          # flag over file
+    assert settings["spool_max_size"] == 64 << 20             # file over default
+    assert settings["accepted_tag"] == "{tag}"                # default
+    assert settings["spool_path"] == "atnorm-data/spool.db"   # derived from data_dir
+
+
+def test_a_mistake_in_the_config_file_names_file_line_and_key(tmp_path):
+    config = tmp_path / "atnorm.yaml"
+    config.write_text("listen: 127.0.0.1:24224\n\nspool_max_size: lots\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        settings_for("--config", str(config))
+    assert str(raised.value).startswith(f"{config}:3: key 'spool_max_size': ")
+
+
+def test_a_bad_config_stops_start_up_with_one_line_and_status_2(tmp_path):
+    config = tmp_path / "atnorm.yaml"
+    config.write_text("listen: 127.0.0.1:24224\nforwrd: 10.0.0.1:24224\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "atnorm", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"atnorm serve: error: {config}:2: key 'forwrd': unknown option")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_listen_address_in_use_is_a_one_line_error(tmp_path):
+    with RelayProcess("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "a")) as first:
+        result = subprocess.run([sys.executable, "-m", "atnorm", "serve", "--listen", f"127.0.0.1:{first.port}",
+                                 "--data-dir", str(tmp_path / "b")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "error: cannot listen on 127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
