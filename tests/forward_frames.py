@@ -124,7 +124,8 @@ def fluentbit_chunk_id(entries_bytes: bytes) -> str:
     return base64.b64encode(hashlib.sha512(entries_bytes).digest()[:16]).decode("ascii")
 
 
-def fluentbit_forward(tag: str, entries: Sequence[List[Any]], *, ack: bool = False, signal: int = 0) -> Tuple[bytes, Optional[str]]:
+def fluentbit_forward(tag: str, entries: Sequence[List[Any]], *, ack: bool = False,
+                      signal: int = 0) -> Tuple[bytes, Optional[str]]:
     """Forward mode `[tag, [entries...](, options)]` with 32-bit headers → (frame, chunk id or None)."""
     body = b"".join(wide(entry) for entry in entries)
     chunk_id = fluentbit_chunk_id(body) if ack else None

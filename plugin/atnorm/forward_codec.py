@@ -327,15 +327,16 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "")
         mode = FORWARD
     elif kind is str or kind is bytes:
         options = _options(frame, 2)
-        payload: Union[bytes, bytearray] = as_bytes(body)
+        raw = as_bytes(body)
+        payload: Union[bytes, bytearray] = raw
         compressed = options.get("compressed")
         if compressed is None or compressed == "text":
             mode = PACKED_FORWARD
         elif compressed == "gzip":
-            payload = inflate_gzip(payload, max_decompressed_size)
+            payload = inflate_gzip(raw, max_decompressed_size)
             mode = COMPRESSED_PACKED_FORWARD
         elif compressed == "zstd":
-            payload = inflate_zstd(payload, max_decompressed_size)
+            payload = inflate_zstd(raw, max_decompressed_size)
             mode = COMPRESSED_PACKED_FORWARD
         else:
             raise ProtocolError("unsupported_compression", f"unknown compression {compressed!r}")
