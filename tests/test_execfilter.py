@@ -351,6 +351,24 @@ def test_msgpack_object_cut_off_by_eof_becomes_one_rejected_record(tmp_path):
     assert "input ended inside an object" in child.log
 
 
+@pytest.mark.parametrize("in_format", ["json", "msgpack"])
+def test_record_over_the_size_limit_is_one_rejected_record(tmp_path, in_format):
+    first, last = mixed_items(2, seed=22)
+    big = Item("passed", "app.big", {"level": "info", "message": "x" * 20000})
+    items = [first, big, last]
+    data = json_stream(items) if in_format == "json" else msgpack_stream(items)
+    out, _ = run_child(tmp_path, ["--in-format", in_format, "--tag-key", "tag",
+                                  "--max-record-size", "4k"],
+                       random_chunks(data, seed=23, largest=300))
+    outputs = json_outputs(out) if in_format == "json" else msgpack_outputs(out)
+    # An oversized JSON line is not parsed, so its tag is unknown; a msgpack object is
+    # decoded anyway and keeps its tag.
+    refused = (Item("malformed", None) if in_format == "json"
+               else Item("rejected", "app.big", big.record))
+    assert_reconciles([first, refused, last], outputs)
+    assert [reason["rule"] for reason in outputs[1]["reasons"]] == ["record.size"]
+
+
 def test_resync_finds_the_next_record_after_garbage():
     record = msgpack.packb({"tag": "app.1", "message": "hello"})
     assert resync_offset(GARBAGE + record, "tag") == len(GARBAGE)

@@ -30,7 +30,7 @@ import select
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import msgpack
 
@@ -149,8 +149,7 @@ class RecordRouter:
         self._process = event_filter.process
         self._process_json = event_filter.process_json
 
-    def record(self, record: Any) -> Any:
-        """A parsed input record → its output record."""
+    def _take_transport_keys(self, record: Any) -> Tuple[Any, Any]:
         tag: Any = None
         when: Any = _MISSING
         if self._transport_keys and type(record) is dict:
@@ -158,6 +157,11 @@ class RecordRouter:
                 tag = record.pop(self._tag_key, None)
             if self._time_key:
                 when = record.pop(self._time_key, _MISSING)
+        return tag, when
+
+    def record(self, record: Any) -> Any:
+        """A parsed input record → its output record."""
+        tag, when = self._take_transport_keys(record)
         try:
             verdict = self._process(record)
         except Exception as exc:  # a filter bug must not take the whole stream down
@@ -178,6 +182,14 @@ class RecordRouter:
         except Exception as exc:
             verdict = self._failed(line.decode("utf-8", "backslashreplace"), exc)
         return self.shape(verdict, None, _MISSING)
+
+    def reject(self, record: Any, rule: str, message: str) -> Any:
+        """A parsed record refused before filtering (e.g. too large) → its rejected output,
+        under its own tag."""
+        tag, when = self._take_transport_keys(record)
+        verdict = input_rejected(record, rule, message)
+        self.stats.count(verdict)
+        return self.shape(verdict, tag, when)
 
     def unreadable(self, original: Any, rule: str, message: str) -> Any:
         """Input that is not a record at all → one counted, rejected output record."""
@@ -448,7 +460,7 @@ class MsgpackInput:
                 self._restart(end, raw=False)
                 unpacker = self._unpacker
             elif end - start > self._limit:
-                outputs.append(self.router.unreadable(
+                outputs.append(self.router.reject(
                     obj, "record.size",
                     f"record of {end - start} bytes is over the {self._limit}-byte limit"))
             else:
@@ -494,6 +506,9 @@ class MsgpackInput:
         if self._log is not None:
             self._log.write(f"{message}; first bytes: {data[:LOG_PREVIEW_BYTES].hex()}")
         return self.router.unreadable(self._keep_raw(data), "input.msgpack", message)
+
+
+RecordInput = Union[JsonLinesInput, TsvInput, MsgpackInput]
 
 
 # --- writers: output records → bytes for Fluentd --------------------------------------------
@@ -646,6 +661,14 @@ class StopSignal:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.received = signum
 
+    def drain(self) -> None:
+        """Empty the wake-up pipe (so a stray byte cannot keep waking the loop)."""
+        try:
+            while os.read(self.wakeup_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
     def close(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
@@ -666,7 +689,7 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def pump(reader: Any, encode: Callable[[List[Any]], bytes], in_fd: int, out_fd: int,
+def pump(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int, out_fd: int,
          stop: StopSignal) -> str:
     """Read batches until EOF or a stop signal; returns `"eof"` or `"signal"`.
 
@@ -683,6 +706,7 @@ def pump(reader: Any, encode: Callable[[List[Any]], bytes], in_fd: int, out_fd: 
             how = "signal"
             break
         if in_fd not in ready:
+            stop.drain()
             continue
         try:
             chunk = os.read(in_fd, READ_SIZE)
@@ -701,7 +725,7 @@ def pump(reader: Any, encode: Callable[[List[Any]], bytes], in_fd: int, out_fd: 
 
 
 def build_reader(settings: Dict[str, Any], router: RecordRouter,
-                 log: Optional[DiagnosticLog] = None) -> Any:
+                 log: Optional[DiagnosticLog] = None) -> RecordInput:
     """The input decoder named by `in_format`."""
     if settings["in_format"] == "msgpack":
         keep = _keep_bytes if settings["out_format"] == "msgpack" else printable
