@@ -130,7 +130,11 @@ class Child:
     def finish(self) -> Tuple[bytes, int]:
         """Everything left on stdout, then the exit status."""
         out = self.proc.stdout.read()
-        return out, self.proc.wait(timeout=60)
+        status = self.proc.wait(timeout=60)
+        self.proc.stdout.close()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        return out, status
 
     @property
     def stderr(self) -> bytes:
@@ -461,7 +465,6 @@ def test_sigterm_while_waiting_for_input_exits_0_at_once(tmp_path):
     output = json.loads(child.proc.stdout.readline())  # the child is now idle on stdin
     child.proc.send_signal(signal.SIGTERM)
     rest, status = child.finish()
-    child.proc.stdin.close()
     assert status == 0 and rest == b"" and child.stderr == b""
     assert_reconciles([item], [output])
     assert "stopped on SIGTERM: received=1 " in child.log

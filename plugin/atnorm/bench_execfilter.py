@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 import msgpack
 
@@ -95,12 +95,15 @@ def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float) -> Dic
                 [sys.executable, "-m", "atnorm", "exec-filter", "--in-format", fmt,
                  "--out-format", fmt, "--tag-key", "tag", "--quiet", "--log-file", log_path],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
-        out_fd, in_fd = child.stdout.fileno(), child.stdin.fileno()
+        assert child.stdout is not None and child.stdin is not None
+        stdin = child.stdin
+        out_fd = child.stdout.fileno()
         counter = _OutputCounter(fmt)
         try:
             # Warm-up: start-up (schema loading) is not throughput. Written from a thread,
             # as all input is: the child blocks on a full stdout until it is read.
-            warm = threading.Thread(target=_write_all, args=(in_fd, warmup_block), daemon=True)
+            warm = threading.Thread(target=_write_until, args=(stdin, [blocks[0]], None),
+                                    daemon=True)
             warm.start()
             while counter.count < per_block:
                 data = os.read(out_fd, 1 << 20)
@@ -111,7 +114,7 @@ def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float) -> Dic
             warmup = counter.count
             started = time.perf_counter()
             deadline = started + seconds
-            writer = threading.Thread(target=_write_until, args=(in_fd, blocks, deadline, child),
+            writer = threading.Thread(target=_write_until, args=(stdin, blocks, deadline),
                                       daemon=True)
             writer.start()
             while True:
@@ -125,11 +128,19 @@ def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float) -> Dic
             if child.poll() is None:
                 child.kill()
             status = child.wait()
+            child.stdout.close()
+            if not stdin.closed:
+                stdin.close()
         with open(stderr_path, "rb") as handle:
             stderr_text = handle.read().decode("utf-8", "replace")
-        log_text = open(log_path, encoding="utf-8").read() if os.path.exists(log_path) else ""
+        log_text = ""
+        if os.path.exists(log_path):
+            with open(log_path, encoding="utf-8") as handle:
+                log_text = handle.read()
     if status != 0 or stderr_text:
         raise RuntimeError(f"atnorm exec-filter ({fmt}) exited {status}: {stderr_text.strip()}")
+    if counter.count <= warmup:
+        raise RuntimeError(f"atnorm exec-filter ({fmt}) returned no records after the warm-up")
     match = _SUMMARY.search(log_text)
     outcomes = ({"accepted": int(match.group(2)), "rejected": int(match.group(3)),
                  "passed": int(match.group(4))} if match else {})
@@ -168,15 +179,19 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _write_until(fd: int, blocks: List[Tuple[bytes, int]], deadline: float,
-                 child: subprocess.Popen) -> None:
+def _write_until(stdin: IO[bytes], blocks: List[Tuple[bytes, int]],
+                 deadline: Optional[float]) -> None:
+    """Write the blocks to the child's stdin: once (`deadline` None), or over and over
+    until `deadline` and then close it (EOF ends the child)."""
     try:
-        while time.perf_counter() < deadline:
+        while True:
             for block, _ in blocks:
-                _write_all(fd, block)
-                if time.perf_counter() >= deadline:
+                _write_all(stdin.fileno(), block)
+                if deadline is not None and time.perf_counter() >= deadline:
                     break
-    except BrokenPipeError:
-        pass
-    finally:
-        child.stdin.close()
+            if deadline is None or time.perf_counter() >= deadline:
+                break
+    except (BrokenPipeError, ValueError):
+        return  # the child is gone (or stdin closed); its exit status tells why
+    if deadline is not None:
+        stdin.close()
