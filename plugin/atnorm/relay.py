@@ -470,7 +470,7 @@ class Relay:
             where = (f"writing records to {os.path.join(directory, 'accepted.jsonl')}, rejected.jsonl "
                      f"and passed.jsonl (synced before each ack)")
         mode = "filter on" if self.router.decide is not None else "filter off, records pass through unchanged"
-        metrics = f"; metrics on http://{settings['metrics_listen']}/metrics" if settings["metrics_listen"] else ""
+        metrics = f"; metrics on {self.metrics.url}/metrics" if self.metrics is not None else ""
         return f"listening on {listening} (forward protocol); {where}; {mode}{metrics}"
 
     def summary(self) -> str:
