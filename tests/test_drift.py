@@ -213,12 +213,12 @@ def test_drift_command_mistakes_are_one_line_errors(tmp_path, capsys):
 def test_a_reloading_filter_keeps_a_drift_state_across_restarts(tmp_path):
     state = tmp_path / "drift.json"
     values = {option.key: option.default for option in FILTER_OPTIONS}
-    first = ReloadingFilter.from_values(values, drift_state=str(state), log=lambda line: None)
+    first = ReloadingFilter.from_options(values, drift_state=str(state), log=lambda line: None)
     for record in traffic():
         first.process(record)
     first.process_json(json.dumps(event("vsi-provision.json", action="audit-log.vsi.teleport")))
     first.close()
-    second = ReloadingFilter.from_values(values, drift_state=str(state), log=lambda line: None)
+    second = ReloadingFilter.from_options(values, drift_state=str(state), log=lambda line: None)
     second.process(event("vsi-provision.json", action="audit-log.vsi.teleport"))
     second.close()
     saved = DriftLog.load(str(state))
@@ -230,7 +230,7 @@ def test_a_reloading_filter_keeps_a_drift_state_across_restarts(tmp_path):
 def test_the_watcher_saves_the_drift_state_only_when_it_changed(tmp_path):
     state = tmp_path / "drift.json"
     values = {option.key: option.default for option in FILTER_OPTIONS}
-    holder = ReloadingFilter.from_values(values, drift_state=str(state), log=lambda line: None)
+    holder = ReloadingFilter.from_options(values, drift_state=str(state), log=lambda line: None)
     holder.save_drift()
     assert not state.exists(), "nothing seen yet"
     holder.process(event("vsi-provision.json", action="audit-log.vsi.teleport"))

@@ -30,7 +30,7 @@ def unknown_action_event():
 def holder_for(path, **kwargs):
     values = {option.key: option.default for option in FILTER_OPTIONS}
     values["tuning"] = str(path)
-    return ReloadingFilter.from_values(values, **kwargs)
+    return ReloadingFilter.from_options(values, **kwargs)
 
 
 def wait_until(condition, limit=30.0):
@@ -233,7 +233,7 @@ def test_sighup_to_a_real_process_reloads_it(tuning, tmp_path):
         from atnorm.settings import FILTER_OPTIONS
         values = {{o.key: o.default for o in FILTER_OPTIONS}}
         values["tuning"] = {str(tuning)!r}
-        holder = ReloadingFilter.from_values(values, log=lambda line: print(line, file=sys.stderr, flush=True))
+        holder = ReloadingFilter.from_options(values, log=lambda line: print(line, file=sys.stderr, flush=True))
         holder.install_sighup()
         holder.start_watching(interval=3600)
         print("ready", flush=True)

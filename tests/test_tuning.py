@@ -618,8 +618,10 @@ def test_config_check_reports_each_mistake_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f"{path}:2: key 'defaults.mode': expected one of enforce, warn, off, got 'strict'",
+        f"{path}:4: key 'services.vmware-solution': unknown service: did you mean 'vmware-solutions'? "
+        f"expected one of audit-log, vmware-solutions (a new service needs its schemas under schema_dirs)",
         f"{path}:6: key 'services.audit-log.unknown_action': expected one of reject, warn, pass, got 'drop'",
-        f"atnorm config check: 2 mistake(s) in {path}",
+        f"atnorm config check: 3 mistakes in {path}",
     ]
 
 
@@ -636,7 +638,7 @@ def test_config_check_sees_schemas_given_on_the_command_line(tmp_path, capsys):
     assert cli.main(["config", "check", str(path)]) == 2
     capsys.readouterr()
     assert cli.main(["config", "check", str(path), "--schemas", str(generated)]) == 0
-    assert "3 service(s) known" in capsys.readouterr().out
+    assert "3 services known" in capsys.readouterr().out
 
 
 def test_paths_in_schema_dirs_are_relative_to_the_tuning_file(tmp_path):

@@ -96,7 +96,7 @@ class ReloadingFilter:
         self._signature = signature[:1] + files_signature(None, self._schema_dirs)
 
     @classmethod
-    def from_values(cls, values: Dict[str, Any], **kwargs: Any) -> "ReloadingFilter":
+    def from_options(cls, values: Dict[str, Any], **kwargs: Any) -> "ReloadingFilter":
         """From resolved FILTER_OPTIONS values (as `settings.filter_settings` takes them)."""
         return cls(lambda: filter_settings(values), values.get("tuning"), **kwargs)
 
@@ -109,7 +109,7 @@ class ReloadingFilter:
         `drift.DriftLog` fed with every verdict) and `drift_state` (a JSON file the drift
         log is loaded from now and saved to by the watcher and by `close`).
         """
-        return cls.from_values(resolve(FILTER_OPTIONS, args, file_values), **kwargs)
+        return cls.from_options(resolve(FILTER_OPTIONS, args, file_values), **kwargs)
 
     # -- the per-record path ---------------------------------------------------------
 

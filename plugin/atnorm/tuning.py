@@ -28,8 +28,15 @@ from jsonschema.exceptions import ValidationError
 
 from .normalize import DERIVED_FIELDS
 from .options import ConfigError
-from .pipeline import (MODES, UNKNOWN_ACTION_POLICIES, UNKNOWN_SERVICE_POLICIES, EventFilter, FilterSettings,
-                       ServicePolicy, bundled_schema_dir)
+from .pipeline import (
+    MODES,
+    UNKNOWN_ACTION_POLICIES,
+    UNKNOWN_SERVICE_POLICIES,
+    EventFilter,
+    FilterSettings,
+    ServicePolicy,
+    bundled_schema_dir,
+)
 from .rules import LEVELS, RuleSet
 
 JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
@@ -248,7 +255,7 @@ def _schema_error(located: _Located, error: ValidationError) -> List[ConfigError
         return [located.error(parts, f"expected one of {choices}, got {_describe(value)}")]
     if error.validator == "type":
         names = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        wanted = " or ".join(_TYPE_WORDS.get(name, name) for name in names)
+        wanted = " or ".join(_TYPE_WORDS.get(str(name), str(name)) for name in names)
         return [located.error(parts, f"expected {wanted}, got {_describe(value)}")]
     if error.validator in ("minimum", "maximum") and "minimum" in schema and "maximum" in schema:
         return [located.error(parts, f"expected {schema['minimum']} to {schema['maximum']}, got {_describe(value)}")]
@@ -339,14 +346,18 @@ class Tuning:
         parts = [f"defaults: mode {d.get('mode', 'enforce')}, unknown_action {d.get('unknown_action', 'reject')}, "
                  f"unknown_service {d.get('unknown_service', 'warn')}"]
         if self.services:
-            parts.append(f"{len(self.services)} service(s) tuned: {', '.join(sorted(self.services))}")
+            parts.append(f"{_count(len(self.services), 'service')} tuned: {', '.join(sorted(self.services))}")
         rules = sum(len(specs) for specs in self.extra_rules.values())
         if rules:
-            parts.append(f"{rules} extra rule(s)")
+            parts.append(f"{_count(rules, 'extra rule')}")
         if self.schema_dirs:
-            parts.append(f"{len(self.schema_dirs)} extra schema dir(s)")
-        parts.append(f"{len(self.known_services)} service(s) known")
+            parts.append(f"{_count(len(self.schema_dirs), 'extra schema directory', 'extra schema directories')}")
+        parts.append(f"{_count(len(self.known_services), 'service')} known")
         return "; ".join(parts)
+
+
+def _count(number: int, singular: str, plural: Optional[str] = None) -> str:
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
 
 def _merged(one: Dict[str, List[Any]], two: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
@@ -362,8 +373,8 @@ def _pointer_parts(pointer: str) -> List[str]:
 
 def field_rule_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
     """The JSON Schema of one `rules:` entry: constraints on the field, nested by its pointer."""
-    constraints = {key: spec[key] for key in ("type", "pattern", "enum", "minimum", "maximum") if key in spec}
-    schema: Dict[str, Any] = constraints
+    schema: Dict[str, Any] = {key: spec[key] for key in ("type", "pattern", "enum", "minimum", "maximum")
+                              if key in spec}
     for part in reversed(_pointer_parts(spec["field"])):
         wrapper: Dict[str, Any] = {"properties": {part: schema}}
         if spec.get("required"):
@@ -374,6 +385,42 @@ def field_rule_schema(spec: Dict[str, Any]) -> Dict[str, Any]:
                          "properties": {"action": {"type": "string", "pattern": spec["when_action"]}}},
                   "then": schema}
     return schema
+
+
+def _unknown_services(located: _Located, data: Any, rules: RuleSet) -> List[ConfigError]:
+    """A service section no loaded schema declares: most likely a typo."""
+    services = data.get("services") if isinstance(data, dict) else None
+    if not isinstance(services, dict):
+        return []
+    errors = []
+    known = ", ".join(sorted(rules.services))
+    for name in services:
+        if name not in rules.services:
+            near = difflib.get_close_matches(str(name), list(rules.services), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            errors.append(located.error(["services", name], f"unknown service: {hint}expected one of {known} "
+                                                            f"(a new service needs its schemas under schema_dirs)"))
+    return errors
+
+
+def _schema_dirs(located: _Located, data: Any) -> Tuple[List[Path], List[ConfigError]]:
+    """`schema_dirs` resolved against the tuning file's directory (entries of the wrong type
+    are left to the schema check)."""
+    entries = data.get("schema_dirs") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return [], []
+    base_dir = Path(located.path).resolve().parent
+    directories: List[Path] = []
+    errors: List[ConfigError] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, str) or not entry:
+            continue
+        directory = Path(entry).expanduser()
+        directory = directory if directory.is_absolute() else base_dir / directory
+        if not directory.is_dir():
+            errors.append(located.error(["schema_dirs", index], f"expected a directory, but {directory} is not one"))
+        directories.append(directory)
+    return directories, errors
 
 
 class _Checker:
@@ -403,15 +450,10 @@ class _Checker:
             if name not in envelope_rules:
                 self.fail(["defaults", "envelope", name],
                           f"unknown envelope rule (expected one of {', '.join(envelope_rules)})")
+        self.errors += _unknown_services(self.located, self.data, self.rules)
         for name, section in (self.data.get("services") or {}).items():
-            if name not in self.rules.services:
-                known = ", ".join(sorted(self.rules.services))
-                near = difflib.get_close_matches(str(name), list(self.rules.services), n=1)
-                hint = f"did you mean '{near[0]}'? " if near else ""
-                self.fail(["services", name], f"unknown service: {hint}expected one of {known} "
-                                              f"(a new service needs its schemas under schema_dirs)")
-                continue
-            self.scope(["services", name], str(name), str(name), section or {})
+            if name in self.rules.services:
+                self.scope(["services", name], str(name), str(name), section or {})
         return self.tuning
 
     def scope(self, parts: List[Any], scope: str, prefix: str, section: Dict[str, Any]) -> None:
@@ -500,18 +542,14 @@ def load_tuning(path: str, base_schema_dirs: Sequence[Path] = ()) -> Tuning:
     errors = list(located.duplicate_keys())
     for error in _VALIDATOR.iter_errors(data):
         errors += _schema_error(located, error)
+    schema_dirs, dir_errors = _schema_dirs(located, data)
+    errors += dir_errors
     if errors:
+        if not dir_errors:
+            # Service names are the likeliest typo: report them with the first round.
+            rules = RuleSet.load([bundled_schema_dir()] + [Path(d) for d in base_schema_dirs] + schema_dirs)
+            errors += _unknown_services(located, data, rules)
         raise TuningError(sorted(errors, key=lambda e: e.line or 0))
-    base_dir = Path(path).resolve().parent
-    schema_dirs: List[Path] = []
-    for index, entry in enumerate(data.get("schema_dirs") or []):
-        directory = Path(entry).expanduser()
-        directory = directory if directory.is_absolute() else base_dir / directory
-        if not directory.is_dir():
-            errors.append(located.error(["schema_dirs", index], f"expected a directory, but {directory} is not one"))
-        schema_dirs.append(directory)
-    if errors:
-        raise TuningError(errors)
     rules = RuleSet.load([bundled_schema_dir()] + [Path(d) for d in base_schema_dirs] + schema_dirs)
     checker = _Checker(located, data, rules, schema_dirs)
     tuning = checker.check()
@@ -550,7 +588,7 @@ def run(args: argparse.Namespace) -> int:
     except TuningError as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
-        print(f"atnorm config check: {len(exc.errors)} mistake(s) in {args.file}", file=sys.stderr)
+        print(f"atnorm config check: {_count(len(exc.errors), 'mistake')} in {args.file}", file=sys.stderr)
         return 2
     except ConfigError as exc:
         print(exc, file=sys.stderr)
