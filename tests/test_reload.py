@@ -110,6 +110,16 @@ def test_a_mistake_at_start_up_is_raised():
         holder_for(REPO / "no-such-tuning.yaml")
 
 
+def test_rules_and_settings_are_those_running_now(tuning):
+    holder = holder_for(tuning, log=lambda line: None)
+    assert holder.settings.services["vmware-solutions"].unknown_action == "reject"
+    assert "vmware-solutions" in holder.rules.services
+    tuning.write_text(WARN)
+    holder.reload()
+    assert holder.settings.services["vmware-solutions"].unknown_action == "warn"
+    assert holder.rules is holder.filter.rules
+
+
 def test_counts_survive_a_reload(tuning):
     holder = holder_for(tuning, log=lambda line: None)
     stats = holder.stats

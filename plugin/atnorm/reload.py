@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .drift import DriftLog
 from .options import ConfigError, resolve
 from .pipeline import EventFilter, FilterSettings
+from .rules import RuleSet
 from .settings import FILTER_OPTIONS, filter_settings
 from .stats import FilterStats
 from .verdict import Verdict
@@ -110,6 +111,16 @@ class ReloadingFilter:
         log is loaded from now and saved to by the watcher and by `close`).
         """
         return cls.from_options(resolve(FILTER_OPTIONS, args, file_values), **kwargs)
+
+    @property
+    def rules(self) -> RuleSet:
+        """The rule set of the configuration running now."""
+        return self.filter.rules
+
+    @property
+    def settings(self) -> FilterSettings:
+        """The settings of the configuration running now."""
+        return self.filter.settings
 
     # -- the per-record path ---------------------------------------------------------
 
