@@ -389,3 +389,28 @@ def test_a_listen_address_in_use_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert "error: cannot listen on 127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sighup_reloads_the_tuning_file_between_records(tmp_path):
+    import signal
+
+    tuning = tmp_path / "tuning.yaml"
+    tuning.write_text("defaults:\n  annotate: derived\n", encoding="utf-8")
+    data = tmp_path / "data"
+    with RelayProcess("--listen", "127.0.0.1:0", "--data-dir", str(data), "--tuning", str(tuning)) as relay:
+        assert f"tuning {tuning}" in relay.stderr
+        sender = FluentSender("app", host="127.0.0.1", port=relay.port)
+        assert sender.emit("audit", valid_event())
+        wait_until(lambda: len(read_lines(data / "accepted.jsonl")) == 1)
+
+        tuning.write_text("defaults:\n  annotate: meta\n", encoding="utf-8")
+        assert relay.process is not None
+        relay.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded" in relay.stderr)
+        assert sender.emit("audit", valid_event())
+        sender.close()
+        wait_until(lambda: len(read_lines(data / "accepted.jsonl")) == 2)
+        assert relay.stop() == 0
+    first, second = read_lines(data / "accepted.jsonl")
+    assert "derived" in first and "meta" not in first
+    assert "meta" in second and "derived" not in second

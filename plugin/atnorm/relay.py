@@ -180,12 +180,12 @@ def _rejected_spool_path(spool_path: str) -> str:
 
 
 def _build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats) -> Any:
-    """The filter the options describe: one that reloads its tuning, when that is available."""
+    """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or change."""
     values = resolve(FILTER_OPTIONS, args, file_values)
     if values.get("tuning") and importlib.util.find_spec("atnorm.reload") is not None:
-        from .reload import ReloadingFilter  # a tuning file may change while the relay runs
+        from .reload import ReloadingFilter
 
-        return ReloadingFilter.from_options(values, stats=stats)
+        return ReloadingFilter.from_options(values, stats=stats, log=log.info)
     return build_filter(args, file_values, stats)
 
 
@@ -347,6 +347,8 @@ class Relay:
                 await self.server.stop(grace=0)
                 await self.destination.close(0)
                 raise
+        if hasattr(self.event_filter, "start_watching"):
+            self.event_filter.start_watching()  # a changed tuning file is picked up between records
         if self.settings.get("stats_interval"):
             recorder = StatsRecorder(self.filter_stats, self._emit_stats_record, self.relay_stats,
                                      tag=self.settings["stats_tag"])
@@ -403,6 +405,8 @@ class Relay:
             await self.destination.close(timeout)
         if self.metrics is not None:
             self.metrics.stop()
+        if hasattr(self.event_filter, "close"):
+            self.event_filter.close()
 
     # --- per chunk ---------------------------------------------------------------------------
 
@@ -470,6 +474,9 @@ class Relay:
             where = (f"writing records to {os.path.join(directory, 'accepted.jsonl')}, rejected.jsonl "
                      f"and passed.jsonl (synced before each ack)")
         mode = "filter on" if self.router.decide is not None else "filter off, records pass through unchanged"
+        tuning = getattr(self.event_filter, "tuning_path", None)
+        if tuning and self.router.decide is not None:
+            mode += f" with tuning {tuning} (SIGHUP or a change reloads it)"
         metrics = f"; metrics on {self.metrics.url}/metrics" if self.metrics is not None else ""
         return f"listening on {listening} (forward protocol); {where}; {mode}{metrics}"
 
@@ -498,6 +505,9 @@ async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    request_reload = getattr(relay.event_filter, "request_reload", None)
+    if request_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, request_reload)
     await relay.start()
     log.info("%s", relay.describe())
     if ready is not None:
@@ -506,7 +516,7 @@ async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -
         await stopping.wait()
         log.info("stopping: no new connections; finishing chunks in flight")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await relay.stop()
     log.info("stopped: %s", relay.summary())
