@@ -30,7 +30,7 @@ import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 
 from .normalize import find_event, make_time_formatter
 from .options import ConfigError
