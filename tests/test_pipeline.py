@@ -201,3 +201,8 @@ def test_two_markers_make_an_event_and_the_missing_one_rejects(shared_filter):
     verdict = shared_filter.process(event)
     assert verdict.outcome == "rejected"
     assert ("/target", "envelope.required") in [(r.path, r.rule) for r in verdict.reasons]
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_rejected(fresh_filter):
+    verdict = fresh_filter.process_json(b"[" * 100_000 + b"]" * 100_000)
+    assert verdict.outcome == "rejected" and verdict.reasons[0].rule == "record.json"

@@ -257,7 +257,7 @@ class EventFilter:
                                                     f"record of {len(text)} characters is over the {limit}-byte limit"))
         try:
             record = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # nesting deeper than the parser goes: unreadable too
             return self._count(self._unreadable(text, "record.json", f"not JSON: {exc}"))
         return self.process(record)
 
