@@ -34,8 +34,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import msgpack
 
-from .options import ConfigError, Option, add_arguments, boolean, load_config_file, resolve, text
-from .settings import FILTER_OPTIONS, add_filter_arguments, build_filter
+from .metrics import start_metrics_server
+from .options import ConfigError, Option, add_arguments, boolean, host_port, load_config_file, resolve, text
+from .reload import ReloadingFilter
+from .settings import FILTER_OPTIONS, add_filter_arguments
 from .stats import FilterStats
 from .verdict import ACCEPTED, REJECTED, RejectReason, Verdict
 
@@ -81,6 +83,11 @@ OPTIONS = (
            metavar="FILE"),
     Option("quiet", boolean, False,
            "write only the summary line at exit to the log file"),
+    Option("metrics_listen", text, None,
+           "serve Prometheus /metrics, /healthz and /readyz on HOST:PORT", metavar="HOST:PORT"),
+    Option("drift_state", text, None,
+           "keep the actions no table declares in this JSON file (read it with `atnorm drift --state`)",
+           metavar="FILE"),
 )
 
 
@@ -739,10 +746,19 @@ def run(args: argparse.Namespace) -> int:
     """Filter stdin to stdout until EOF or SIGTERM; exit 0 after writing what was read."""
     settings, file_values = load_settings(args)
     log = DiagnosticLog(settings["log_file"], settings["quiet"])
+    metrics = None
+    event_filter = None
     try:
-        event_filter = build_filter(args, file_values)
-        # event_filter.stats is the one FilterStats of this process: monitoring (e.g. a
-        # metrics endpoint) attaches to it here, before the first record.
+        # The holder swaps in a rebuilt filter on SIGHUP or a tuning-file change, between
+        # records; its one FilterStats is what monitoring reads.
+        event_filter = ReloadingFilter.from_args(args, file_values, log=log.write,
+                                                 drift_state=settings["drift_state"])
+        if getattr(args, "tuning", None) or file_values.get("tuning"):
+            event_filter.install_sighup()
+            event_filter.start_watching()
+        if settings["metrics_listen"]:
+            metrics = start_metrics_server(host_port(settings["metrics_listen"]), event_filter.stats,
+                                           schemas_loaded=lambda: len(event_filter.rules.services))
         router = RecordRouter(event_filter, settings["tag_key"], settings["rejected_tag_suffix"],
                               settings["default_tag"], settings["time_key"], log)
         reader = build_reader(settings, router, log)
@@ -759,5 +775,9 @@ def run(args: argparse.Namespace) -> int:
             how = signal.Signals(stop.received).name
         log.summary(f"stopped on {how}: {router.stats.summary_line()}")
     finally:
+        if metrics is not None:
+            metrics.stop()
+        if event_filter is not None:
+            event_filter.close()
         log.close()
     return 0
