@@ -169,6 +169,14 @@ def test_zstd_chunk_when_zstandard_is_installed():
     assert [e.record["z"] for e in chunk.entries] == [1, 2]
 
 
+def test_zstd_bomb_stops_at_the_limit_when_zstandard_is_installed():
+    zstandard = pytest.importorskip("zstandard")
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\x00" * (64 << 20))
+    with pytest.raises(ProtocolError) as caught:
+        forward_codec.inflate_zstd(bomb, 1 << 20)
+    assert caught.value.kind == "decompress_limit"
+
+
 # --- entries -------------------------------------------------------------------------------
 
 def test_missing_time_is_stamped_with_arrival_time_and_bad_entries_are_skipped():
