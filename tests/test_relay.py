@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import subprocess
 import sys
@@ -16,17 +15,18 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 import pytest
 from fluent.sender import FluentSender
+from relay_process import RelayProcess
 
 from atnorm.forward_codec import Entry, EventTime, pack_entries
 from atnorm.forward_sender import ForwardSender
-from atnorm.options import ConfigError
+from atnorm.options import ConfigError, resolve
 from atnorm.pipeline import EventFilter
 from atnorm.relay import Relay, configure_parser, load_settings
+from atnorm.settings import FILTER_OPTIONS
 from atnorm.stats import FilterStats
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import EventTime as ReceivedTime
 from forward_receiver import ForwardReceiver
-from relay_process import RelayProcess
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 
@@ -66,6 +66,12 @@ def settings_for(*argv: str) -> Dict[str, Any]:
     configure_parser(parser)
     settings, _ = load_settings(parser.parse_args(list(argv)))
     return settings
+
+
+def filter_values(*argv: str) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return resolve(FILTER_OPTIONS, parser.parse_args(list(argv)))
 
 
 def new_filter() -> EventFilter:
@@ -414,3 +420,63 @@ def test_sighup_reloads_the_tuning_file_between_records(tmp_path):
     first, second = read_lines(data / "accepted.jsonl")
     assert "derived" in first and "meta" not in first
     assert "meta" in second and "derived" not in second
+
+
+def test_filter_workers_decide_like_the_relay_and_count_into_one_set_of_counters(tmp_path):
+    async def scenario() -> None:
+        async with ForwardReceiver() as receiver:
+            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+                                       "--data-dir", str(tmp_path), "--filter-workers", "2"),
+                          new_filter(), filter_values=filter_values())
+            await relay.start()
+            try:
+                frames = []
+                for n in range(4):
+                    frame, _ = fluentbit_chunk("audit.at", [(Time(1700000000 + n), valid_event(), {"n": n}),
+                                                            (Time(1700000000 + n), invalid_event(), None),
+                                                            (Time(1700000000 + n), other_record(), None)])
+                    frames.append(frame)
+                assert len(await exchange(relay.server.port, frames, replies=4)) == 4
+                await receiver.wait_for(lambda: len(receiver.events) == 12)
+            finally:
+                await relay.stop()
+        routes = by_tag(receiver)
+        accepted = [(when, record) for when, record in routes["audit.at"] if "atnorm" in record]
+        assert len(accepted) == 4 and all(when[0] == NORMALIZED_EVENT_TIME for when, _ in accepted)
+        assert sorted(when[1]["n"] for when, _ in accepted) == [0, 1, 2, 3]
+        assert all(record["original"] == invalid_event() for _, record in routes["audit.at.rejected"])
+        counts = relay.filter_stats.snapshot()
+        assert (counts["accepted"], counts["rejected"], counts["passed"]) == (4, 4, 4)
+        assert counts["by_service"]["accepted:audit-log"] == 4
+    run(scenario())
+
+
+def test_sighup_reaches_the_filter_workers(tmp_path):
+    import signal
+
+    tuning = tmp_path / "tuning.yaml"
+    tuning.write_text("defaults:\n  annotate: derived\n", encoding="utf-8")
+    data = tmp_path / "data"
+    with RelayProcess("--listen", "127.0.0.1:0", "--data-dir", str(data), "--tuning", str(tuning),
+                      "--filter-workers", "2") as relay:
+        assert "in 2 worker processes" in relay.stderr
+        tuning.write_text("defaults:\n  annotate: meta\n", encoding="utf-8")
+        assert relay.process is not None
+        relay.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded" in relay.stderr)
+
+        async def send_until_the_new_rules_answer() -> None:
+            # Workers pick the reload up before their next chunk once the relay has passed it on.
+            sender = ForwardSender([("127.0.0.1", relay.port)])
+            n = 0
+            while not any("meta" in line for line in read_lines(data / "accepted.jsonl")):
+                assert await sender.send("audit.at", pack_entries([Entry(1700000000 + n, valid_event())]), 1)
+                n += 1
+                await asyncio.sleep(0.05)
+            for k in range(n, n + 4):  # and from then on, every worker uses them
+                assert await sender.send("audit.at", pack_entries([Entry(1700000000 + k, valid_event())]), 1)
+            await sender.close()
+        run(send_until_the_new_rules_answer())
+        assert relay.stop() == 0
+    lines = read_lines(data / "accepted.jsonl")
+    assert all("meta" in line and "derived" not in line for line in lines[-4:])

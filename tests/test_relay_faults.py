@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Tuple
+
+from relay_process import RelayProcess
 
 from atnorm.forward_codec import Entry, EventTime, pack_entries
 from atnorm.forward_sender import ForwardSender
@@ -23,7 +24,6 @@ from atnorm.relay import Relay, configure_parser, load_settings
 from atnorm.stats import FilterStats
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import ForwardReceiver, ReceiverThread
-from relay_process import RelayProcess
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 

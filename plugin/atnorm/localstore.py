@@ -21,7 +21,7 @@ import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from .jsonlines import dumps
-from .routing import RoutedBatch
+from .routing import Batch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class LocalStore:
             raise LocalStoreError(f"data directory {data_dir!r} is not writable")
         self._files: Dict[str, int] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="atnorm-store")
-        self._waiting: List[Tuple[List[RoutedBatch], "asyncio.Future[bool]"]] = []
+        self._waiting: List[Tuple[List[Batch], "asyncio.Future[bool]"]] = []
         self._committer: Optional["asyncio.Task[None]"] = None
         self.last_error: Optional[str] = None
         self.records_written = 0
@@ -62,7 +62,7 @@ class LocalStore:
         """The file that holds `route`'s records."""
         return os.path.join(self.data_dir, f"{route}.jsonl")
 
-    async def store(self, batches: List[RoutedBatch]) -> bool:
+    async def store(self, batches: List[Batch]) -> bool:
         """True once every record of `batches` is written and synced; False on a disk error
         (then nothing of this call is acknowledged, and a resend may repeat some lines)."""
         if not batches:
@@ -95,15 +95,15 @@ class LocalStore:
                 if not future.done():
                     future.set_result(ok)
 
-    def _write(self, rounds: Iterable[List[RoutedBatch]]) -> None:
+    def _write(self, rounds: Iterable[List[Batch]]) -> None:
         """On the store thread: encode, append and fsync every touched file."""
         lines: Dict[str, List[str]] = {}
         count = 0
         for batches in rounds:
             for batch in batches:
                 out = lines.setdefault(batch.route, [])
-                out.extend(dumps(entry.record) for entry in batch.entries)
-                count += len(batch.entries)
+                out.extend(dumps(entry.record) for entry in batch.records())
+                count += batch.count
         sizes: Dict[int, int] = {}
         try:
             for route, texts in lines.items():

@@ -26,7 +26,8 @@ from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 from .delivery import Delivery
-from .forward_codec import Chunk, Entry, EventTime, pack_entries
+from .filterpool import FilterPool
+from .forward_codec import Chunk, Entry, EventTime
 from .forward_sender import ForwardSender
 from .forward_server import ForwardServer
 from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
@@ -45,7 +46,7 @@ from .options import (
     text,
 )
 from .relaystats import RelayStats
-from .routing import TIME_SOURCES, RoutedBatch, Router, check_tag_template
+from .routing import TIME_SOURCES, Batch, RoutedBatch, Router, check_tag_template
 from .settings import FILTER_OPTIONS, add_filter_arguments, build_filter
 from .spool import Spool, SpoolError
 from .stats import FilterStats
@@ -117,6 +118,8 @@ OPTIONS = (
            metavar="event|original"),
     Option("filter", boolean, True, "validate and normalize (off: pass every record through unchanged)",
            metavar="on|off"),
+    Option("filter_workers", positive_int, 1, "processes that decide records; more than 1 lets the filter "
+           "use more cores (e.g. the number of cores)", metavar="N"),
     # local state
     Option("data_dir", text, "atnorm-data", "directory for the spool, and for the record files when no "
            "downstream is set", metavar="DIR"),
@@ -247,13 +250,13 @@ class ForwardDestination:
         for delivery in self.deliveries:
             await delivery.start()
 
-    async def deliver(self, batches: Sequence[RoutedBatch]) -> List[bool]:
+    async def deliver(self, batches: Sequence[Batch]) -> List[bool]:
         """Hand each batch off; True per batch once acked downstream or spooled."""
         rejected = self.rejected
         calls: List[Awaitable[bool]] = []
         for batch in batches:
             delivery = rejected if rejected is not None and batch.route == REJECTED else self.main
-            calls.append(delivery.hand_off(batch.tag, pack_entries(batch.entries), len(batch.entries)))
+            calls.append(delivery.hand_off(batch.tag, batch.packed(), batch.count))
         if len(calls) == 1:
             return [await calls[0]]
         return list(await asyncio.gather(*calls))
@@ -278,7 +281,7 @@ class FileDestination:
     async def start(self) -> None:
         pass
 
-    async def deliver(self, batches: Sequence[RoutedBatch]) -> List[bool]:
+    async def deliver(self, batches: Sequence[Batch]) -> List[bool]:
         ok = await self.store.store(list(batches))
         return [ok] * len(batches)
 
@@ -300,13 +303,22 @@ class Relay:
     """Forward server → router → destination, with metrics and the periodic stats record."""
 
     def __init__(self, settings: Dict[str, Any], event_filter: Any = None,
-                 filter_stats: Optional[FilterStats] = None) -> None:
+                 filter_stats: Optional[FilterStats] = None,
+                 filter_values: Optional[Dict[str, Any]] = None) -> None:
         self.settings = settings
         self.event_filter = event_filter
         self.filter_stats = filter_stats or (event_filter.stats if event_filter is not None else FilterStats())
         self.relay_stats = RelayStats()
-        self.router = Router(self._decide_function(), accepted_tag=settings["accepted_tag"],
-                             rejected_tag=settings["rejected_tag"], time_source=settings["time_source"])
+        router_options = dict(accepted_tag=settings["accepted_tag"], rejected_tag=settings["rejected_tag"],
+                              time_source=settings["time_source"])
+        self.router = Router(self._decide_function(), **router_options)
+        self.pool: Optional[FilterPool] = None
+        if self.router.decide is not None and settings.get("filter_workers", 1) > 1:
+            # Workers build their filters from the option values the relay's filter was built from.
+            if filter_values is None:
+                raise ValueError("filter workers need the filter option values")
+            self.pool = FilterPool(settings["filter_workers"], filter_values, router_options, self.filter_stats)
+        self._reload_task: Optional["asyncio.Task[None]"] = None
         self.server = ForwardServer(
             self.handle_chunk,
             listen=[_listen_address(a) for a in settings["listen"]],
@@ -319,7 +331,7 @@ class Relay:
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None
         self._stats_task: Optional["asyncio.Task[None]"] = None
-        self._unfinished: "OrderedDict[Hashable, List[RoutedBatch]]" = OrderedDict()
+        self._unfinished: "OrderedDict[Hashable, List[Batch]]" = OrderedDict()
 
     def _decide_function(self) -> Optional[Callable[[Any], Any]]:
         if not self.settings["filter"] or self.event_filter is None:
@@ -329,26 +341,29 @@ class Relay:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the destination, bind the listeners, start metrics and the stats record."""
-        self.destination = self._open_destination()
-        await self.destination.start()
+        """Start the filter workers, open the destination, bind the listeners, start metrics
+        and the stats record. On a failure, whatever was started is closed again."""
         try:
-            await self.server.start()
-        except OSError as exc:
-            await self.destination.close(0)
-            raise ConfigError(exc.strerror or str(exc)) from None
-        if self.settings["metrics_listen"]:
-            host, port = host_port(self.settings["metrics_listen"])
-            registry = build_registry(self.filter_stats, self.relay_stats, self._schemas_loaded)
-            self.metrics = MetricsServer(registry, host, port, readiness=self.readiness)
+            if self.pool is not None:
+                await self.pool.start()
+            self.destination = self._open_destination()
+            await self.destination.start()
             try:
+                await self.server.start()
+            except OSError as exc:
+                raise ConfigError(exc.strerror or str(exc)) from None
+            if self.settings["metrics_listen"]:
+                host, port = host_port(self.settings["metrics_listen"])
+                registry = build_registry(self.filter_stats, self.relay_stats, self._schemas_loaded)
+                self.metrics = MetricsServer(registry, host, port, readiness=self.readiness)
                 self.metrics.start()
-            except ConfigError:
-                await self.server.stop(grace=0)
-                await self.destination.close(0)
-                raise
+        except BaseException:
+            await self._close(grace=0)
+            raise
         if hasattr(self.event_filter, "start_watching"):
             self.event_filter.start_watching()  # a changed tuning file is picked up between records
+            if self.pool is not None:
+                self._reload_task = asyncio.ensure_future(self._pass_reloads_to_workers())
         if self.settings.get("stats_interval"):
             recorder = StatsRecorder(self.filter_stats, self._emit_stats_record, self.relay_stats,
                                      tag=self.settings["stats_tag"])
@@ -396,13 +411,18 @@ class Relay:
 
     async def stop(self) -> None:
         """Stop accepting, let chunks in flight finish, flush and close the destination."""
-        timeout = self.settings["shutdown_timeout"]
-        await self.server.stop(grace=timeout)
-        if self._stats_task is not None:
-            self._stats_task.cancel()
-            await asyncio.gather(self._stats_task, return_exceptions=True)
+        await self._close(grace=self.settings["shutdown_timeout"])
+
+    async def _close(self, grace: float) -> None:
+        await self.server.stop(grace=grace)
+        for task in (self._stats_task, self._reload_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
         if self.destination is not None:
-            await self.destination.close(timeout)
+            await self.destination.close(grace)
         if self.metrics is not None:
             self.metrics.stop()
         if hasattr(self.event_filter, "close"):
@@ -414,8 +434,13 @@ class Relay:
         """The ForwardServer handler: True once every record of `chunk` is safely handed on."""
         assert self.destination is not None
         key = _chunk_key(chunk)
-        batches = self._unfinished.pop(key, None) if key is not None else None
-        if batches is None:
+        unfinished = self._unfinished.pop(key, None) if key is not None else None
+        batches: Sequence[Batch]
+        if unfinished is not None:
+            batches = unfinished
+        elif self.pool is not None:
+            batches = await self.pool.route(chunk.tag, chunk.entries)
+        else:
             batches = await self._route(chunk.tag, chunk.entries)
         results = await self.destination.deliver(batches)
         if all(results):
@@ -426,7 +451,7 @@ class Relay:
                 self._unfinished.popitem(last=False)
         return False
 
-    async def _route(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
+    async def _route(self, tag: str, entries: List[Entry]) -> Sequence[Batch]:
         route = self.router.route
         if len(entries) <= ROUTE_SLICE:
             return route(tag, entries)
@@ -436,6 +461,16 @@ class Relay:
                 groups.setdefault((batch.route, batch.tag), []).extend(batch.entries)
             await asyncio.sleep(0)
         return [RoutedBatch(route_name, out_tag, group) for (route_name, out_tag), group in groups.items()]
+
+    async def _pass_reloads_to_workers(self) -> None:
+        """The relay's filter reloaded (SIGHUP or a file change): have the workers follow."""
+        assert self.pool is not None
+        seen = self.event_filter.reloads
+        while True:
+            await asyncio.sleep(0.5)
+            if self.event_filter.reloads != seen:
+                seen = self.event_filter.reloads
+                self.pool.request_reload()
 
     async def _emit_stats_record(self, tag: str, timestamp: float, record: Dict[str, Any]) -> None:
         assert self.destination is not None
@@ -474,6 +509,8 @@ class Relay:
             where = (f"writing records to {os.path.join(directory, 'accepted.jsonl')}, rejected.jsonl "
                      f"and passed.jsonl (synced before each ack)")
         mode = "filter on" if self.router.decide is not None else "filter off, records pass through unchanged"
+        if self.pool is not None:
+            mode += f" in {self.pool.workers} worker processes"
         tuning = getattr(self.event_filter, "tuning_path", None)
         if tuning and self.router.decide is not None:
             mode += f" with tuning {tuning} (SIGHUP or a change reloads it)"
@@ -529,6 +566,6 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s atnorm serve: %(message)s")
     filter_stats = FilterStats()
     event_filter = _build_event_filter(args, file_values, filter_stats) if settings["filter"] else None
-    relay = Relay(settings, event_filter, filter_stats)
+    relay = Relay(settings, event_filter, filter_stats, resolve(FILTER_OPTIONS, args, file_values))
     asyncio.run(serve(relay))
     return 0

@@ -16,9 +16,9 @@ and the time source are turned into small functions once, so `Router.route` only
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .forward_codec import Entry, EventTime, Time
+from .forward_codec import Entry, EventTime, Time, pack_entries, unpack_entries
 from .verdict import ACCEPTED, PASSED, REJECTED, Verdict
 
 TAG_PLACEHOLDER = "{tag}"
@@ -30,12 +30,53 @@ _MAX_CACHED_DAYS = 4096
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
-class RoutedBatch(NamedTuple):
+class RoutedBatch:
     """The records of one chunk that leave on one route, under one tag."""
 
-    route: str
-    tag: str
-    entries: List[Entry]
+    __slots__ = ("route", "tag", "entries")
+
+    def __init__(self, route: str, tag: str, entries: List[Entry]) -> None:
+        self.route = route
+        self.tag = tag
+        self.entries = entries
+
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+    def packed(self) -> bytes:
+        """The entries as a PackedForward payload."""
+        return pack_entries(self.entries)
+
+    def records(self) -> List[Entry]:
+        return self.entries
+
+    def __repr__(self) -> str:
+        return f"RoutedBatch({self.route!r}, {self.tag!r}, {len(self.entries)} entries)"
+
+
+class PackedBatch:
+    """A routed batch whose entries were packed where they were decided (a filter worker)."""
+
+    __slots__ = ("route", "tag", "payload", "count")
+
+    def __init__(self, route: str, tag: str, payload: bytes, count: int) -> None:
+        self.route = route
+        self.tag = tag
+        self.payload = payload
+        self.count = count
+
+    def packed(self) -> bytes:
+        return self.payload
+
+    def records(self) -> List[Entry]:
+        return unpack_entries(self.payload)[0]
+
+    def __repr__(self) -> str:
+        return f"PackedBatch({self.route!r}, {self.tag!r}, {self.count} entries)"
+
+
+Batch = Union[RoutedBatch, PackedBatch]
 
 
 def check_tag_template(template: str) -> str:

@@ -1,0 +1,151 @@
+"""Deciding chunks in worker processes, so the relay's filter can use more than one core.
+
+The relay's event loop decodes frames and moves bytes; with `filter_workers: N` (N > 1)
+each chunk's entries are packed once, decided and routed in one of N worker processes,
+and come back as one packed payload per route, ready to hand on. Each worker builds its
+own `EventFilter` from the same option values; the counts it makes for a chunk travel
+back with the result and are added to the relay's `FilterStats`, so metrics and the
+stats record see one set of counters. A reload (SIGHUP, tuning file change) bumps a
+shared generation number; each worker rebuilds its filter before its next chunk, and
+keeps the old one if the new configuration fails to build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Dict, List, Optional, Tuple
+
+from .forward_codec import Entry, pack_entries, unpack_entries
+from .pipeline import EventFilter
+from .routing import PackedBatch, Router
+from .settings import filter_settings
+from .stats import MAX_TRACKED_UNKNOWN_ACTIONS, OTHER, FilterStats
+
+log = logging.getLogger("atnorm.relay")
+
+Counts = Tuple[Dict[Any, int], ...]
+RoutedPayload = Tuple[str, str, bytes, int]
+
+
+class _Worker:
+    """What one worker process holds: its filter, its router and the generation it was built for."""
+
+    def __init__(self, filter_values: Dict[str, Any], router_options: Dict[str, Any], generation: Any) -> None:
+        self.filter_values = filter_values
+        self.generation = generation
+        self.built_for = generation.value
+        self.filter = EventFilter.from_schemas(settings=filter_settings(filter_values))
+        self.router = Router(self.decide, **router_options)
+
+    def decide(self, record: Any) -> Any:
+        return self.filter.process(record)
+
+    def refresh(self) -> None:
+        wanted = self.generation.value
+        if wanted == self.built_for:
+            return
+        self.built_for = wanted
+        try:
+            self.filter = EventFilter.from_schemas(settings=filter_settings(self.filter_values))
+        except Exception:  # the relay's own reload reports the mistake; keep deciding with the old rules
+            pass
+
+    def route(self, tag: str, payload: bytes) -> Tuple[List[RoutedPayload], Counts]:
+        self.refresh()
+        stats = self.filter.stats = FilterStats()  # this chunk's counts only
+        entries: List[Entry] = unpack_entries(payload)[0]
+        routed = [(b.route, b.tag, pack_entries(b.entries), len(b.entries)) for b in self.router.route(tag, entries)]
+        counts = (stats.outcomes, stats.by_service, stats.rejections, stats.warnings, stats.fixes,
+                  stats.unknown_actions)
+        return routed, counts
+
+
+_worker: Optional[_Worker] = None
+
+
+def _start_worker(filter_values: Dict[str, Any], router_options: Dict[str, Any], generation: Any) -> None:
+    global _worker
+    # The relay process decides when to stop; its workers finish the chunk they hold.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    _worker = _Worker(filter_values, router_options, generation)
+
+
+def _route_in_worker(tag: str, payload: bytes) -> Tuple[List[RoutedPayload], Counts]:
+    assert _worker is not None
+    return _worker.route(tag, payload)
+
+
+def _ready() -> bool:
+    return _worker is not None
+
+
+def add_counts(stats: FilterStats, counts: Counts) -> None:
+    """Add one chunk's counts from a worker to the relay's counters."""
+    outcomes, by_service, rejections, warnings, fixes, unknown = counts
+    stats.outcomes.update(outcomes)
+    stats.by_service.update(by_service)
+    stats.rejections.update(rejections)
+    stats.warnings.update(warnings)
+    stats.fixes.update(fixes)
+    bound = getattr(stats, "_max_unknown_actions", MAX_TRACKED_UNKNOWN_ACTIONS)
+    tracked = stats.unknown_actions
+    for (service, action), count in unknown.items():
+        key = (service, action)
+        if key not in tracked and len(tracked) >= bound:
+            key = (service, OTHER)
+        tracked[key] += count
+
+
+class FilterPool:
+    """N worker processes that decide and route chunks; results are packed per route."""
+
+    def __init__(self, workers: int, filter_values: Dict[str, Any], router_options: Dict[str, Any],
+                 stats: FilterStats) -> None:
+        if workers < 2:
+            raise ValueError("a filter pool needs at least 2 workers")
+        self.workers = workers
+        self.stats = stats
+        # spawn, not fork: the relay has threads (spool, metrics) that a fork would copy mid-lock.
+        self._context = multiprocessing.get_context("spawn")
+        self._generation = self._context.Value("i", 0)
+        self._arguments = (filter_values, router_options, self._generation)
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=self._context,
+                                                      initializer=_start_worker, initargs=self._arguments)
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has built its filter."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._executor, _ready) for _ in range(self.workers * 2)))
+
+    async def route(self, tag: str, entries: List[Entry]) -> List[PackedBatch]:
+        """The chunk's records decided in a worker, one packed batch per route."""
+        loop = asyncio.get_running_loop()
+        try:
+            routed, counts = await loop.run_in_executor(self._executor, _route_in_worker, tag, pack_entries(entries))
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): this chunk stays unacked and is resent;
+            # the next ones go to fresh workers.
+            log.error("a filter worker died; starting new ones (the chunk it held will be resent)")
+            self._executor.shutdown(wait=False)
+            self._executor = self._new_executor()
+            raise
+        add_counts(self.stats, counts)
+        return [PackedBatch(*batch) for batch in routed]
+
+    def request_reload(self) -> None:
+        """Have every worker rebuild its filter before its next chunk."""
+        with self._generation.get_lock():
+            self._generation.value += 1
+
+    def close(self) -> None:
+        """Stop the workers once the chunks they hold are done."""
+        self._executor.shutdown(wait=True)
