@@ -22,8 +22,9 @@ import pytest
 import yaml
 from atnorm.metrics import MetricsServer, build_registry, start_metrics_server
 from atnorm.options import ConfigError
-from atnorm.pipeline import EventFilter
+from atnorm.pipeline import EventFilter, FilterSettings
 from atnorm.relaystats import RelayStats
+from atnorm.reload import ReloadingFilter
 from atnorm.stats import MAX_TRACKED_UNKNOWN_ACTIONS, OTHER, FilterStats
 from atnorm.stats_record import StatsRecorder, StatsThread, build_stats_record
 from prometheus_client.parser import text_string_to_metric_families
@@ -319,6 +320,32 @@ def test_build_info_and_schema_count_are_exported(served):
     assert samples(families, "atnorm_schemas_loaded") == {(): 2.0}
 
 
+def test_config_reloads_are_counted_by_result(served):
+    answers = iter([FilterSettings(), ConfigError("not valid YAML", file="tuning.yaml", line=3),
+                    FilterSettings()])
+
+    def make_settings() -> FilterSettings:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    holder = ReloadingFilter(make_settings, log=lambda line: None)
+    server = served(filter_stats=holder.stats, reload_counts=holder)
+
+    def reload_state() -> Tuple[Dict[str, float], float]:
+        families = scrape(server.url)
+        by_result = {dict(k)["result"]: v
+                     for k, v in samples(families, "atnorm_config_reloads", "_total").items()}
+        return by_result, samples(families, "atnorm_config_last_reload_successful")[()]
+
+    assert reload_state() == ({"success": 0, "failure": 0}, 1)
+    assert holder.reload() is False
+    assert reload_state() == ({"success": 0, "failure": 1}, 0)
+    assert holder.reload() is True
+    assert reload_state() == ({"success": 1, "failure": 1}, 1)
+
+
 # ---------------------------------------------------------------------------------------
 # Health, readiness, serving
 
@@ -469,7 +496,9 @@ def test_stats_task_runs_on_the_asyncio_loop_and_awaits_async_emit():
 
 def exported_sample_names() -> set:
     """Every sample name a fully populated endpoint can export, from a real scrape."""
-    server = start_metrics_server(("127.0.0.1", 0), filter_stats=FilterStats(), relay_stats=RelayStats())
+    holder = ReloadingFilter(FilterSettings, log=lambda line: None)
+    server = start_metrics_server(("127.0.0.1", 0), filter_stats=holder.stats, relay_stats=RelayStats(),
+                                  schemas_loaded=lambda: 2, reload_counts=holder)
     try:
         families = scrape(server.url)
     finally:

@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 from socketserver import ThreadingMixIn
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple, Union
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -25,7 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .options import ConfigError, Option, host_port
+from .options import ConfigError
 from .relaystats import LATENCY_BUCKETS, RelayStats
 from .stats import FilterStats
 from .verdict import OUTCOMES
@@ -41,11 +41,13 @@ FRAME_MODES = ("message", "forward", "packed_forward", "compressed_packed_forwar
 # A readiness check answers True, False, or (False, "why not").
 Readiness = Callable[[], Union[bool, Tuple[bool, str]]]
 
-METRICS_OPTIONS = (
-    Option("metrics", host_port, None,
-           "serve Prometheus /metrics, /healthz and /readyz on HOST:PORT (off when unset)",
-           metavar="HOST:PORT"),
-)
+
+class ReloadCounts(Protocol):
+    """Anything that counts configuration reloads (e.g. a reloading filter)."""
+
+    reloads: int
+    failed_reloads: int
+    last_error: Optional[str]  # None while the latest reload (or start-up) succeeded
 
 
 def _copy(counter: Dict[Any, int]) -> Dict[Any, int]:
@@ -58,15 +60,18 @@ class AtnormCollector(Collector):
     """Reads `FilterStats` (and `RelayStats`, when given) at scrape time.
 
     `schemas_loaded`, when given, is called at scrape time and exported as
-    `atnorm_schemas_loaded`.
+    `atnorm_schemas_loaded`; `reload_counts` as `atnorm_config_reloads_total{result}` and
+    `atnorm_config_last_reload_successful`.
     """
 
     def __init__(self, filter_stats: Optional[FilterStats] = None,
                  relay_stats: Optional[RelayStats] = None,
-                 schemas_loaded: Optional[Callable[[], int]] = None) -> None:
+                 schemas_loaded: Optional[Callable[[], int]] = None,
+                 reload_counts: Optional[ReloadCounts] = None) -> None:
         self.filter_stats = filter_stats
         self.relay_stats = relay_stats
         self.schemas_loaded = schemas_loaded
+        self.reload_counts = reload_counts
 
     def collect(self) -> Iterable[Metric]:
         build = GaugeMetricFamily("atnorm_build_info", "atnorm version, always 1.",
@@ -77,6 +82,18 @@ class AtnormCollector(Collector):
             yield GaugeMetricFamily("atnorm_schemas_loaded",
                                     "Number of service schemas the filter has loaded.",
                                     value=self.schemas_loaded())
+        if self.reload_counts is not None:
+            reloads = CounterMetricFamily(
+                "atnorm_config_reloads",
+                "Configuration reloads; on failure the previous configuration keeps running.",
+                labels=["result"])
+            reloads.add_metric(["success"], self.reload_counts.reloads)
+            reloads.add_metric(["failure"], self.reload_counts.failed_reloads)
+            yield reloads
+            yield GaugeMetricFamily(
+                "atnorm_config_last_reload_successful",
+                "1 if the latest configuration reload worked (or none was tried), else 0.",
+                value=0 if self.reload_counts.last_error is not None else 1)
         if self.filter_stats is not None:
             yield from self._filter_metrics(self.filter_stats)
         if self.relay_stats is not None:
@@ -208,10 +225,11 @@ def _ack_latency_histogram(stats: RelayStats) -> HistogramMetricFamily:
 def build_registry(filter_stats: Optional[FilterStats] = None,
                    relay_stats: Optional[RelayStats] = None,
                    schemas_loaded: Optional[Callable[[], int]] = None,
-                   process_metrics: bool = True) -> CollectorRegistry:
+                   process_metrics: bool = True,
+                   reload_counts: Optional[ReloadCounts] = None) -> CollectorRegistry:
     """A private registry holding the atnorm collector (and process metrics by default)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AtnormCollector(filter_stats, relay_stats, schemas_loaded))
+    registry.register(AtnormCollector(filter_stats, relay_stats, schemas_loaded, reload_counts))
     if process_metrics:
         from prometheus_client import PlatformCollector, ProcessCollector
 
@@ -267,13 +285,13 @@ class MetricsServer:
             return self
         if self.host.startswith("unix://"):
             raise ConfigError("metrics endpoint: expected HOST:PORT, unix sockets are not served",
-                              key="metrics")
+                              key="metrics_listen")
         try:
             family = socket.getaddrinfo(self.host, self.requested_port, type=socket.SOCK_STREAM,
                                         flags=socket.AI_PASSIVE)[0][0]
         except socket.gaierror as exc:
             raise ConfigError(f"metrics endpoint: cannot resolve {self.host!r}: {exc.strerror}",
-                              key="metrics") from None
+                              key="metrics_listen") from None
 
         class Server(_ThreadingWSGIServer):
             address_family = family
@@ -284,7 +302,7 @@ class MetricsServer:
         except OSError as exc:
             raise ConfigError(
                 f"metrics endpoint: cannot listen on {self.host}:{self.requested_port}: "
-                f"{exc.strerror or exc}", key="metrics") from None
+                f"{exc.strerror or exc}", key="metrics_listen") from None
         # A short poll interval only makes stop() prompt; requests are served at once.
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
                                         name="atnorm-metrics", daemon=True)
@@ -346,8 +364,10 @@ def _text(start_response: Callable[..., Any], status: str, body: str) -> List[by
 def start_metrics_server(address: Tuple[str, int], filter_stats: Optional[FilterStats] = None,
                          relay_stats: Optional[RelayStats] = None,
                          readiness: Optional[Readiness] = None,
-                         schemas_loaded: Optional[Callable[[], int]] = None) -> MetricsServer:
-    """Build the registry and start serving on `address` (as parsed by `host_port`)."""
-    registry = build_registry(filter_stats, relay_stats, schemas_loaded)
+                         schemas_loaded: Optional[Callable[[], int]] = None,
+                         reload_counts: Optional[ReloadCounts] = None) -> MetricsServer:
+    """Build the registry and start serving on `address` (as parsed by `options.host_port`)."""
+    registry = build_registry(filter_stats, relay_stats, schemas_loaded,
+                              reload_counts=reload_counts)
     host, port = address
     return MetricsServer(registry, host, port, readiness).start()

@@ -116,7 +116,7 @@ class StatsRecorder:
 
     def start_task(self, interval: float) -> "asyncio.Task[None]":
         """Emit every `interval` seconds from the running asyncio loop; cancel to stop."""
-        return asyncio.ensure_future(self.run_periodically(interval))
+        return asyncio.get_running_loop().create_task(self.run_periodically(interval))
 
     async def run_periodically(self, interval: float) -> None:
         """Emit every `interval` seconds until cancelled; an emit failure is logged, not fatal."""
