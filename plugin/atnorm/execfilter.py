@@ -758,7 +758,8 @@ def run(args: argparse.Namespace) -> int:
             event_filter.start_watching()
         if settings["metrics_listen"]:
             metrics = start_metrics_server(host_port(settings["metrics_listen"]), event_filter.stats,
-                                           schemas_loaded=lambda: len(event_filter.rules.services))
+                                           schemas_loaded=lambda: len(event_filter.rules.services),
+                                           reload_counts=event_filter)
         router = RecordRouter(event_filter, settings["tag_key"], settings["rejected_tag_suffix"],
                               settings["default_tag"], settings["time_key"], log)
         reader = build_reader(settings, router, log)
