@@ -85,11 +85,11 @@ OPTIONS = (
     Option("tls_cert", text, None, "serve TLS with this certificate (PEM)", metavar="FILE"),
     Option("tls_key", text, None, "private key of tls_cert (PEM; omit if it is in the certificate file)",
            metavar="FILE"),
-    Option("max_frame_size", size_bytes, 16 << 20, "largest forward frame accepted from a sender",
+    Option("max_frame_size", size_bytes, "16M", "largest forward frame accepted from a sender",
            metavar="SIZE"),
-    Option("max_decompressed_size", size_bytes, 64 << 20, "largest size a compressed chunk may inflate to",
+    Option("max_decompressed_size", size_bytes, "64M", "largest size a compressed chunk may inflate to",
            metavar="SIZE"),
-    Option("idle_timeout", positive_float, 120.0, "close a sender's connection after this many idle seconds",
+    Option("idle_timeout", positive_float, "120", "close a sender's connection after this many idle seconds",
            metavar="SECONDS"),
     Option("max_connections", positive_int, 256, "most sender connections open at once", metavar="N"),
     # downstream: where records go
@@ -98,15 +98,15 @@ OPTIONS = (
     Option("rejected_forward", address, [], "separate downstream for rejected records (repeatable; "
            "default: the forward servers)", multiple=True, metavar="HOST:PORT"),
     Option("forward_shared_key", text, None, "shared key for the downstream handshake", metavar="KEY"),
-    Option("forward_tls", boolean, False, "connect to the downstream with TLS", metavar="BOOL"),
-    Option("forward_tls_verify", boolean, True, "verify the downstream's TLS certificate", metavar="BOOL"),
+    Option("forward_tls", boolean, "off", "connect to the downstream with TLS", metavar="BOOL"),
+    Option("forward_tls_verify", boolean, "on", "verify the downstream's TLS certificate", metavar="BOOL"),
     Option("forward_tls_ca", text, None, "CA bundle for the downstream's certificate (default: system store)",
            metavar="FILE"),
     Option("forward_compress", text, "none", "compress chunks sent downstream", choices=("none", "gzip"),
            metavar="none|gzip"),
-    Option("forward_ack_timeout", positive_float, 30.0, "resend a downstream chunk not acked within this time",
+    Option("forward_ack_timeout", positive_float, "30", "resend a downstream chunk not acked within this time",
            metavar="SECONDS"),
-    Option("retry_max_wait", positive_float, 10.0, "longest wait between attempts to reach the downstream",
+    Option("retry_max_wait", positive_float, "10", "longest wait between attempts to reach the downstream",
            metavar="SECONDS"),
     # what the records look like on the way out
     Option("accepted_tag", tag_template, "{tag}", "tag of accepted records ({tag} is the incoming tag)",
@@ -116,7 +116,7 @@ OPTIONS = (
     Option("time_source", text, "event", "time sent on with accepted records: the normalized eventTime "
            "(event) or the time the record arrived with (original)", choices=TIME_SOURCES,
            metavar="event|original"),
-    Option("filter", boolean, True, "validate and normalize (off: pass every record through unchanged)",
+    Option("filter", boolean, "on", "validate and normalize (off: pass every record through unchanged)",
            metavar="on|off"),
     Option("filter_workers", positive_int, 1, "processes that decide records; more than 1 lets the filter "
            "use more cores (e.g. the number of cores)", metavar="N"),
@@ -124,14 +124,14 @@ OPTIONS = (
     Option("data_dir", text, "atnorm-data", "directory for the spool, and for the record files when no "
            "downstream is set", metavar="DIR"),
     Option("spool_path", text, None, "spool file (default: DATA_DIR/spool.db)", metavar="FILE"),
-    Option("spool_max_size", size_bytes, 1 << 30, "most bytes the spool holds; when full, chunks are "
+    Option("spool_max_size", size_bytes, "1G", "most bytes the spool holds; when full, chunks are "
            "not acked and senders keep them", metavar="SIZE"),
     Option("spool_sync", text, "normal", "spool durability: normal survives a crash of the process, full "
            "also a power loss", choices=("normal", "full"), metavar="normal|full"),
     # operations
     Option("metrics_listen", address, None, "serve Prometheus /metrics, /healthz and /readyz here",
            metavar="HOST:PORT"),
-    Option("shutdown_timeout", positive_float, 10.0, "on SIGTERM, how long chunks in flight may take to "
+    Option("shutdown_timeout", positive_float, "10", "on SIGTERM, how long chunks in flight may take to "
            "finish", metavar="SECONDS"),
     Option("log_level", text, "info", "log level", choices=("debug", "info", "warning", "error"),
            metavar="LEVEL"),
@@ -152,7 +152,12 @@ def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, A
     """(relay settings, raw config-file values): defaults < `--config` file < flags, checked."""
     config_path = getattr(args, "config", None)
     file_values = load_config_file(config_path, ALL_OPTIONS) if config_path else {}
-    settings = resolve(OPTIONS + tuple(STATS_OPTIONS), args, file_values)
+    options = OPTIONS + tuple(STATS_OPTIONS)
+    settings = resolve(options, args, file_values)
+    for option in options:
+        # Defaults are declared as a user would write them ("16M", "on") for the README table.
+        if not option.multiple and isinstance(option.default, str) and settings[option.key] is option.default:
+            settings[option.key] = option.convert(option.default)
     if settings["tls_key"] and not settings["tls_cert"]:
         raise ConfigError("tls_key needs tls_cert too", key="tls_key")
     if not settings["listen"]:
