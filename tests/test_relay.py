@@ -480,3 +480,27 @@ def test_sighup_reaches_the_filter_workers(tmp_path):
         assert relay.stop() == 0
     lines = read_lines(data / "accepted.jsonl")
     assert all("meta" in line and "derived" not in line for line in lines[-4:])
+
+
+@pytest.mark.parametrize("text", ["2021-05-19T10:11:12.500+0000", "2024-02-29T23:59:59+0000",
+                                  "2024-01-01T00:30:00.123456789-0130", "2023-12-31T23:00:00.1+0545"])
+def test_normalized_event_time_text_becomes_the_same_instant_as_event_time(text):
+    from datetime import datetime
+
+    from atnorm.routing import parse_event_time
+
+    whole, _, rest = text[:19], text[19:20], text[19:]
+    fraction = rest[1:-5] if rest.startswith(".") else ""
+    expected = datetime.strptime(whole + rest[-5:], "%Y-%m-%dT%H:%M:%S%z")
+    parsed = parse_event_time(text)
+    assert parsed is not None
+    assert parsed.seconds == int(expected.timestamp())
+    assert parsed.nanoseconds == int(fraction.ljust(9, "0") or 0)
+
+
+@pytest.mark.parametrize("text", [None, 1714557600, "", "2024-05-01 10:00:00+0000", "2024-05-01T10:00:00.x+0000",
+                                  "2024-05-01T10:00:00.000Z", "1969-12-31T23:59:59+0000"])
+def test_event_time_that_cannot_be_read_leaves_the_original_time(text):
+    from atnorm.routing import parse_event_time
+
+    assert parse_event_time(text) is None

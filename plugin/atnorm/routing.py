@@ -25,8 +25,8 @@ TAG_PLACEHOLDER = "{tag}"
 TIME_SOURCES = ("event", "original")
 ROUTES = (ACCEPTED, REJECTED, PASSED)
 
-# Dates seen in traffic cluster around "now"; this bounds the cache of day → epoch seconds.
-_MAX_CACHED_DAYS = 4096
+# Bounds the cache of minute → epoch seconds (a month of traffic, minute by minute).
+_MAX_CACHED_MINUTES = 50_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
@@ -106,39 +106,42 @@ class _EventTimeParser:
     """Canonical eventTime text (`2024-05-01T10:00:00.000+0000`) → EventTime, or None."""
 
     def __init__(self) -> None:
-        self._days: Dict[str, int] = {}
+        # Events of a stream cluster in time: most share the minute of the one before.
+        self._minutes: Dict[str, int] = {}
 
     def __call__(self, text: Any) -> Optional[EventTime]:
-        if type(text) is not str or len(text) < 24 or text[10] != "T":
+        if type(text) is not str or len(text) < 24 or text[10] != "T" or text[16] != ":":
             return None
         try:
-            day = self._days.get(text[:10])
-            if day is None:
-                day = self._day_seconds(text[:10])
-            clock = int(text[11:13]) * 3600 + int(text[14:16]) * 60 + int(text[17:19])
+            minute = self._minutes.get(text[:16])
+            if minute is None:
+                minute = self._minute_seconds(text[:16])
+            seconds = minute + int(text[17:19])
             rest = text[19:]
             nanoseconds = 0
-            if rest[:1] == ".":
+            if rest[0] == ".":
                 digits = rest[1:-5]
                 if not digits.isdigit() or len(digits) > 9:
                     return None
                 nanoseconds = int(digits.ljust(9, "0"))
             zone = rest[-5:]
-            if zone[0] not in "+-" or not zone[1:].isdigit():
-                return None
-            offset = int(zone[1:3]) * 3600 + int(zone[3:5]) * 60
-            seconds = day + clock - (offset if zone[0] == "+" else -offset)
+            if zone != "+0000":
+                if zone[0] not in "+-" or not zone[1:].isdigit():
+                    return None
+                offset = int(zone[1:3]) * 3600 + int(zone[3:5]) * 60
+                seconds -= offset if zone[0] == "+" else -offset
         except ValueError:
             return None
         if seconds < 0 or seconds >= 1 << 32:
             return None  # EventTime carries an unsigned 32-bit second count
         return EventTime(seconds, nanoseconds)
 
-    def _day_seconds(self, text: str) -> int:
-        day = (date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_ORDINAL) * 86400
-        if len(self._days) < _MAX_CACHED_DAYS:
-            self._days[text] = day
-        return day
+    def _minute_seconds(self, text: str) -> int:
+        day = date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_ORDINAL
+        seconds = day * 86400 + int(text[11:13]) * 3600 + int(text[14:16]) * 60
+        if len(self._minutes) < _MAX_CACHED_MINUTES:
+            self._minutes[text] = seconds
+        return seconds
 
 
 parse_event_time = _EventTimeParser()
