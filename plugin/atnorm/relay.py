@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import logging
 import os
 import signal
@@ -46,6 +45,7 @@ from .options import (
     text,
 )
 from .relaystats import RelayStats
+from .reload import ReloadingFilter
 from .routing import TIME_SOURCES, Batch, RoutedBatch, Router, check_tag_template
 from .settings import FILTER_OPTIONS, add_filter_arguments, build_filter
 from .spool import Spool, SpoolError
@@ -190,10 +190,8 @@ def _rejected_spool_path(spool_path: str) -> str:
 def _build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats) -> Any:
     """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or change."""
     values = resolve(FILTER_OPTIONS, args, file_values)
-    if values.get("tuning") and importlib.util.find_spec("atnorm.reload") is not None:
-        from .reload import ReloadingFilter
-
-        return ReloadingFilter.from_options(values, stats=stats, log=log.info)
+    if values.get("tuning"):
+        return ReloadingFilter.from_options(values, stats=stats)
     return build_filter(args, file_values, stats)
 
 
