@@ -504,3 +504,21 @@ def test_event_time_that_cannot_be_read_leaves_the_original_time(text):
     from atnorm.routing import parse_event_time
 
     assert parse_event_time(text) is None
+
+
+def test_reloads_are_counted_in_the_metrics(tmp_path):
+    import signal
+
+    tuning = tmp_path / "tuning.yaml"
+    tuning.write_text("defaults:\n  annotate: derived\n", encoding="utf-8")
+    with RelayProcess("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"), "--tuning", str(tuning),
+                      "--metrics-listen", "127.0.0.1:0") as relay:
+        url = next(line.split("metrics on ")[1].split("/metrics")[0] for line in relay.lines if "metrics on" in line)
+        tuning.write_text("defaults:\n  annotate: [not, a, key]\n", encoding="utf-8")
+        assert relay.process is not None
+        relay.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed" in relay.stderr)
+        metrics = urllib.request.urlopen(url + "/metrics").read().decode()
+        assert relay.stop() == 0
+    assert 'atnorm_config_reloads_total{result="failure"} 1.0' in metrics
+    assert "atnorm_config_last_reload_successful 0.0" in metrics

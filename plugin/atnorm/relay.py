@@ -357,7 +357,9 @@ class Relay:
                 raise ConfigError(exc.strerror or str(exc)) from None
             if self.settings["metrics_listen"]:
                 host, port = host_port(self.settings["metrics_listen"])
-                registry = build_registry(self.filter_stats, self.relay_stats, self._schemas_loaded)
+                reloads = self.event_filter if isinstance(self.event_filter, ReloadingFilter) else None
+                registry = build_registry(self.filter_stats, self.relay_stats, self._schemas_loaded,
+                                          reload_counts=reloads)
                 self.metrics = MetricsServer(registry, host, port, readiness=self.readiness)
                 self.metrics.start()
         except BaseException:
