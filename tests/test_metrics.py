@@ -20,6 +20,8 @@ from typing import Dict, List, Tuple
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
 from atnorm.metrics import MetricsServer, build_registry, start_metrics_server
 from atnorm.options import ConfigError
 from atnorm.pipeline import EventFilter, FilterSettings
@@ -27,7 +29,6 @@ from atnorm.relaystats import RelayStats
 from atnorm.reload import ReloadingFilter
 from atnorm.stats import MAX_TRACKED_UNKNOWN_ACTIONS, OTHER, FilterStats
 from atnorm.stats_record import StatsRecorder, StatsThread, build_stats_record
-from prometheus_client.parser import text_string_to_metric_families
 
 MONITORING = Path(__file__).resolve().parent.parent / "conf" / "monitoring"
 

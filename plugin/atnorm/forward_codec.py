@@ -23,7 +23,7 @@ import msgpack
 try:  # optional: only needed when a sender compresses with zstd
     import zstandard
 except ImportError:  # pragma: no cover - depends on the environment
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 EVENT_TIME_EXT_CODE = 0
 _EVENT_TIME = struct.Struct(">II")
