@@ -89,7 +89,7 @@ def filter_core_figure(count: int, invalid_ratio: float, rounds: int, seed: int 
     }
 
 
-# Other ways of running the filter add a figure by providing `bench_figure(records, seconds)`.
+# Other ways of running the filter add figures by providing `bench_figures(records, invalid_ratio)`.
 EXTRA_FIGURES = ("atnorm.bench_execfilter", "atnorm.bench_relay")
 
 

@@ -7,7 +7,6 @@ Deterministic for a given seed.
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -166,6 +165,3 @@ class EventGenerator:
         """`count` events, about `invalid_ratio` of them mutated."""
         return [self.mutated()[1] if self.rng.random() < invalid_ratio else self.valid() for _ in range(count)]
 
-
-def clone(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    return copy.deepcopy(records)

@@ -24,7 +24,7 @@ from .forward_codec import Entry, pack_entries, unpack_entries
 from .pipeline import EventFilter
 from .routing import PackedBatch, Router
 from .settings import filter_settings
-from .stats import MAX_TRACKED_UNKNOWN_ACTIONS, OTHER, FilterStats
+from .stats import FilterStats
 
 log = logging.getLogger("atnorm.relay")
 
@@ -93,13 +93,8 @@ def add_counts(stats: FilterStats, counts: Counts) -> None:
     stats.rejections.update(rejections)
     stats.warnings.update(warnings)
     stats.fixes.update(fixes)
-    bound = getattr(stats, "_max_unknown_actions", MAX_TRACKED_UNKNOWN_ACTIONS)
-    tracked = stats.unknown_actions
     for (service, action), count in unknown.items():
-        key = (service, action)
-        if key not in tracked and len(tracked) >= bound:
-            key = (service, OTHER)
-        tracked[key] += count
+        stats.count_unknown_action(service, action, count)
 
 
 class FilterPool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from .options import Option, add_arguments, resolve, size_bytes, text
 from .pipeline import EventFilter, FilterSettings
@@ -59,7 +59,4 @@ def build_filter(args: argparse.Namespace, file_values: Optional[Dict[str, Any]]
     values = resolve(FILTER_OPTIONS, args, file_values)
     return EventFilter.from_schemas(settings=filter_settings(values), stats=stats)
 
-
-def option_keys() -> List[str]:
-    return [o.key for o in FILTER_OPTIONS]
 

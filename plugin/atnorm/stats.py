@@ -45,11 +45,12 @@ class FilterStats:
         for fix in verdict.fixes:
             self.fixes[fix] += 1
 
-    def count_unknown_action(self, service: str, action: str) -> None:
+    def count_unknown_action(self, service: str, action: str, count: int = 1) -> None:
+        """Count an undeclared action; past the tracking bound it is counted as `_other`."""
         key = (service, action)
         if key not in self.unknown_actions and len(self.unknown_actions) >= self._max_unknown_actions:
             key = (service, OTHER)
-        self.unknown_actions[key] += 1
+        self.unknown_actions[key] += count
 
     def snapshot(self) -> Dict[str, Any]:
         """A JSON-ready copy of every count (for stats records and summaries)."""
