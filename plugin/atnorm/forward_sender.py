@@ -34,6 +34,7 @@ import base64
 import hashlib
 import itertools
 import logging
+import os
 import socket
 import ssl as ssl_module
 from collections import deque
@@ -151,6 +152,8 @@ class ForwardSender:
         self.self_hostname = self_hostname or socket.gethostname()
         self.username = username
         self.password = password
+        # Like Fluentd's out_forward: 32 hex characters, made once per sender.
+        self._shared_key_salt = os.urandom(16).hex()
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
         self.retry_deadline = retry_deadline
@@ -398,7 +401,12 @@ class ForwardSender:
                 host, port = self.servers[index]
                 reason = str(exc) or type(exc).__name__
                 self.last_error = f"{host}:{port}: {reason}"
-                log.warning("downstream %s:%d unusable: %s", host, port, reason)
+                if isinstance(exc, HandshakeError):
+                    self.stats.handshake_failures += 1
+                    log.error("downstream %s:%d: shared-key handshake failed: %s; chunks stay spooled",
+                              host, port, reason)
+                else:
+                    log.warning("downstream %s:%d unusable: %s", host, port, reason)
                 if step < count - 1:
                     self.stats.failovers += 1
                 continue
@@ -460,19 +468,37 @@ class ForwardSender:
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          replies: codec.FrameReader) -> None:
+        """HELO → PING → PONG, as Fluentd's out_forward does it.
+
+        Real servers (Fluentd and Fluent Bit in_forward) always put a non-empty auth salt in
+        the HELO, with or without user authentication; so, like Fluentd, the PING carries
+        the password digest sha512_hex(auth_salt + username + password) whenever the salt is
+        non-empty (with an empty username and password unless they are set), and empty
+        fields when it is empty. The PONG must be `true` and prove the shared key.
+        """
         try:
             helo = codec.parse_helo(await _read_one(reader, replies))
         except codec.ProtocolError as exc:
             raise HandshakeError(f"{exc} from the server") from None
-        if helo.auth_salt and not self.username:
-            raise HandshakeError("the server asks for a username and password")
-        ping, salt = codec.ping_frame(self.self_hostname, str(self.shared_key), helo.nonce,
-                                      username=self.username, password=self.password,
-                                      auth_salt=helo.auth_salt)
-        writer.write(ping)
+        key = str(self.shared_key)
+        salt = self._shared_key_salt
+        if helo.auth_salt:
+            user_proof = codec.password_digest(helo.auth_salt, self.username, self.password)
+            username = self.username
+        else:
+            user_proof = username = ""
+        writer.write(codec.packb(["PING", self.self_hostname, salt,
+                                  codec.ping_digest(salt, self.self_hostname, helo.nonce, key),
+                                  username, user_proof]))
         await writer.drain()
-        pong = codec.check_pong(await _read_one(reader, replies), shared_key_salt=salt,
-                                nonce=helo.nonce, shared_key=str(self.shared_key))
+        try:
+            reply = await _read_one(reader, replies)
+        except ConnectionError:
+            # Fluent Bit answers a wrong key by closing without a PONG.
+            raise HandshakeError("the server closed the connection instead of answering the PING "
+                                 "(wrong shared key?)") from None
+        pong = codec.check_pong(reply, shared_key_salt=salt.encode("ascii"), nonce=helo.nonce,
+                                shared_key=key)
         if not pong.ok:
             raise HandshakeError(f"the server refused the handshake: {pong.reason}")
 
@@ -499,7 +525,13 @@ class ForwardSender:
                 ack = ack.decode("utf-8", "surrogateescape")
             serials = self._by_id.get(ack) if isinstance(ack, str) else None
             if not serials:
-                return  # an ack for a chunk we already gave up on
+                # A wrong chunk id (a confused or hostile downstream), or one we gave up on.
+                self.stats.unknown_acks += 1
+                if _worth_logging(self.stats.unknown_acks):
+                    host, port = self.servers[conn.index]
+                    log.warning("downstream %s:%d acked chunk id %.60r, which is not waiting for an ack "
+                                "(%d such acks so far)", host, port, ack, self.stats.unknown_acks)
+                return
             serial = serials.popleft()
             if not serials:
                 del self._by_id[ack]
@@ -594,6 +626,11 @@ class ForwardSender:
         conn.writer.transport.abort()
         if self._conn is conn:
             self._conn = None
+
+
+def _worth_logging(count: int) -> bool:
+    """Log the 1st..10th occurrence, then every power of two: visible, but no log flood."""
+    return count <= 10 or count & (count - 1) == 0
 
 
 async def _read_one(reader: asyncio.StreamReader, replies: codec.FrameReader) -> Any:

@@ -98,6 +98,9 @@ OPTIONS = (
     Option("rejected_forward", address, [], "separate downstream for rejected records (repeatable; "
            "default: the forward servers)", multiple=True, metavar="HOST:PORT"),
     Option("forward_shared_key", text, None, "shared key for the downstream handshake", metavar="KEY"),
+    Option("forward_username", text, "", "username for the downstream handshake, if it authenticates users "
+           "(sent with forward_shared_key)", metavar="NAME"),
+    Option("forward_password", text, "", "password of forward_username", metavar="PASSWORD"),
     Option("forward_tls", boolean, "off", "connect to the downstream with TLS", metavar="BOOL"),
     Option("forward_tls_verify", boolean, "on", "verify the downstream's TLS certificate", metavar="BOOL"),
     Option("forward_tls_ca", text, None, "CA bundle for the downstream's certificate (default: system store)",
@@ -405,6 +408,7 @@ class Relay:
                 [host_port(s) for s in servers],
                 tls=settings["forward_tls"], tls_verify=settings["forward_tls_verify"],
                 tls_ca_file=settings["forward_tls_ca"], shared_key=settings["forward_shared_key"],
+                username=settings["forward_username"], password=settings["forward_password"],
                 self_hostname=settings["self_hostname"], ack_timeout=settings["forward_ack_timeout"],
                 retry_max_wait=settings["retry_max_wait"],
                 compress=None if settings["forward_compress"] == "none" else settings["forward_compress"],
