@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Tuple, TypeVar
 
 from .forward_sender import ForwardSender
 from .relaystats import RelayStats
-from .spool import Spool, SpoolFull
+from .spool import Spool, SpoolError, SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ class Delivery:
                                     **drainer_options)
         self._active = 0
         self._quiet: Optional[asyncio.Event] = None
+        # Why the last append to the spool failed (full, or a disk error); None once one works.
+        self.spool_error: Optional[str] = None
 
     async def start(self) -> None:
         """Start draining whatever the spool holds from before (e.g. a previous run)."""
@@ -178,14 +180,30 @@ class Delivery:
                 return True
             try:
                 await self._worker.call(self.spool.append, tag, entries_payload, count)
-            except SpoolFull:
+            except SpoolFull as exc:
+                self._spool_failed(str(exc), full=True)
                 return False
+            except SpoolError as exc:  # e.g. "database or disk is full": not stored, not acked
+                self._spool_failed(str(exc), full=False)
+                return False
+            if self.spool_error is not None:
+                log.info("spool: appending works again")
+                self.spool_error = None
             self.drainer.wake()
             return True
         finally:
             self._active -= 1
             if self._active == 0:
                 self._quiet.set()
+
+    def _spool_failed(self, message: str, *, full: bool) -> None:
+        was_full = self.spool_error is not None and self.spool_error.startswith("spool full")
+        if self.spool_error is None or was_full != full:  # one line per change, not per chunk
+            if full:
+                log.warning("%s; chunks are left unacked for their senders to resend", message)
+            else:
+                log.error("%s; chunks are left unacked for their senders to resend", message)
+        self.spool_error = message
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop draining, give in-flight batches `timeout` to be acked, spool the rest, close."""
