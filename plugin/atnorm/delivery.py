@@ -18,7 +18,7 @@ import concurrent.futures
 import logging
 from typing import Any, Callable, Optional, Tuple, TypeVar
 
-from .forward_sender import ForwardSender
+from .forward_sender import ForwardSender, Refused
 from .relaystats import RelayStats
 from .spool import Spool, SpoolError, SpoolFull
 
@@ -42,6 +42,13 @@ class _SpoolWorker:
         self._executor.shutdown(wait=True)
 
 
+def note_quarantined(stats: RelayStats, tag: str, count: int, refused: Refused) -> None:
+    stats.chunks_quarantined += 1
+    stats.records_quarantined += count
+    log.warning("quarantined %d records of tag %s: the downstream refused them %d times (%s); "
+                "see `atnorm quarantine list`", count, tag, refused.attempts, refused.reason)
+
+
 class SpoolDrainer:
     """Sends spooled batches downstream in order; removes each only after its ack."""
 
@@ -63,6 +70,7 @@ class SpoolDrainer:
         self._wake: Optional[asyncio.Event] = None
         self._stopping = False
         self._task: Optional["asyncio.Task[None]"] = None
+        self._requeue_error: Optional[str] = None
 
     def start(self) -> "asyncio.Task[None]":
         """Run the drain loop as a task on the running event loop."""
@@ -83,6 +91,7 @@ class SpoolDrainer:
         backoff = self.retry_wait
         while not self._stopping:
             self._wake.clear()  # before looking, so a wake() from now on is not missed
+            await self._requeue_requested()
             if self.spool.depth_batches == 0:
                 self.spool.publish_stats()
                 await self._pause(self.refresh_interval)
@@ -114,7 +123,31 @@ class SpoolDrainer:
         acked = [b for b, ok in zip(batches, results) if ok]
         if acked:
             await self._worker.call(self.spool.remove, [b.seq for b in acked])
-        return sum(b.count for b in acked), len(batches) - len(acked)
+        refused = 0
+        for batch, result in zip(batches, results):
+            if isinstance(result, Refused):
+                try:
+                    await self._worker.call(self.spool.quarantine_batch, batch.seq, error=result.reason,
+                                            attempts=result.attempts)
+                except SpoolError as exc:
+                    log.error("spool: cannot quarantine a refused batch, it stays queued: %s", exc)
+                    continue
+                refused += 1
+                note_quarantined(self.stats, batch.tag, batch.count, result)
+        return sum(b.count for b in acked), len(batches) - len(acked) - refused
+
+    async def _requeue_requested(self) -> None:
+        """Chunks `atnorm quarantine resend` marked while this relay runs go back in the queue."""
+        try:
+            moved = await self._worker.call(self.spool.requeue, requested_only=True)
+        except SpoolError as exc:  # SpoolFull included: try again at the next round
+            if str(exc) != self._requeue_error:
+                log.warning("quarantine: cannot re-queue chunks marked for re-sending yet: %s", exc)
+            self._requeue_error = str(exc)
+            return
+        self._requeue_error = None
+        if moved:
+            log.info("quarantine: %d chunk(s) marked for re-sending are back in the spool queue", moved)
 
     def request_stop(self) -> None:
         """Ask the loop to end after the current window; `stop()` waits for it."""
@@ -176,8 +209,11 @@ class Delivery:
         self._active += 1
         self._quiet.clear()
         try:
-            if await self.sender.send(tag, entries_payload, count):
+            result = await self.sender.send(tag, entries_payload, count)
+            if result:
                 return True
+            if isinstance(result, Refused):
+                return await self._quarantine(tag, entries_payload, count, result)
             try:
                 await self._worker.call(self.spool.append, tag, entries_payload, count)
             except SpoolFull as exc:
@@ -195,6 +231,16 @@ class Delivery:
             self._active -= 1
             if self._active == 0:
                 self._quiet.set()
+
+    async def _quarantine(self, tag: str, entries_payload: bytes, count: int, refused: Refused) -> bool:
+        try:
+            await self._worker.call(self.spool.quarantine_append, tag, entries_payload, count,
+                                    error=refused.reason, attempts=refused.attempts)
+        except SpoolError as exc:
+            self._spool_failed(str(exc), full=False)
+            return False
+        note_quarantined(self.stats, tag, count, refused)
+        return True
 
     def _spool_failed(self, message: str, *, full: bool) -> None:
         was_full = self.spool_error is not None and self.spool_error.startswith("spool full")

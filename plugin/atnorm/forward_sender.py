@@ -69,6 +69,27 @@ def client_ssl_context(*, verify: bool = True, ca_file: Optional[str] = None,
     return context
 
 
+class Refused:
+    """The result of a batch the downstream kept refusing: falsy like False, with the reason.
+
+    A chunk is refused when it was written to a connected downstream `retry_max_times`
+    times and every time the connection was reset, or no ack came, with this chunk the
+    oldest one waiting. A downstream that is simply away makes `send` return plain False.
+    """
+
+    __slots__ = ("reason", "attempts")
+
+    def __init__(self, reason: str, attempts: int) -> None:
+        self.reason = reason
+        self.attempts = attempts
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"Refused({self.reason!r}, attempts={self.attempts})"
+
+
 class HandshakeError(Exception):
     """The shared-key handshake failed (wrong key, unexpected reply, server refused)."""
 
@@ -89,7 +110,7 @@ class _Chunk:
     """A sealed batch: its wire frame (reused verbatim on every retry) and its waiters."""
 
     __slots__ = ("tag", "count", "size", "chunk_id", "frame", "waiters", "created", "sent_at",
-                 "attempts")
+                 "attempts", "failures")
 
     def __init__(self, tag: str, count: int, size: int, chunk_id: str, frame: bytes,
                  waiters: List["asyncio.Future[bool]"], created: float) -> None:
@@ -102,6 +123,7 @@ class _Chunk:
         self.created = created
         self.sent_at = 0.0
         self.attempts = 0
+        self.failures = 0  # sends that ended in a reset or an ack timeout with this chunk oldest
 
 
 class _Connection:
@@ -130,7 +152,8 @@ class ForwardSender:
                  shared_key: Optional[str] = None, self_hostname: Optional[str] = None,
                  username: str = "", password: str = "",
                  ack_timeout: float = 30.0, connect_timeout: float = 5.0,
-                 retry_deadline: float = 60.0, retry_wait: float = 0.1,
+                 retry_deadline: float = 60.0, retry_max_times: Optional[int] = None,
+                 retry_wait: float = 0.1,
                  retry_max_wait: float = 10.0, failback_after: float = 60.0,
                  batch_max_records: int = 10000, batch_max_bytes: int = 4 << 20,
                  flush_interval: float = 0.05, max_buffer_bytes: int = 64 << 20,
@@ -157,6 +180,9 @@ class ForwardSender:
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
         self.retry_deadline = retry_deadline
+        if retry_max_times is not None and retry_max_times < 1:
+            raise ValueError("retry_max_times must be at least 1")
+        self.retry_max_times = retry_max_times
         self.retry_wait = retry_wait
         self.retry_max_wait = retry_max_wait
         self.failback_after = failback_after
@@ -190,8 +216,9 @@ class ForwardSender:
 
     # -- public API --------------------------------------------------------------
 
-    async def send(self, tag: str, entries_payload: bytes, count: int) -> bool:
-        """Deliver one batch of packed entries; True once acked downstream, False if not.
+    async def send(self, tag: str, entries_payload: bytes, count: int) -> Union[bool, Refused]:
+        """Deliver one batch of packed entries; True once acked downstream, False if not
+        (a `Refused`, also falsy, when the downstream kept refusing its chunk).
 
         Waits first while `max_buffer_bytes` of earlier batches are still unresolved, so a
         slow downstream slows the caller instead of growing memory.
@@ -203,13 +230,13 @@ class ForwardSender:
             await self._space.wait()
         return await self.submit(tag, entries_payload, count)
 
-    def submit(self, tag: str, entries_payload: bytes, count: int) -> "asyncio.Future[bool]":
+    def submit(self, tag: str, entries_payload: bytes, count: int) -> "asyncio.Future[Any]":
         """Queue one batch without waiting; the future resolves like `send`'s result.
 
         Batches submitted in order for one tag reach the downstream in that order.
         """
         loop = self._start()
-        future: "asyncio.Future[bool]" = loop.create_future()
+        future: "asyncio.Future[Any]" = loop.create_future()
         if self._closing or (self._conn is None and loop.time() < self._down_until):
             future.set_result(False)  # closing, or every server just failed: spool it now
             return future
@@ -317,7 +344,7 @@ class ForwardSender:
                                     self._loop.time()))
         self._wake.set()
 
-    def _resolve(self, chunk: _Chunk, delivered: bool) -> None:
+    def _resolve(self, chunk: _Chunk, delivered: Union[bool, Refused]) -> None:
         for future in chunk.waiters:
             if not future.done():
                 future.set_result(delivered)
@@ -595,6 +622,13 @@ class ForwardSender:
                     host, port, len(chunks), reason)
         assert self._loop is not None and self._wake is not None
         now = self._loop.time()
+        # The oldest unacked chunk is the one the downstream choked on (it handles a
+        # connection's chunks in order); the ones behind it are innocent.
+        suspect = chunks[0]
+        suspect.failures += 1
+        if self.retry_max_times is not None and suspect.failures >= self.retry_max_times:
+            chunks = chunks[1:]
+            self._refuse(suspect, self.last_error)
         retry = [c for c in chunks if now - c.created < self.retry_deadline]
         for chunk in chunks:
             if now - chunk.created >= self.retry_deadline:
@@ -609,6 +643,11 @@ class ForwardSender:
             self._wake.set()
         elif self._idle is not None:
             self._idle.set()
+
+    def _refuse(self, chunk: _Chunk, reason: str) -> None:
+        log.warning("downstream refused a chunk of %d records (tag %s) %d times, last: %s; giving up on it",
+                    chunk.count, chunk.tag, chunk.failures, reason)
+        self._resolve(chunk, Refused(reason, chunk.failures))
 
     def _give_up(self, chunk: _Chunk) -> None:
         cause = self.last_error or "no ack"

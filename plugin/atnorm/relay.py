@@ -115,6 +115,10 @@ OPTIONS = (
            metavar="SECONDS"),
     Option("retry_max_wait", positive_float, "10", "longest wait between attempts to reach the downstream",
            metavar="SECONDS"),
+    Option("retry_timeout", positive_float, "60", "how long a chunk is retried in memory before it is "
+           "spooled (the upstream waits meanwhile)", metavar="SECONDS"),
+    Option("retry_max_times", positive_int, 5, "a chunk the downstream refuses this many times (connection "
+           "reset or no ack while it was the oldest waiting) is quarantined in the spool", metavar="N"),
     # what the records look like on the way out
     Option("accepted_tag", tag_template, "{tag}", "tag of accepted records ({tag} is the incoming tag)",
            metavar="TEMPLATE"),
@@ -423,7 +427,8 @@ class Relay:
                 tls_ca_file=settings["forward_tls_ca"], shared_key=settings["forward_shared_key"],
                 username=settings["forward_username"], password=settings["forward_password"],
                 self_hostname=settings["self_hostname"], ack_timeout=settings["forward_ack_timeout"],
-                retry_max_wait=settings["retry_max_wait"],
+                retry_max_wait=settings["retry_max_wait"], retry_deadline=settings["retry_timeout"],
+                retry_max_times=settings["retry_max_times"],
                 compress=None if settings["forward_compress"] == "none" else settings["forward_compress"],
                 stats=self.relay_stats)
         except (OSError, ValueError) as exc:
