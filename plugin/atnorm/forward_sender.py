@@ -40,6 +40,8 @@ import ssl as ssl_module
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
+import msgpack
+
 from . import forward_codec as codec
 from .relaystats import RelayStats
 
@@ -67,6 +69,41 @@ def client_ssl_context(*, verify: bool = True, ca_file: Optional[str] = None,
     if cert_file:
         context.load_cert_chain(cert_file, key_file)
     return context
+
+
+ENTRY_FORMS = ("plain", "metadata")
+
+
+def plain_entries(payload: bytes) -> bytes:
+    """A PackedForward payload with every `[[time, metadata], record]` entry as `[time, record]`.
+
+    Fluentd (1.16 and older) resets the connection on entries in Fluent Bit's metadata
+    form; the plain form is what every Fluentd and Fluent Bit accepts. A payload with no
+    metadata entry is returned as it is, without re-packing.
+    """
+    if not _has_metadata_entries(payload):
+        return payload
+    entries, _ = codec.unpack_entries(payload)
+    return codec.pack_entries(codec.Entry(e.time, e.record) for e in entries)
+
+
+def _has_metadata_entries(payload: bytes) -> bool:
+    """Whether any entry's first element is an array (the metadata form); skips records unread."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(payload)
+    view = memoryview(payload)
+    try:
+        while unpacker.tell() < len(payload):
+            if unpacker.read_array_header() < 1:
+                return False  # not an entry: leave the payload to the codec as it is
+            first = view[unpacker.tell()]
+            if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
+                return True
+            unpacker.skip()  # time
+            unpacker.skip()  # record
+    except (msgpack.OutOfData, ValueError, msgpack.UnpackException):
+        return False
+    return False
 
 
 class Refused:

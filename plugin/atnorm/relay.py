@@ -27,8 +27,8 @@ from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Seq
 
 from .delivery import Delivery
 from .filterpool import FilterPool
-from .forward_codec import Chunk, Entry, EventTime
-from .forward_sender import ForwardSender
+from .forward_codec import Chunk, Entry, EventTime, pack_entries
+from .forward_sender import ENTRY_FORMS, ForwardSender, plain_entries
 from .forward_server import ForwardServer
 from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
 from .metrics import MetricsServer, build_registry
@@ -111,6 +111,9 @@ OPTIONS = (
            metavar="FILE"),
     Option("forward_compress", text, "none", "compress chunks sent downstream", choices=("none", "gzip"),
            metavar="none|gzip"),
+    Option("forward_entry_form", text, "plain", "entry form sent downstream: plain [time, record] (every "
+           "Fluentd accepts it) or metadata (keep Fluent Bit's [[time, metadata], record], for Fluent Bit "
+           "aggregators)", choices=ENTRY_FORMS, metavar="plain|metadata"),
     Option("forward_ack_timeout", positive_float, "30", "resend a downstream chunk not acked within this time",
            metavar="SECONDS"),
     Option("retry_max_wait", positive_float, "10", "longest wait between attempts to reach the downstream",
@@ -255,9 +258,13 @@ class _SpoolGauges:
 class ForwardDestination:
     """Batches go to the downstream (acked) or the spool; rejected ones maybe to their own."""
 
-    def __init__(self, main: Delivery, rejected: Optional[Delivery] = None) -> None:
+    def __init__(self, main: Delivery, rejected: Optional[Delivery] = None, *,
+                 entry_form: str = "plain") -> None:
+        if entry_form not in ENTRY_FORMS:
+            raise ValueError(f"entry_form must be one of {', '.join(ENTRY_FORMS)}, got {entry_form!r}")
         self.main = main
         self.rejected = rejected
+        self.entry_form = entry_form
         self.deliveries = [main] + ([rejected] if rejected is not None else [])
 
     async def start(self) -> None:
@@ -270,7 +277,7 @@ class ForwardDestination:
         calls: List[Awaitable[bool]] = []
         for batch in batches:
             delivery = rejected if rejected is not None and batch.route == REJECTED else self.main
-            calls.append(delivery.hand_off(batch.tag, batch.packed(), batch.count))
+            calls.append(delivery.hand_off(batch.tag, self._payload(batch), batch.count))
         results = await asyncio.gather(*calls, return_exceptions=True)
         out = []
         for batch, result in zip(batches, results):
@@ -282,6 +289,16 @@ class ForwardDestination:
                 result = False
             out.append(bool(result))
         return out
+
+    def _payload(self, batch: Batch) -> bytes:
+        """The batch's entries in the form the downstream is to get (see forward_entry_form)."""
+        if self.entry_form == "metadata":
+            return batch.packed()
+        if isinstance(batch, RoutedBatch):
+            if all(entry.metadata is None for entry in batch.entries):
+                return batch.packed()
+            return pack_entries(Entry(entry.time, entry.record) for entry in batch.entries)
+        return plain_entries(batch.packed())
 
     def readiness(self) -> Tuple[bool, str]:
         for delivery in self.deliveries:
@@ -411,7 +428,7 @@ class Relay:
             except ConfigError:
                 main.spool.close()
                 raise
-        return ForwardDestination(main, rejected)
+        return ForwardDestination(main, rejected, entry_form=settings["forward_entry_form"])
 
     def _delivery(self, servers: Sequence[str], spool_path: str, gauges: _SpoolGauges) -> Delivery:
         settings = self.settings
