@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from typing import Any, Callable, Optional, Tuple, TypeVar
 
 from .forward_sender import ForwardSender, Refused
@@ -23,6 +24,9 @@ from .relaystats import RelayStats
 from .spool import Spool, SpoolError, SpoolFull
 
 log = logging.getLogger(__name__)
+
+# After a spool disk error, /readyz stays false this long (or until an append works).
+SPOOL_ERROR_HOLD = 30.0
 
 T = TypeVar("T")
 
@@ -191,6 +195,8 @@ class Delivery:
         self._quiet: Optional[asyncio.Event] = None
         # Why the last append to the spool failed (full, or a disk error); None once one works.
         self.spool_error: Optional[str] = None
+        self._spool_error_at = 0.0  # monotonic time of that failure
+        self._spool_bytes_at_error = 0
 
     async def start(self) -> None:
         """Start draining whatever the spool holds from before (e.g. a previous run)."""
@@ -242,7 +248,31 @@ class Delivery:
         note_quarantined(self.stats, tag, count, refused)
         return True
 
+    def readiness(self) -> Tuple[bool, str]:
+        """Would a batch handed off now be safe (acked downstream or spooled)?
+
+        Not when the downstream is not connected and the spool cannot take it: full to the
+        byte, or the last append failed and nothing changed since (the spool has not shrunk,
+        and a disk error is less than SPOOL_ERROR_HOLD seconds old).
+        """
+        sender = self.sender
+        if sender.connected_server is not None and sender.down_for() == 0:
+            return True, "ready"
+        away = f"downstream not connected ({sender.last_error or 'not tried yet'})"
+        if self.spool.is_full:
+            return False, f"{away} and the spool is full ({self.spool.depth_bytes} bytes)"
+        error = self.spool_error
+        if error is not None:
+            if error.startswith("spool full"):
+                if self.spool.depth_bytes >= self._spool_bytes_at_error:
+                    return False, f"{away} and the spool cannot take more: {error}"
+            elif time.monotonic() - self._spool_error_at < SPOOL_ERROR_HOLD:
+                return False, f"{away} and the spool cannot be written: {error}"
+        return True, "ready"
+
     def _spool_failed(self, message: str, *, full: bool) -> None:
+        self._spool_error_at = time.monotonic()
+        self._spool_bytes_at_error = self.spool.depth_bytes
         was_full = self.spool_error is not None and self.spool_error.startswith("spool full")
         if self.spool_error is None or was_full != full:  # one line per change, not per chunk
             if full:

@@ -302,8 +302,9 @@ class ForwardDestination:
 
     def readiness(self) -> Tuple[bool, str]:
         for delivery in self.deliveries:
-            if delivery.sender.connected_server is None and delivery.spool.is_full:
-                return False, f"downstream not connected ({delivery.sender.last_error}) and the spool is full"
+            ready, why = delivery.readiness()
+            if not ready:
+                return False, why
         return True, "ready"
 
     async def close(self, timeout: float) -> None:
@@ -615,6 +616,8 @@ class Relay:
             return False, "no schemas loaded"
         if self.destination is None:
             return False, "starting"
+        if len(self._unfinished) >= MAX_UNFINISHED_CHUNKS:
+            return False, f"{len(self._unfinished)} chunks are partly handed on; new chunks wait for them"
         return self.destination.readiness()
 
     def describe(self) -> str:
