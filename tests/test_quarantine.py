@@ -32,8 +32,9 @@ from atnorm.spool import Spool
 class PickyDownstream:
     """Acks every chunk, except that one with a poison record resets the connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, silent: bool = False) -> None:
         self.accept_poison = False
+        self.silent = silent  # never ack a poison chunk (keep the connection) instead of resetting
         self.records: List[Dict[str, Any]] = []
         self.resets = 0
         self.port = 0
@@ -70,6 +71,8 @@ class PickyDownstream:
                     entries.feed(payload)
                     records = [record for _, record in entries]
                     if not self.accept_poison and any(r.get("poison") for r in records):
+                        if self.silent:
+                            continue
                         self.resets += 1
                         sock = writer.get_extra_info("socket")
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -110,6 +113,46 @@ def test_the_sender_gives_up_on_a_chunk_after_retry_max_times_and_only_that_chun
         assert results[1:] == [True] * 5
         assert downstream.resets == 3
         assert sorted(r["n"] for r in downstream.records) == [1, 2, 3, 4, 5]
+    run(scenario())
+
+
+def test_a_refused_chunk_of_several_batches_is_split_so_only_the_bad_batch_is_given_up():
+    async def scenario() -> None:
+        async with PickyDownstream() as downstream:
+            sender = ForwardSender([("127.0.0.1", downstream.port)], retry_max_times=3, retry_wait=0.01,
+                                   retry_max_wait=0.05, flush_interval=0.01, ack_timeout=5.0)
+            # Submitted together, these share one chunk until the downstream refuses it.
+            futures = [sender.submit("a", payload([{"n": n, "poison": n == 2}]), 1) for n in range(5)]
+            results = await asyncio.gather(*futures)
+            await sender.close()
+        assert [bool(r) for r in results] == [True, True, False, True, True]
+        assert isinstance(results[2], Refused)
+        assert sorted(r["n"] for r in downstream.records) == [0, 1, 3, 4]
+    run(scenario())
+
+
+def test_a_chunk_never_acked_is_quarantined_across_drain_rounds(tmp_path):
+    async def scenario() -> None:
+        async with PickyDownstream(silent=True) as downstream:
+            stats = RelayStats()
+            spool = Spool(str(tmp_path / "spool.db"), max_bytes=1 << 20)
+            # Each round gives up after one missing ack: the count must carry across rounds.
+            sender = ForwardSender([("127.0.0.1", downstream.port)], retry_max_times=3, retry_wait=0.01,
+                                   retry_max_wait=0.05, flush_interval=0.01, ack_timeout=0.2,
+                                   retry_deadline=0.3, stats=stats)
+            delivery = Delivery(sender, spool, stats=stats, retry_wait=0.02, retry_max_wait=0.05,
+                                refresh_interval=0.05)
+            assert await delivery.hand_off("a", payload([{"poison": True, "n": 0}]), 1) is True  # spooled
+            assert await delivery.hand_off("b", payload([{"n": 1}]), 1) is True
+            while not stats.chunks_quarantined:
+                await asyncio.sleep(0.02)
+            await downstream.wait_for(lambda: len(downstream.records) >= 1)
+            while spool.depth_batches:
+                await asyncio.sleep(0.02)
+            [kept] = spool.quarantined()
+            assert kept.tag == "a" and kept.attempts >= 3
+            await delivery.close(1.0)
+        assert downstream.records == [{"n": 1}]
     run(scenario())
 
 

@@ -17,9 +17,9 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import Any, Callable, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
-from .forward_sender import ForwardSender, Refused
+from .forward_sender import ForwardSender, NotAcked, Refused
 from .relaystats import RelayStats
 from .spool import Spool, SpoolError, SpoolFull
 
@@ -75,6 +75,8 @@ class SpoolDrainer:
         self._stopping = False
         self._task: Optional["asyncio.Task[None]"] = None
         self._requeue_error: Optional[str] = None
+        # Refusals of spooled batches across drain rounds (seq → count), for retry_max_times.
+        self._failures: Dict[int, int] = {}
 
     def start(self) -> "asyncio.Task[None]":
         """Run the drain loop as a task on the running event loop."""
@@ -127,18 +129,32 @@ class SpoolDrainer:
         acked = [b for b, ok in zip(batches, results) if ok]
         if acked:
             await self._worker.call(self.spool.remove, [b.seq for b in acked])
+        for batch in acked:
+            self._failures.pop(batch.seq, None)
         refused = 0
+        limit = self.sender.retry_max_times
         for batch, result in zip(batches, results):
-            if isinstance(result, Refused):
-                try:
-                    await self._worker.call(self.spool.quarantine_batch, batch.seq, error=result.reason,
-                                            attempts=result.attempts)
-                except SpoolError as exc:
-                    log.error("spool: cannot quarantine a refused batch, it stays queued: %s", exc)
-                    continue
-                refused += 1
-                note_quarantined(self.stats, batch.tag, batch.count, result)
+            if not isinstance(result, NotAcked):
+                continue
+            failures = self._failures.get(batch.seq, 0) + result.attempts
+            if not isinstance(result, Refused) and (limit is None or failures < limit):
+                self._failures[batch.seq] = failures  # refused again in a later round counts on
+                continue
+            try:
+                await self._worker.call(self.spool.quarantine_batch, batch.seq, error=result.reason,
+                                        attempts=failures)
+            except SpoolError as exc:
+                log.error("spool: cannot quarantine a refused batch, it stays queued: %s", exc)
+                continue
+            self._failures.pop(batch.seq, None)
+            refused += 1
+            note_quarantined(self.stats, batch.tag, batch.count, Refused(result.reason, failures))
         return sum(b.count for b in acked), len(batches) - len(acked) - refused
+
+    def note_failures(self, seq: int, failures: int) -> None:
+        """A batch just spooled had already been refused `failures` times on its way in."""
+        if failures:
+            self._failures[seq] = self._failures.get(seq, 0) + failures
 
     async def _requeue_requested(self) -> None:
         """Chunks `atnorm quarantine resend` marked while this relay runs go back in the queue."""
@@ -221,7 +237,7 @@ class Delivery:
             if isinstance(result, Refused):
                 return await self._quarantine(tag, entries_payload, count, result)
             try:
-                await self._worker.call(self.spool.append, tag, entries_payload, count)
+                seq = await self._worker.call(self.spool.append, tag, entries_payload, count)
             except SpoolFull as exc:
                 self._spool_failed(str(exc), full=True)
                 return False
@@ -231,6 +247,8 @@ class Delivery:
             if self.spool_error is not None:
                 log.info("spool: appending works again")
                 self.spool_error = None
+            if isinstance(result, NotAcked):
+                self.drainer.note_failures(seq, result.attempts)
             self.drainer.wake()
             return True
         finally:

@@ -106,12 +106,11 @@ def _has_metadata_entries(payload: bytes) -> bool:
     return False
 
 
-class Refused:
-    """The result of a batch the downstream kept refusing: falsy like False, with the reason.
+class NotAcked:
+    """A batch given up on at the retry deadline after the downstream refused its chunk
+    `attempts` times (connection reset, or no ack, while it was the oldest waiting).
 
-    A chunk is refused when it was written to a connected downstream `retry_max_times`
-    times and every time the connection was reset, or no ack came, with this chunk the
-    oldest one waiting. A downstream that is simply away makes `send` return plain False.
+    Falsy like False. A downstream that is simply away (no refusal) gives plain False.
     """
 
     __slots__ = ("reason", "attempts")
@@ -124,7 +123,11 @@ class Refused:
         return False
 
     def __repr__(self) -> str:
-        return f"Refused({self.reason!r}, attempts={self.attempts})"
+        return f"{type(self).__name__}({self.reason!r}, attempts={self.attempts})"
+
+
+class Refused(NotAcked):
+    """A batch the downstream refused `retry_max_times` times: to be quarantined, not retried."""
 
 
 class HandshakeError(Exception):
@@ -134,24 +137,28 @@ class HandshakeError(Exception):
 class _OpenBatch:
     """Payloads for one tag collected since the last flush, and who is waiting on them."""
 
-    __slots__ = ("parts", "size", "count", "waiters")
+    __slots__ = ("parts", "counts", "size", "count", "waiters")
 
     def __init__(self) -> None:
         self.parts: List[bytes] = []
+        self.counts: List[int] = []
         self.size = 0
         self.count = 0
-        self.waiters: List["asyncio.Future[bool]"] = []
+        self.waiters: List["asyncio.Future[Any]"] = []
 
 
 class _Chunk:
     """A sealed batch: its wire frame (reused verbatim on every retry) and its waiters."""
 
     __slots__ = ("tag", "count", "size", "chunk_id", "frame", "waiters", "created", "sent_at",
-                 "attempts", "failures")
+                 "attempts", "failures", "parts", "counts")
 
     def __init__(self, tag: str, count: int, size: int, chunk_id: str, frame: bytes,
-                 waiters: List["asyncio.Future[bool]"], created: float) -> None:
+                 waiters: List["asyncio.Future[Any]"], created: float,
+                 parts: Sequence[bytes] = (), counts: Sequence[int] = ()) -> None:
         self.tag = tag
+        self.parts = list(parts)  # the submitted payloads, one per waiter (to split a refused chunk)
+        self.counts = list(counts)
         self.count = count
         self.size = size
         self.chunk_id = chunk_id
@@ -253,9 +260,9 @@ class ForwardSender:
 
     # -- public API --------------------------------------------------------------
 
-    async def send(self, tag: str, entries_payload: bytes, count: int) -> Union[bool, Refused]:
+    async def send(self, tag: str, entries_payload: bytes, count: int) -> Union[bool, NotAcked]:
         """Deliver one batch of packed entries; True once acked downstream, False if not
-        (a `Refused`, also falsy, when the downstream kept refusing its chunk).
+        (a `NotAcked` or `Refused`, also falsy, when the downstream refused its chunk).
 
         Waits first while `max_buffer_bytes` of earlier batches are still unresolved, so a
         slow downstream slows the caller instead of growing memory.
@@ -285,6 +292,7 @@ class ForwardSender:
         if batch is None:
             batch = self._open[tag] = _OpenBatch()
         batch.parts.append(entries_payload)
+        batch.counts.append(count)
         batch.size += size
         batch.count += count
         batch.waiters.append(future)
@@ -369,19 +377,36 @@ class ForwardSender:
 
     def _seal(self, tag: str) -> None:
         batch = self._open.pop(tag)
-        payload = batch.parts[0] if len(batch.parts) == 1 else b"".join(batch.parts)
+        assert self._loop is not None and self._wake is not None
+        self._pending.append(self._chunk(tag, batch.parts, batch.counts, batch.waiters, self._loop.time()))
+        self._wake.set()
+
+    def _chunk(self, tag: str, parts: List[bytes], counts: List[int], waiters: List["asyncio.Future[Any]"],
+               created: float) -> _Chunk:
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        count = sum(counts)
         cid = chunk_id(tag, payload)
         if self.compress == "gzip":
             frame = codec.packed_forward_frame(tag, codec.gzip_payload(payload), chunk_id=cid,
-                                               size=batch.count, compressed="gzip")
+                                               size=count, compressed="gzip")
         else:
-            frame = codec.packed_forward_frame(tag, payload, chunk_id=cid, size=batch.count)
-        assert self._loop is not None and self._wake is not None
-        self._pending.append(_Chunk(tag, batch.count, batch.size, cid, frame, batch.waiters,
-                                    self._loop.time()))
-        self._wake.set()
+            frame = codec.packed_forward_frame(tag, payload, chunk_id=cid, size=count)
+        return _Chunk(tag, count, len(payload), cid, frame, waiters, created, parts, counts)
 
-    def _resolve(self, chunk: _Chunk, delivered: Union[bool, Refused]) -> None:
+    def _split(self, chunk: _Chunk) -> List[_Chunk]:
+        """A refused chunk of several submitted batches → one chunk per batch, so the next
+        attempts find the batch the downstream chokes on and let the others through."""
+        if len(chunk.parts) <= 1:
+            return [chunk]
+        pieces = []
+        for part, count, waiter in zip(chunk.parts, chunk.counts, chunk.waiters):
+            piece = self._chunk(chunk.tag, [part], [count], [waiter], chunk.created)
+            piece.failures = chunk.failures
+            piece.attempts = chunk.attempts
+            pieces.append(piece)
+        return pieces
+
+    def _resolve(self, chunk: _Chunk, delivered: Union[bool, NotAcked]) -> None:
         for future in chunk.waiters:
             if not future.done():
                 future.set_result(delivered)
@@ -661,11 +686,15 @@ class ForwardSender:
         now = self._loop.time()
         # The oldest unacked chunk is the one the downstream choked on (it handles a
         # connection's chunks in order); the ones behind it are innocent.
+        # A HELO we have no key for is the link's configuration, not this chunk's fault.
         suspect = chunks[0]
-        suspect.failures += 1
-        if self.retry_max_times is not None and suspect.failures >= self.retry_max_times:
-            chunks = chunks[1:]
-            self._refuse(suspect, self.last_error)
+        if not isinstance(exc, HandshakeError):
+            suspect.failures += 1
+            if len(suspect.parts) > 1:
+                chunks[:1] = self._split(suspect)
+            elif self.retry_max_times is not None and suspect.failures >= self.retry_max_times:
+                chunks = chunks[1:]
+                self._refuse(suspect, self.last_error)
         retry = [c for c in chunks if now - c.created < self.retry_deadline]
         for chunk in chunks:
             if now - chunk.created >= self.retry_deadline:
@@ -690,7 +719,7 @@ class ForwardSender:
         cause = self.last_error or "no ack"
         if not cause.startswith("not acked within"):
             self.last_error = f"not acked within retry_deadline={self.retry_deadline}s: {cause}"
-        self._resolve(chunk, False)
+        self._resolve(chunk, NotAcked(cause, chunk.failures) if chunk.failures else False)
 
     def _drop_connection(self, conn: _Connection) -> None:
         conn.lost = True
