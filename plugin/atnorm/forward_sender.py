@@ -446,7 +446,7 @@ class ForwardSender:
                     else:
                         log.exception("forward sender: unexpected failure")
                         while self._pending:
-                            self._resolve(self._pending.popleft(), False)
+                            self._fail(self._pending.popleft())
 
     def _should_fail_back(self, conn: _Connection) -> bool:
         return (conn.index != 0 and not self._in_flight
@@ -509,10 +509,10 @@ class ForwardSender:
         self._down_until = self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, self.retry_max_wait)
         while self._pending:
-            self._resolve(self._pending.popleft(), False)
+            self._fail(self._pending.popleft())
         self._flush_all()
         while self._pending:
-            self._resolve(self._pending.popleft(), False)
+            self._fail(self._pending.popleft())
         return None
 
     def _expire_pending(self) -> None:
@@ -714,6 +714,10 @@ class ForwardSender:
         log.warning("downstream refused a chunk of %d records (tag %s) %d times, last: %s; giving up on it",
                     chunk.count, chunk.tag, chunk.failures, reason)
         self._resolve(chunk, Refused(reason, chunk.failures))
+
+    def _fail(self, chunk: _Chunk) -> None:
+        """Not delivered now (no server answers): False, or NotAcked if it was refused before."""
+        self._resolve(chunk, NotAcked(self.last_error or "no ack", chunk.failures) if chunk.failures else False)
 
     def _give_up(self, chunk: _Chunk) -> None:
         cause = self.last_error or "no ack"
