@@ -221,6 +221,7 @@ class ForwardSender:
         self.password = password
         # Like Fluentd's out_forward: 32 hex characters, made once per sender.
         self._shared_key_salt = os.urandom(16).hex()
+        self._handshake_error: Optional[str] = None
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
         self.retry_deadline = retry_deadline
@@ -492,8 +493,12 @@ class ForwardSender:
                 self.last_error = f"{host}:{port}: {reason}"
                 if isinstance(exc, HandshakeError):
                     self.stats.handshake_failures += 1
-                    log.error("downstream %s:%d: shared-key handshake failed: %s; chunks stay spooled",
-                              host, port, reason)
+                    # One line per new reason (and now and then), not one per retry.
+                    if reason != self._handshake_error or _worth_logging(self.stats.handshake_failures):
+                        log.error("downstream %s:%d: shared-key handshake failed: %s; chunks stay spooled "
+                                  "(%d failed handshakes so far)", host, port, reason,
+                                  self.stats.handshake_failures)
+                    self._handshake_error = reason
                 else:
                     log.warning("downstream %s:%d unusable: %s", host, port, reason)
                 if step < count - 1:
@@ -501,6 +506,7 @@ class ForwardSender:
                 continue
             self._server_index = index
             self._conn = conn
+            self._handshake_error = None
             return conn
         # Nobody answered: fail what waits now so it can be spooled, and hold new work
         # back until the backoff has passed.
