@@ -20,10 +20,12 @@ import sys
 from typing import Any, Dict, List, Optional
 
 import msgpack
+from prometheus_client import generate_latest
 
 from atnorm.delivery import Delivery
 from atnorm.forward_codec import Entry, EventTime, pack_entries
 from atnorm.forward_sender import ForwardSender, Refused
+from atnorm.metrics import build_registry
 from atnorm.relay import Relay, configure_parser, load_settings
 from atnorm.relaystats import RelayStats
 from atnorm.spool import Spool
@@ -222,6 +224,10 @@ def test_the_relay_quarantines_acks_upstream_keeps_flowing_and_the_cli_resends(t
                 await downstream.wait_for(lambda: len(downstream.records) >= 20)
                 assert relay.relay_stats.chunks_quarantined == 1
                 assert relay.relay_stats.snapshot()["records_quarantined"] == 1
+                exported = generate_latest(build_registry(relay_stats=relay.relay_stats,
+                                                          process_metrics=False)).decode()
+                assert "atnorm_quarantined_chunks_total 1.0" in exported
+                assert "atnorm_quarantined_records_total 1.0" in exported
 
                 listed = atnorm("quarantine", "list", "--data-dir", data_dir, "--json")
                 assert listed.returncode == 0, listed.stderr
