@@ -163,3 +163,25 @@ def test_another_chunk_under_the_id_of_an_unfinished_one_does_not_take_its_place
                 await relay.stop()
         assert receiver.records == [{"msg": "second"}]
     run(scenario())
+
+
+def test_frame_reader_keeps_the_exact_bytes_of_each_frame_for_the_digest():
+    frames = [message("fb.normal", 1796108126 + n, {"n": n}) for n in range(3)] + [b"\xc0"]
+    stream = b"".join(frames)
+    reader = FrameReader(max_frame_size=LIMIT, max_feed=16, keep_frames=True)
+    seen: List[bytes] = []
+    for start in range(0, len(stream), 7):  # pieces that cut frames anywhere
+        reader.feed(stream[start:start + 7])
+        for _ in reader:
+            assert reader.last_frame is not None
+            seen.append(bytes(reader.last_frame))
+    assert seen == frames
+    assert reader.buffered == 0
+    chunk = parse_frame(unpackb_frame(frames[0]), max_decompressed_size=LIMIT, raw=frames[0])
+    assert chunk.resend_key is not None and chunk.resend_key != decode(frames[1]).resend_key
+
+
+def unpackb_frame(frame: bytes) -> Any:
+    reader = FrameReader(max_frame_size=LIMIT, max_feed=len(frame) + 1)
+    reader.feed(frame)
+    return next(reader)

@@ -187,10 +187,15 @@ class FrameReader:
 
     Feed at most `max_feed` bytes at a time; iterate to get complete objects. Errors are
     raised as ProtocolError ('oversize' or 'malformed') and leave the stream unusable.
+    With `keep_frames`, `last_frame` holds the exact bytes of the object last returned
+    (a server digests them to recognise a resend without packing the frame again).
     """
 
-    def __init__(self, max_frame_size: int, max_feed: int = 1 << 16) -> None:
+    def __init__(self, max_frame_size: int, max_feed: int = 1 << 16, keep_frames: bool = False) -> None:
         self.max_frame_size = max_frame_size
+        self.keep_frames = keep_frames
+        self._raw = bytearray()  # with keep_frames: bytes fed, not yet part of a returned object
+        self.last_frame: Optional[bytearray] = None
         self._unpacker = msgpack.Unpacker(
             max_buffer_size=max_frame_size + max_feed,
             max_str_len=max_frame_size, max_bin_len=max_frame_size, max_ext_len=max_frame_size,
@@ -206,6 +211,8 @@ class FrameReader:
         except msgpack.BufferFull:
             raise ProtocolError("oversize", f"frame larger than the {self.max_frame_size}-byte limit") from None
         self._fed += len(data)
+        if self.keep_frames:
+            self._raw += data
 
     @property
     def buffered(self) -> int:
@@ -230,6 +237,9 @@ class FrameReader:
             raise ProtocolError("malformed", f"invalid msgpack: {exc or type(exc).__name__}") from None
         position = self._unpacker.tell()
         size, self._consumed = position - self._consumed, position
+        if self.keep_frames:
+            self.last_frame = self._raw[:size]
+            del self._raw[:size]  # cheap: bytearray drops its head without moving the rest
         if size > self.max_frame_size:
             raise ProtocolError("oversize", f"{size}-byte frame over the {self.max_frame_size}-byte limit")
         return obj
@@ -426,12 +436,15 @@ def _text_tag(tag: Any) -> str:
     raise ProtocolError("malformed", f"tag is a {type(tag).__name__}, not a string")
 
 
-def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "") -> Chunk:
+def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
+                raw: Optional[Union[bytes, bytearray]] = None) -> Chunk:
     """One decoded msgpack array → Chunk, by the mode element [1] selects.
 
     Every entry the frame holds becomes one Entry; those that cannot be events carry a
     `problem` (see `Entry`). A chunk with an id also gets the digest of its content, so a
-    resend can be told from another chunk under the same id (`Chunk.resend_key`).
+    resend can be told from another chunk under the same id (`Chunk.resend_key`): of the
+    payload once decompressed, or of the frame's bytes `raw` when given (else of the frame
+    packed again).
     Raises ProtocolError for a frame that cannot be a forward message, an unsupported
     compression, a payload that does not decompress completely, or one over
     `max_decompressed_size` once inflated.
@@ -447,7 +460,7 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "")
         entries, invalid = entries_from_list(body)
         mode = FORWARD
         if options.get("chunk") is not None:
-            digest = _packed_digest(body)
+            digest = _content_digest(raw) if raw is not None else _packed_digest(body)
     elif kind is str or kind is bytes:
         options = _options(frame, 2)
         raw = as_bytes(body)
@@ -475,7 +488,7 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "")
         entries, invalid = entries_from_list((item,))
         mode = MESSAGE
         if options.get("chunk") is not None:
-            digest = _packed_digest(item)
+            digest = _content_digest(raw) if raw is not None else _packed_digest(item)
     return Chunk(tag, entries, options.get("chunk"), mode, peer, options, invalid, digest)
 
 

@@ -408,7 +408,7 @@ class _Connection:
         self.writer = writer
         self.peer = peer
         self.task: Optional["asyncio.Task[Any]"] = None
-        self._frames = FrameReader(server.max_frame_size, READ_SIZE)
+        self._frames = FrameReader(server.max_frame_size, READ_SIZE, keep_frames=True)
         self._slots = asyncio.Semaphore(server.max_inflight)
         self._pending: "asyncio.Queue[Tuple[Chunk, asyncio.Task[bool]]]" = asyncio.Queue()
         self._handler_tasks: Set["asyncio.Task[bool]"] = set()
@@ -497,7 +497,8 @@ class _Connection:
         if type(frame) is not list:
             stats.protocol_errors["non_array"] += 1  # ignored, as the spec says
             return
-        chunk = parse_frame(frame, max_decompressed_size=server.max_decompressed_size, peer=self.peer)
+        chunk = parse_frame(frame, max_decompressed_size=server.max_decompressed_size, peer=self.peer,
+                            raw=self._frames.last_frame)
         stats.frames[chunk.mode] += 1
         stats.records_received += len(chunk.entries)
         if chunk.invalid:
