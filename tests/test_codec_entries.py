@@ -312,3 +312,28 @@ def test_bin_keys_and_values_in_records_do_not_trouble_the_codec():
     record = b"\x82\xc4\x03msg\xc4\x02hi\xc4\x01n\x01"  # {bin "msg": bin "hi", bin "n": 1}
     chunk = decode_frame(b"\x93" + mp("t") + b"\x91\x92" + mp(1714557600) + record + mp({}))
     assert chunk.entries[0].record == {b"msg": b"hi", b"n": 1} and chunk.entries[0].problem is None
+
+
+def test_an_unusable_entry_with_bin_keys_is_written_to_the_rejected_file_and_acked(tmp_path):
+    """Its original skips the filter (which reads bin keys as text), so the dead letter itself
+    must be writable as JSON; before, the file store failed and the chunk was never acked."""
+    record = b"\x82\xc4\x06action\xc4\x03x.y\xc4\x01\xff\x01"  # {bin "action": bin "x.y", bin b"\xff": 1}
+    frame = b"\x93" + mp("audit.at") + b"\x91\x92" + mp(msgpack.ExtType(0, b"\0\0\0\1")) + record + \
+        mp({"chunk": "binkeys"})
+
+    async def scenario() -> None:
+        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)),
+                      EventFilter.from_schemas(stats=FilterStats()))
+        await relay.start()
+        try:
+            answers, _ = await exchange(relay.server.port, [frame], 1)
+        finally:
+            await relay.stop()
+        assert answers == [{"ack": "binkeys"}]
+    run(scenario())
+    import json
+    # The store writes undecodable bytes back as they came, so the file is read the same way.
+    text = (tmp_path / "rejected.jsonl").read_bytes().decode("utf-8", "surrogateescape")
+    [line] = [json.loads(row) for row in text.splitlines()]
+    assert line["original"][1] == {"action": "x.y", "\udcff": 1}
+    assert line["reasons"][0]["rule"] == "entry.time"

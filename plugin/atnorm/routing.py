@@ -180,7 +180,8 @@ class Router:
         """The dead-letter entry for an entry with a `problem`, counted as a rejection."""
         problem = entry.problem
         assert problem is not None
-        verdict = Verdict(REJECTED, entry.record, reasons=[RejectReason(problem.path, problem.rule, problem.message)])
+        verdict = Verdict(REJECTED, encodable(entry.record),
+                          reasons=[RejectReason(problem.path, problem.rule, problem.message)])
         if self.count is not None:
             self.count(verdict)
         return Entry(entry.time, verdict.dead_letter(), entry.metadata)
@@ -188,7 +189,7 @@ class Router:
     def failed(self, entry: Entry, exc: Exception) -> Entry:
         """The dead-letter entry for a record whose deciding raised, counted as a rejection."""
         reason = RejectReason("", "filter.error", f"deciding this record failed: {type(exc).__name__}: {exc}")
-        verdict = Verdict(REJECTED, entry.record, reasons=[reason])
+        verdict = Verdict(REJECTED, encodable(entry.record), reasons=[reason])
         if self.count is not None:
             self.count(verdict)
         return Entry(entry.time, verdict.dead_letter(), entry.metadata)
@@ -250,6 +251,37 @@ class Router:
         if passed:
             batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))
         return batches
+
+
+_PLAIN_KEYS = (str, int, float, bool, type(None))
+
+
+def encodable(value: Any) -> Any:
+    """`value` with every map key one that msgpack AND JSON can write: a bin key becomes its
+    text (undecodable bytes kept as surrogate escapes, which both writers restore), any other
+    odd key (an ext value) its repr. Values are left alone: both writers handle bytes and ext.
+    For originals that skipped the filter, whose keys the filter would otherwise have fixed."""
+    try:
+        return _encodable(value)
+    except RecursionError:
+        return "<entry nested too deeply to keep>"
+
+
+def _encodable(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {_key(k): _encodable(v) for k, v in value.items()}
+    if kind is list:
+        return [_encodable(v) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    if type(key) in _PLAIN_KEYS:
+        return key
+    if type(key) is bytes:
+        return key.decode("utf-8", "surrogateescape")
+    return repr(key)
 
 
 def _stats_counter(decide: Optional[Callable[[Any], Verdict]]) -> Optional[Callable[[Verdict], None]]:
