@@ -354,3 +354,42 @@ def test_recorded_handshakes_check_with_our_digest_functions_both_ways(name):
 def test_our_pong_encoding_matches_what_real_fluentd_sent():
     _, _, pong, s2c = handshake_parts("fd-in-handshake-ok")
     assert pong is not None and packb(pong) == s2c[1]
+
+
+def handshake_server_hostname(name: str) -> str:
+    return "srv" if "-in-" in name else "relay-py"
+
+
+@pytest.mark.parametrize("name", HANDSHAKES)
+def test_recorded_handshake_replayed_against_the_relay_with_the_recorded_nonce(tmp_path, monkeypatch, name):
+    """With the nonce the real server drew, the whole recorded client side (PING, then data)
+    is replayed against a relay with the shared key: its PONG and acks equal the recorded
+    ones byte for byte (Fluent Bit sends no PONG on a bad key; the relay answers as Fluentd)."""
+    helo_message, _, _, s2c = handshake_parts(name)
+    nonce = parse_helo(helo_message).nonce
+    source = "fd-in-handshake-badkey" if "badkey" in name else name
+    expected = b"".join([raw for _, raw in raw_objects(capture(source, "s2c"))][1:])
+    wanted = expected_entries(name)
+    monkeypatch.setattr("atnorm.forward_server.os.urandom", lambda size: nonce[:size])
+
+    async def scenario() -> Tuple[bytes, Relay, ForwardReceiver]:
+        receiver = await ForwardReceiver().start()
+        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+                                   "--data-dir", str(tmp_path), "--filter", "off", "--shared-key", SHARED_KEY,
+                                   "--self-hostname", handshake_server_hostname(name)))
+        await relay.start()
+        try:
+            reply = await replay(relay.server.port, [capture(name, "c2s")], 0)
+            await receiver.wait_for(lambda: len(receiver.events) >= len(wanted))
+        finally:
+            await relay.stop()
+            await receiver.stop()
+        return reply, relay, receiver
+
+    reply, relay, receiver = run(scenario())
+    helo = raw_objects(reply)[0][0]
+    assert helo[0] == b"HELO" and helo[1][b"nonce"] == nonce
+    assert reply[len(raw_objects(reply)[0][1]):] == expected
+    assert canonical(downstream_entries(receiver)) == canonical(wanted)
+    if "badkey" in name:
+        assert relay.relay_stats.protocol_errors["auth"] == 1
