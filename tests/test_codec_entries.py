@@ -337,3 +337,37 @@ def test_an_unusable_entry_with_bin_keys_is_written_to_the_rejected_file_and_ack
     [line] = [json.loads(row) for row in text.splitlines()]
     assert line["original"][1] == {"action": "x.y", "\udcff": 1}
     assert line["reasons"][0]["rule"] == "entry.time"
+
+
+@pytest.mark.parametrize("kind", ["bin", "str"])
+def test_a_tag_that_is_not_utf8_becomes_text_with_escapes(kind):
+    tag = b"audit.\xff\xfe.at"
+    encoded = (b"\xc4" + bytes([len(tag)]) + tag) if kind == "bin" else bytes([0xA0 | len(tag)]) + tag
+    chunk = decode_frame(b"\x93" + encoded + mp([[1714557600, RECORD]]) + mp({}))
+    assert chunk.tag == "audit.\\xff\\xfe.at"
+    chunk.tag.encode("utf-8")  # plain text: no surrogates left
+
+
+def test_a_chunk_with_a_tag_that_is_not_utf8_is_spooled_and_acked_while_the_downstream_is_away(tmp_path):
+    """Before, the tag kept its bytes as surrogates, the spool could not store it, and the
+    chunk was never acked: its sender retried it forever."""
+    import socket
+
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    tag = b"audit.\xff.at"
+    frame = b"\x93" + b"\xc4" + bytes([len(tag)]) + tag + mp([[1714557600, RECORD]]) + mp({"chunk": "spool-me"})
+
+    async def scenario() -> None:
+        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{closed_port}",
+                                   "--data-dir", str(tmp_path), "--retry-max-wait", "1"),
+                      EventFilter.from_schemas(stats=FilterStats()))
+        await relay.start()
+        try:
+            answers, _ = await exchange(relay.server.port, [frame], 1)
+        finally:
+            await relay.stop()
+        assert answers == [{"ack": "spool-me"}]
+        assert relay.relay_stats.spool_depth_records == 1
+    run(scenario())

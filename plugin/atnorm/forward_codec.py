@@ -428,12 +428,19 @@ def _packed_digest(value: Any) -> Optional[bytes]:
 
 
 def _text_tag(tag: Any) -> str:
-    if type(tag) is str:
-        return tag
-    if type(tag) is bytes:
-        # Fluentd and Fluent Bit may send the tag as bin: it is text all the same.
-        return tag.decode("utf-8", "surrogateescape")
-    raise ProtocolError("malformed", f"tag is a {type(tag).__name__}, not a string")
+    """The tag as text: a bin tag is read as UTF-8 like a str one. Bytes that are not UTF-8
+    become `\\xNN` escapes, so the tag is text every sink can write (a spool, a file),
+    and the bytes stay visible."""
+    kind = type(tag)
+    if kind is str:
+        if tag.isascii():
+            return tag
+        raw = tag.encode("utf-8", "surrogateescape")  # undecodable bytes were kept as surrogates
+    elif kind is bytes:
+        raw = tag
+    else:
+        raise ProtocolError("malformed", f"tag is a {kind.__name__}, not a string")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
