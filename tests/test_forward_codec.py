@@ -179,13 +179,16 @@ def test_zstd_bomb_stops_at_the_limit_when_zstandard_is_installed():
 
 # --- entries -------------------------------------------------------------------------------
 
-def test_missing_time_is_stamped_with_arrival_time_and_bad_entries_are_skipped():
+def test_missing_time_is_stamped_with_arrival_time_and_bad_entries_are_kept_with_their_problem():
     items = [[0, {"a": 1}], [None, {"b": 2}], ["yesterday", {"c": 3}], [1, None], "junk", [1, 2, 3],
              [[1, "not a map"], {"d": 4}], [5, "not a map record"]]
-    entries, skipped = forward_codec.entries_from_list(items)
-    assert skipped == 5
-    assert [e.record for e in entries] == [{"a": 1}, {"b": 2}, "not a map record"]
-    assert all(isinstance(e.time, EventTime) and e.time.seconds > 1_600_000_000 for e in entries[:2])
+    entries, invalid = forward_codec.entries_from_list(items)
+    assert invalid == 6 and len(entries) == len(items)
+    assert [e.record for e in entries[:2]] == [{"a": 1}, {"b": 2}]
+    assert [e.problem.rule for e in entries[2:]] == ["entry.time", "entry.record", "entry.shape", "entry.shape",
+                                                     "entry.shape", "entry.record"]
+    assert [e.record for e in entries[2:]] == items[2:]  # kept as received
+    assert all(isinstance(e.time, EventTime) and e.time.seconds > 1_600_000_000 for e in entries)
 
 
 def test_packed_payload_ending_inside_an_entry_is_malformed():

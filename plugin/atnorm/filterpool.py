@@ -40,7 +40,7 @@ class _Worker:
         self.generation = generation
         self.built_for = generation.value
         self.filter = EventFilter.from_schemas(settings=filter_settings(filter_values))
-        self.router = Router(self.decide, **router_options)
+        self.router = Router(self.decide, count=lambda verdict: self.filter.stats.count(verdict), **router_options)
 
     def decide(self, record: Any) -> Any:
         return self.filter.process(record)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import struct
 import time as _time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Hashable, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import msgpack
 
@@ -124,15 +125,28 @@ def as_bytes(value: Union[str, bytes]) -> bytes:
     raise TypeError(f"expected str or bytes, got {type(value).__name__}")
 
 
+class EntryProblem(NamedTuple):
+    """Why an entry cannot be handed on as an event: `rule` (`entry.shape`, `entry.time` or
+    `entry.record`), `path` (a JSON pointer into the entry as received) and a message."""
+
+    rule: str
+    path: str
+    message: str
+
+
 class Entry(NamedTuple):
     """One event. `time` keeps the form it arrived in (int seconds, float, or EventTime);
     `metadata` is the map of Fluent Bit's `[[time, metadata], record]` form, else None.
-    `record` is normally a map; anything else is handed on as it came so the filter can
-    dead-letter it rather than have it vanish."""
+
+    An entry that arrived but cannot be an event (no usable time, not `[time, record]`, a
+    record that is not a map) is kept too, so that it is decided like every other one: then
+    `problem` says why, `record` is the entry exactly as received, and `time` is the
+    arrival time. The router sends such an entry to the rejected route."""
 
     time: Time
     record: Any
     metadata: Optional[Dict[Any, Any]] = None
+    problem: Optional[EntryProblem] = None
 
 
 @dataclass
@@ -146,11 +160,26 @@ class Chunk:
     mode: str = FORWARD
     peer: str = ""
     options: Dict[Any, Any] = field(default_factory=dict)
-    skipped: int = 0  # entries dropped as invalid (no usable time, not an entry at all)
+    invalid: int = 0  # entries kept with a `problem` (no usable time or shape): they go to the rejected route
+    digest: Optional[bytes] = None  # of the chunk's content as received (entries or payload), when it has an id
 
     @property
     def wants_ack(self) -> bool:
         return self.chunk_id is not None
+
+    @property
+    def resend_key(self) -> Optional[Hashable]:
+        """What makes a later chunk a resend of this one: same tag, same chunk id AND same
+        content. The id alone is not enough: Fluent Bit's Message mode sends one constant
+        id on every message. None when the chunk has no id, or one that cannot be a key."""
+        if self.chunk_id is None or self.digest is None:
+            return None
+        key = (self.tag, self.chunk_id, self.digest)
+        try:
+            hash(key)
+        except TypeError:  # a chunk value that is a map or an array
+            return None
+        return key
 
 
 class FrameReader:
@@ -158,10 +187,15 @@ class FrameReader:
 
     Feed at most `max_feed` bytes at a time; iterate to get complete objects. Errors are
     raised as ProtocolError ('oversize' or 'malformed') and leave the stream unusable.
+    With `keep_frames`, `last_frame` holds the exact bytes of the object last returned
+    (a server digests them to recognise a resend without packing the frame again).
     """
 
-    def __init__(self, max_frame_size: int, max_feed: int = 1 << 16) -> None:
+    def __init__(self, max_frame_size: int, max_feed: int = 1 << 16, keep_frames: bool = False) -> None:
         self.max_frame_size = max_frame_size
+        self.keep_frames = keep_frames
+        self._raw = bytearray()  # with keep_frames: bytes fed, not yet part of a returned object
+        self.last_frame: Optional[bytearray] = None
         self._unpacker = msgpack.Unpacker(
             max_buffer_size=max_frame_size + max_feed,
             max_str_len=max_frame_size, max_bin_len=max_frame_size, max_ext_len=max_frame_size,
@@ -177,6 +211,8 @@ class FrameReader:
         except msgpack.BufferFull:
             raise ProtocolError("oversize", f"frame larger than the {self.max_frame_size}-byte limit") from None
         self._fed += len(data)
+        if self.keep_frames:
+            self._raw += data
 
     @property
     def buffered(self) -> int:
@@ -201,6 +237,9 @@ class FrameReader:
             raise ProtocolError("malformed", f"invalid msgpack: {exc or type(exc).__name__}") from None
         position = self._unpacker.tell()
         size, self._consumed = position - self._consumed, position
+        if self.keep_frames:
+            self.last_frame = self._raw[:size]
+            del self._raw[:size]  # cheap: bytearray drops its head without moving the rest
         if size > self.max_frame_size:
             raise ProtocolError("oversize", f"{size}-byte frame over the {self.max_frame_size}-byte limit")
         return obj
@@ -225,65 +264,135 @@ def inflate_gzip(data: bytes, limit: int) -> bytearray:
     return out
 
 
+# zstd can turn 4 input bytes into a 128 KiB block: feeding the decompressor input in
+# pieces of at most (budget left / this) bytes keeps one step's output near the budget.
+_ZSTD_MAX_RATIO = 1 << 15
+
+
 def inflate_zstd(data: bytes, limit: int) -> bytearray:
-    """Decompress zstd frames, never producing more than `limit` bytes (needs `zstandard`)."""
+    """Decompress zstd frames back to back, never producing much more than `limit` bytes
+    (needs `zstandard`). Every frame must be complete: a truncated frame or bytes after the
+    last one make the payload malformed, as for gzip."""
     if zstandard is None:
         raise ProtocolError("unsupported_compression",
                             "chunk compressed with zstd, which needs the 'zstandard' package; "
                             "install it or set the sender's compression to gzip")
     out = bytearray()
+    view = memoryview(data)
+    position, end = 0, len(data)
+    decompressor = zstandard.ZstdDecompressor()
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(bytes(data), read_across_frames=True)
-        while True:
-            block = reader.read(min(1 << 20, limit - len(out) + 1))
-            if not block:
-                break
-            out += block
-            if len(out) > limit:
-                raise ProtocolError("decompress_limit", f"zstd payload inflates past the {limit}-byte limit")
+        while position < end:
+            frame = decompressor.decompressobj()
+            while not frame.eof:
+                if position >= end:
+                    raise ProtocolError("malformed", "truncated zstd payload")
+                step = max(64, (limit - len(out)) // _ZSTD_MAX_RATIO)
+                piece = view[position:position + step]
+                position += len(piece)
+                out += frame.decompress(piece)
+                if len(out) > limit:
+                    raise ProtocolError("decompress_limit", f"zstd payload inflates past the {limit}-byte limit")
+            position -= len(frame.unused_data)
     except zstandard.ZstdError as exc:
         raise ProtocolError("malformed", f"invalid zstd payload: {exc}") from None
     return out
 
 
+_NANOSECONDS = 1_000_000_000
+
+
+def _time_problem(value: Any) -> str:
+    """Why `value` is not a usable entry time (for the rejection's message)."""
+    if isinstance(value, msgpack.Timestamp):
+        return "a msgpack Timestamp (ext type -1) is not a forward-protocol time; send EventTime (ext type 0)"
+    if isinstance(value, msgpack.ExtType):
+        if value.code == EVENT_TIME_EXT_CODE:
+            return f"EventTime (ext type 0) must hold 8 bytes, got {len(value.data)}"
+        return f"msgpack ext type {value.code} is not a time (expected EventTime, ext type 0)"
+    if isinstance(value, EventTime):
+        return f"EventTime nanoseconds {value.nanoseconds} out of range"
+    if type(value) is int:
+        return f"negative time {value}"
+    if type(value) is float:
+        return f"time {value!r} is not a finite, non-negative number"
+    kind = "nil" if value is None else "bool" if type(value) is bool else type(value).__name__
+    return f"time is a {kind}, not an integer or EventTime"
+
+
 def _valid_time(value: Any) -> Optional[Time]:
+    """The entry time to use, or None when `value` cannot be one. As Fluentd's in_forward
+    does, a missing time (nil) or a zero one is the arrival time."""
     kind = type(value)
-    if kind is EventTime or kind is float:
-        return value
+    if kind is EventTime:
+        if value.nanoseconds >= _NANOSECONDS:
+            return None
+        return value if value.seconds != 0 else EventTime.now()
     if kind is int:
-        # Fluentd's in_forward stamps "no time" (0) with the arrival time; so do we.
-        return value if value != 0 else EventTime.now()
+        if value > 0:
+            return value
+        return EventTime.now() if value == 0 else None
+    if kind is float:
+        if value > 0 and value != math.inf:
+            return value
+        return EventTime.now() if value == 0 else None  # NaN and negatives compare False
     if value is None:
         return EventTime.now()
     return None
 
 
+def _unusable(item: Any, rule: str, path: str, message: str, metadata: Optional[Dict[Any, Any]] = None) -> Entry:
+    return Entry(EventTime.now(), item, metadata, EntryProblem(rule, path, message))
+
+
+def _check_item(item: Any) -> Entry:
+    """One item of a Forward array or packed payload → Entry (with a `problem` if unusable)."""
+    if type(item) is not list or len(item) != 2:
+        shape = f"an array of {len(item)} elements" if type(item) is list else \
+            ("nil" if item is None else f"a {type(item).__name__}")
+        return _unusable(item, "entry.shape", "", f"an entry must be [time, record], got {shape}")
+    stamp, record = item
+    metadata = None
+    time_path = "/0"
+    if type(stamp) is list:
+        if len(stamp) != 2 or type(stamp[1]) is not dict:
+            return _unusable(item, "entry.shape", "/0",
+                             "an entry's head must be a time or [time, metadata map]")
+        stamp, metadata = stamp
+        time_path = "/0/0"
+    when = _valid_time(stamp)
+    if when is None:
+        return _unusable(item, "entry.time", time_path, _time_problem(stamp), metadata)
+    if type(record) is not dict:
+        kind = "nil" if record is None else type(record).__name__
+        return _unusable(item, "entry.record", "/1", f"a record must be a map, not {kind}", metadata)
+    return Entry(when, record, metadata)
+
+
 def entries_from_list(items: Iterable[Any]) -> Tuple[List[Entry], int]:
-    """`[time, record]` / `[[time, metadata], record]` items → (entries, number skipped as invalid)."""
+    """`[time, record]` / `[[time, metadata], record]` items → (entries, how many of them have a
+    `problem`). Every item becomes one entry: none is dropped."""
     entries: List[Entry] = []
     append = entries.append
-    skipped = 0
+    invalid = 0
     for item in items:
-        if type(item) is not list or len(item) != 2:
-            skipped += 1
-            continue
-        stamp, record = item
-        metadata = None
-        if type(stamp) is list:
-            if len(stamp) != 2 or type(stamp[1]) is not dict:
-                skipped += 1
+        # The common case first and inline: [time, map] with an int, float or EventTime time.
+        if type(item) is list and len(item) == 2:
+            stamp, record = item
+            kind = type(stamp)
+            if type(record) is dict and ((kind is EventTime and stamp.seconds and stamp.nanoseconds < _NANOSECONDS)
+                                         or (kind is int and stamp > 0)):
+                append(Entry(stamp, record))
                 continue
-            stamp, metadata = stamp
-        when = _valid_time(stamp)
-        if when is None or record is None:
-            skipped += 1
-            continue
-        append(Entry(when, record, metadata))
-    return entries, skipped
+        entry = _check_item(item)
+        if entry.problem is not None:
+            invalid += 1
+        append(entry)
+    return entries, invalid
 
 
 def unpack_entries(payload: Union[bytes, bytearray]) -> Tuple[List[Entry], int]:
-    """A PackedForward payload (concatenated msgpack entries) → (entries, number skipped)."""
+    """A PackedForward payload (concatenated msgpack entries) → (entries, how many have a `problem`)."""
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook, **_UNPACK_OPTIONS)
     try:
         unpacker.feed(payload)
@@ -306,25 +415,59 @@ def _options(frame: List[Any], index: int) -> Dict[Any, Any]:
     return options
 
 
-def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "") -> Chunk:
+def _content_digest(data: Union[bytes, bytearray]) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _packed_digest(value: Any) -> Optional[bytes]:
+    """Digest of decoded entries packed again (the same content always packs the same)."""
+    try:
+        return _content_digest(packb(value))
+    except (TypeError, ValueError, OverflowError):  # pragma: no cover - decoded msgpack packs again
+        return None
+
+
+def _text_tag(tag: Any) -> str:
+    """The tag as text: a bin tag is read as UTF-8 like a str one. Bytes that are not UTF-8
+    become `\\xNN` escapes, so the tag is text every sink can write (a spool, a file),
+    and the bytes stay visible."""
+    kind = type(tag)
+    if kind is str:
+        if tag.isascii():
+            return tag
+        raw = tag.encode("utf-8", "surrogateescape")  # undecodable bytes were kept as surrogates
+    elif kind is bytes:
+        raw = tag
+    else:
+        raise ProtocolError("malformed", f"tag is a {kind.__name__}, not a string")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
+                raw: Optional[Union[bytes, bytearray]] = None) -> Chunk:
     """One decoded msgpack array → Chunk, by the mode element [1] selects.
 
+    Every entry the frame holds becomes one Entry; those that cannot be events carry a
+    `problem` (see `Entry`). A chunk with an id also gets the digest of its content, so a
+    resend can be told from another chunk under the same id (`Chunk.resend_key`): of the
+    payload once decompressed, or of the frame's bytes `raw` when given (else of the frame
+    packed again).
     Raises ProtocolError for a frame that cannot be a forward message, an unsupported
-    compression, or a payload over `max_decompressed_size` once inflated.
+    compression, a payload that does not decompress completely, or one over
+    `max_decompressed_size` once inflated.
     """
     if len(frame) < 2:
         raise ProtocolError("malformed", f"frame has {len(frame)} elements")
-    tag = frame[0]
-    if type(tag) is not str:
-        if type(tag) is not bytes:
-            raise ProtocolError("malformed", f"tag is a {type(tag).__name__}, not a string")
-        tag = tag.decode("utf-8", "surrogateescape")
+    tag = _text_tag(frame[0])
     body = frame[1]
     kind = type(body)
+    digest: Optional[bytes] = None
     if kind is list:
         options = _options(frame, 2)
-        entries, skipped = entries_from_list(body)
+        entries, invalid = entries_from_list(body)
         mode = FORWARD
+        if options.get("chunk") is not None:
+            digest = _content_digest(raw) if raw is not None else _packed_digest(body)
     elif kind is str or kind is bytes:
         options = _options(frame, 2)
         raw = as_bytes(body)
@@ -340,23 +483,31 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "")
             mode = COMPRESSED_PACKED_FORWARD
         else:
             raise ProtocolError("unsupported_compression", f"unknown compression {compressed!r}")
-        entries, skipped = unpack_entries(payload)
+        entries, invalid = unpack_entries(payload)
+        if options.get("chunk") is not None:
+            digest = _content_digest(payload)
     else:
         # Anything else in [1] is a Message's time (as in Fluentd's in_forward).
         if len(frame) < 3:
             raise ProtocolError("malformed", "message frame without a record")
         options = _options(frame, 3)
-        entries, skipped = entries_from_list(([body, frame[2]],))
+        item = [body, frame[2]]
+        entries, invalid = entries_from_list((item,))
         mode = MESSAGE
-    return Chunk(tag, entries, options.get("chunk"), mode, peer, options, skipped)
+        if options.get("chunk") is not None:
+            digest = _content_digest(raw) if raw is not None else _packed_digest(item)
+    return Chunk(tag, entries, options.get("chunk"), mode, peer, options, invalid, digest)
 
 
 def pack_entries(entries: Iterable[Entry]) -> bytes:
-    """Entries → a PackedForward payload, each in the form it arrived in (metadata kept)."""
+    """Entries → a PackedForward payload, each in the form it arrived in (metadata kept; an
+    entry with a `problem` exactly as it was received, so it decodes to the same problem)."""
     packer = _packer()
     pack = packer.pack
     for entry in entries:
-        if entry.metadata is None:
+        if entry.problem is not None:
+            pack(entry.record)  # as received: decoding it again finds the same problem
+        elif entry.metadata is None:
             pack([entry.time, entry.record])
         else:
             pack([[entry.time, entry.metadata], entry.record])

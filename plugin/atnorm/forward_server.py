@@ -98,12 +98,10 @@ class DedupWindow:
 
 
 def _dedup_key(chunk: Chunk) -> Optional[Hashable]:
-    key = (chunk.tag, chunk.chunk_id)
-    try:
-        hash(key)
-    except TypeError:  # a chunk value that is a map or array: ack it, but don't remember it
-        return None
-    return key
+    """(tag, chunk id, content digest): a chunk is a resend only if all three match. An id
+    alone would drop real records: Fluent Bit's Message mode sends the same id every time.
+    None (ack, but don't remember) without an id or with one that is a map or an array."""
+    return chunk.resend_key
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
@@ -168,10 +166,12 @@ class ForwardServer:
     `handler(chunk)` returns True once all of the chunk's records are safely handed on;
     only then is the chunk acked. False or an exception means "not now": no ack, the
     sender resends, the connection stays open. Chunks of one connection are handed to
-    the handler in arrival order, at most `max_inflight` at a time. A chunk id acked
-    within the dedup window (`dedup_chunks` ids, `dedup_seconds` old) is acked again
-    without calling the handler; a resend that arrives while the first copy is still
-    with the handler waits for that outcome instead of handing the records on twice.
+    the handler in arrival order, at most `max_inflight` at a time. A resend (same tag,
+    chunk id and content, see `Chunk.resend_key`) of a chunk acked within the dedup window
+    (`dedup_chunks` chunks, `dedup_seconds` old) is acked again without calling the
+    handler; a resend that arrives while the first copy is still with the handler waits
+    for that outcome instead of handing the records on twice. Another chunk under the same
+    id is handed on like any other.
     """
 
     def __init__(
@@ -356,7 +356,7 @@ class ForwardServer:
         """Hand a chunk on once: True when it may be acked. Never raises (except on cancel)."""
         if not chunk.entries:
             return True
-        key = _dedup_key(chunk) if chunk.chunk_id is not None else None
+        key = _dedup_key(chunk)
         if key is None:
             return await self._hand_on(chunk)
         while True:
@@ -408,7 +408,7 @@ class _Connection:
         self.writer = writer
         self.peer = peer
         self.task: Optional["asyncio.Task[Any]"] = None
-        self._frames = FrameReader(server.max_frame_size, READ_SIZE)
+        self._frames = FrameReader(server.max_frame_size, READ_SIZE, keep_frames=True)
         self._slots = asyncio.Semaphore(server.max_inflight)
         self._pending: "asyncio.Queue[Tuple[Chunk, asyncio.Task[bool]]]" = asyncio.Queue()
         self._handler_tasks: Set["asyncio.Task[bool]"] = set()
@@ -497,13 +497,14 @@ class _Connection:
         if type(frame) is not list:
             stats.protocol_errors["non_array"] += 1  # ignored, as the spec says
             return
-        chunk = parse_frame(frame, max_decompressed_size=server.max_decompressed_size, peer=self.peer)
+        chunk = parse_frame(frame, max_decompressed_size=server.max_decompressed_size, peer=self.peer,
+                            raw=self._frames.last_frame)
         stats.frames[chunk.mode] += 1
         stats.records_received += len(chunk.entries)
-        if chunk.skipped:
-            stats.protocol_errors["invalid_event"] += chunk.skipped
-            server._throttle.warning("invalid_event", "skipped %d entries without a usable time or record "
-                                     "in a chunk of tag %s from %s", chunk.skipped, chunk.tag, self.peer)
+        if chunk.invalid:
+            server._throttle.warning("invalid_event", "%d entries without a usable time or shape in a chunk of "
+                                     "tag %s from %s: they go to the rejected route", chunk.invalid, chunk.tag,
+                                     self.peer)
         await self._slots.acquire()  # backpressure: no more reading while the handler is behind
         self._inflight += 1
         task = asyncio.create_task(server._deliver(chunk))

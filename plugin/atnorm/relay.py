@@ -351,7 +351,7 @@ class Relay:
         self.relay_stats = RelayStats()
         router_options = dict(accepted_tag=settings["accepted_tag"], rejected_tag=settings["rejected_tag"],
                               time_source=settings["time_source"])
-        self.router = Router(self._decide_function(), **router_options)
+        self.router = Router(self._decide_function(), count=self.filter_stats.count, **router_options)
         self.pool: Optional[FilterPool] = None
         if self.router.decide is not None and settings.get("filter_workers", 1) > 1:
             # Workers build their filters from the option values the relay's filter was built from.
@@ -661,14 +661,8 @@ class _Unfinished:
 
 
 def _chunk_key(chunk: Chunk) -> Optional[Hashable]:
-    if chunk.chunk_id is None:
-        return None
-    key = (chunk.tag, chunk.chunk_id)
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
+    # Tag, id AND content: only a real resend may take the unfinished part of an earlier chunk.
+    return chunk.resend_key
 
 
 # --- the command -----------------------------------------------------------------------------

@@ -9,6 +9,13 @@ Every record of a chunk leaves on exactly one route:
   ``<tag>.rejected``), with the time it arrived with;
 - ``passed``: the record unchanged, under its tag, with the time it arrived with.
 
+An entry the codec could not read as an event (no usable time, not ``[time, record]``, a
+record that is not a map: it carries a ``problem``) is rejected whatever the filter says,
+also with the filter off: ``{"original": <the entry as received>, "reasons": [{"path",
+"rule": "entry.time" | "entry.shape" | "entry.record", "message"}]}`` with its arrival
+time, counted once like any other rejection. A record whose deciding raises an exception
+is rejected the same way (rule ``filter.error``): one record's bug never holds up its chunk.
+
 Fluent Bit's per-record metadata travels with the record on every route. Tag templates
 and the time source are turned into small functions once, so `Router.route` only loops.
 """
@@ -19,7 +26,7 @@ from datetime import date
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .forward_codec import Entry, EventTime, Time, pack_entries, unpack_entries
-from .verdict import ACCEPTED, PASSED, REJECTED, Verdict
+from .verdict import ACCEPTED, PASSED, REJECTED, RejectReason, Verdict
 
 TAG_PLACEHOLDER = "{tag}"
 TIME_SOURCES = ("event", "original")
@@ -157,7 +164,7 @@ class Router:
 
     def __init__(self, decide: Optional[Callable[[Any], Verdict]], *, accepted_tag: str = TAG_PLACEHOLDER,
                  rejected_tag: str = TAG_PLACEHOLDER + ".rejected", passed_tag: str = TAG_PLACEHOLDER,
-                 time_source: str = "event") -> None:
+                 time_source: str = "event", count: Optional[Callable[[Verdict], None]] = None) -> None:
         if time_source not in TIME_SOURCES:
             raise ValueError(f"time_source must be one of {', '.join(TIME_SOURCES)}, got {time_source!r}")
         self.decide = decide
@@ -165,9 +172,32 @@ class Router:
         self.rejected_tag = tag_function(check_tag_template(rejected_tag))
         self.passed_tag = tag_function(check_tag_template(passed_tag))
         self.time_source = time_source
+        # Counts the verdicts made here, not by `decide` (entries with a problem); by default
+        # into the stats of the filter `decide` belongs to, if it has any.
+        self.count = count if count is not None else _stats_counter(decide)
+
+    def unusable(self, entry: Entry) -> Entry:
+        """The dead-letter entry for an entry with a `problem`, counted as a rejection."""
+        problem = entry.problem
+        assert problem is not None
+        verdict = Verdict(REJECTED, encodable(entry.record),
+                          reasons=[RejectReason(problem.path, problem.rule, problem.message)])
+        if self.count is not None:
+            self.count(verdict)
+        return Entry(entry.time, verdict.dead_letter(), entry.metadata)
+
+    def failed(self, entry: Entry, exc: Exception) -> Entry:
+        """The dead-letter entry for a record whose deciding raised, counted as a rejection."""
+        reason = RejectReason("", "filter.error", f"deciding this record failed: {type(exc).__name__}: {exc}")
+        verdict = Verdict(REJECTED, encodable(entry.record), reasons=[reason])
+        if self.count is not None:
+            self.count(verdict)
+        return Entry(entry.time, verdict.dead_letter(), entry.metadata)
 
     def place(self, tag: str, entry: Entry, verdict: Verdict) -> Tuple[str, str, Entry]:
         """(route, tag, entry) for one record already decided (for callers that emit one at a time)."""
+        if entry.problem is not None:
+            return REJECTED, self.rejected_tag(tag), self.unusable(entry)
         outcome = verdict.outcome
         if outcome == ACCEPTED:
             when = parse_event_time(verdict.event_time) if self.time_source == "event" else None
@@ -180,6 +210,8 @@ class Router:
     def route(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
         """The chunk's records, decided and grouped by route (empty groups left out)."""
         if self.decide is None:
+            if any(entry.problem is not None for entry in entries):
+                return self._route_unfiltered(tag, entries)
             return [RoutedBatch(PASSED, self.passed_tag(tag), list(entries))] if entries else []
         decide = self.decide
         event_time = parse_event_time if self.time_source == "event" else None
@@ -187,7 +219,14 @@ class Router:
         rejected: List[Entry] = []
         passed: List[Entry] = []
         for entry in entries:
-            verdict = decide(entry.record)
+            if entry.problem is not None:
+                rejected.append(self.unusable(entry))
+                continue
+            try:
+                verdict = decide(entry.record)
+            except Exception as exc:  # a bug met by one record costs that record, not the chunk
+                rejected.append(self.failed(entry, exc))
+                continue
             outcome = verdict.outcome
             if outcome == ACCEPTED:
                 when: Optional[Time] = event_time(verdict.event_time) if event_time is not None else None
@@ -204,3 +243,51 @@ class Router:
         if passed:
             batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))
         return batches
+
+    def _route_unfiltered(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
+        rejected = [self.unusable(entry) for entry in entries if entry.problem is not None]
+        passed = [entry for entry in entries if entry.problem is None]
+        batches = [RoutedBatch(REJECTED, self.rejected_tag(tag), rejected)]
+        if passed:
+            batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))
+        return batches
+
+
+_PLAIN_KEYS = (str, int, float, bool, type(None))
+
+
+def encodable(value: Any) -> Any:
+    """`value` with every map key one that msgpack AND JSON can write: a bin key becomes its
+    text (undecodable bytes kept as surrogate escapes, which both writers restore), any other
+    odd key (an ext value) its repr. Values are left alone: both writers handle bytes and ext.
+    For originals that skipped the filter, whose keys the filter would otherwise have fixed."""
+    try:
+        return _encodable(value)
+    except RecursionError:
+        return "<entry nested too deeply to keep>"
+
+
+def _encodable(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {_key(k): _encodable(v) for k, v in value.items()}
+    if kind is list:
+        return [_encodable(v) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    if type(key) in _PLAIN_KEYS:
+        return key
+    if type(key) is bytes:
+        return key.decode("utf-8", "surrogateescape")
+    return repr(key)
+
+
+def _stats_counter(decide: Optional[Callable[[Any], Verdict]]) -> Optional[Callable[[Verdict], None]]:
+    """`owner.stats.count` for a bound `decide` whose owner keeps FilterStats (looked up at
+    each call, since an owner may replace its stats), else None."""
+    owner = getattr(decide, "__self__", None)
+    if owner is None or not hasattr(owner, "stats"):
+        return None
+    return lambda verdict: owner.stats.count(verdict)
