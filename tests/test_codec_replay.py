@@ -166,7 +166,8 @@ async def relay_with_receiver(tmp_path: Path, *, filter_on: bool) -> Tuple[Relay
     receiver = await ForwardReceiver().start()
     flags = ["--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}", "--data-dir", str(tmp_path)]
     if not filter_on:
-        flags += ["--filter", "off"]
+        # Unchanged means metadata entries too: keep them (the default sends plain entries).
+        flags += ["--filter", "off", "--forward-entry-form", "metadata"]
     relay = Relay(settings_for(*flags), EventFilter.from_schemas(stats=FilterStats()) if filter_on else None)
     await relay.start()
     return relay, receiver
