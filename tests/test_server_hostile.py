@@ -124,11 +124,34 @@ def test_a_good_sender_gets_in_while_a_flood_holds_every_connection():
                     await closed_soon(peer, timeout=0.2)
                     closed += 1
             assert closed == 3
-            # a fourth from the flooding host is refused: it is already the busiest
-            again = await open_from(server, "127.0.0.2")
-            await goods[0].exchange(*good_chunk())
-            assert len(recorder.chunks) == 4
-            for peer in flood + goods + [again]:
+            for peer in flood + goods:
+                await peer.close()
+    run(scenario())
+
+
+def test_with_one_connection_per_host_a_newcomer_displaces_the_most_idle():
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder, max_connections=4) as server:
+            idle = [await open_from(server, f"127.0.1.{i}") for i in range(1, 3)]
+            busy = [await open_from(server, f"127.0.2.{i}") for i in range(1, 3)]
+            for peer in busy:
+                await peer.exchange(*good_chunk())
+            await until(lambda: server.stats.connections_active == 4)
+            # too soon: every connection is fresh, so the newcomer is refused
+            early = await open_from(server, "127.0.3.1")
+            assert await closed_soon(early) == b""
+            assert server.stats.connections_rejected == 1
+            await asyncio.sleep(1.2)  # EVICT_IDLE_AFTER: the two that never sent anything are now idle
+            for peer in busy:
+                await peer.exchange(*good_chunk())
+            newcomer = await open_from(server, "127.0.3.2")
+            await newcomer.exchange(*good_chunk())
+            assert server.stats.connections_evicted["max_connections"] == 1
+            assert await closed_soon(idle[0]) == b""  # the oldest idle one made room
+            for peer in busy:  # the busy ones were kept
+                await peer.exchange(*good_chunk())
+            for peer in idle + busy + [newcomer]:
                 await peer.close()
     run(scenario())
 

@@ -51,6 +51,9 @@ ListenAddress = Union[Tuple[str, int], str]  # ("host", port) or "unix:///path"
 Handler = Callable[[Chunk], Awaitable[bool]]
 
 READ_SIZE = 1 << 16
+# When every host has as few connections as a newcomer's, only a connection idle this long is displaced.
+EVICT_IDLE_AFTER = 1.0
+MIN_INPUT_MEMORY = 4 * READ_SIZE  # each connection reserves one read before it reads
 HEARTBEAT = "heartbeat"
 UDP_HEARTBEAT = "udp_heartbeat"
 
@@ -219,18 +222,21 @@ class _MemoryBudget:
     whole budget and starve everyone else.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, stats: RelayStats) -> None:
         self.limit = limit
         self.used = 0
+        self.stats = stats
         self._waiters: List["asyncio.Future[None]"] = []
 
     def take(self, amount: int) -> None:
         self.used += amount
+        self.stats.input_memory_bytes = self.used
 
     def give(self, amount: int) -> None:
         if amount <= 0:
             return
         self.used -= amount
+        self.stats.input_memory_bytes = self.used
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -299,8 +305,8 @@ class ForwardServer:
             raise ValueError("max_inflight must be at least 1")
         if max_connections < 1 or max_connections_per_peer < 1:
             raise ValueError("max_connections and max_connections_per_peer must be at least 1")
-        if max_input_memory < 4 * READ_SIZE:
-            raise ValueError(f"max_input_memory must be at least {4 * READ_SIZE} bytes")
+        if max_input_memory < MIN_INPUT_MEMORY:
+            raise ValueError(f"max_input_memory must be at least {MIN_INPUT_MEMORY} bytes")
         for address in listen:
             _unix_path(address)  # reject a malformed address before anything is bound
         self.handler = handler
@@ -320,7 +326,7 @@ class ForwardServer:
         self.max_inflight = max_inflight
         self.udp_heartbeat = udp_heartbeat
         self.stats = stats if stats is not None else RelayStats()
-        self.memory = _MemoryBudget(max_input_memory)
+        self.memory = _MemoryBudget(max_input_memory, self.stats)
         self._acked = DedupWindow(dedup_chunks, dedup_seconds)
         self._running: Dict[Hashable, "asyncio.Future[bool]"] = {}
         self._servers: List[asyncio.AbstractServer] = []
@@ -471,16 +477,25 @@ class ForwardServer:
             return True
         # Full: a host with fewer connections than the busiest one still gets in, by
         # closing the busiest host's most idle connection (one not waiting for an ack first).
+        # When no host is busier (e.g. many hosts with one connection each), the most idle
+        # connection of a host with at least as many closes, if it has been idle a while.
         busiest = max(self._by_host.values(), key=len)
-        if len(busiest) <= mine + 1:
+        victim: Optional[_Connection] = None
+        if len(busiest) > mine + 1:
+            victim = min(busiest, key=lambda c: (c.inflight > 0, c.progress))
+        else:
+            idle_since = asyncio.get_running_loop().time() - EVICT_IDLE_AFTER
+            idle = [c for c in self._connections if c.inflight == 0 and c.progress <= idle_since
+                    and len(self._by_host[c.host]) > mine]
+            victim = min(idle, key=lambda c: c.progress) if idle else None
+        if victim is None:
             self._throttle.warning("max_connections", host, "refused connection from %s: %d connections open "
-                                   "(max_connections) and none from a busier host to close", peer,
+                                   "(max_connections), none from a busier host or idle to close", peer,
                                    len(self._connections))
             return False
-        victim = min(busiest, key=lambda c: (c.inflight > 0, c.progress))
         self.evict(victim, "max_connections",
-                   f"closed to make room for {peer} ({len(busiest)} connections from {victim.host}, "
-                   f"{self.max_connections} open: max_connections)")
+                   f"closed to make room for {peer} ({len(self._by_host[victim.host])} connections from "
+                   f"{victim.host}, {self.max_connections} open: max_connections)")
         return True
 
     def _forget(self, connection: "_Connection") -> None:
