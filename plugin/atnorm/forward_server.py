@@ -614,6 +614,8 @@ class ForwardServer:
 
 # Frames at least this large are decoded in a thread, so the event loop keeps serving others.
 THREAD_DECODE_SIZE = 1 << 20
+# A frame buffer that held this much is replaced once empty (msgpack's buffer never shrinks).
+BIG_BUFFER = 1 << 20
 # Inflate this much at a time, charging the input memory budget as the output grows.
 INFLATE_STEP = 1 << 20
 
@@ -644,6 +646,7 @@ class _Connection:
         self.partial = 0  # input memory charged for bytes of a frame not yet complete
         self.held = 0  # input memory charged for chunks taken but not yet acked
         self._inflated = 0  # input memory charged for the payload being inflated
+        self._high = 0  # most bytes the frame buffer held since it was last replaced
         self._head = b""  # the first bytes the peer sent, to describe a peer that is not a forward client
         self.progress = asyncio.get_running_loop().time()  # last forward message or ack
 
@@ -661,6 +664,21 @@ class _Connection:
 
     def release_memory(self) -> None:
         self._set_partial(0)
+
+    def _settle(self) -> None:
+        """Charge what the frame buffer holds now; drop a buffer grown by a big frame once it is empty.
+
+        msgpack's buffer doubles as it grows and never shrinks, so a partial frame is
+        charged twice its bytes (up to the buffer's cap), and an emptied buffer that once
+        held a megabyte or more is replaced so the memory really goes back."""
+        frames = self._frames
+        buffered = frames.buffered
+        if buffered == 0:
+            if self._high >= BIG_BUFFER:
+                self._frames = FrameReader(self.server.max_frame_size, READ_SIZE)
+            self._high = 0
+        self._high = max(self._high, buffered)
+        self._set_partial(min(2 * buffered, self.server.max_frame_size + READ_SIZE))
 
     def _set_partial(self, size: int) -> None:
         memory = self.server.memory
@@ -733,8 +751,8 @@ class _Connection:
     async def _receive(self, deadline: bool) -> bytes:
         """Read up to READ_SIZE bytes, charged to the input memory budget first."""
         server = self.server
-        await server.reserve(self, READ_SIZE)
-        self.partial += READ_SIZE
+        await server.reserve(self, 2 * READ_SIZE)  # a read grows the buffer by up to twice its size
+        self.partial += 2 * READ_SIZE
         data = await (self._read() if deadline else self.reader.read(READ_SIZE))
         server.stats.bytes_received += len(data)
         if len(self._head) < 16:
@@ -784,7 +802,7 @@ class _Connection:
             if frame is not None:  # a heartbeat is not progress
                 self.progress = asyncio.get_running_loop().time()
             await self._dispatch(frame, size)
-        self._set_partial(frames.buffered)
+        self._settle()
 
     async def _dispatch(self, frame: Any, size: int) -> None:
         server = self.server
@@ -952,9 +970,9 @@ class _Connection:
     async def _first_message(self) -> Any:
         while True:
             for message in self._frames:
-                self._set_partial(self._frames.buffered)
+                self._settle()
                 return message
-            self._set_partial(self._frames.buffered)
+            self._settle()
             data = await self._receive(deadline=False)
             if not data:
                 raise ConnectionResetError("closed during the handshake")
