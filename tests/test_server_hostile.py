@@ -13,6 +13,8 @@ from typing import Any, List
 from test_forward_server import Peer, Recorder, good_chunk, make_certificate, run, serving, until
 
 from atnorm.forward_codec import packb
+from atnorm.forward_server import ForwardServer
+from atnorm.relaystats import RelayStats
 from forward_frames import ack_bytes, mp
 
 GET = b"GET /metrics HTTP/1.1\r\nHost: relay:24224\r\nUser-Agent: probe\r\nAccept: */*\r\n\r\n"
@@ -296,3 +298,20 @@ def test_failed_tls_handshakes_are_counted_and_logged_with_the_peer(tmp_path, ca
     for source in ("127.0.0.2:", "127.0.0.3:", "127.0.0.4:"):
         assert any(source in line for line in lines)
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.WARNING]
+
+
+def test_memory_is_given_back_when_stop_cuts_chunks_short():
+    async def scenario():
+        recorder = Recorder()
+        recorder.gate = asyncio.Event()  # never opened: the chunks stay with the handler
+        server = ForwardServer(recorder, listen=[("127.0.0.1", 0)], stats=RelayStats())
+        await server.start()
+        peer = await Peer.open(server)
+        for _ in range(3):
+            await peer.send(good_chunk()[0])
+        await until(lambda: recorder.calls == 3)
+        assert server.memory.used > 0
+        await server.stop(grace=0.1)
+        assert server.memory.used == 0 and server.stats.input_memory_bytes == 0
+        await peer.close()
+    run(scenario())

@@ -663,7 +663,10 @@ class _Connection:
         self.writer.transport.abort()
 
     def release_memory(self) -> None:
+        """Give back all the connection still holds (chunks never acked when it was cut short)."""
         self._set_partial(0)
+        self.server.memory.give(self.held)
+        self.held = 0
 
     def _settle(self) -> None:
         """Charge what the frame buffer holds now; drop a buffer grown by a big frame once it is empty.
@@ -716,6 +719,8 @@ class _Connection:
             ack_task.cancel()
             for task in self._handler_tasks:
                 task.cancel()
+            # Let the ack side finish its bookkeeping before the memory it held is counted back.
+            await asyncio.gather(ack_task, return_exceptions=True)
             await self._close()
 
     async def _close(self) -> None:
