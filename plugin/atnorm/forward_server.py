@@ -700,6 +700,8 @@ class _Connection:
         except asyncio.CancelledError:
             raise
         except (OSError, EOFError, asyncio.TimeoutError, ValueError) as exc:
+            if self.evicted:
+                return False
             reason = str(getattr(exc, "reason", "") or exc or type(exc).__name__)
             server._protocol_error("tls_handshake", self, f"TLS handshake failed: {reason}")
             self.writer.transport.abort()
@@ -911,9 +913,9 @@ class _Connection:
                     out += piece
                     if len(out) > limit:
                         raise ProtocolError("decompress_limit", f"gzip payload inflates past the {limit}-byte limit")
+                    if not piece and len(member.unconsumed_tail) == len(pending):
+                        break  # no progress: the input ended before the member did
                     pending = member.unconsumed_tail
-                    if not piece and not pending:
-                        break  # the input ended before the member did
                 if not member.eof:
                     raise ProtocolError("malformed", "truncated gzip payload")
                 rest = member.unused_data
