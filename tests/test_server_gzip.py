@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from test_forward_server import EVENT, Peer, Recorder, good_chunk, run, serving, until
 
-from atnorm.forward_codec import Entry, EventTime, gzip_payload, pack_entries
+from atnorm.forward_codec import Entry, EventTime, gzip_payload, pack_entries, packb, parse_frame, unpackb
 from forward_frames import ack_bytes, fluentd_packed_forward, gzip_members
 
 LIMIT = 64 << 20
@@ -75,4 +76,39 @@ def test_gzip_members_back_to_back_and_a_truncated_one():
             await peer.send(fluentd_packed_forward("m", whole[:-7], size=3, chunk_id="m2", compressed="gzip"))
             assert await peer.closed_by_server() == b""
             assert server.stats.protocol_errors == {"malformed": 1}
+    run(scenario())
+
+
+def test_a_compressed_chunk_comes_out_exactly_as_the_codec_decodes_it():
+    entries = [Entry(EventTime(1714557600, i), dict(EVENT, seq=i)) for i in range(5)]
+    frame = fluentd_packed_forward("same", gzip_members([pack_entries(entries[:2]), pack_entries(entries[2:])]),
+                                   size=5, chunk_id="same-1", compressed="gzip")
+
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as server:
+            peer = await Peer.open(server)
+            await peer.exchange(frame, "same-1")
+            await peer.close()
+        return recorder.chunks[0]
+
+    chunk = run(scenario())
+    assert chunk == parse_frame(unpackb(frame), max_decompressed_size=LIMIT, peer=chunk.peer)
+    assert chunk.mode == "compressed_packed_forward" and chunk.options["compressed"] == "gzip"
+
+
+def test_zstd_chunk_is_inflated_off_the_loop_and_its_memory_given_back():
+    zstandard = pytest.importorskip("zstandard")
+    entries = [Entry(EventTime(1714557600, i), dict(EVENT, seq=i)) for i in range(3)]
+    payload = zstandard.ZstdCompressor().compress(pack_entries(entries))
+
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as server:
+            peer = await Peer.open(server)
+            await peer.exchange(packb(["z", payload, {"compressed": "zstd", "chunk": "z1"}]), "z1")
+            assert [e.record["seq"] for e in recorder.chunks[0].entries] == [0, 1, 2]
+            await peer.close()
+            await until(lambda: server.stats.connections_active == 0)
+            assert server.memory.used == 0
     run(scenario())

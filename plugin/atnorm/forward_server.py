@@ -31,7 +31,6 @@ import zlib
 from collections import Counter, OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from . import forward_codec
 from .forward_codec import (
     COMPRESSED_PACKED_FORWARD,
     Chunk,
@@ -41,9 +40,9 @@ from .forward_codec import (
     as_bytes,
     check_ping,
     helo_frame,
+    inflate_zstd,
     parse_frame,
     pong_frame,
-    unpack_entries,
 )
 from .relaystats import RelayStats
 
@@ -860,16 +859,15 @@ class _Connection:
         self._pending.put_nowait((chunk, task, charge))
 
     async def _inflate(self, frame: List[Any], compression: str) -> Tuple[Chunk, int]:
-        """A CompressedPackedForward frame → its chunk, inflated in a thread step by step.
+        """A CompressedPackedForward frame → its chunk, inflated and decoded off the event loop.
 
-        Each step is charged to the input memory budget before it is produced, and the
-        max_decompressed_size limit stops inflating as soon as it is passed. Returns the
-        chunk and the bytes charged for its inflated payload."""
+        gzip is inflated step by step in a thread, each step paid from the input memory
+        budget before it is produced, and stopped as soon as max_decompressed_size is
+        passed. The payload is then decoded by the codec, in a thread, as the
+        PackedForward frame it stands for, so the chunk is exactly what `parse_frame`
+        makes of the compressed frame. Returns the chunk and the bytes charged for it."""
         server = self.server
         options = frame[2]
-        # Check tag and options as any frame; the payload is decoded below, off the event loop.
-        chunk = parse_frame([frame[0], b"", {k: v for k, v in options.items() if k != "compressed"}],
-                            max_decompressed_size=server.max_decompressed_size, peer=self.peer)
         raw = as_bytes(frame[1])
         frame[1] = b""
         self._inflated = 0
@@ -879,19 +877,26 @@ class _Connection:
             else:
                 payload = await self._inflate_zstd(raw)
             del raw
-            entries, skipped = await asyncio.to_thread(unpack_entries, payload)
+            await self._grow(payload, len(payload))  # the copy below, until the bytearray is dropped
+            plain = [frame[0], await asyncio.to_thread(bytes, payload),
+                     {key: value for key, value in options.items() if key != "compressed"}]
+            size = len(payload)
+            del payload
+            server.memory.give(self._inflated - size)
+            self._inflated = size
+            chunk = await asyncio.to_thread(parse_frame, plain, max_decompressed_size=server.max_decompressed_size,
+                                            peer=self.peer)
         except BaseException:
             server.memory.give(self._inflated)
             raise
         finally:
             charged, self._inflated = self._inflated, 0
-        chunk.entries, chunk.skipped = entries, skipped
         chunk.mode = COMPRESSED_PACKED_FORWARD
         chunk.options = options
         return chunk, charged
 
     async def _grow(self, out: bytearray, step: int) -> None:
-        """Make sure `step` more output bytes are paid for (in `_inflated`) before they are made."""
+        """Make sure `step` more bytes beyond `out` are paid for (in `_inflated`) before they are made."""
         need = len(out) + step - self._inflated
         if need > 0:
             await self.server.reserve(self, need)
@@ -924,26 +929,13 @@ class _Connection:
         return out
 
     async def _inflate_zstd(self, raw: bytes) -> bytearray:
-        zstd = forward_codec.zstandard
-        if zstd is None:
-            raise ProtocolError("unsupported_compression",
-                                "chunk compressed with zstd, which needs the 'zstandard' package; "
-                                "install it or set the sender's compression to gzip")
+        """zstd (rare: recent Fluentd only) is inflated by the codec in one go in a thread,
+        with the whole max_decompressed_size paid for first and the unused part given back."""
         limit = self.server.max_decompressed_size
-        out = bytearray()
-        try:
-            reader = zstd.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            while True:
-                step = min(INFLATE_STEP, limit - len(out) + 1)
-                await self._grow(out, step)
-                piece = await asyncio.to_thread(reader.read, step)
-                if not piece:
-                    break
-                out += piece
-                if len(out) > limit:
-                    raise ProtocolError("decompress_limit", f"zstd payload inflates past the {limit}-byte limit")
-        except zstd.ZstdError as exc:
-            raise ProtocolError("malformed", f"invalid zstd payload: {exc}") from None
+        await self._grow(bytearray(), limit)
+        out = await asyncio.to_thread(inflate_zstd, raw, limit)
+        self.server.memory.give(self._inflated - len(out))
+        self._inflated = len(out)
         return out
 
     async def _handshake(self) -> None:
