@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, List
 import pytest
 
 from atnorm.forward_codec import Entry, encode_event_time, pack_entries
-from atnorm.forward_sender import ForwardSender, chunk_id
+from atnorm.forward_sender import ForwardSender, NotAcked, Refused, chunk_id
 from atnorm.relaystats import RelayStats
 from forward_receiver import EventTime, ForwardReceiver
 
@@ -195,7 +195,9 @@ def test_a_downstream_that_never_acks_makes_send_return_false_at_the_deadline():
     async def scenario():
         async with ForwardReceiver(ack=False) as receiver:
             sender = fast_sender(receiver.port, ack_timeout=0.1, retry_deadline=0.5)
-            assert await sender.send("at.accepted", payload_of(login_events(0, 1)), 1) is False
+            result = await sender.send("at.accepted", payload_of(login_events(0, 1)), 1)
+            assert not result and isinstance(result, NotAcked) and not isinstance(result, Refused)
+            assert result.attempts >= 2  # each missing ack is counted for quarantine decisions
             assert len(receiver.chunk_ids) >= 2 and len(set(receiver.chunk_ids)) == 1
             assert "retry_deadline" in (sender.last_error or "") or "ack" in (sender.last_error or "")
             await sender.close()

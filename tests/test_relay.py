@@ -196,7 +196,8 @@ def test_forwarded_records_take_their_route_tag_time_and_metadata(tmp_path):
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
             relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
-                                       "--data-dir", str(tmp_path)), new_filter())
+                                       "--data-dir", str(tmp_path), "--forward-entry-form", "metadata"),
+                          new_filter())
             await relay.start()
             try:
                 frame, chunk_id = fluentbit_chunk("audit.at", [
@@ -426,7 +427,8 @@ def test_filter_workers_decide_like_the_relay_and_count_into_one_set_of_counters
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
             relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
-                                       "--data-dir", str(tmp_path), "--filter-workers", "2"),
+                                       "--data-dir", str(tmp_path), "--filter-workers", "2",
+                                       "--forward-entry-form", "metadata"),
                           new_filter(), filter_values=filter_values())
             await relay.start()
             try:

@@ -24,6 +24,7 @@ COMMANDS = {
     "exec-filter": ("atnorm.execfilter", "run as a child of Fluentd's out_exec_filter"),
     "config": ("atnorm.tuning", "check a tuning file without running"),
     "drift": ("atnorm.drift", "report actions seen in traffic that no table declares"),
+    "quarantine": ("atnorm.quarantine", "list, re-send or drop chunks the downstream kept refusing"),
     "bench": ("atnorm.bench", "measure throughput against the reference validator"),
 }
 

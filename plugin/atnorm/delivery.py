@@ -16,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import Any, Callable, Optional, Tuple, TypeVar
+import time
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
-from .forward_sender import ForwardSender
+from .forward_sender import ForwardSender, NotAcked, Refused
 from .relaystats import RelayStats
-from .spool import Spool, SpoolFull
+from .spool import Spool, SpoolError, SpoolFull
 
 log = logging.getLogger(__name__)
+
+# After a spool disk error, /readyz stays false this long (or until an append works).
+SPOOL_ERROR_HOLD = 30.0
 
 T = TypeVar("T")
 
@@ -40,6 +44,13 @@ class _SpoolWorker:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def note_quarantined(stats: RelayStats, tag: str, count: int, refused: Refused) -> None:
+    stats.chunks_quarantined += 1
+    stats.records_quarantined += count
+    log.warning("quarantined %d records of tag %s: the downstream refused them %d times (%s); "
+                "see `atnorm quarantine list`", count, tag, refused.attempts, refused.reason)
 
 
 class SpoolDrainer:
@@ -63,6 +74,9 @@ class SpoolDrainer:
         self._wake: Optional[asyncio.Event] = None
         self._stopping = False
         self._task: Optional["asyncio.Task[None]"] = None
+        self._requeue_error: Optional[str] = None
+        # Refusals of spooled batches across drain rounds (seq → count), for retry_max_times.
+        self._failures: Dict[int, int] = {}
 
     def start(self) -> "asyncio.Task[None]":
         """Run the drain loop as a task on the running event loop."""
@@ -83,6 +97,7 @@ class SpoolDrainer:
         backoff = self.retry_wait
         while not self._stopping:
             self._wake.clear()  # before looking, so a wake() from now on is not missed
+            await self._requeue_requested()
             if self.spool.depth_batches == 0:
                 self.spool.publish_stats()
                 await self._pause(self.refresh_interval)
@@ -114,7 +129,45 @@ class SpoolDrainer:
         acked = [b for b, ok in zip(batches, results) if ok]
         if acked:
             await self._worker.call(self.spool.remove, [b.seq for b in acked])
-        return sum(b.count for b in acked), len(batches) - len(acked)
+        for batch in acked:
+            self._failures.pop(batch.seq, None)
+        refused = 0
+        limit = self.sender.retry_max_times
+        for batch, result in zip(batches, results):
+            if not isinstance(result, NotAcked):
+                continue
+            failures = self._failures.get(batch.seq, 0) + result.attempts
+            if not isinstance(result, Refused) and (limit is None or failures < limit):
+                self._failures[batch.seq] = failures  # refused again in a later round counts on
+                continue
+            try:
+                await self._worker.call(self.spool.quarantine_batch, batch.seq, error=result.reason,
+                                        attempts=failures)
+            except SpoolError as exc:
+                log.error("spool: cannot quarantine a refused batch, it stays queued: %s", exc)
+                continue
+            self._failures.pop(batch.seq, None)
+            refused += 1
+            note_quarantined(self.stats, batch.tag, batch.count, Refused(result.reason, failures))
+        return sum(b.count for b in acked), len(batches) - len(acked) - refused
+
+    def note_failures(self, seq: int, failures: int) -> None:
+        """A batch just spooled had already been refused `failures` times on its way in."""
+        if failures:
+            self._failures[seq] = self._failures.get(seq, 0) + failures
+
+    async def _requeue_requested(self) -> None:
+        """Chunks `atnorm quarantine resend` marked while this relay runs go back in the queue."""
+        try:
+            moved = await self._worker.call(self.spool.requeue, requested_only=True)
+        except SpoolError as exc:  # SpoolFull included: try again at the next round
+            if str(exc) != self._requeue_error:
+                log.warning("quarantine: cannot re-queue chunks marked for re-sending yet: %s", exc)
+            self._requeue_error = str(exc)
+            return
+        self._requeue_error = None
+        if moved:
+            log.info("quarantine: %d chunk(s) marked for re-sending are back in the spool queue", moved)
 
     def request_stop(self) -> None:
         """Ask the loop to end after the current window; `stop()` waits for it."""
@@ -156,6 +209,10 @@ class Delivery:
                                     **drainer_options)
         self._active = 0
         self._quiet: Optional[asyncio.Event] = None
+        # Why the last append to the spool failed (full, or a disk error); None once one works.
+        self.spool_error: Optional[str] = None
+        self._spool_error_at = 0.0  # monotonic time of that failure
+        self._spool_bytes_at_error = 0
 
     async def start(self) -> None:
         """Start draining whatever the spool holds from before (e.g. a previous run)."""
@@ -174,18 +231,73 @@ class Delivery:
         self._active += 1
         self._quiet.clear()
         try:
-            if await self.sender.send(tag, entries_payload, count):
+            result = await self.sender.send(tag, entries_payload, count)
+            if result:
                 return True
+            if isinstance(result, Refused):
+                return await self._quarantine(tag, entries_payload, count, result)
             try:
-                await self._worker.call(self.spool.append, tag, entries_payload, count)
-            except SpoolFull:
+                seq = await self._worker.call(self.spool.append, tag, entries_payload, count)
+            except SpoolFull as exc:
+                self._spool_failed(str(exc), full=True)
                 return False
+            except SpoolError as exc:  # e.g. "database or disk is full": not stored, not acked
+                self._spool_failed(str(exc), full=False)
+                return False
+            if self.spool_error is not None:
+                log.info("spool: appending works again")
+                self.spool_error = None
+            if isinstance(result, NotAcked):
+                self.drainer.note_failures(seq, result.attempts)
             self.drainer.wake()
             return True
         finally:
             self._active -= 1
             if self._active == 0:
                 self._quiet.set()
+
+    async def _quarantine(self, tag: str, entries_payload: bytes, count: int, refused: Refused) -> bool:
+        try:
+            await self._worker.call(self.spool.quarantine_append, tag, entries_payload, count,
+                                    error=refused.reason, attempts=refused.attempts)
+        except SpoolError as exc:
+            self._spool_failed(str(exc), full=False)
+            return False
+        note_quarantined(self.stats, tag, count, refused)
+        return True
+
+    def readiness(self) -> Tuple[bool, str]:
+        """Would a batch handed off now be safe (acked downstream or spooled)?
+
+        Not when the downstream is not connected and the spool cannot take it: full to the
+        byte, or the last append failed and nothing changed since (the spool has not shrunk,
+        and a disk error is less than SPOOL_ERROR_HOLD seconds old).
+        """
+        sender = self.sender
+        if sender.connected_server is not None and sender.down_for() == 0:
+            return True, "ready"
+        away = f"downstream not connected ({sender.last_error or 'not tried yet'})"
+        if self.spool.is_full:
+            return False, f"{away} and the spool is full ({self.spool.depth_bytes} bytes)"
+        error = self.spool_error
+        if error is not None:
+            if error.startswith("spool full"):
+                if self.spool.depth_bytes >= self._spool_bytes_at_error:
+                    return False, f"{away} and the spool cannot take more: {error}"
+            elif time.monotonic() - self._spool_error_at < SPOOL_ERROR_HOLD:
+                return False, f"{away} and the spool cannot be written: {error}"
+        return True, "ready"
+
+    def _spool_failed(self, message: str, *, full: bool) -> None:
+        self._spool_error_at = time.monotonic()
+        self._spool_bytes_at_error = self.spool.depth_bytes
+        was_full = self.spool_error is not None and self.spool_error.startswith("spool full")
+        if self.spool_error is None or was_full != full:  # one line per change, not per chunk
+            if full:
+                log.warning("%s; chunks are left unacked for their senders to resend", message)
+            else:
+                log.error("%s; chunks are left unacked for their senders to resend", message)
+        self.spool_error = message
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop draining, give in-flight batches `timeout` to be acked, spool the rest, close."""

@@ -34,10 +34,13 @@ import base64
 import hashlib
 import itertools
 import logging
+import os
 import socket
 import ssl as ssl_module
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
+
+import msgpack
 
 from . import forward_codec as codec
 from .relaystats import RelayStats
@@ -68,6 +71,65 @@ def client_ssl_context(*, verify: bool = True, ca_file: Optional[str] = None,
     return context
 
 
+ENTRY_FORMS = ("plain", "metadata")
+
+
+def plain_entries(payload: bytes) -> bytes:
+    """A PackedForward payload with every `[[time, metadata], record]` entry as `[time, record]`.
+
+    Fluentd (1.16 and older) resets the connection on entries in Fluent Bit's metadata
+    form; the plain form is what every Fluentd and Fluent Bit accepts. A payload with no
+    metadata entry is returned as it is, without re-packing.
+    """
+    if not _has_metadata_entries(payload):
+        return payload
+    entries, _ = codec.unpack_entries(payload)
+    return codec.pack_entries(codec.Entry(e.time, e.record) for e in entries)
+
+
+def _has_metadata_entries(payload: bytes) -> bool:
+    """Whether any entry's first element is an array (the metadata form); skips records unread."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(payload)
+    view = memoryview(payload)
+    try:
+        while unpacker.tell() < len(payload):
+            if unpacker.read_array_header() < 1:
+                return False  # not an entry: leave the payload to the codec as it is
+            first = view[unpacker.tell()]
+            if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
+                return True
+            unpacker.skip()  # time
+            unpacker.skip()  # record
+    except (msgpack.OutOfData, ValueError, msgpack.UnpackException):
+        return False
+    return False
+
+
+class NotAcked:
+    """A batch given up on at the retry deadline after the downstream refused its chunk
+    `attempts` times (connection reset, or no ack, while it was the oldest waiting).
+
+    Falsy like False. A downstream that is simply away (no refusal) gives plain False.
+    """
+
+    __slots__ = ("reason", "attempts")
+
+    def __init__(self, reason: str, attempts: int) -> None:
+        self.reason = reason
+        self.attempts = attempts
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason!r}, attempts={self.attempts})"
+
+
+class Refused(NotAcked):
+    """A batch the downstream refused `retry_max_times` times: to be quarantined, not retried."""
+
+
 class HandshakeError(Exception):
     """The shared-key handshake failed (wrong key, unexpected reply, server refused)."""
 
@@ -75,24 +137,28 @@ class HandshakeError(Exception):
 class _OpenBatch:
     """Payloads for one tag collected since the last flush, and who is waiting on them."""
 
-    __slots__ = ("parts", "size", "count", "waiters")
+    __slots__ = ("parts", "counts", "size", "count", "waiters")
 
     def __init__(self) -> None:
         self.parts: List[bytes] = []
+        self.counts: List[int] = []
         self.size = 0
         self.count = 0
-        self.waiters: List["asyncio.Future[bool]"] = []
+        self.waiters: List["asyncio.Future[Any]"] = []
 
 
 class _Chunk:
     """A sealed batch: its wire frame (reused verbatim on every retry) and its waiters."""
 
     __slots__ = ("tag", "count", "size", "chunk_id", "frame", "waiters", "created", "sent_at",
-                 "attempts")
+                 "attempts", "failures", "parts", "counts")
 
     def __init__(self, tag: str, count: int, size: int, chunk_id: str, frame: bytes,
-                 waiters: List["asyncio.Future[bool]"], created: float) -> None:
+                 waiters: List["asyncio.Future[Any]"], created: float,
+                 parts: Sequence[bytes] = (), counts: Sequence[int] = ()) -> None:
         self.tag = tag
+        self.parts = list(parts)  # the submitted payloads, one per waiter (to split a refused chunk)
+        self.counts = list(counts)
         self.count = count
         self.size = size
         self.chunk_id = chunk_id
@@ -101,6 +167,7 @@ class _Chunk:
         self.created = created
         self.sent_at = 0.0
         self.attempts = 0
+        self.failures = 0  # sends that ended in a reset or an ack timeout with this chunk oldest
 
 
 class _Connection:
@@ -129,7 +196,8 @@ class ForwardSender:
                  shared_key: Optional[str] = None, self_hostname: Optional[str] = None,
                  username: str = "", password: str = "",
                  ack_timeout: float = 30.0, connect_timeout: float = 5.0,
-                 retry_deadline: float = 60.0, retry_wait: float = 0.1,
+                 retry_deadline: float = 60.0, retry_max_times: Optional[int] = None,
+                 retry_wait: float = 0.1,
                  retry_max_wait: float = 10.0, failback_after: float = 60.0,
                  batch_max_records: int = 10000, batch_max_bytes: int = 4 << 20,
                  flush_interval: float = 0.05, max_buffer_bytes: int = 64 << 20,
@@ -151,9 +219,15 @@ class ForwardSender:
         self.self_hostname = self_hostname or socket.gethostname()
         self.username = username
         self.password = password
+        # Like Fluentd's out_forward: 32 hex characters, made once per sender.
+        self._shared_key_salt = os.urandom(16).hex()
+        self._handshake_error: Optional[str] = None
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
         self.retry_deadline = retry_deadline
+        if retry_max_times is not None and retry_max_times < 1:
+            raise ValueError("retry_max_times must be at least 1")
+        self.retry_max_times = retry_max_times
         self.retry_wait = retry_wait
         self.retry_max_wait = retry_max_wait
         self.failback_after = failback_after
@@ -187,8 +261,9 @@ class ForwardSender:
 
     # -- public API --------------------------------------------------------------
 
-    async def send(self, tag: str, entries_payload: bytes, count: int) -> bool:
-        """Deliver one batch of packed entries; True once acked downstream, False if not.
+    async def send(self, tag: str, entries_payload: bytes, count: int) -> Union[bool, NotAcked]:
+        """Deliver one batch of packed entries; True once acked downstream, False if not
+        (a `NotAcked` or `Refused`, also falsy, when the downstream refused its chunk).
 
         Waits first while `max_buffer_bytes` of earlier batches are still unresolved, so a
         slow downstream slows the caller instead of growing memory.
@@ -200,13 +275,13 @@ class ForwardSender:
             await self._space.wait()
         return await self.submit(tag, entries_payload, count)
 
-    def submit(self, tag: str, entries_payload: bytes, count: int) -> "asyncio.Future[bool]":
+    def submit(self, tag: str, entries_payload: bytes, count: int) -> "asyncio.Future[Any]":
         """Queue one batch without waiting; the future resolves like `send`'s result.
 
         Batches submitted in order for one tag reach the downstream in that order.
         """
         loop = self._start()
-        future: "asyncio.Future[bool]" = loop.create_future()
+        future: "asyncio.Future[Any]" = loop.create_future()
         if self._closing or (self._conn is None and loop.time() < self._down_until):
             future.set_result(False)  # closing, or every server just failed: spool it now
             return future
@@ -218,6 +293,7 @@ class ForwardSender:
         if batch is None:
             batch = self._open[tag] = _OpenBatch()
         batch.parts.append(entries_payload)
+        batch.counts.append(count)
         batch.size += size
         batch.count += count
         batch.waiters.append(future)
@@ -302,19 +378,36 @@ class ForwardSender:
 
     def _seal(self, tag: str) -> None:
         batch = self._open.pop(tag)
-        payload = batch.parts[0] if len(batch.parts) == 1 else b"".join(batch.parts)
+        assert self._loop is not None and self._wake is not None
+        self._pending.append(self._chunk(tag, batch.parts, batch.counts, batch.waiters, self._loop.time()))
+        self._wake.set()
+
+    def _chunk(self, tag: str, parts: List[bytes], counts: List[int], waiters: List["asyncio.Future[Any]"],
+               created: float) -> _Chunk:
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        count = sum(counts)
         cid = chunk_id(tag, payload)
         if self.compress == "gzip":
             frame = codec.packed_forward_frame(tag, codec.gzip_payload(payload), chunk_id=cid,
-                                               size=batch.count, compressed="gzip")
+                                               size=count, compressed="gzip")
         else:
-            frame = codec.packed_forward_frame(tag, payload, chunk_id=cid, size=batch.count)
-        assert self._loop is not None and self._wake is not None
-        self._pending.append(_Chunk(tag, batch.count, batch.size, cid, frame, batch.waiters,
-                                    self._loop.time()))
-        self._wake.set()
+            frame = codec.packed_forward_frame(tag, payload, chunk_id=cid, size=count)
+        return _Chunk(tag, count, len(payload), cid, frame, waiters, created, parts, counts)
 
-    def _resolve(self, chunk: _Chunk, delivered: bool) -> None:
+    def _split(self, chunk: _Chunk) -> List[_Chunk]:
+        """A refused chunk of several submitted batches → one chunk per batch, so the next
+        attempts find the batch the downstream chokes on and let the others through."""
+        if len(chunk.parts) <= 1:
+            return [chunk]
+        pieces = []
+        for part, count, waiter in zip(chunk.parts, chunk.counts, chunk.waiters):
+            piece = self._chunk(chunk.tag, [part], [count], [waiter], chunk.created)
+            piece.failures = chunk.failures
+            piece.attempts = chunk.attempts
+            pieces.append(piece)
+        return pieces
+
+    def _resolve(self, chunk: _Chunk, delivered: Union[bool, NotAcked]) -> None:
         for future in chunk.waiters:
             if not future.done():
                 future.set_result(delivered)
@@ -354,7 +447,7 @@ class ForwardSender:
                     else:
                         log.exception("forward sender: unexpected failure")
                         while self._pending:
-                            self._resolve(self._pending.popleft(), False)
+                            self._fail(self._pending.popleft())
 
     def _should_fail_back(self, conn: _Connection) -> bool:
         return (conn.index != 0 and not self._in_flight
@@ -398,12 +491,22 @@ class ForwardSender:
                 host, port = self.servers[index]
                 reason = str(exc) or type(exc).__name__
                 self.last_error = f"{host}:{port}: {reason}"
-                log.warning("downstream %s:%d unusable: %s", host, port, reason)
+                if isinstance(exc, HandshakeError):
+                    self.stats.handshake_failures += 1
+                    # One line per new reason (and now and then), not one per retry.
+                    if reason != self._handshake_error or _worth_logging(self.stats.handshake_failures):
+                        log.error("downstream %s:%d: shared-key handshake failed: %s; chunks stay spooled "
+                                  "(%d failed handshakes so far)", host, port, reason,
+                                  self.stats.handshake_failures)
+                    self._handshake_error = reason
+                else:
+                    log.warning("downstream %s:%d unusable: %s", host, port, reason)
                 if step < count - 1:
                     self.stats.failovers += 1
                 continue
             self._server_index = index
             self._conn = conn
+            self._handshake_error = None
             return conn
         # Nobody answered: fail what waits now so it can be spooled, and hold new work
         # back until the backoff has passed.
@@ -412,10 +515,10 @@ class ForwardSender:
         self._down_until = self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, self.retry_max_wait)
         while self._pending:
-            self._resolve(self._pending.popleft(), False)
+            self._fail(self._pending.popleft())
         self._flush_all()
         while self._pending:
-            self._resolve(self._pending.popleft(), False)
+            self._fail(self._pending.popleft())
         return None
 
     def _expire_pending(self) -> None:
@@ -460,19 +563,37 @@ class ForwardSender:
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          replies: codec.FrameReader) -> None:
+        """HELO → PING → PONG, as Fluentd's out_forward does it.
+
+        Real servers (Fluentd and Fluent Bit in_forward) always put a non-empty auth salt in
+        the HELO, with or without user authentication; so, like Fluentd, the PING carries
+        the password digest sha512_hex(auth_salt + username + password) whenever the salt is
+        non-empty (with an empty username and password unless they are set), and empty
+        fields when it is empty. The PONG must be `true` and prove the shared key.
+        """
         try:
             helo = codec.parse_helo(await _read_one(reader, replies))
         except codec.ProtocolError as exc:
             raise HandshakeError(f"{exc} from the server") from None
-        if helo.auth_salt and not self.username:
-            raise HandshakeError("the server asks for a username and password")
-        ping, salt = codec.ping_frame(self.self_hostname, str(self.shared_key), helo.nonce,
-                                      username=self.username, password=self.password,
-                                      auth_salt=helo.auth_salt)
-        writer.write(ping)
+        key = str(self.shared_key)
+        salt = self._shared_key_salt
+        if helo.auth_salt:
+            user_proof = codec.password_digest(helo.auth_salt, self.username, self.password)
+            username = self.username
+        else:
+            user_proof = username = ""
+        writer.write(codec.packb(["PING", self.self_hostname, salt,
+                                  codec.ping_digest(salt, self.self_hostname, helo.nonce, key),
+                                  username, user_proof]))
         await writer.drain()
-        pong = codec.check_pong(await _read_one(reader, replies), shared_key_salt=salt,
-                                nonce=helo.nonce, shared_key=str(self.shared_key))
+        try:
+            reply = await _read_one(reader, replies)
+        except ConnectionError:
+            # Fluent Bit answers a wrong key by closing without a PONG.
+            raise HandshakeError("the server closed the connection instead of answering the PING "
+                                 "(wrong shared key?)") from None
+        pong = codec.check_pong(reply, shared_key_salt=salt.encode("ascii"), nonce=helo.nonce,
+                                shared_key=key)
         if not pong.ok:
             raise HandshakeError(f"the server refused the handshake: {pong.reason}")
 
@@ -499,7 +620,13 @@ class ForwardSender:
                 ack = ack.decode("utf-8", "surrogateescape")
             serials = self._by_id.get(ack) if isinstance(ack, str) else None
             if not serials:
-                return  # an ack for a chunk we already gave up on
+                # A wrong chunk id (a confused or hostile downstream), or one we gave up on.
+                self.stats.unknown_acks += 1
+                if _worth_logging(self.stats.unknown_acks):
+                    host, port = self.servers[conn.index]
+                    log.warning("downstream %s:%d acked chunk id %.60r, which is not waiting for an ack "
+                                "(%d such acks so far)", host, port, ack, self.stats.unknown_acks)
+                return
             serial = serials.popleft()
             if not serials:
                 del self._by_id[ack]
@@ -563,6 +690,17 @@ class ForwardSender:
                     host, port, len(chunks), reason)
         assert self._loop is not None and self._wake is not None
         now = self._loop.time()
+        # The oldest unacked chunk is the one the downstream choked on (it handles a
+        # connection's chunks in order); the ones behind it are innocent.
+        # A HELO we have no key for is the link's configuration, not this chunk's fault.
+        suspect = chunks[0]
+        if not isinstance(exc, HandshakeError):
+            suspect.failures += 1
+            if len(suspect.parts) > 1:
+                chunks[:1] = self._split(suspect)
+            elif self.retry_max_times is not None and suspect.failures >= self.retry_max_times:
+                chunks = chunks[1:]
+                self._refuse(suspect, self.last_error)
         retry = [c for c in chunks if now - c.created < self.retry_deadline]
         for chunk in chunks:
             if now - chunk.created >= self.retry_deadline:
@@ -578,11 +716,20 @@ class ForwardSender:
         elif self._idle is not None:
             self._idle.set()
 
+    def _refuse(self, chunk: _Chunk, reason: str) -> None:
+        log.warning("downstream refused a chunk of %d records (tag %s) %d times, last: %s; giving up on it",
+                    chunk.count, chunk.tag, chunk.failures, reason)
+        self._resolve(chunk, Refused(reason, chunk.failures))
+
+    def _fail(self, chunk: _Chunk) -> None:
+        """Not delivered now (no server answers): False, or NotAcked if it was refused before."""
+        self._resolve(chunk, NotAcked(self.last_error or "no ack", chunk.failures) if chunk.failures else False)
+
     def _give_up(self, chunk: _Chunk) -> None:
         cause = self.last_error or "no ack"
         if not cause.startswith("not acked within"):
             self.last_error = f"not acked within retry_deadline={self.retry_deadline}s: {cause}"
-        self._resolve(chunk, False)
+        self._resolve(chunk, NotAcked(cause, chunk.failures) if chunk.failures else False)
 
     def _drop_connection(self, conn: _Connection) -> None:
         conn.lost = True
@@ -594,6 +741,11 @@ class ForwardSender:
         conn.writer.transport.abort()
         if self._conn is conn:
             self._conn = None
+
+
+def _worth_logging(count: int) -> bool:
+    """Log the 1st..10th occurrence, then every power of two: visible, but no log flood."""
+    return count <= 10 or count & (count - 1) == 0
 
 
 async def _read_one(reader: asyncio.StreamReader, replies: codec.FrameReader) -> Any:

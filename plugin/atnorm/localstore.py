@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
+import reprlib
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .jsonlines import dumps
 from .routing import Batch
@@ -26,6 +28,7 @@ from .routing import Batch
 log = logging.getLogger(__name__)
 
 STATS_ROUTE = "stats"
+REJECTED_FILE_ROUTE = "rejected"
 
 
 def _encode(text: str) -> bytes:
@@ -34,6 +37,39 @@ def _encode(text: str) -> bytes:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate of another origin: keep it visible
         return text.encode("utf-8", "backslashreplace")
+
+
+def _unwritable(route: str, record: Any, exc: BaseException) -> Tuple[str, str]:
+    """(route, line) for a record plain JSON cannot hold: keys that are not text are made
+    text; a record that still cannot be written becomes a dead letter with the reason, so
+    one odd record never holds up the others (nor is taken for a disk error)."""
+    try:
+        return route, dumps(_text_keys(record))
+    except (TypeError, ValueError, RecursionError) as again:
+        exc = again
+    log.warning("a record of route %s cannot be written as JSON (%s: %s); written to %s as a rejection",
+                route, type(exc).__name__, exc, REJECTED_FILE_ROUTE)
+    return REJECTED_FILE_ROUTE, dumps({
+        "original": reprlib.repr(record),
+        "reasons": [{"path": "", "rule": "unwritable",
+                     "message": f"cannot be written as JSON: {type(exc).__name__}: {exc}"}],
+    })
+
+
+def _text_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {(k if isinstance(k, str) else _key_text(k)): _text_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_text_keys(v) for v in value]
+    return value
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key).decode("utf-8", "backslashreplace")
+    if isinstance(key, (int, float, bool)) or key is None:
+        return json.dumps(key)
+    return repr(key)
 
 
 class LocalStoreError(Exception):
@@ -82,8 +118,10 @@ class LocalStore:
                 ok = True
             except Exception as exc:  # the disk's failure must not stall the relay
                 ok = False
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                message = f"cannot write to {self.data_dir!r}: {reason}"
+                if isinstance(exc, OSError):
+                    message = f"cannot write to {self.data_dir!r}: {exc.strerror or exc}"
+                else:  # not the disk: say what it was
+                    message = f"writing records to {self.data_dir!r} failed: {type(exc).__name__}: {exc}"
                 if message != self.last_error:
                     log.error("%s; records are left unacknowledged for their senders to resend", message)
                 self.last_error = message
@@ -102,7 +140,12 @@ class LocalStore:
         for batches in rounds:
             for batch in batches:
                 out = lines.setdefault(batch.route, [])
-                out.extend(dumps(entry.record) for entry in batch.records())
+                for entry in batch.records():
+                    try:
+                        out.append(dumps(entry.record))
+                    except (TypeError, ValueError, RecursionError) as exc:
+                        route, text = _unwritable(batch.route, entry.record, exc)
+                        lines.setdefault(route, []).append(text)
                 count += batch.count
         sizes: Dict[int, int] = {}
         try:

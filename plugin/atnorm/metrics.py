@@ -212,6 +212,17 @@ class AtnormCollector(Collector):
         yield counter("atnorm_retries", "Chunk sends retried.", stats.retries)
         yield counter("atnorm_failovers", "Switches to another downstream server.",
                       stats.failovers)
+        yield counter("atnorm_downstream_handshake_failures",
+                      "Shared-key handshakes with the downstream that failed (refused, wrong key).",
+                      stats.handshake_failures)
+        yield counter("atnorm_downstream_unknown_acks",
+                      "Acks from the downstream for a chunk id that was not waiting for one.",
+                      stats.unknown_acks)
+        yield counter("atnorm_quarantined_chunks",
+                      "Chunks the downstream kept refusing, moved to the spool's quarantine.",
+                      stats.chunks_quarantined)
+        yield counter("atnorm_quarantined_records", "Records in chunks moved to the quarantine.",
+                      stats.records_quarantined)
         yield _ack_latency_histogram(stats)
 
         # spool

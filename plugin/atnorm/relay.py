@@ -21,13 +21,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 from .delivery import Delivery
 from .filterpool import FilterPool
-from .forward_codec import Chunk, Entry, EventTime
-from .forward_sender import ForwardSender
+from .forward_codec import Chunk, Entry, EventTime, pack_entries
+from .forward_sender import ENTRY_FORMS, ForwardSender, plain_entries
 from .forward_server import MIN_INPUT_MEMORY, ForwardServer
 from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
 from .metrics import MetricsServer, build_registry
@@ -60,8 +61,11 @@ DEFAULT_LISTEN = "127.0.0.1:24224"
 # every other connection's acks and reads for the length of its filtering.
 ROUTE_SLICE = 512
 # Chunks whose hand-off failed half-way, remembered so a resend of the same chunk id
-# hands on only what is still missing (and is not decided and counted twice).
+# hands on only what is still missing (and is not decided and counted twice). When this
+# many are unfinished, new chunks wait for room (back-pressure) rather than push one out.
 MAX_UNFINISHED_CHUNKS = 256
+# An unfinished chunk its sender has not resent for this long is let go (the sender gave up).
+UNFINISHED_MAX_AGE = 900
 
 
 def address(value: Any) -> str:
@@ -110,16 +114,26 @@ OPTIONS = (
     Option("rejected_forward", address, [], "separate downstream for rejected records (repeatable; "
            "default: the forward servers)", multiple=True, metavar="HOST:PORT"),
     Option("forward_shared_key", text, None, "shared key for the downstream handshake", metavar="KEY"),
+    Option("forward_username", text, "", "username for the downstream handshake, if it authenticates users "
+           "(sent with forward_shared_key)", metavar="NAME"),
+    Option("forward_password", text, "", "password of forward_username", metavar="PASSWORD"),
     Option("forward_tls", boolean, "off", "connect to the downstream with TLS", metavar="BOOL"),
     Option("forward_tls_verify", boolean, "on", "verify the downstream's TLS certificate", metavar="BOOL"),
     Option("forward_tls_ca", text, None, "CA bundle for the downstream's certificate (default: system store)",
            metavar="FILE"),
     Option("forward_compress", text, "none", "compress chunks sent downstream", choices=("none", "gzip"),
            metavar="none|gzip"),
+    Option("forward_entry_form", text, "plain", "entry form sent downstream: plain [time, record] (every "
+           "Fluentd accepts it) or metadata (keep Fluent Bit's [[time, metadata], record], for Fluent Bit "
+           "aggregators)", choices=ENTRY_FORMS, metavar="plain|metadata"),
     Option("forward_ack_timeout", positive_float, "30", "resend a downstream chunk not acked within this time",
            metavar="SECONDS"),
     Option("retry_max_wait", positive_float, "10", "longest wait between attempts to reach the downstream",
            metavar="SECONDS"),
+    Option("retry_timeout", positive_float, "60", "how long a chunk is retried in memory before it is "
+           "spooled (the upstream waits meanwhile)", metavar="SECONDS"),
+    Option("retry_max_times", positive_int, 5, "a chunk the downstream refuses this many times (connection "
+           "reset or no ack while it was the oldest waiting) is quarantined in the spool", metavar="N"),
     # what the records look like on the way out
     Option("accepted_tag", tag_template, "{tag}", "tag of accepted records ({tag} is the incoming tag)",
            metavar="TEMPLATE"),
@@ -256,9 +270,13 @@ class _SpoolGauges:
 class ForwardDestination:
     """Batches go to the downstream (acked) or the spool; rejected ones maybe to their own."""
 
-    def __init__(self, main: Delivery, rejected: Optional[Delivery] = None) -> None:
+    def __init__(self, main: Delivery, rejected: Optional[Delivery] = None, *,
+                 entry_form: str = "plain") -> None:
+        if entry_form not in ENTRY_FORMS:
+            raise ValueError(f"entry_form must be one of {', '.join(ENTRY_FORMS)}, got {entry_form!r}")
         self.main = main
         self.rejected = rejected
+        self.entry_form = entry_form
         self.deliveries = [main] + ([rejected] if rejected is not None else [])
 
     async def start(self) -> None:
@@ -271,15 +289,34 @@ class ForwardDestination:
         calls: List[Awaitable[bool]] = []
         for batch in batches:
             delivery = rejected if rejected is not None and batch.route == REJECTED else self.main
-            calls.append(delivery.hand_off(batch.tag, batch.packed(), batch.count))
-        if len(calls) == 1:
-            return [await calls[0]]
-        return list(await asyncio.gather(*calls))
+            calls.append(delivery.hand_off(batch.tag, self._payload(batch), batch.count))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        out = []
+        for batch, result in zip(batches, results):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                log.error("handing on %d records of tag %s failed: %s: %s", batch.count, batch.tag,
+                          type(result).__name__, result)
+                result = False
+            out.append(bool(result))
+        return out
+
+    def _payload(self, batch: Batch) -> bytes:
+        """The batch's entries in the form the downstream is to get (see forward_entry_form)."""
+        if self.entry_form == "metadata":
+            return batch.packed()
+        if isinstance(batch, RoutedBatch):
+            if all(entry.metadata is None for entry in batch.entries):
+                return batch.packed()
+            return pack_entries(Entry(entry.time, entry.record) for entry in batch.entries)
+        return plain_entries(batch.packed())
 
     def readiness(self) -> Tuple[bool, str]:
         for delivery in self.deliveries:
-            if delivery.sender.connected_server is None and delivery.spool.is_full:
-                return False, f"downstream not connected ({delivery.sender.last_error}) and the spool is full"
+            ready, why = delivery.readiness()
+            if not ready:
+                return False, why
         return True, "ready"
 
     async def close(self, timeout: float) -> None:
@@ -348,7 +385,8 @@ class Relay:
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None
         self._stats_task: Optional["asyncio.Task[None]"] = None
-        self._unfinished: "OrderedDict[Hashable, List[Batch]]" = OrderedDict()
+        self._unfinished: "OrderedDict[Hashable, _Unfinished]" = OrderedDict()
+        self._unfinished_room: Optional[asyncio.Event] = None
 
     def _decide_function(self) -> Optional[Callable[[Any], Any]]:
         if not self.settings["filter"] or self.event_filter is None:
@@ -405,7 +443,7 @@ class Relay:
             except ConfigError:
                 main.spool.close()
                 raise
-        return ForwardDestination(main, rejected)
+        return ForwardDestination(main, rejected, entry_form=settings["forward_entry_form"])
 
     def _delivery(self, servers: Sequence[str], spool_path: str, gauges: _SpoolGauges) -> Delivery:
         settings = self.settings
@@ -419,8 +457,10 @@ class Relay:
                 [host_port(s) for s in servers],
                 tls=settings["forward_tls"], tls_verify=settings["forward_tls_verify"],
                 tls_ca_file=settings["forward_tls_ca"], shared_key=settings["forward_shared_key"],
+                username=settings["forward_username"], password=settings["forward_password"],
                 self_hostname=settings["self_hostname"], ack_timeout=settings["forward_ack_timeout"],
-                retry_max_wait=settings["retry_max_wait"],
+                retry_max_wait=settings["retry_max_wait"], retry_deadline=settings["retry_timeout"],
+                retry_max_times=settings["retry_max_times"],
                 compress=None if settings["forward_compress"] == "none" else settings["forward_compress"],
                 stats=self.relay_stats)
         except (OSError, ValueError) as exc:
@@ -450,25 +490,103 @@ class Relay:
     # --- per chunk ---------------------------------------------------------------------------
 
     async def handle_chunk(self, chunk: Chunk) -> bool:
-        """The ForwardServer handler: True once every record of `chunk` is safely handed on."""
+        """The ForwardServer handler: True once every record of `chunk` is safely handed on.
+
+        A chunk with an id is decided once: its batches are remembered (before any is handed
+        on) until all of them are safe, so a resend of a chunk that was partly handed on
+        hands on only the rest and is neither decided nor counted again. At most
+        MAX_UNFINISHED_CHUNKS such chunks are remembered; a new chunk beyond that waits (its
+        connection stops being read) instead of pushing one out.
+        """
         assert self.destination is not None
         key = _chunk_key(chunk)
-        unfinished = self._unfinished.pop(key, None) if key is not None else None
-        batches: Sequence[Batch]
-        if unfinished is not None:
-            batches = unfinished
-        elif self.pool is not None:
-            batches = await self.pool.route(chunk.tag, chunk.entries)
-        else:
-            batches = await self._route(chunk.tag, chunk.entries)
-        results = await self.destination.deliver(batches)
-        if all(results):
-            return True
-        if key is not None:
-            self._unfinished[key] = [b for b, ok in zip(batches, results) if not ok]
-            while len(self._unfinished) > MAX_UNFINISHED_CHUNKS:
-                self._unfinished.popitem(last=False)
-        return False
+        if key is None:
+            return all(await self._deliver(await self._decide(chunk)))
+        unfinished = self._unfinished.get(key)
+        if unfinished is None:
+            await self._room_for_unfinished()
+            unfinished = self._unfinished.get(key)  # decided meanwhile (the server runs one copy at a time)
+        elif unfinished.hand_on is not None and not unfinished.hand_on.done():
+            # A copy whose handler was cancelled is still being handed on: take its outcome.
+            await asyncio.wait({unfinished.hand_on})
+        fresh = unfinished is None
+        if unfinished is None:
+            unfinished = self._unfinished[key] = _Unfinished()
+        unfinished.active = True
+        if fresh:
+            try:
+                unfinished.batches = list(await self._decide(chunk))
+            except BaseException:
+                self._forget(key)  # nothing was decided or handed on: a resend starts afresh
+                raise
+        batches = unfinished.batches
+        hand_on = unfinished.hand_on = asyncio.ensure_future(self._deliver(batches))
+
+        def settle(task: "asyncio.Future[List[bool]]") -> None:
+            # Runs when the hand-on ends, even if this handler was cancelled meanwhile (the
+            # server stopping): what became safe is never handed on again.
+            unfinished.active = False
+            unfinished.touched = time.monotonic()
+            if task.cancelled() or task.exception() is not None:
+                return
+            unfinished.batches = [b for b, ok in zip(batches, task.result()) if not ok]
+            if not unfinished.batches and self._unfinished.get(key) is unfinished:
+                self._forget(key)
+
+        hand_on.add_done_callback(settle)
+        results = await asyncio.shield(hand_on)
+        return all(results)
+
+    async def _decide(self, chunk: Chunk) -> Sequence[Batch]:
+        if self.pool is not None:
+            return await self.pool.route(chunk.tag, chunk.entries)
+        return await self._route(chunk.tag, chunk.entries)
+
+    async def _deliver(self, batches: Sequence[Batch]) -> List[bool]:
+        """One result per batch; a failure of the destination is a False, never an exception."""
+        assert self.destination is not None
+        if not batches:
+            return []
+        try:
+            return await self.destination.deliver(batches)
+        except Exception as exc:  # a bug or an unforeseen error must not lose the partial state
+            log.error("handing on %d batch(es) failed: %s: %s", len(batches), type(exc).__name__, exc)
+            return [False] * len(batches)
+
+    def _forget(self, key: Hashable) -> None:
+        self._unfinished.pop(key, None)
+        if self._unfinished_room is not None and len(self._unfinished) < MAX_UNFINISHED_CHUNKS:
+            self._unfinished_room.set()
+
+    async def _room_for_unfinished(self) -> None:
+        """Wait until fewer than MAX_UNFINISHED_CHUNKS chunks are unfinished.
+
+        Back-pressure, not eviction: dropping the memory of a partly handed-on chunk would
+        make its resend decide and hand on its records twice. Only a chunk whose sender has
+        not resent it for UNFINISHED_MAX_AGE seconds (it gave up) is let go, with a warning.
+        """
+        if self._unfinished_room is None:
+            self._unfinished_room = asyncio.Event()
+        room = self._unfinished_room
+        while len(self._unfinished) >= MAX_UNFINISHED_CHUNKS:
+            room.clear()
+            self._expire_unfinished()
+            if len(self._unfinished) < MAX_UNFINISHED_CHUNKS:
+                break
+            try:
+                await asyncio.wait_for(room.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    def _expire_unfinished(self) -> None:
+        now = time.monotonic()
+        stale = [key for key, u in self._unfinished.items()
+                 if not u.active and now - u.touched >= UNFINISHED_MAX_AGE]
+        for key in stale:
+            records = sum(b.count for b in self._unfinished[key].batches)
+            log.warning("forgetting chunk %r: partly handed on, %d records still missing, and not resent by its "
+                        "sender for %d s", key, records, UNFINISHED_MAX_AGE)
+            self._forget(key)
 
     async def _route(self, tag: str, entries: List[Entry]) -> Sequence[Batch]:
         route = self.router.route
@@ -512,6 +630,8 @@ class Relay:
             return False, "no schemas loaded"
         if self.destination is None:
             return False, "starting"
+        if len(self._unfinished) >= MAX_UNFINISHED_CHUNKS:
+            return False, f"{len(self._unfinished)} chunks are partly handed on; new chunks wait for them"
         return self.destination.readiness()
 
     def describe(self) -> str:
@@ -540,6 +660,18 @@ class Relay:
         stats = self.relay_stats
         return (f"{self.filter_stats.summary_line()} acks_sent={stats.acks_sent} "
                 f"duplicate_chunks={stats.duplicate_chunks} spool_depth_records={stats.spool_depth_records}")
+
+
+class _Unfinished:
+    """A decided chunk whose batches are not all safe yet: the ones still to hand on."""
+
+    __slots__ = ("batches", "active", "touched", "hand_on")
+
+    def __init__(self) -> None:
+        self.batches: List[Batch] = []
+        self.hand_on: "Optional[asyncio.Future[List[bool]]]" = None
+        self.active = False
+        self.touched = time.monotonic()
 
 
 def _chunk_key(chunk: Chunk) -> Optional[Hashable]:

@@ -37,6 +37,10 @@ class RelayStats:
         self.chunks_acked = 0
         self.retries = 0
         self.failovers = 0
+        self.handshake_failures = 0  # downstream refused our shared-key handshake (or failed its own)
+        self.unknown_acks = 0  # acks from the downstream for a chunk id we are not waiting for
+        self.chunks_quarantined = 0  # chunks the downstream kept refusing, moved to the quarantine
+        self.records_quarantined = 0
         self.ack_latency_buckets: List[int] = [0] * (len(LATENCY_BUCKETS) + 1)
         self.ack_latency_sum = 0.0
         self.ack_latency_count = 0
@@ -75,6 +79,10 @@ class RelayStats:
             "chunks_acked": self.chunks_acked,
             "retries": self.retries,
             "failovers": self.failovers,
+            "handshake_failures": self.handshake_failures,
+            "unknown_acks": self.unknown_acks,
+            "chunks_quarantined": self.chunks_quarantined,
+            "records_quarantined": self.records_quarantined,
             "spool_depth_records": self.spool_depth_records,
             "spool_oldest_age_seconds": self.spool_oldest_age_seconds,
         }

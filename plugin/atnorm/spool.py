@@ -53,6 +53,21 @@ class SpoolFull(SpoolError):
 
 
 @dataclass(frozen=True)
+class QuarantinedChunk:
+    """A batch the downstream kept refusing, with the downstream's last error."""
+
+    id: int
+    tag: str
+    count: int
+    size: int
+    created: float  # wall-clock seconds when first stored
+    quarantined: float
+    attempts: int
+    error: str
+    resend: bool  # a re-send was asked for and a running relay has not picked it up yet
+
+
+@dataclass(frozen=True)
 class SpooledBatch:
     """One stored batch: `payload` is the packed msgpack entries, `count` how many."""
 
@@ -146,6 +161,20 @@ class Spool:
                 " tag TEXT NOT NULL,"
                 " count INTEGER NOT NULL,"
                 " created REAL NOT NULL,"
+                " payload BLOB NOT NULL)")
+            # Chunks the downstream kept refusing, kept with its error until an operator
+            # re-sends or drops them (`atnorm quarantine`); `resend` = 1 asks a running relay
+            # to move the row back into the queue.
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS quarantine ("
+                " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " tag TEXT NOT NULL,"
+                " count INTEGER NOT NULL,"
+                " created REAL NOT NULL,"
+                " quarantined REAL NOT NULL,"
+                " attempts INTEGER NOT NULL,"
+                " error TEXT NOT NULL,"
+                " resend INTEGER NOT NULL DEFAULT 0,"
                 " payload BLOB NOT NULL)")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
@@ -246,6 +275,115 @@ class Spool:
             self._refresh_oldest()
             self._publish()
 
+    # -- quarantine --------------------------------------------------------------
+
+    def quarantine_append(self, tag: str, entries_payload: bytes, count: int, *, error: str,
+                          attempts: int) -> int:
+        """Keep a batch the downstream refused (it never was in the queue); returns its id.
+
+        The quarantine is not bounded by `max_bytes`, so a refused chunk never blocks the
+        queue; a disk error raises `SpoolError` (then nothing is stored).
+        """
+        now = time.time()
+        with self._lock:
+            self._check_open()
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO quarantine (tag, count, created, quarantined, attempts, error, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (tag, count, now, now, attempts, error, sqlite3.Binary(entries_payload)))
+            except sqlite3.Error as exc:
+                raise SpoolError(f"{self.path}: cannot quarantine: {exc}") from None
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def quarantine_batch(self, seq: int, *, error: str, attempts: int) -> Optional[int]:
+        """Move the queued batch `seq` into the quarantine in one transaction; its new id."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._db.execute("SELECT tag, count, created, payload FROM batches WHERE seq = ?",
+                                           (seq,)).fetchone()
+                    if row is None:
+                        self._db.execute("ROLLBACK")
+                        return None
+                    cursor = self._db.execute(
+                        "INSERT INTO quarantine (tag, count, created, quarantined, attempts, error, payload) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (row[0], row[1], row[2], time.time(), attempts, error, row[3]))
+                    self._db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise SpoolError(f"{self.path}: cannot quarantine: {exc}") from None
+            self._batches -= 1
+            self._records -= int(row[1])
+            self._bytes -= len(row[3])
+            self._refresh_oldest()
+            self._publish()
+            return cursor.lastrowid
+
+    def quarantined(self) -> List[QuarantinedChunk]:
+        """Every quarantined chunk, oldest first (without payloads)."""
+        with self._lock:
+            self._check_open()
+            return _list_quarantine(self._db)
+
+    def requeue(self, ids: Optional[Iterable[int]] = None, *, requested_only: bool = False) -> int:
+        """Move quarantined chunks back to the end of the queue; returns how many moved.
+
+        `ids=None` means all of them; with `requested_only`, only those marked for re-sending
+        by `atnorm quarantine resend` while the relay was running. They go through the
+        normal bound: `SpoolFull` if they do not fit (nothing moved).
+        """
+        with self._lock:
+            self._check_open()
+            try:
+                where, params = _quarantine_filter(ids, requested_only)
+                rows = self._db.execute(
+                    f"SELECT id, tag, count, created, payload FROM quarantine{where} ORDER BY id",
+                    params).fetchall()
+                if not rows:
+                    return 0
+                size = sum(len(r[4]) for r in rows)
+                records = sum(int(r[2]) for r in rows)
+                if self._bytes + size > self.max_bytes:
+                    raise SpoolFull(f"spool full: {self._bytes} + {size} bytes of quarantined chunks would exceed "
+                                    f"max_bytes={self.max_bytes}")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for id_, tag, count, created, payload in rows:
+                        self._db.execute("INSERT INTO batches (tag, count, created, payload) VALUES (?, ?, ?, ?)",
+                                         (tag, count, created, payload))
+                        self._db.execute("DELETE FROM quarantine WHERE id = ?", (id_,))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise SpoolError(f"{self.path}: cannot re-queue quarantined chunks: {exc}") from None
+            self._batches += len(rows)
+            self._records += records
+            self._bytes += size
+            if self._oldest_created is None:
+                self._refresh_oldest()
+            self._publish()
+            return len(rows)
+
+    def drop_quarantined(self, ids: Optional[Iterable[int]] = None) -> int:
+        """Delete quarantined chunks for good (`ids=None`: all); returns how many."""
+        with self._lock:
+            self._check_open()
+            where, params = _quarantine_filter(ids, False)
+            try:
+                return self._db.execute(f"DELETE FROM quarantine{where}", params).rowcount
+            except sqlite3.Error as exc:
+                raise SpoolError(f"{self.path}: cannot drop quarantined chunks: {exc}") from None
+
     # -- state -------------------------------------------------------------------
 
     @property
@@ -307,3 +445,88 @@ class Spool:
             stats.spool_depth_records = self._records
             stats.spool_depth_bytes = self._bytes
             stats.spool_oldest_age_seconds = self.oldest_age_seconds
+
+
+def _quarantine_filter(ids: Optional[Iterable[int]], requested_only: bool) -> "tuple[str, list]":
+    clauses, params = [], []  # type: List[str], List[Any]
+    if ids is not None:
+        wanted = sorted({int(i) for i in ids})
+        clauses.append(f"id IN ({','.join('?' * len(wanted))})" if wanted else "0")
+        params.extend(wanted)
+    if requested_only:
+        clauses.append("resend = 1")
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _list_quarantine(db: sqlite3.Connection) -> List[QuarantinedChunk]:
+    try:
+        rows = db.execute("SELECT id, tag, count, LENGTH(payload), created, quarantined, attempts, error, resend "
+                          "FROM quarantine ORDER BY id").fetchall()
+    except sqlite3.Error as exc:
+        raise SpoolError(f"cannot read the quarantine: {exc}") from None
+    return [QuarantinedChunk(int(r[0]), r[1], int(r[2]), int(r[3]), float(r[4]), float(r[5]), int(r[6]), r[7],
+                             bool(r[8])) for r in rows]
+
+
+def open_quarantine(path: str) -> "QuarantineAccess":
+    """The quarantine of the spool at `path`, for `atnorm quarantine` (relay running or not)."""
+    return QuarantineAccess(path)
+
+
+class QuarantineAccess:
+    """Operator access to a spool's quarantine.
+
+    When no relay holds the spool, re-sending moves chunks straight back into the queue
+    (they go out when the relay next runs). When a relay is running, it holds the spool's
+    lock: the chunks are only marked, and the relay moves them within a second or so.
+    """
+
+    def __init__(self, path: str) -> None:
+        if not os.path.exists(path):
+            raise SpoolError(f"{path}: no spool here")
+        self.path = path
+        self.spool: Optional[Spool] = None
+        try:
+            self.spool = Spool(path, max_bytes=1 << 62)
+        except SpoolError as exc:
+            if "in use by another process" not in str(exc):
+                raise
+        if self.spool is None:
+            try:
+                self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+                self._db.execute("SELECT 1 FROM quarantine LIMIT 1")
+            except sqlite3.Error as exc:
+                raise SpoolError(f"{path}: cannot open the quarantine: {exc}") from None
+
+    @property
+    def relay_running(self) -> bool:
+        return self.spool is None
+
+    def list(self) -> List[QuarantinedChunk]:
+        if self.spool is not None:
+            return self.spool.quarantined()
+        return _list_quarantine(self._db)
+
+    def resend(self, ids: Optional[Iterable[int]]) -> int:
+        if self.spool is not None:
+            return self.spool.requeue(ids)
+        where, params = _quarantine_filter(ids, False)
+        try:
+            return self._db.execute(f"UPDATE quarantine SET resend = 1{where}", params).rowcount
+        except sqlite3.Error as exc:
+            raise SpoolError(f"{self.path}: cannot mark quarantined chunks: {exc}") from None
+
+    def drop(self, ids: Optional[Iterable[int]]) -> int:
+        if self.spool is not None:
+            return self.spool.drop_quarantined(ids)
+        where, params = _quarantine_filter(ids, False)
+        try:
+            return self._db.execute(f"DELETE FROM quarantine{where}", params).rowcount
+        except sqlite3.Error as exc:
+            raise SpoolError(f"{self.path}: cannot drop quarantined chunks: {exc}") from None
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+        else:
+            self._db.close()
