@@ -268,15 +268,28 @@ def test_bin_chunk_id_is_acked_as_bin_and_ext8_time_is_read():
     run(scenario())
 
 
-def test_heartbeats_and_non_array_objects_are_ignored_and_the_connection_kept():
+def test_heartbeats_are_ignored_and_the_connection_kept():
     async def scenario():
         async with serving() as server:
             peer = await Peer.open(server)
             frame, chunk_id = good_chunk()
-            await peer.exchange(b"\xc0" + mp("stray string") + mp({"a": 1}) + b"\xc0" + frame, chunk_id)
-            assert server.stats.frames["heartbeat"] == 2
-            assert server.stats.protocol_errors["non_array"] == 2
+            await peer.exchange(b"\xc0\xc0" + frame, chunk_id)
+            await peer.exchange(b"\xc0" + frame, chunk_id)
+            assert server.stats.frames["heartbeat"] == 3
+            assert not server.stats.protocol_errors
             await peer.close()
+    run(scenario())
+
+
+def test_a_non_array_object_closes_the_connection_and_is_counted_once():
+    async def scenario():
+        async with serving() as server:
+            peer = await Peer.open(server)
+            frame, chunk_id = good_chunk()
+            await peer.exchange(frame, chunk_id)
+            await peer.send(mp("stray string") + mp({"a": 1}) + frame)
+            assert await peer.closed_by_server() == b""
+            assert server.stats.protocol_errors == {"non_array": 1}
     run(scenario())
 
 
@@ -501,9 +514,11 @@ def test_tls_connection_with_handshake_is_acked_and_a_plaintext_peer_does_not_di
             await peer.exchange(frame, chunk_id)
             assert peer.writer.get_extra_info("ssl_object").version().startswith("TLS")
             await peer.close()
+            assert server.stats.protocol_errors == {"tls_handshake": 1}
     with caplog.at_level(logging.DEBUG):
         run(scenario())
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "127.0.0.1:" in warnings[0] and "TLS handshake failed" in warnings[0]
 
 
 def ipv6_loopback_available() -> bool:

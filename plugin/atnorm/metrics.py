@@ -37,6 +37,7 @@ NO_SERVICE = "_none"
 
 # Frame modes of the forward protocol, exported at zero so rates exist from the start.
 FRAME_MODES = ("message", "forward", "packed_forward", "compressed_packed_forward", "heartbeat")
+EVICTION_REASONS = ("input_memory", "max_connections")
 
 # A readiness check answers True, False, or (False, "why not").
 Readiness = Callable[[], Union[bool, Tuple[bool, str]]]
@@ -157,8 +158,24 @@ class AtnormCollector(Collector):
         yield gauge("atnorm_connections_active", "Forward connections open now.",
                     stats.connections_active)
         yield counter("atnorm_connections_rejected",
-                      "Forward connections refused (over the connection limit).",
+                      "Forward connections refused (over max_connections or max_connections_per_peer).",
                       stats.connections_rejected)
+        evicted = CounterMetricFamily(
+            "atnorm_connections_evicted",
+            "Forward connections closed to make room, by reason (max_connections, input_memory).",
+            labels=["reason"])
+        evicted_counts = _copy(stats.connections_evicted)
+        for reason in EVICTION_REASONS:
+            evicted_counts.setdefault(reason, 0)
+        for reason, count in sorted(evicted_counts.items()):
+            evicted.add_metric([reason], count)
+        yield evicted
+        yield counter("atnorm_input_paused",
+                      "Times a connection's reading paused because max_input_memory was in use.",
+                      stats.input_paused)
+        yield gauge("atnorm_input_memory_bytes",
+                    "Bytes buffered from forward connections now (counted against max_input_memory).",
+                    stats.input_memory_bytes)
         yield counter("atnorm_received_bytes", "Bytes read from forward connections.",
                       stats.bytes_received)
         yield counter("atnorm_received_records", "Records read from forward connections.",

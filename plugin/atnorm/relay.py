@@ -29,7 +29,7 @@ from .delivery import Delivery
 from .filterpool import FilterPool
 from .forward_codec import Chunk, Entry, EventTime, pack_entries
 from .forward_sender import ENTRY_FORMS, ForwardSender, plain_entries
-from .forward_server import ForwardServer
+from .forward_server import MIN_INPUT_MEMORY, ForwardServer
 from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
 from .metrics import MetricsServer, build_registry
 from .options import (
@@ -74,6 +74,14 @@ def address(value: Any) -> str:
     return str(value).strip()
 
 
+def input_memory(value: Any) -> int:
+    """A size, at least four reads' worth (each connection reserves one read before reading)."""
+    number = size_bytes(value)
+    if number < MIN_INPUT_MEMORY:
+        raise ValueError(f"expected a size of at least {MIN_INPUT_MEMORY >> 10}k, got {value!r}")
+    return number
+
+
 def tag_template(value: Any) -> str:
     return check_tag_template(text(value))
 
@@ -93,9 +101,13 @@ OPTIONS = (
            metavar="SIZE"),
     Option("max_decompressed_size", size_bytes, "64M", "largest size a compressed chunk may inflate to",
            metavar="SIZE"),
-    Option("idle_timeout", positive_float, "120", "close a sender's connection after this many idle seconds",
-           metavar="SECONDS"),
+    Option("idle_timeout", positive_float, "120", "close a sender's connection that completes no forward "
+           "message (heartbeats do not count) within this many seconds", metavar="SECONDS"),
     Option("max_connections", positive_int, 256, "most sender connections open at once", metavar="N"),
+    Option("max_connections_per_peer", positive_int, 32, "most connections open at once from one sender host",
+           metavar="N"),
+    Option("max_input_memory", input_memory, "256M", "most bytes buffered from senders at once (partial frames, "
+           "chunks being inflated or handed on); beyond it reading pauses", metavar="SIZE"),
     # downstream: where records go
     Option("forward", address, [], "downstream aggregator (repeatable: the next one is the failover); "
            "unset: write JSON-lines files in data_dir", multiple=True, metavar="HOST:PORT"),
@@ -367,6 +379,8 @@ class Relay:
             max_frame_size=settings["max_frame_size"],
             max_decompressed_size=settings["max_decompressed_size"],
             idle_timeout=settings["idle_timeout"], max_connections=settings["max_connections"],
+            max_connections_per_peer=settings["max_connections_per_peer"],
+            max_input_memory=settings["max_input_memory"],
             stats=self.relay_stats)
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None

@@ -20,7 +20,10 @@ class RelayStats:
         # inbound
         self.connections_opened = 0
         self.connections_active = 0
-        self.connections_rejected = 0  # over max connections
+        self.connections_rejected = 0  # refused: over max_connections / max_connections_per_peer
+        self.connections_evicted: Counter[str] = Counter()  # closed to make room, by reason: max_connections, input_memory
+        self.input_paused = 0  # times a connection's reading waited for input memory (max_input_memory)
+        self.input_memory_bytes = 0  # bytes buffered from connections now, against max_input_memory
         self.bytes_received = 0
         self.records_received = 0
         self.frames: Counter[str] = Counter()  # by mode: message, forward, packed_forward, compressed_packed_forward, heartbeat
@@ -61,6 +64,9 @@ class RelayStats:
             "connections_opened": self.connections_opened,
             "connections_active": self.connections_active,
             "connections_rejected": self.connections_rejected,
+            "connections_evicted": dict(self.connections_evicted),
+            "input_paused": self.input_paused,
+            "input_memory_bytes": self.input_memory_bytes,
             "bytes_received": self.bytes_received,
             "records_received": self.records_received,
             "frames": dict(self.frames),
