@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .normalize import DERIVED_FIELDS, Normalizer, find_event, is_event
+from .encodable import DEPTH_MARKER, describe_error, encodable, is_encodable
+from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event
 from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
 from .verdict import ACCEPTED, PASSED, REJECTED, RejectReason, Verdict
@@ -29,6 +30,8 @@ UNKNOWN_SERVICE_POLICIES = ("warn", "reject", "pass")
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 
 UNKNOWN_SERVICE = "unknown_service"
+# The rule of a rejection made because deciding the record failed.
+INTERNAL_ERROR = "internal.error"
 UNKNOWN_ACTION = "unknown_action"
 
 
@@ -165,12 +168,40 @@ class EventFilter:
     # -- the per-record path ---------------------------------------------------------
 
     def process(self, record: Any) -> Verdict:
-        """Decide one parsed record's fate and count it."""
-        verdict = self._decide(record)
+        """Decide one parsed record's fate and count it.
+
+        Never raises for any record: whatever fails while deciding it (a bug, a value no
+        step foresaw, nesting deeper than Python goes) makes the record a rejection
+        `internal.error` naming the exception, with the original in a form every
+        destination can encode.
+        """
+        try:
+            verdict = self._decide(record)
+            if verdict.outcome == REJECTED and not is_encodable(verdict.record):
+                # The dead letter must reach its file or downstream: NaN, integers past 64
+                # bits, lone surrogates, too deep nesting become text saying what they were.
+                verdict.record = encodable(verdict.record)
+        except Exception as exc:  # RecursionError included; the one place that catches all
+            verdict = self._internal_error(record, exc)
         self.stats.count(verdict)
         return verdict
 
+    @staticmethod
+    def _internal_error(record: Any, exc: BaseException) -> Verdict:
+        try:
+            original = encodable(record)
+        except RecursionError:  # deeper than the cut can even walk to
+            original = DEPTH_MARKER
+        return Verdict(REJECTED, original,
+                       reasons=[_record_error(INTERNAL_ERROR, f"the filter failed on this record: "
+                                                              f"{describe_error(exc)}")])
+
     def _decide(self, record: Any) -> Verdict:
+        try:
+            record = as_text(record)  # bin keys and values as str, before any decision
+        except EncodingProblem as problem:
+            return Verdict(REJECTED, encodable(record),
+                           reasons=[RejectReason(problem.pointer, problem.rule, problem.message)])
         if type(record) is not dict:
             kind = type(record).__name__ if record is not None else "null"
             return Verdict(REJECTED, record,
@@ -238,7 +269,16 @@ class EventFilter:
                        reasons=reasons, warnings=warnings, fixes=fixes)
 
     def process_json(self, line: Any) -> Verdict:
-        """Decide one JSON document given as bytes or text; unreadable input is rejected."""
+        """Decide one JSON document given as bytes or text; unreadable input is rejected.
+
+        Like `process`, never raises: a failure becomes a rejection `internal.error`.
+        """
+        try:
+            return self._process_json(line)
+        except Exception as exc:
+            return self._count(self._internal_error(line, exc))
+
+    def _process_json(self, line: Any) -> Verdict:
         limit = self.settings.max_record_bytes
         if isinstance(line, (bytes, bytearray, memoryview)):
             raw = bytes(line)
@@ -267,5 +307,4 @@ class EventFilter:
 
     @staticmethod
     def _unreadable(raw: Any, rule: str, message: str) -> Verdict:
-        original = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-        return Verdict(REJECTED, original, reasons=[_record_error(rule, message)])
+        return Verdict(REJECTED, encodable(raw), reasons=[_record_error(rule, message)])
