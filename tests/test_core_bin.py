@@ -83,7 +83,7 @@ def test_routed_chunk_goes_downstream_as_well_formed_str(shared_filter):
         # A strict decoder: any bin or non-UTF-8 str would show up as bytes or fail here.
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="strict")
         unpacker.feed(pack_entries(batch.entries))
-        for time, record in unpacker:
+        for _time, record in unpacker:
             assert not holds_bytes(record)
 
 
