@@ -78,6 +78,7 @@ POISON = {
     "non-string-key": lambda: dict(event(), **{"requestData": {1: "one", "x.y": 2}}),
     "non-string-key-top": lambda: {1: "x", "action": "a.b.c", "initiator": {}},
     "lone-surrogate": lambda: event(message="caf\ud800"),
+    "lone-surrogate-in-key": lambda: dict(event(), **{"x\ud800y": 1}),
     "surrogateescaped-byte": lambda: event(message="caf\udcc3"),
 }
 

@@ -19,6 +19,8 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .encodable import bytes_text
+from .encodable import text as readable
 from .eventmodel import EVENT_MARKERS
 
 Fixes = List[str]
@@ -101,9 +103,10 @@ def _as_text(value: Any, pointer: str) -> Any:
     if kind is dict:
         out: Dict[str, Any] = {}
         for key, item in value.items():
-            if type(key) is bytes or type(key) is str:
-                name = _text(key, pointer + "/" + _escape_part(key.decode("utf-8", "backslashreplace")
-                                                                if type(key) is bytes else key), "key: ")
+            if type(key) is bytes:
+                name = _text(key, pointer + "/" + _escape_part(bytes_text(key)), "key: ")
+            elif type(key) is str:
+                name = _text(key, pointer + "/" + _escape_part(readable(key)), "key: ")
             else:
                 raise EncodingProblem(pointer, f"a key must be a string, not {type(key).__name__} ({key!r})",
                                       "record.type")
