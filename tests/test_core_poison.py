@@ -188,3 +188,11 @@ def test_dead_letter_lines_are_strict_json(tmp_path):
     assert first["original"]["initiator"]["id"] == "NaN"
     assert second["reasons"][0]["rule"] == "record.encoding"
     assert second["original"]["initiator"]["name"] == "\\xff\\ud800"
+
+
+def test_process_json_given_text_with_a_raw_lone_surrogate_rejects_it(fresh_filter):
+    record = event(message="x")
+    line = json.dumps(record, ensure_ascii=False).replace('"message": "x"', '"message": "x\ud800"')
+    verdict = fresh_filter.process_json(line)
+    assert [(r.path, r.rule) for r in verdict.reasons] == [("/message", "record.encoding")]
+    assert_encodable(verdict)

@@ -14,6 +14,7 @@ The reference validator (python-jsonschema) is asked only to explain a rejection
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -30,6 +31,8 @@ UNKNOWN_SERVICE_POLICIES = ("warn", "reject", "pass")
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 
 UNKNOWN_SERVICE = "unknown_service"
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # The rule of a rejection made because deciding the record failed.
 INTERNAL_ERROR = "internal.error"
 UNKNOWN_ACTION = "unknown_action"
@@ -167,7 +170,7 @@ class EventFilter:
 
     # -- the per-record path ---------------------------------------------------------
 
-    def process(self, record: Any) -> Verdict:
+    def process(self, record: Any, _text: bool = False) -> Verdict:
         """Decide one parsed record's fate and count it.
 
         Never raises for any record: whatever fails while deciding it (a bug, a value no
@@ -176,7 +179,8 @@ class EventFilter:
         destination can encode.
         """
         try:
-            verdict = self._decide(record)
+            text = record if _text else self._as_text(record)
+            verdict = text if type(text) is Verdict else self._decide(text)
             if verdict.outcome == REJECTED and not is_encodable(verdict.record):
                 # The dead letter must reach its file or downstream: NaN, integers past 64
                 # bits, lone surrogates, too deep nesting become text saying what they were.
@@ -196,12 +200,19 @@ class EventFilter:
                        reasons=[_record_error(INTERNAL_ERROR, f"the filter failed on this record: "
                                                               f"{describe_error(exc)}")])
 
-    def _decide(self, record: Any) -> Verdict:
+    @staticmethod
+    def _as_text(record: Any) -> Any:
+        """`record` with bin keys and values as str, before any decision (see normalize.as_text).
+
+        A record that cannot be text comes back as its rejection (a Verdict).
+        """
         try:
-            record = as_text(record)  # bin keys and values as str, before any decision
+            return as_text(record)
         except EncodingProblem as problem:
             return Verdict(REJECTED, encodable(record),
                            reasons=[RejectReason(problem.pointer, problem.rule, problem.message)])
+
+    def _decide(self, record: Any) -> Verdict:
         if type(record) is not dict:
             kind = type(record).__name__ if record is not None else "null"
             return Verdict(REJECTED, record,
@@ -299,7 +310,11 @@ class EventFilter:
             record = json.loads(text)
         except (ValueError, RecursionError) as exc:  # nesting deeper than the parser goes: unreadable too
             return self._count(self._unreadable(text, "record.json", f"not JSON: {exc}"))
-        return self.process(record)
+        # Parsed JSON holds no bytes and only str keys; a lone surrogate can only come from
+        # a \uD800-\uDFFF escape (or from text given as str), so only such text needs the scan.
+        plain = ("\\u" not in text or _ESCAPED_SURROGATE.search(text) is None) and (
+            text.isascii() or _SURROGATE.search(text) is None)
+        return self.process(record, _text=plain)
 
     def _count(self, verdict: Verdict) -> Verdict:
         self.stats.count(verdict)
