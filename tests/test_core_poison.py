@@ -196,3 +196,18 @@ def test_process_json_given_text_with_a_raw_lone_surrogate_rejects_it(fresh_filt
     verdict = fresh_filter.process_json(line)
     assert [(r.path, r.rule) for r in verdict.reasons] == [("/message", "record.encoding")]
     assert_encodable(verdict)
+
+
+def test_json_unwrapped_from_a_string_goes_downstream_as_msgpack(shared_filter):
+    from atnorm.forward_codec import Entry, pack_entries
+    from atnorm.routing import Router
+
+    inner = event()
+    inner["requestData"] = {"n": 1}
+    text = json.dumps(inner).replace('"n": 1', '"n": 123456789012345678901234567890')
+    entries = [Entry(1700000000, {"log": text}),
+               Entry(1700000000, {"requestData": text.replace('{"n"', '{"m"'), **event()})]
+    for batch in Router(shared_filter.process).route("audit.at", entries):
+        pack_entries(batch.entries)  # an integer past 64 bits raised OverflowError here
+    verdict = shared_filter.process({"log": text})
+    assert verdict.record["requestData"]["n"] == "123456789012345678901234567890"

@@ -21,6 +21,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Dict, List, Optional, Tuple
 
+from .encodable import encodable
 from .forward_codec import Entry, pack_entries, unpack_entries
 from .pipeline import EventFilter
 from .routing import PackedBatch, Router
@@ -60,10 +61,18 @@ class _Worker:
         self.refresh()
         stats = self.filter.stats = FilterStats()  # this chunk's counts only
         entries: List[Entry] = unpack_entries(payload)[0]
-        routed = [(b.route, b.tag, pack_entries(b.entries), len(b.entries)) for b in self.router.route(tag, entries)]
+        routed = [(b.route, b.tag, _packed(b.entries), len(b.entries)) for b in self.router.route(tag, entries)]
         counts = (stats.outcomes, stats.by_service, stats.rejections, stats.warnings, stats.fixes,
                   stats.unknown_actions)
         return routed, counts
+
+
+def _packed(entries: List[Entry]) -> bytes:
+    """The entries as a payload; a record msgpack cannot hold is sent as its encodable() form."""
+    try:
+        return pack_entries(entries)
+    except (TypeError, ValueError, OverflowError):
+        return pack_entries([entry._replace(record=encodable(entry.record)) for entry in entries])
 
 
 _worker: Optional[_Worker] = None

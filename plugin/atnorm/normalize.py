@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .encodable import bytes_text
+from .encodable import MAX_INT, MIN_INT, bytes_text
 from .encodable import text as readable
 from .eventmodel import EVENT_MARKERS
 
@@ -147,6 +147,16 @@ def is_event(record: Dict[str, Any]) -> bool:
     return sum(1 for key in EVENT_MARKERS if key in record) >= 2
 
 
+def _bounded_int(digits: str) -> Any:
+    """An integer of JSON text found inside a record, or its digits when msgpack cannot hold it.
+
+    What is unwrapped goes downstream as msgpack, which stops at 64 bits; the schema then
+    sees text where a number was, and says so.
+    """
+    value = int(digits)
+    return value if MIN_INT <= value <= MAX_INT else digits
+
+
 def _json_object(text: Any) -> Optional[Dict[str, Any]]:
     if not isinstance(text, str):
         return None
@@ -154,7 +164,7 @@ def _json_object(text: Any) -> Optional[Dict[str, Any]]:
     if not stripped.startswith("{"):
         return None
     try:
-        value = json.loads(stripped)
+        value = json.loads(stripped, parse_int=_bounded_int)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
