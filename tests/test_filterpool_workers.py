@@ -152,3 +152,12 @@ def test_pool_close_returns_after_a_worker_was_killed():
     closer.join(120)
     assert not closer.is_alive(), "FilterPool.close did not return"
     wait_until(lambda: worker_pids(os.getpid()) == [])
+
+
+def test_worker_packs_a_record_msgpack_cannot_hold_through_encodable():
+    from atnorm.filterpool import _packed
+    from atnorm.forward_codec import unpack_entries
+
+    entries = [Entry(1700000000, {"n": 2 ** 70, "ok": 1}), Entry(1700000001, {"fine": True})]
+    decoded = unpack_entries(_packed(entries))[0]
+    assert [e.record for e in decoded] == [{"n": str(2 ** 70), "ok": 1}, {"fine": True}]
