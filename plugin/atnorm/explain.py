@@ -7,6 +7,7 @@ import json
 import sys
 from typing import List
 
+from .encodable import encodable, is_encodable
 from .jsonlines import dumps
 from .pipeline import EventFilter
 from .settings import add_filter_arguments, build_filter
@@ -42,7 +43,8 @@ def describe(verdict: Verdict, show_record: bool = False) -> str:
         lines += [f"  - {warning}" for warning in verdict.warnings]
     if show_record and verdict.outcome == ACCEPTED:
         lines.append("record:")
-        lines.append(json.dumps(verdict.record, indent=2, ensure_ascii=False))
+        record = verdict.record if is_encodable(verdict.record) else encodable(verdict.record)
+        lines.append(json.dumps(record, indent=2, ensure_ascii=False))
     return "\n".join(lines)
 
 

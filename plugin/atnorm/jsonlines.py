@@ -1,10 +1,17 @@
-"""JSON-lines output shared by the file-based ways out (batch filter, embedded store)."""
+"""JSON-lines output shared by the file-based ways out (batch filter, embedded store).
+
+Every line is strict JSON in UTF-8: no NaN / Infinity literals, no lone surrogates, no
+integers longer than a parser takes. A record that would break one of these is written
+through `encodable` (see there for what each value becomes); the rest cost one encode.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
 from typing import Any
+
+from .encodable import encodable
 
 
 def _fallback(value: Any) -> Any:
@@ -20,9 +27,15 @@ def _fallback(value: Any) -> Any:
     return repr(value)
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_fallback)
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_fallback, allow_nan=False)
 
 
 def dumps(record: Any) -> str:
-    """One compact JSON line (no newline)."""
-    return _encoder.encode(record)
+    """One compact JSON line (no newline), strict JSON that encodes as UTF-8."""
+    try:
+        line = _encoder.encode(record)
+        if not line.isascii():
+            line.encode("utf-8")  # a lone surrogate would fail only where the line is written
+        return line
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
+        return _encoder.encode(encodable(record))

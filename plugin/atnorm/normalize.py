@@ -19,10 +19,119 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .encodable import MAX_INT, MIN_INT, bytes_text
+from .encodable import text as readable
 from .eventmodel import EVENT_MARKERS
 
 Fixes = List[str]
 Step = Callable[[Dict[str, Any], Dict[str, Any], Fixes], None]  # (work, original event, fixes)
+
+# ---------------------------------------------------------------------------------------
+# Stage 0: text, before any decision
+#
+# Fluentd sends keys and values as msgpack bin with its ltsv / none parsers and with yajl;
+# a msgpack str that is not UTF-8 arrives as a str holding surrogateescape'd bytes; a JSON
+# string may hold a lone surrogate ("\ud800"). Bin that is UTF-8 is text like any other;
+# the rest cannot be validated or written as text, and the record is rejected for it.
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class EncodingProblem(Exception):
+    """A record holding something that is not text: `pointer` says where, `rule` which check."""
+
+    def __init__(self, pointer: str, message: str, rule: str = "record.encoding") -> None:
+        super().__init__(message)
+        self.pointer = pointer
+        self.message = message
+        self.rule = rule
+
+
+def _needs_text(value: Any) -> bool:
+    """True when `value` holds bytes, a key that is not a str, or a str that is not Unicode text.
+
+    On the path of every record, so written for speed: ASCII strings (most) cost one check.
+    """
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() and _SURROGATE.search(key) is not None:
+                return True
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and _SURROGATE.search(item) is not None:
+                    return True
+            elif (kind is dict or kind is list or kind is bytes) and _needs_text(item):
+                return True
+        return False
+    if kind is list:
+        for item in value:
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and _SURROGATE.search(item) is not None:
+                    return True
+            elif (kind is dict or kind is list or kind is bytes) and _needs_text(item):
+                return True
+        return False
+    if kind is str:
+        return not value.isascii() and _SURROGATE.search(value) is not None
+    return kind is bytes
+
+
+def _escape_part(part: str) -> str:
+    return part.replace("~", "~0").replace("/", "~1")
+
+
+def _text(value: Any, pointer: str, where: str) -> str:
+    """`value` (bytes or str) as text, or EncodingProblem pointing at it."""
+    if type(value) is bytes:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EncodingProblem(pointer, f"{where}invalid UTF-8 at byte {exc.start}: {exc.reason}") from None
+    match = _SURROGATE.search(value)
+    if match is not None:
+        code = ord(match.group())
+        what = f"byte 0x{code - 0xDC00:02x} that is not UTF-8" if 0xDC80 <= code <= 0xDCFF \
+            else f"lone surrogate \\u{code:04x}"
+        raise EncodingProblem(pointer, f"{where}not Unicode text: {what} at character {match.start()}")
+    return value
+
+
+def _as_text(value: Any, pointer: str) -> Any:
+    kind = type(value)
+    if kind is dict:
+        out: Dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is bytes:
+                name = _text(key, pointer + "/" + _escape_part(bytes_text(key)), "key: ")
+            elif type(key) is str:
+                name = _text(key, pointer + "/" + _escape_part(readable(key)), "key: ")
+            else:
+                raise EncodingProblem(pointer, f"a key must be a string, not {type(key).__name__} ({key!r})",
+                                      "record.type")
+            if name in out:
+                raise EncodingProblem(pointer + "/" + _escape_part(name), f"key {name!r} appears twice",
+                                      "record.type")
+            out[name] = _as_text(item, pointer + "/" + _escape_part(name))
+        return out
+    if kind is list:
+        return [_as_text(item, f"{pointer}/{index}") for index, item in enumerate(value)]
+    if kind is bytes or kind is str:
+        return _text(value, pointer, "")
+    return value
+
+
+def as_text(record: Any) -> Any:
+    """`record` with every bin key and value as str; the same object when it has none.
+
+    Raises EncodingProblem for bytes that are not UTF-8, strings holding lone surrogates,
+    and keys that are neither bin nor str.
+    """
+    if not _needs_text(record):
+        return record
+    return _as_text(record, "")
+
 
 # ---------------------------------------------------------------------------------------
 # Stage 1: find the event inside a record
@@ -38,6 +147,16 @@ def is_event(record: Dict[str, Any]) -> bool:
     return sum(1 for key in EVENT_MARKERS if key in record) >= 2
 
 
+def _bounded_int(digits: str) -> Any:
+    """An integer of JSON text found inside a record, or its digits when msgpack cannot hold it.
+
+    What is unwrapped goes downstream as msgpack, which stops at 64 bits; the schema then
+    sees text where a number was, and says so.
+    """
+    value = int(digits)
+    return value if MIN_INT <= value <= MAX_INT else digits
+
+
 def _json_object(text: Any) -> Optional[Dict[str, Any]]:
     if not isinstance(text, str):
         return None
@@ -45,7 +164,7 @@ def _json_object(text: Any) -> Optional[Dict[str, Any]]:
     if not stripped.startswith("{"):
         return None
     try:
-        value = json.loads(stripped)
+        value = json.loads(stripped, parse_int=_bounded_int)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
@@ -90,11 +209,12 @@ def unflatten(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
     A dotted key that would clash with a non-object value is left as it is.
     """
-    if not any("." in key for key in record):
+    if not any(type(key) is str and "." in key for key in record):
         return None
-    result: Dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in record.items() if "." not in k}
+    result: Dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in record.items()
+                              if type(k) is not str or "." not in k}
     for key, value in record.items():
-        if "." not in key:
+        if type(key) is not str or "." not in key:
             continue
         parts = key.split(".")
         node = result
@@ -138,7 +258,7 @@ def find_event(record: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
 
 def _unwrappable(inner: Dict[str, Any]) -> bool:
     # An envelope inside an envelope (e.g. a `log` string holding a `payload` record).
-    return "payload" in inner or "line" in inner or any("." in k for k in inner)
+    return "payload" in inner or "line" in inner or any(type(k) is str and "." in k for k in inner)
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,13 +360,16 @@ def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
             if already(value):
                 return value
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            # Epoch seconds, or milliseconds when too large to be seconds.
-            seconds = value / 1000 if abs(value) > 1e11 else value
+            # Epoch seconds, or milliseconds when too large to be seconds. Numbers no date
+            # can have (too large for a float, NaN, infinite, past year 9999) are left as
+            # they are, for the schema to reject.
             try:
+                seconds = value / 1000 if abs(value) > 1e11 else value
                 moment = _dt.datetime.fromtimestamp(int(seconds // 1), _UTC)
+                nanos = int(round((seconds % 1) * 1e9)) % 1_000_000_000
             except (OverflowError, OSError, ValueError):
                 return None
-            return from_datetime(moment, int(round((seconds % 1) * 1e9)) % 1_000_000_000)
+            return from_datetime(moment, nanos)
         else:
             return None
         match = _TIME.fullmatch(value.strip())
@@ -262,7 +385,10 @@ def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
         if zone and zone not in ("Z", "z", "UTC"):
             sign = -1 if zone[0] == "-" else 1
             digits = zone[1:].replace(":", "")
-            moment -= sign * _dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+            try:
+                moment -= sign * _dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+            except OverflowError:  # in UTC it falls before year 1 or after year 9999
+                return None
         return from_datetime(moment, nanos)
 
     return canonical
@@ -282,6 +408,9 @@ def make_event_time_step(fraction_digits: int) -> Step:
     return event_time
 
 
+# ASCII digits only (str.isdigit also takes "²" and other digits int() refuses), and few
+# enough that the number fits every integer type downstream; anything else stays text.
+_REASON_CODE = re.compile(r"[0-9]{1,18}")
 _TRUE = frozenset({"true", "True", "TRUE", "yes"})
 _FALSE = frozenset({"false", "False", "FALSE", "no"})
 
@@ -290,7 +419,7 @@ def coerce_types(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> N
     reason = work.get("reason")
     if isinstance(reason, dict):
         code = reason.get("reasonCode")
-        if isinstance(code, str) and code.strip().isdigit():
+        if isinstance(code, str) and _REASON_CODE.fullmatch(code.strip()):
             owned(work, event, ("reason",))["reasonCode"] = int(code)  # type: ignore[index]
             fixes.append("coerce:/reason/reasonCode")
     for key in ("dataEvent", "saveServiceCopy"):

@@ -14,11 +14,13 @@ The reference validator (python-jsonschema) is asked only to explain a rejection
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .normalize import DERIVED_FIELDS, Normalizer, find_event, is_event
+from .encodable import DEPTH_MARKER, describe_error, encodable, is_encodable
+from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event
 from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
 from .verdict import ACCEPTED, PASSED, REJECTED, RejectReason, Verdict
@@ -29,6 +31,10 @@ UNKNOWN_SERVICE_POLICIES = ("warn", "reject", "pass")
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 
 UNKNOWN_SERVICE = "unknown_service"
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# The rule of a rejection made because deciding the record failed.
+INTERNAL_ERROR = "internal.error"
 UNKNOWN_ACTION = "unknown_action"
 
 
@@ -164,11 +170,47 @@ class EventFilter:
 
     # -- the per-record path ---------------------------------------------------------
 
-    def process(self, record: Any) -> Verdict:
-        """Decide one parsed record's fate and count it."""
-        verdict = self._decide(record)
+    def process(self, record: Any, _text: bool = False) -> Verdict:
+        """Decide one parsed record's fate and count it.
+
+        Never raises for any record: whatever fails while deciding it (a bug, a value no
+        step foresaw, nesting deeper than Python goes) makes the record a rejection
+        `internal.error` naming the exception, with the original in a form every
+        destination can encode.
+        """
+        try:
+            text = record if _text else self._as_text(record)
+            verdict = text if type(text) is Verdict else self._decide(text)
+            if verdict.outcome == REJECTED and not is_encodable(verdict.record):
+                # The dead letter must reach its file or downstream: NaN, integers past 64
+                # bits, lone surrogates, too deep nesting become text saying what they were.
+                verdict.record = encodable(verdict.record)
+        except Exception as exc:  # RecursionError included; the one place that catches all
+            verdict = self._internal_error(record, exc)
         self.stats.count(verdict)
         return verdict
+
+    @staticmethod
+    def _internal_error(record: Any, exc: BaseException) -> Verdict:
+        try:
+            original = encodable(record)
+        except RecursionError:  # deeper than the cut can even walk to
+            original = DEPTH_MARKER
+        return Verdict(REJECTED, original,
+                       reasons=[_record_error(INTERNAL_ERROR, f"the filter failed on this record: "
+                                                              f"{describe_error(exc)}")])
+
+    @staticmethod
+    def _as_text(record: Any) -> Any:
+        """`record` with bin keys and values as str, before any decision (see normalize.as_text).
+
+        A record that cannot be text comes back as its rejection (a Verdict).
+        """
+        try:
+            return as_text(record)
+        except EncodingProblem as problem:
+            return Verdict(REJECTED, encodable(record),
+                           reasons=[RejectReason(problem.pointer, problem.rule, problem.message)])
 
     def _decide(self, record: Any) -> Verdict:
         if type(record) is not dict:
@@ -238,7 +280,16 @@ class EventFilter:
                        reasons=reasons, warnings=warnings, fixes=fixes)
 
     def process_json(self, line: Any) -> Verdict:
-        """Decide one JSON document given as bytes or text; unreadable input is rejected."""
+        """Decide one JSON document given as bytes or text; unreadable input is rejected.
+
+        Like `process`, never raises: a failure becomes a rejection `internal.error`.
+        """
+        try:
+            return self._process_json(line)
+        except Exception as exc:
+            return self._count(self._internal_error(line, exc))
+
+    def _process_json(self, line: Any) -> Verdict:
         limit = self.settings.max_record_bytes
         if isinstance(line, (bytes, bytearray, memoryview)):
             raw = bytes(line)
@@ -259,7 +310,11 @@ class EventFilter:
             record = json.loads(text)
         except (ValueError, RecursionError) as exc:  # nesting deeper than the parser goes: unreadable too
             return self._count(self._unreadable(text, "record.json", f"not JSON: {exc}"))
-        return self.process(record)
+        # Parsed JSON holds no bytes and only str keys; a lone surrogate can only come from
+        # a \uD800-\uDFFF escape (or from text given as str), so only such text needs the scan.
+        plain = ("\\u" not in text or _ESCAPED_SURROGATE.search(text) is None) and (
+            text.isascii() or _SURROGATE.search(text) is None)
+        return self.process(record, _text=plain)
 
     def _count(self, verdict: Verdict) -> Verdict:
         self.stats.count(verdict)
@@ -267,5 +322,4 @@ class EventFilter:
 
     @staticmethod
     def _unreadable(raw: Any, rule: str, message: str) -> Verdict:
-        original = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-        return Verdict(REJECTED, original, reasons=[_record_error(rule, message)])
+        return Verdict(REJECTED, encodable(raw), reasons=[_record_error(rule, message)])

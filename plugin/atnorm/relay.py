@@ -479,7 +479,7 @@ class Relay:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if self.pool is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
+            await asyncio.get_running_loop().run_in_executor(None, self.pool.close, grace)
         if self.destination is not None:
             await self.destination.close(grace)
         if self.metrics is not None:

@@ -205,7 +205,9 @@ class Router:
                                                            verdict.record, entry.metadata)
         if outcome == REJECTED:
             return REJECTED, self.rejected_tag(tag), Entry(entry.time, verdict.dead_letter(), entry.metadata)
-        return PASSED, self.passed_tag(tag), entry
+        # The filter hands back bin (bytes) strings as str: pass on its record, not the raw one.
+        record = verdict.record
+        return PASSED, self.passed_tag(tag), entry if record is entry.record else entry._replace(record=record)
 
     def route(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
         """The chunk's records, decided and grouped by route (empty groups left out)."""
@@ -234,7 +236,8 @@ class Router:
             elif outcome == REJECTED:
                 rejected.append(Entry(entry.time, verdict.dead_letter(), entry.metadata))
             else:
-                passed.append(entry)
+                record = verdict.record
+                passed.append(entry if record is entry.record else entry._replace(record=record))
         batches: List[RoutedBatch] = []
         if accepted:
             batches.append(RoutedBatch(ACCEPTED, self.accepted_tag(tag), accepted))

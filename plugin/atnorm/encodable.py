@@ -1,0 +1,182 @@
+"""Values every destination can encode: strict JSON (UTF-8, no NaN) and msgpack alike.
+
+Records come from traffic, so they can hold what one of the ways out cannot write: lone
+surrogates (a JSON `"\\ud800"`, or the bytes of a msgpack str that was not UTF-8, kept by
+`surrogateescape`), bytes that are not UTF-8, integers outside msgpack's 64-bit range (or
+too long for `str()`), NaN and infinities, keys that are not strings, nesting deeper than
+an encoder goes. `encodable(value)` returns a copy in which each of those is replaced by
+text that says what it was; anything already fine is returned as it is (same objects).
+
+Writers (JSON lines, the forward sender, the exec-filter's output) call it when encoding a
+record fails, and the filter calls it for the original of a record it could not decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from typing import Any, Dict
+
+import msgpack
+
+# msgpack's integer range (int64 for negatives, uint64 for the rest).
+MIN_INT = -(1 << 63)
+MAX_INT = (1 << 64) - 1
+# Deeper than this, a value is replaced by a marker (msgpack's packer stops at 511 levels,
+# Python's json at about 1000, other parsers earlier).
+MAX_DEPTH = 100
+DEPTH_MARKER = "<cut: nested deeper than %d levels>" % MAX_DEPTH
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: "re.Match[str]") -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # one byte that was not UTF-8, kept by surrogateescape
+        return "\\x%02x" % (code - 0xDC00)
+    return "\\u%04x" % code
+
+
+def text(value: str) -> str:
+    """`value` with lone surrogates written out as `\\uXXXX` (or `\\xNN` for escaped bytes)."""
+    if value.isascii():
+        return value
+    return _SURROGATE.sub(_escape_surrogate, value)
+
+
+def bytes_text(value: bytes) -> str:
+    """Bytes as text: decoded when they are UTF-8, else with `\\xNN` for each bad byte."""
+    return value.decode("utf-8", "backslashreplace")
+
+
+def integer(value: int) -> Any:
+    """`value`, or its decimal text when msgpack cannot hold it (hex when too long for decimal)."""
+    if MIN_INT <= value <= MAX_INT:
+        return value
+    try:
+        return str(value)
+    except ValueError:  # more digits than int→str converts (sys.get_int_max_str_digits)
+        return hex(value)
+
+
+def _key(key: Any) -> str:
+    kind = type(key)
+    if kind is str:
+        return text(key)
+    if kind is bytes or kind is bytearray:
+        return bytes_text(bytes(key))
+    if key is None:
+        return "null"
+    if kind is bool:
+        return "true" if key else "false"
+    leaf = _leaf(key)
+    return leaf if isinstance(leaf, str) else str(leaf)
+
+
+def _leaf(value: Any) -> Any:
+    kind = type(value)
+    if value is None or kind is bool:
+        return value
+    if kind is str:
+        return text(value)
+    if kind is int:
+        return integer(value)
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if kind is bytes or kind is bytearray or kind is memoryview:
+        return bytes_text(bytes(value))
+    if isinstance(value, str):
+        return text(str(value))
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return integer(int(value))
+    if isinstance(value, float):
+        return _leaf(float(value))
+    to_float = getattr(value, "to_float", None)  # forward_codec.EventTime
+    if callable(to_float):
+        return _leaf(to_float())
+    if isinstance(value, msgpack.ExtType):
+        return {"ext": value.code, "base64": base64.b64encode(value.data).decode("ascii")}
+    try:
+        return text(repr(value))
+    except Exception:  # a repr that fails is still a value we must be able to write
+        return "<%s>" % type(value).__name__
+
+
+def encodable(value: Any, max_depth: int = MAX_DEPTH) -> Any:
+    """A copy of `value` that strict JSON and msgpack can both encode (see the module doc).
+
+    Maps keep their order; keys become text (`null`/`true`/`false` for those values); lists,
+    tuples and sets become lists; anything nested deeper than `max_depth` becomes
+    `DEPTH_MARKER`. Never raises for any input.
+    """
+    return _encodable(value, max_depth)
+
+
+def _encodable(value: Any, depth: int) -> Any:
+    if isinstance(value, dict):
+        if depth <= 0:
+            return DEPTH_MARKER
+        out: Dict[str, Any] = {}
+        for key, item in list(value.items()):
+            name = _key(key)
+            while name in out:  # two keys that read the same (b"a" and "a", 1 and "1")
+                name += "'"
+            out[name] = _encodable(item, depth - 1)
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)) and not isinstance(value, msgpack.ExtType):
+        if depth <= 0:
+            return DEPTH_MARKER
+        return [_encodable(item, depth - 1) for item in list(value)]
+    return _leaf(value)
+
+
+def is_encodable(value: Any, max_depth: int = MAX_DEPTH) -> bool:
+    """True when `encodable(value)` would change nothing: `value` can be written as it is."""
+    try:
+        return _fine(value, max_depth)
+    except RecursionError:
+        return False
+
+
+def _fine(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind is str:
+        return value.isascii() or _SURROGATE.search(value) is None
+    if kind is dict:
+        if depth <= 0:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() and _SURROGATE.search(key) is not None:
+                return False
+            if not _fine(item, depth - 1):
+                return False
+        return True
+    if kind is list:
+        if depth <= 0:
+            return False
+        for item in value:
+            if not _fine(item, depth - 1):
+                return False
+        return True
+    if kind is int:
+        return MIN_INT <= value <= MAX_INT
+    if kind is float:
+        return math.isfinite(value)
+    return value is None or kind is bool
+
+
+def describe_error(exc: BaseException, limit: int = 500) -> str:
+    """`Type: message` for a reason, bounded in length and itself encodable."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = ""
+    described = text(type(exc).__name__ + (": " + message if message else ""))
+    if len(described) > limit:
+        described = described[:limit] + "…"
+    return described

@@ -1,0 +1,163 @@
+"""Filter workers that die (kill -9): their chunks are redone, and shutdown still completes.
+
+Real worker processes, real signals: a relay subprocess with `--filter-workers 2`, and a
+FilterPool in this process whose workers are killed with SIGKILL as they appear.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from fluent.sender import FluentSender
+from relay_process import RelayProcess
+
+from atnorm.filterpool import FilterPool
+from atnorm.forward_codec import Entry
+from atnorm.options import resolve
+from atnorm.relay import configure_parser
+from atnorm.settings import FILTER_OPTIONS
+from atnorm.stats import FilterStats
+from conftest import load_event
+
+ROUTER_OPTIONS = dict(accepted_tag="{tag}", rejected_tag="{tag}.rejected", time_source="event")
+
+
+def wait_until(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def read_lines(path):
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def worker_pids(parent):
+    """The filter workers among `parent`'s children (not multiprocessing's resource tracker)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                command = handle.read()
+        except OSError:
+            continue
+        if ppid == parent and b"spawn_main" in command:
+            pids.append(int(name))
+    return pids
+
+
+def filter_values():
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return resolve(FILTER_OPTIONS, parser.parse_args([]))
+
+
+def test_relay_redoes_the_chunk_of_a_killed_worker_and_stops_on_sigterm(tmp_path):
+    data = tmp_path / "data"
+    with RelayProcess("--listen", "127.0.0.1:0", "--data-dir", str(data), "--filter-workers", "2",
+                      "--shutdown-timeout", "5") as relay:
+        assert relay.process is not None
+        sender = FluentSender("app", host="127.0.0.1", port=relay.port)
+        assert sender.emit("audit", load_event("vsi-provision.json"))
+        wait_until(lambda: len(read_lines(data / "accepted.jsonl")) == 1)
+        workers = worker_pids(relay.process.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        wait_until(lambda: "a filter worker died" in relay.stderr or workers[0] not in worker_pids(relay.process.pid))
+        for _ in range(3):
+            assert sender.emit("audit", load_event("vsi-provision.json"))
+        sender.close()
+        wait_until(lambda: len(read_lines(data / "accepted.jsonl")) == 4)
+        try:
+            status = relay.stop(timeout=60)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            raise AssertionError("SIGTERM did not stop the relay after a worker was killed:\n" + relay.stderr) from None
+        assert status == 0
+        assert relay.summary()["received"] == 4
+    assert len(read_lines(data / "accepted.jsonl")) == 4
+
+
+class Reaper(threading.Thread):
+    """Kills every filter worker of this process with SIGKILL as soon as it appears."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.killed = []
+        self.stopping = threading.Event()
+
+    def run(self):
+        while not self.stopping.is_set():
+            for pid in worker_pids(os.getpid()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.005)
+
+
+def test_pool_redoes_a_chunk_once_then_decides_it_itself_and_always_closes():
+    stats = FilterStats()
+    pool = FilterPool(2, filter_values(), ROUTER_OPTIONS, stats)
+    entries = [Entry(1700000000, load_event("vsi-provision.json")), Entry(1700000000, {"msg": "hello"})]
+
+    async def scenario():
+        await pool.start()
+        first = await pool.route("audit.at", entries)  # workers alive: decided there
+        assert sorted((b.route, b.count) for b in first) == [("accepted", 1), ("passed", 1)]
+        reaper = Reaper()
+        reaper.start()
+        try:
+            wait_until(lambda: len(reaper.killed) >= 2)  # both workers gone before the chunk comes
+            batches = await asyncio.wait_for(pool.route("audit.at", entries), 120)
+        finally:
+            reaper.stopping.set()
+            reaper.join()
+        assert reaper.killed
+        return batches
+
+    try:
+        batches = asyncio.run(scenario())
+    finally:
+        closer = threading.Thread(target=pool.close, daemon=True)
+        closer.start()
+        closer.join(120)
+        assert not closer.is_alive(), "FilterPool.close did not return"
+    assert sorted((b.route, b.count) for b in batches) == [("accepted", 1), ("passed", 1)]
+    assert pool.restarts >= 1 and pool.decided_here == 1
+    assert (stats.outcomes["accepted"], stats.outcomes["passed"]) == (2, 2)  # each chunk counted once
+    assert worker_pids(os.getpid()) == []
+
+
+def test_pool_close_returns_after_a_worker_was_killed():
+    pool = FilterPool(2, filter_values(), ROUTER_OPTIONS, FilterStats())
+    asyncio.run(pool.start())
+    os.kill(worker_pids(os.getpid())[0], signal.SIGKILL)
+    closer = threading.Thread(target=pool.close, daemon=True)
+    closer.start()
+    closer.join(120)
+    assert not closer.is_alive(), "FilterPool.close did not return"
+    wait_until(lambda: worker_pids(os.getpid()) == [])
+
+
+def test_worker_packs_a_record_msgpack_cannot_hold_through_encodable():
+    from atnorm.filterpool import _packed
+    from atnorm.forward_codec import unpack_entries
+
+    entries = [Entry(1700000000, {"n": 2 ** 70, "ok": 1}), Entry(1700000001, {"fine": True})]
+    decoded = unpack_entries(_packed(entries))[0]
+    assert [e.record for e in decoded] == [{"n": str(2 ** 70), "ok": 1}, {"fine": True}]
