@@ -14,6 +14,7 @@ import msgpack
 import pytest
 
 from atnorm import forward_codec
+from atnorm.encodable import encodable
 from atnorm.forward_codec import EventTime, FrameReader, ProtocolError, inflate_gzip, inflate_zstd, parse_frame
 from atnorm.pipeline import EventFilter
 from atnorm.relay import Relay, configure_parser, load_settings
@@ -168,7 +169,8 @@ def test_every_unusable_entry_is_acked_and_rejected_once_with_its_reason(tmp_pat
         rejected = [(when, record) for tag, when, record in receiver.events if tag == "audit.at.rejected"]
         others = [record for tag, _, record in receiver.events if tag != "audit.at.rejected"]
         assert len(receiver.events) == total and len(rejected) == unusable and others == [RECORD, RECORD]
-        expected = [(as_received(item), rule, path) for item, rule, path in UNUSABLE] * 2 + \
+        # The original is kept in the one form both JSON files and msgpack downstreams can write.
+        expected = [(as_received(encodable(item)), rule, path) for item, rule, path in UNUSABLE] * 2 + \
             [([{"when": "yesterday"}, RECORD], "entry.time", "/0")]
         got = [(dead["original"], dead["reasons"][0]["rule"], dead["reasons"][0]["path"]) for _, dead in rejected]
         assert sorted(map(repr, got)) == sorted(map(repr, expected))
@@ -332,10 +334,11 @@ def test_an_unusable_entry_with_bin_keys_is_written_to_the_rejected_file_and_ack
         assert answers == [{"ack": "binkeys"}]
     run(scenario())
     import json
-    # The store writes undecodable bytes back as they came, so the file is read the same way.
-    text = (tmp_path / "rejected.jsonl").read_bytes().decode("utf-8", "surrogateescape")
+    # The file is strict UTF-8 JSON: bytes that are not UTF-8 are written as \xNN escapes,
+    # as in tags.
+    text = (tmp_path / "rejected.jsonl").read_bytes().decode("utf-8")
     [line] = [json.loads(row) for row in text.splitlines()]
-    assert line["original"][1] == {"action": "x.y", "\udcff": 1}
+    assert line["original"][1] == {"action": "x.y", "\\xff": 1}
     assert line["reasons"][0]["rule"] == "entry.time"
 
 

@@ -23,7 +23,7 @@ from .encodable import DEPTH_MARKER, describe_error, encodable, is_encodable
 from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event
 from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
-from .verdict import ACCEPTED, PASSED, REJECTED, RejectReason, Verdict
+from .verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 
 MODES = ("enforce", "warn", "off")
 UNKNOWN_ACTION_POLICIES = ("reject", "warn", "pass")
@@ -34,7 +34,6 @@ UNKNOWN_SERVICE = "unknown_service"
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # The rule of a rejection made because deciding the record failed.
-INTERNAL_ERROR = "internal.error"
 UNKNOWN_ACTION = "unknown_action"
 
 

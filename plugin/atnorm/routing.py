@@ -14,7 +14,7 @@ record that is not a map: it carries a ``problem``) is rejected whatever the fil
 also with the filter off: ``{"original": <the entry as received>, "reasons": [{"path",
 "rule": "entry.time" | "entry.shape" | "entry.record", "message"}]}`` with its arrival
 time, counted once like any other rejection. A record whose deciding raises an exception
-is rejected the same way (rule ``filter.error``): one record's bug never holds up its chunk.
+is rejected the same way (rule ``internal.error``): one record's bug never holds up its chunk.
 
 Fluent Bit's per-record metadata travels with the record on every route. Tag templates
 and the time source are turned into small functions once, so `Router.route` only loops.
@@ -25,8 +25,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from .encodable import describe_error, encodable
 from .forward_codec import Entry, EventTime, Time, pack_entries, unpack_entries
-from .verdict import ACCEPTED, PASSED, REJECTED, RejectReason, Verdict
+from .verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 
 TAG_PLACEHOLDER = "{tag}"
 TIME_SOURCES = ("event", "original")
@@ -188,7 +189,7 @@ class Router:
 
     def failed(self, entry: Entry, exc: Exception) -> Entry:
         """The dead-letter entry for a record whose deciding raised, counted as a rejection."""
-        reason = RejectReason("", "filter.error", f"deciding this record failed: {type(exc).__name__}: {exc}")
+        reason = RejectReason("", INTERNAL_ERROR, f"the filter failed on this record: {describe_error(exc)}")
         verdict = Verdict(REJECTED, encodable(entry.record), reasons=[reason])
         if self.count is not None:
             self.count(verdict)
@@ -254,37 +255,6 @@ class Router:
         if passed:
             batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))
         return batches
-
-
-_PLAIN_KEYS = (str, int, float, bool, type(None))
-
-
-def encodable(value: Any) -> Any:
-    """`value` with every map key one that msgpack AND JSON can write: a bin key becomes its
-    text (undecodable bytes kept as surrogate escapes, which both writers restore), any other
-    odd key (an ext value) its repr. Values are left alone: both writers handle bytes and ext.
-    For originals that skipped the filter, whose keys the filter would otherwise have fixed."""
-    try:
-        return _encodable(value)
-    except RecursionError:
-        return "<entry nested too deeply to keep>"
-
-
-def _encodable(value: Any) -> Any:
-    kind = type(value)
-    if kind is dict:
-        return {_key(k): _encodable(v) for k, v in value.items()}
-    if kind is list:
-        return [_encodable(v) for v in value]
-    return value
-
-
-def _key(key: Any) -> Any:
-    if type(key) in _PLAIN_KEYS:
-        return key
-    if type(key) is bytes:
-        return key.decode("utf-8", "surrogateescape")
-    return repr(key)
 
 
 def _stats_counter(decide: Optional[Callable[[Any], Verdict]]) -> Optional[Callable[[Verdict], None]]:

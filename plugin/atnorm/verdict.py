@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional
 ACCEPTED = "accepted"
 REJECTED = "rejected"
 PASSED = "passed"
+# The rule of a rejection made because deciding the record raised (a bug, never the sender's fault).
+INTERNAL_ERROR = "internal.error"
 OUTCOMES = (ACCEPTED, REJECTED, PASSED)
 
 
