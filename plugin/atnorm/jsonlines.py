@@ -30,12 +30,22 @@ def _fallback(value: Any) -> Any:
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_fallback, allow_nan=False)
 
 
+UNWRITABLE = (ValueError, TypeError, RecursionError, UnicodeEncodeError)
+
+
+def dumps_as_is(record: Any) -> str:
+    """One compact JSON line (no newline) holding `record` unchanged; raises one of
+    UNWRITABLE when strict JSON in UTF-8 cannot hold it as it is."""
+    line = _encoder.encode(record)
+    if not line.isascii():
+        line.encode("utf-8")  # a lone surrogate would fail only where the line is written
+    return line
+
+
 def dumps(record: Any) -> str:
-    """One compact JSON line (no newline), strict JSON that encodes as UTF-8."""
+    """One compact JSON line (no newline), strict JSON that encodes as UTF-8; a record that
+    cannot be written as it is goes through `encodable`."""
     try:
-        line = _encoder.encode(record)
-        if not line.isascii():
-            line.encode("utf-8")  # a lone surrogate would fail only where the line is written
-        return line
-    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
+        return dumps_as_is(record)
+    except UNWRITABLE:
         return _encoder.encode(encodable(record))

@@ -19,10 +19,10 @@ import concurrent.futures
 import json
 import logging
 import os
-import reprlib
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .jsonlines import dumps
+from .encodable import encodable
+from .jsonlines import UNWRITABLE, dumps, dumps_as_is
 from .routing import Batch
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,13 @@ def _unwritable(route: str, record: Any, exc: BaseException) -> Tuple[str, str]:
     text; a record that still cannot be written becomes a dead letter with the reason, so
     one odd record never holds up the others (nor is taken for a disk error)."""
     try:
-        return route, dumps(_text_keys(record))
-    except (TypeError, ValueError, RecursionError) as again:
+        return route, dumps_as_is(_text_keys(record))
+    except UNWRITABLE as again:
         exc = again
     log.warning("a record of route %s cannot be written as JSON (%s: %s); written to %s as a rejection",
                 route, type(exc).__name__, exc, REJECTED_FILE_ROUTE)
     return REJECTED_FILE_ROUTE, dumps({
-        "original": reprlib.repr(record),
+        "original": encodable(record),
         "reasons": [{"path": "", "rule": "unwritable",
                      "message": f"cannot be written as JSON: {type(exc).__name__}: {exc}"}],
     })
@@ -142,8 +142,8 @@ class LocalStore:
                 out = lines.setdefault(batch.route, [])
                 for entry in batch.records():
                     try:
-                        out.append(dumps(entry.record))
-                    except (TypeError, ValueError, RecursionError) as exc:
+                        out.append(dumps_as_is(entry.record))
+                    except UNWRITABLE as exc:
                         route, text = _unwritable(batch.route, entry.record, exc)
                         lines.setdefault(route, []).append(text)
                 count += batch.count
