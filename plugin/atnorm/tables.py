@@ -1109,6 +1109,9 @@ def read_file(path: Union[str, "os.PathLike[str]"]) -> PageTables:
 def _decode(data: bytes, page: str, problems: List[Problem]) -> str:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        problems.append(Problem(page, line, "NUL bytes: binary data, not a text page"))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
