@@ -25,7 +25,7 @@ def test_checked_in_schemas_are_not_stale():
         path = GENERATED / rel
         assert path.is_file(), f"{rel} is not checked in; run atnorm schemas build"
         assert path.read_text(encoding="utf-8") == text, (
-            f"{path} is stale: run `atnorm schemas build schemas/pages/*.md --out schemas/generated`")
+            f"{path} is stale: run `atnorm schemas build schemas/pages --out schemas/generated`")
     checked_in = {str(p.relative_to(GENERATED)) for p in GENERATED.rglob("*.json")}
     assert checked_in == set(build_documents(PAGES, OVERLAYS))
 
