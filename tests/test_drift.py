@@ -10,7 +10,7 @@ from atnorm.options import ConfigError
 from atnorm.pipeline import EventFilter, FilterSettings, ServicePolicy
 from atnorm.reload import ReloadingFilter
 from atnorm.settings import FILTER_OPTIONS
-from conftest import FIXTURES, load_event
+from conftest import load_event
 
 
 def event(name, **changes):
@@ -27,7 +27,7 @@ def traffic():
         records.append(event("vmware-kmip-create.json", action="vmware-solutions.kmip-key.rotate",
                              eventTime=f"2025-03-0{day}T10:00:00Z"))
     records.append(event("vmware-kmip-create.json", action="vmware-solutions.kmip-key.craete"))
-    records += [event("cos-drifted-types.json")] * 2  # cloud-object-storage: no schema
+    records += [event("cos-drifted-types.json", action="object-archive.object.create")] * 2  # no schema
     return records
 
 
@@ -41,13 +41,13 @@ def observed(event_filter, records, log=None):
 def test_only_undeclared_actions_are_kept_with_counts_outcomes_and_times(fresh_filter):
     log = observed(fresh_filter, traffic())
     assert log.observed == 9
-    assert sorted(log.entries) == ["cloud-object-storage.object.create", "vmware-solutions.kmip-key.craete",
+    assert sorted(log.entries) == ["object-archive.object.create", "vmware-solutions.kmip-key.craete",
                                    "vmware-solutions.kmip-key.rotate"]
     rotate = log.entries["vmware-solutions.kmip-key.rotate"]
     assert (rotate.service, rotate.count, dict(rotate.outcomes)) == ("vmware-solutions", 3, {"rejected": 3})
     assert (rotate.first_seen, rotate.last_seen) == ("2025-03-01T10:00:00.000+0000", "2025-03-03T10:00:00.000+0000")
-    cos = log.entries["cloud-object-storage.object.create"]
-    assert (cos.service, cos.count, dict(cos.outcomes)) == ("cloud-object-storage", 2, {"accepted": 2})
+    cos = log.entries["object-archive.object.create"]
+    assert (cos.service, cos.count, dict(cos.outcomes)) == ("object-archive", 2, {"accepted": 2})
     assert cos.first_seen == "2024-01-02T03:04:05.000+0000"
 
 
@@ -61,7 +61,7 @@ def test_report_groups_by_service_with_the_nearest_declared_action(fresh_filter)
         ("vmware-solutions.kmip-key.rotate", 3, "vmware-solutions.kmip-key.create"),
         ("vmware-solutions.kmip-key.craete", 1, "vmware-solutions.kmip-key.create"),
     ]
-    assert (cos["service"], cos["declared"], cos["actions"][0]["nearest"]) == ("cloud-object-storage", False, None)
+    assert (cos["service"], cos["declared"], cos["actions"][0]["nearest"]) == ("object-archive", False, None)
 
 
 def test_text_report_is_a_table_per_service(fresh_filter):
@@ -75,7 +75,7 @@ def test_text_report_is_a_table_per_service(fresh_filter):
     assert lines[4].split() == ["3", "rejected", "3", "2025-03-01T10:00:00.000+0000",
                                 "2025-03-03T10:00:00.000+0000", "vmware-solutions.kmip-key.rotate",
                                 "vmware-solutions.kmip-key.create"]
-    assert "cloud-object-storage (no schema declares this service): 1 undeclared action, 2 records" in lines
+    assert "object-archive (no schema declares this service): 1 undeclared action, 2 records" in lines
 
 
 def test_a_misspelt_service_name_gets_a_nearest_declared_action(fresh_filter):
@@ -96,12 +96,12 @@ def test_drift_is_seen_whatever_the_policy_does_with_the_record():
                               services={"vmware-solutions": ServicePolicy(mode="off"),
                                         "audit-log": ServicePolicy(unknown_action="pass")})
     event_filter = EventFilter.from_schemas(settings=settings)
-    records = [event("cos-drifted-types.json"),
+    records = [event("cos-drifted-types.json", action="object-archive.object.create"),
                event("vmware-kmip-create.json", action="vmware-solutions.kmip-key.rotate"),
                event("vsi-provision.json", action="audit-log.vsi.teleport")]
     log = observed(event_filter, records)
     assert {a: dict(e.outcomes) for a, e in log.entries.items()} == {
-        "cloud-object-storage.object.create": {"passed": 1},
+        "object-archive.object.create": {"passed": 1},
         "vmware-solutions.kmip-key.rotate": {"accepted": 1},
         "audit-log.vsi.teleport": {"passed": 1},
     }
@@ -148,8 +148,9 @@ def test_report_uses_the_schemas_loaded_now(fresh_filter, tmp_path):
     state = tmp_path / "drift.json"
     observed(fresh_filter, traffic()).save(str(state))
     generated = tmp_path / "gen"
-    assert cli.main(["schemas", "build", str(FIXTURES / "tuning" / "object-store-events.md"),
-                     "--out", str(generated)]) == 0
+    page = tmp_path / "object-archive.md"
+    page.write_text("| Action | Description |\n|---|---|\n| `object-archive.object.create` | written |\n")
+    assert cli.main(["schemas", "build", str(page), "--out", str(generated)]) == 0
     with_cos = EventFilter.from_schemas(settings=FilterSettings(schema_dirs=[generated]))
     report = build_report(DriftLog.load(str(state)), with_cos.rules)
     assert report["now_declared"] == 1
@@ -188,8 +189,9 @@ def test_drift_command_json_state_round_trip_and_exit_code(tmp_path, capsys):
 
 def test_drift_command_with_a_tuning_file(tmp_path, capsys):
     generated = tmp_path / "gen"
-    assert cli.main(["schemas", "build", str(FIXTURES / "tuning" / "object-store-events.md"),
-                     "--out", str(generated)]) == 0
+    page = tmp_path / "object-archive.md"
+    page.write_text("| Action | Description |\n|---|---|\n| `object-archive.object.create` | written |\n")
+    assert cli.main(["schemas", "build", str(page), "--out", str(generated)]) == 0
     tuning = tmp_path / "tuning.yaml"
     tuning.write_text("schema_dirs: [gen]\n")
     assert cli.main(["drift", str(jsonl(tmp_path, traffic())), "--tuning", str(tuning), "--json"]) == 0

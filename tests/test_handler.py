@@ -21,7 +21,8 @@ def event(name: str) -> Dict[str, Any]:
     return json.loads((EVENTS / name).read_text(encoding="utf-8"))
 
 
-VALID = event("kms-cadf-zulu-no-source.json")        # eventTime 2021-06-01T12:00:00Z
+# eventTime 2021-06-01T12:00:00Z; an action the Key Protect tables declare
+VALID = dict(event("kms-cadf-zulu-no-source.json"), action="kms.secrets.delete")
 INVALID = {k: v for k, v in VALID.items() if k != "action"}
 OTHER = event("platform-log-not-an-event.json")
 

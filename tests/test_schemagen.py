@@ -1,6 +1,8 @@
 """Schemas generated from the seed pages: exact action sets, rules, determinism, staleness."""
 
 import json
+import random
+import socket
 import subprocess
 import sys
 
@@ -23,7 +25,7 @@ def test_checked_in_schemas_are_not_stale():
         path = GENERATED / rel
         assert path.is_file(), f"{rel} is not checked in; run atnorm schemas build"
         assert path.read_text(encoding="utf-8") == text, (
-            f"{path} is stale: run `atnorm schemas build schemas/pages/*.md --out schemas/generated`")
+            f"{path} is stale: run `atnorm schemas build schemas/pages --out schemas/generated`")
     checked_in = {str(p.relative_to(GENERATED)) for p in GENERATED.rglob("*.json")}
     assert checked_in == set(build_documents(PAGES, OVERLAYS))
 
@@ -119,3 +121,89 @@ def test_added_service_directory_is_used_by_the_filter(tmp_path):
     verdict = event_filter.process(event)
     assert verdict.outcome == "rejected" and verdict.reasons[0].suggestion == "demo-svc.widget.create"
     assert "vmware-solutions" in event_filter.rules.services  # bundled services stay
+
+
+# --- `atnorm schemas build`: every input mistake is one line, never a traceback ----------
+
+def build(*argv):
+    return subprocess.run([sys.executable, "-m", "atnorm", "schemas", "build", *map(str, argv)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(result, *phrases):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("atnorm schemas: error: ")
+    for phrase in phrases:
+        assert phrase in result.stderr
+
+
+DEMO = ("# Events\n\n| Action | Description |\n|---|---|\n"
+        "| `demo-svc.widget.create` | A widget is created. |\n"
+        "| `demo-svc.widget.delete` | A widget is deleted. |\n")
+
+
+def test_build_reports_actions_per_page(tmp_path):
+    page = tmp_path / "svc.md"
+    page.write_text(DEMO, encoding="utf-8")
+    result = build(page, "--out", tmp_path / "out")
+    assert result.returncode == 0
+    assert "svc.md: 2 actions (services demo-svc)" in result.stderr
+    assert "wrote 2 schemas (1 service, 2 actions from 1 page)" in result.stderr
+
+
+def test_build_rejects_a_page_without_action_table(tmp_path):
+    page = tmp_path / "prose.md"
+    page.write_text("# About\n\nNo table here.\n\n| Field | Description |\n|---|---|\n| `a` | b |\n")
+    result = build(page, "--out", tmp_path / "out")
+    one_line_error(result, "prose.md: error: no action table", "without an action table (prose.md)")
+    assert not (tmp_path / "out").exists(), "nothing is written when a page is wrong"
+
+
+def test_build_rejects_random_bytes(tmp_path):
+    page = tmp_path / "noise.md"
+    page.write_bytes(bytes(random.Random(7).randrange(256) for _ in range(4096)))
+    one_line_error(build(page, "--out", tmp_path / "out"), "noise.md: error: not a markdown docs page")
+
+
+def test_build_of_a_directory_builds_every_page_in_it(tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "a.md").write_text(DEMO, encoding="utf-8")
+    (pages / "b.md").write_text("| Action | Notes |\n|---|---|\n| `other-svc.thing.read` | read |\n")
+    (pages / "notes.txt").write_text("not a page")
+    result = build(pages, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "services").iterdir()) == ["demo-svc.json", "other-svc.json"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(build(empty, "--out", tmp_path / "out"), "no *.md pages in directory")
+
+
+def test_build_of_an_unreadable_page_is_one_line(tmp_path):
+    # A socket exists but cannot be read as a file, whoever runs the test.
+    path = tmp_path / "sock.md"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        one_line_error(build(path, "--out", tmp_path / "out"), f"cannot read page {path}")
+
+
+def test_build_to_an_unwritable_out_is_one_line(tmp_path):
+    page = tmp_path / "svc.md"
+    page.write_text(DEMO, encoding="utf-8")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    one_line_error(build(page, "--out", a_file), "is not a directory")
+    blocked = tmp_path / "blocked"
+    (blocked / "envelope.json").mkdir(parents=True)  # a directory where a schema goes
+    one_line_error(build(page, "--out", blocked), f"cannot write schemas to {blocked}", "envelope.json")
+
+
+def test_placeholder_only_page_is_reported_not_invented(tmp_path):
+    page = tmp_path / "rc.md"
+    page.write_text("| Action | Description |\n|---|---|\n| `service_name.instance.create` | made |\n")
+    result = build(page, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "rc.md: 0 actions: only 1 placeholder template (e.g. service_name.instance.create)" in result.stderr
+    assert not (tmp_path / "out" / "services").exists()

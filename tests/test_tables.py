@@ -266,8 +266,16 @@ def test_rename_tables_give_old_to_current_names():
         "printer.print.start": "printer.job.submit",
         "printer.print.stop": "printer.job.cancel",
     }
-    # A rename-only table adds no actions; one with descriptions lists current actions.
-    assert names(page) == ["printer.job.submit", "printer.job.cancel", "printer.job.pause"]
+    # Rows of action tables come first; the current names of a rename-only table are
+    # declared actions too (issue 10: Key Protect's kms.governance-config.read).
+    assert names(page) == [
+        "printer.job.submit", "printer.job.cancel", "printer.job.pause",
+        "printer.paper-tray.fill", "printer.ink-cartridge.swap", "printer.ink-cartridge.check",
+        "printer.jam.request",
+    ]
+    renamed = {a.name: a for a in page.actions}["printer.ink-cartridge.check"]
+    assert (renamed.description, renamed.line) == ("formerly printer.inkcart.check", 8)
+    assert "printer.papertray.fill" not in names(page)  # a legacy name is no action
     assert page.problems == []
 
 
@@ -280,9 +288,35 @@ def test_severity_per_action_tables():
         "vault.lock.jam": "warning",
         "vault.door.close": "normal",
     }
-    assert names(page) == ["vault.door.open", "vault.door.close", "vault.alarm.trigger"]
+    # Names only the severity table lists are declared actions too; the action table's
+    # row stays the one kept for a name both list.
+    assert names(page) == ["vault.door.open", "vault.door.close", "vault.alarm.trigger",
+                           "vault.door.force", "vault.lock.jam", "vault.bell.ring"]
+    assert {a.name: a.description for a in page.actions}["vault.door.open"] == "The door opens."
     assert problems(page) == [(16, "severity 'urgent' is not one of normal, warning, critical")]
     assert page.skipped_tables == [(18, "no action column (headers: Severity, Status Code)")]
+
+
+def test_definition_lists_with_code_terms_declare_actions():
+    page = read("definition_lists.md")
+    assert names(page) == [
+        "net.gateway.create",
+        "net.router.router.create", "net.router.router.update",
+        "net.router.router.read", "net.router.router.list",
+        "net.gateway.gateway.list", "net.gateway.gateway.read",
+    ]
+    by_name = {a.name: a for a in page.actions}
+    assert by_name["net.router.router.list"].description == "Includes a `dns` property in response data."
+    assert by_name["net.router.router.list"].line == 15
+    assert by_name["net.router.router.list"].heading == "Gateway events"
+    # A prose term is no action; a code term whose brace never closes is reported.
+    assert page.skipped_tables == [(25, "column 'Action' holds no action names")]
+    assert page.problems == []
+
+
+def test_prose_definition_lists_are_not_tables():
+    page = read_page("# T\n\nGetting the ID of a request\n:    Look at `correlationId`.\n", "p")
+    assert page.actions == [] and page.skipped_tables == [] and page.problems == []
 
 
 def test_action_headed_tables_of_request_fields_are_skipped_with_a_reason():
@@ -316,6 +350,7 @@ def test_broken_rows_are_reported_with_line_and_why():
         "clock.alarm.set",
         "clock.chime.ring",
         "clock.face.light",
+        "clock.spring.wind",
     ]
     assert problems(page) == [
         (
@@ -330,10 +365,7 @@ def test_broken_rows_are_reported_with_line_and_why():
         (9, "empty action cell"),
         (
             10,
-            (
-                "'clock.spring.wind:' is not a valid action name "
-                "(characters outside A-Z a-z 0-9 _ -: ':')"
-            ),
+            "stray ':' after 'clock.spring.wind': read as clock.spring.wind",
         ),
         (11, "'clock.tick' is not a valid action name (2 segments, an action has 3 to 5)"),
         (13, "2 lines look like a table but have no |---| separator row: not read"),

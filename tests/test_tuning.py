@@ -34,6 +34,15 @@ def mistakes(tmp_path, text):
     return path, caught.value.errors
 
 
+# Every service the shipped schemas declare, as the tuning errors list them.
+KNOWN = ", ".join(sorted(p.stem for p in (REPO / "schemas" / "generated" / "services").glob("*.json")))
+
+
+def unknown_service_event():
+    """The Key Protect sample (no logSourceCRN) under a service no shipped page declares."""
+    return dict(load_event("kms-cadf-zulu-no-source.json"), action="hs-crypto.secrets.delete")
+
+
 def kmip_event(**changes):
     event = load_event("vmware-kmip-create.json")
     event.update(changes)
@@ -194,7 +203,7 @@ def test_required_field_in_a_warn_mode_service_is_a_named_warning(tmp_path):
 
 
 def test_expected_field_required_in_defaults_applies_to_unknown_services_too(tmp_path):
-    event = load_event("kms-cadf-zulu-no-source.json")  # no logSourceCRN, no schema for kms
+    event = unknown_service_event()  # no logSourceCRN, no schema for hs-crypto
     verdict = tuned(tmp_path, "defaults:\n  expected_fields: {require: [/logSourceCRN]}\n").process(event)
     assert verdict.outcome == "rejected"
     assert [(r.path, r.rule) for r in verdict.reasons] == [("/logSourceCRN", "tuning.require")]
@@ -216,7 +225,7 @@ def test_expected_field_ignored_for_one_service(tmp_path, shared_filter):
 
 
 def test_expected_field_ignored_in_defaults_for_every_event(tmp_path):
-    event = load_event("kms-cadf-zulu-no-source.json")
+    event = unknown_service_event()
     verdict = tuned(tmp_path, "defaults:\n  expected_fields: {ignore: [/logSourceCRN]}\n").process(event)
     assert verdict.outcome == "accepted"
     assert "envelope.expected:/logSourceCRN" not in verdict.warnings
@@ -318,7 +327,7 @@ def test_annotation_key_derived_fields_and_fixes(tmp_path):
 
 @pytest.mark.parametrize("policy, outcome", [("warn", "accepted"), ("reject", "rejected"), ("pass", "passed")])
 def test_unknown_service_policy(tmp_path, policy, outcome):
-    event = load_event("kms-cadf-zulu-no-source.json")
+    event = unknown_service_event()
     verdict = tuned(tmp_path, f"defaults:\n  unknown_service: {policy}\n").process(event)
     assert verdict.outcome == outcome
     if outcome == "rejected":
@@ -450,7 +459,7 @@ def test_unknown_service_is_an_error_listing_the_known_ones(tmp_path):
         """)
     assert str(only(errors)) == (
         f"{path}:4: key 'services.vmware-solution': unknown service: did you mean 'vmware-solutions'? "
-        f"expected one of audit-log, vmware-solutions (a new service needs its schemas under schema_dirs)")
+        f"expected one of {KNOWN} (a new service needs its schemas under schema_dirs)")
 
 
 def test_bad_regex_in_a_rule(tmp_path):
@@ -619,7 +628,7 @@ def test_config_check_reports_each_mistake_and_exits_2(tmp_path, capsys):
     assert err == [
         f"{path}:2: key 'defaults.mode': expected one of enforce, warn, off, got 'strict'",
         f"{path}:4: key 'services.vmware-solution': unknown service: did you mean 'vmware-solutions'? "
-        f"expected one of audit-log, vmware-solutions (a new service needs its schemas under schema_dirs)",
+        f"expected one of {KNOWN} (a new service needs its schemas under schema_dirs)",
         f"{path}:6: key 'services.audit-log.unknown_action': expected one of reject, warn, pass, got 'drop'",
         f"atnorm config check: 3 mistakes in {path}",
     ]
@@ -632,13 +641,14 @@ def test_config_check_of_a_missing_file(tmp_path, capsys):
 
 def test_config_check_sees_schemas_given_on_the_command_line(tmp_path, capsys):
     generated = tmp_path / "gen"
-    assert cli.main(["schemas", "build", str(FIXTURES / "tuning" / "object-store-events.md"),
-                     "--out", str(generated)]) == 0
-    path = tuning_file(tmp_path, "services:\n  cloud-object-storage:\n    mode: warn\n")
+    page = tmp_path / "object-archive.md"
+    page.write_text("| Action | Description |\n|---|---|\n| `object-archive.object.create` | written |\n")
+    assert cli.main(["schemas", "build", str(page), "--out", str(generated)]) == 0
+    path = tuning_file(tmp_path, "services:\n  object-archive:\n    mode: warn\n")
     assert cli.main(["config", "check", str(path)]) == 2
     capsys.readouterr()
     assert cli.main(["config", "check", str(path), "--schemas", str(generated)]) == 0
-    assert "3 services known" in capsys.readouterr().out
+    assert f"{len(KNOWN.split(', ')) + 1} services known" in capsys.readouterr().out
 
 
 def test_paths_in_schema_dirs_are_relative_to_the_tuning_file(tmp_path):

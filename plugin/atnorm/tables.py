@@ -270,6 +270,7 @@ class CellNames:
     invalid: List[Tuple[str, str]] = field(default_factory=list)  # (token, why)
     prose: str = ""  # the stretch of the cell that holds words, not names
     unresolved: List[str] = field(default_factory=list)  # keywords with no known service
+    stray: List[str] = field(default_factory=list)  # names read without a trailing colon
 
     @property
     def found(self) -> bool:
@@ -287,6 +288,8 @@ class CellNames:
             )
         for name in self.templates:
             out.append(f"placeholder service in {name!r}: kept as a template, not an action")
+        for token in self.stray:
+            out.append(f"stray ':' after {token[:-1]!r}: read as {token[:-1]}")
         for token, why in self.invalid:
             out.append(f"{token!r} is not a valid action name ({why})")
         for token in self.fields:
@@ -344,6 +347,9 @@ def names_in_cell(
             out.invalid.extend(problems)
         elif _ACTION.match(token):
             out.names.append(token)
+        elif token.endswith(":") and _ACTION.match(token[:-1]):
+            out.names.append(token[:-1])  # `a.b.c:` - a colon typed after the name
+            out.stray.append(token)
         else:
             out.invalid.append((token, _why_invalid(token)))
     if prose_spans:
@@ -437,6 +443,9 @@ _FENCE = re.compile(r"(`{3,}|~{3,})")
 # A separator cell of a pipe table: dashes with optional alignment colons.
 _SEPARATOR_CELL = re.compile(r":?-+:?\Z")
 _CAPTION = re.compile(r'caption\s*=\s*"([^"]*)"')
+# A definition-list term that is only code spans (`a.b.c`, `a.b.{c,d}`), and a definition.
+_DEF_TERM = re.compile(r"(?:`[^`]+`[\s,]*)+\Z")
+_DEF_LINE = re.compile(r":[ \t]+(.*)\Z")
 _SUBCOLLECTION = re.compile(r"subcollection\s*:\s*[\"']?([A-Za-z0-9_.-]+)")
 
 
@@ -553,6 +562,9 @@ class _Scanner:
             elif text.startswith("|") and i + 1 < n and _content(lines[i + 1]).startswith("|"):
                 i = self._pipe_block_without_separator(i)
                 continue
+            elif _DEF_TERM.match(text) and self._definition_at(i + 1) is not None:
+                i = self._definition_list(i)
+                continue
             i += 1
         if fence:
             self.problem(fence[2], "code fence is never closed: the rest of the page is code")
@@ -607,6 +619,46 @@ class _Scanner:
         caption, j = self._caption_after(j)
         self.tables.append(_Table(i + 1, header, rows, self._context(), caption))
         return j
+
+    def _definition_at(self, i: int) -> Optional[int]:
+        """The line index of the `:   definition` that follows a term ending at line i-1."""
+        if i < len(self.lines) and not _content(self.lines[i]):
+            i += 1  # kramdown allows one blank line between a term and its definition
+        if i < len(self.lines) and _DEF_LINE.match(_content(self.lines[i])):
+            return i
+        return None
+
+    def _definition_list(self, i: int) -> int:
+        """Read a kramdown definition list whose terms are code (`is.vpc.vpc.{list,read}`).
+
+        It becomes a two-column table, Action | Description, so the classifier and the
+        cell reader treat its terms exactly like the cells of an action table.
+        """
+        rows = []
+        first = i
+        while i < len(self.lines):
+            term = _content(self.lines[i])
+            definition = self._definition_at(i + 1) if _DEF_TERM.match(term) else None
+            if definition is None:
+                break
+            text = _DEF_LINE.match(_content(self.lines[definition])).group(1)
+            rows.append(_Row(i + 1, [term, text]))
+            i = definition + 1
+            while i < len(self.lines) and _DEF_LINE.match(_content(self.lines[i])):
+                i += 1  # further definitions of the same term
+            while i < len(self.lines) and self.lines[i].startswith((" ", "\t")) and _content(
+                self.lines[i]
+            ):
+                i += 1  # indented continuation of the definition
+            following = i
+            while following < len(self.lines) and not _content(self.lines[following]):
+                following += 1
+            if following < len(self.lines) and _DEF_TERM.match(_content(self.lines[following])):
+                i = following
+            else:
+                break
+        self.tables.append(_Table(first + 1, ["Action", "Description"], rows, self._context()))
+        return i
 
     def _pipe_block_without_separator(self, i: int) -> int:
         j = i
@@ -689,6 +741,9 @@ class _Reader:
         self.keywords = keywords
         self._first: Dict[str, Action] = {}
         self._issues: Dict[int, List[str]] = {}  # line -> reasons, one Problem per line
+        # Names only a rename table's current column or a severity table declares; they
+        # become actions at the end unless an action table lists them (its row is richer).
+        self._implied: Dict[str, Action] = {}
 
     def problem(self, line: int, why: str) -> None:
         reasons = self._issues.setdefault(line, [])
@@ -697,6 +752,10 @@ class _Reader:
 
     def finish(self) -> PageTables:
         """Turn the collected reasons into problems (one per line) and check services."""
+        for action in self._implied.values():
+            if action.name not in self._first:
+                self._first[action.name] = action
+                self.out.actions.append(action)
         self._near_miss_services()
         for line, reasons in self._issues.items():
             self.out.problems.append(Problem(self.out.page, line, "; ".join(reasons)))
@@ -767,9 +826,9 @@ class _Reader:
 
         self._row_shapes(table, needed=action.index)
         if legacy is not None:
-            self._renames(legacy, action)
+            self._renames(table, legacy, action)
         elif severity is not None:
-            self._severities(severity, action)
+            self._severities(table, severity, action)
         if (legacy is None and severity is None) or description is not None:
             self._actions(table, action, description)
 
@@ -813,7 +872,9 @@ class _Reader:
 
     # -- the four kinds of table ------------------------------------------------------
 
-    def _actions(self, table: _Table, action: _Column, description: Optional[int]) -> None:
+    @staticmethod
+    def _where(table: _Table, action: _Column) -> Tuple[str, str]:
+        """The heading and the event kind that the rows of `table` share."""
         heading = table.headings[-1] if table.headings else ""
         kind = next(
             (
@@ -823,6 +884,18 @@ class _Reader:
             ),
             UNSPECIFIED,
         )
+        return heading, kind
+
+    def _imply(self, name: str, description: str, heading: str, kind: str, line: int) -> None:
+        known = self._implied.get(name)
+        if known is None:
+            self._implied[name] = Action(name, description, heading, kind, line)
+        elif description and description not in known.description:
+            joined = "; ".join(filter(None, (known.description, description)))
+            self._implied[name] = Action(name, joined, known.heading, known.event_kind, known.line)
+
+    def _actions(self, table: _Table, action: _Column, description: Optional[int]) -> None:
+        heading, kind = self._where(table, action)
         for row, reading in action.readings:
             if reading is None:
                 continue  # already reported as a missing action cell
@@ -853,8 +926,19 @@ class _Reader:
                 f"{first.event_kind} event at line {first.line}: the first one is kept",
             )
 
-    def _renames(self, legacy: _Column, current: _Column) -> None:
+    def _renames(self, table: _Table, legacy: _Column, current: _Column) -> None:
+        heading, kind = self._where(table, current)
         for (row, old), (_, new) in zip(legacy.readings, current.readings):
+            if new is not None:
+                # The current column declares actions, whatever the legacy cell says.
+                olds = old.names if old is not None else []
+                for index, name in enumerate(new.names):
+                    if len(olds) == len(new.names):
+                        before = [olds[index]]
+                    else:
+                        before = olds if len(new.names) == 1 else []
+                    note = "formerly " + ", ".join(before) if before else ""
+                    self._imply(name, note, heading, kind, row.line)
             if old is None or new is None or _clean_text(row.cells[legacy.index]).lower() in _NONE:
                 continue
             for why in old.issues() + new.issues():
@@ -877,9 +961,15 @@ class _Reader:
                         row.line, f"{before} renamed to both {known} and {after}: the first is kept"
                     )
 
-    def _severities(self, severity: _Column, action: _Column) -> None:
+    def _severities(self, table: _Table, severity: _Column, action: _Column) -> None:
+        heading, kind = self._where(table, action)
         for (row, _), (_, names) in zip(severity.readings, action.readings):
-            if names is None or severity.index >= len(row.cells):
+            if names is None:
+                continue
+            # The names are declared actions even when the severity word is unreadable.
+            for name in names.names:
+                self._imply(name, "", heading, kind, row.line)
+            if severity.index >= len(row.cells):
                 continue
             level = _clean_text(row.cells[severity.index]).strip("`* ").lower()
             for why in names.issues():
@@ -1019,6 +1109,9 @@ def read_file(path: Union[str, "os.PathLike[str]"]) -> PageTables:
 def _decode(data: bytes, page: str, problems: List[Problem]) -> str:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        problems.append(Problem(page, line, "NUL bytes: binary data, not a text page"))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
