@@ -127,6 +127,20 @@ def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, A
 _MISSING = object()
 
 
+def _pop_text_key(record: Dict[Any, Any], key: str, default: Any) -> Any:
+    """Take `key` off `record`, whether it arrived as str or as bin (bytes)."""
+    if key in record:
+        return record.pop(key)
+    return record.pop(key.encode("utf-8"), default)
+
+
+def _utf8_or_none(value: bytes) -> Optional[str]:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def input_rejected(original: Any, rule: str, message: str) -> Verdict:
     """A rejected verdict for input that could not be read as a record at all."""
     return Verdict(REJECTED, original, reasons=[RejectReason(path="", rule=rule, message=message)])
@@ -160,10 +174,16 @@ class RecordRouter:
         tag: Any = None
         when: Any = _MISSING
         if self._transport_keys and type(record) is dict:
+            # msgpack from Fluentd's ltsv/none parsers carries text as bin: the keys and
+            # the tag may arrive as bytes.
             if self._tag_key:
-                tag = record.pop(self._tag_key, None)
+                tag = _pop_text_key(record, self._tag_key, None)
+                if type(tag) is bytes:
+                    tag = _utf8_or_none(tag)
             if self._time_key:
-                when = record.pop(self._time_key, _MISSING)
+                when = _pop_text_key(record, self._time_key, _MISSING)
+                if type(when) is bytes:
+                    when = _utf8_or_none(when) or when
         return tag, when
 
     def record(self, record: Any) -> Any:
@@ -190,11 +210,12 @@ class RecordRouter:
             verdict = self._failed(line.decode("utf-8", "backslashreplace"), exc)
         return self.shape(verdict, None, _MISSING)
 
-    def reject(self, record: Any, rule: str, message: str) -> Any:
+    def reject(self, record: Any, rule: str, message: str, unwrap: Optional[str] = None) -> Any:
         """A parsed record refused before filtering (e.g. too large) → its rejected output,
-        under its own tag."""
+        under its own tag. With `unwrap`, the original is `record[unwrap]` (what is left
+        once the transport keys are taken)."""
         tag, when = self._take_transport_keys(record)
-        verdict = input_rejected(record, rule, message)
+        verdict = input_rejected(record[unwrap] if unwrap else record, rule, message)
         self.stats.count(verdict)
         return self.shape(verdict, tag, when)
 
@@ -338,46 +359,248 @@ class TsvInput(LineInput):
         return self.router.record(dict(zip(self._keys, values)))
 
 
+# --- msgpack framing ------------------------------------------------------------------------
+#
+# Fluentd's msgpack formatter writes one map per record, back to back, with nothing between
+# them. So a record starts with a map header (fixmap 0x80-0x8f, map16 0xde, map32 0xdf) and
+# its keys are strings (str, or bin from parsers that leave text untyped). Anything else at
+# a record boundary is damage. After damage, the next record starts at the first later
+# offset where a *plausible record* decodes completely: a non-empty map with text keys only
+# and, with --tag-key, the tag key holding text. Everything from the damage to that offset
+# is one damaged region and becomes one rejected record. No declared length is believed
+# beyond what a record may be: a container may hold at most max_record_size items, and a
+# string, bin or ext at most SKIP_FACTOR × max_record_size bytes, the most an oversized
+# record is streamed past (without buffering it) to reject it as one `record.size`.
+
 # Bytes that open a msgpack map (fixmap, map16, map32): where a record can start.
 _MAP_START = re.compile(rb"[\x80-\x8f\xde\xdf]")
 # Candidate resync points tried before the rest of what was read is given up as garbage.
 RESYNC_TRIES = 4096
 _RESYNC_STEP = 4096
+# An oversized record is skipped by its declared lengths up to this many times the
+# record size limit; a declared length beyond that is damage, not a record.
+SKIP_FACTOR = 16
+# Bytes of an oversized record kept as the rejection's original.
+KEPT_BYTES = 1024
+
+_WALK_DONE, _WALK_MORE, _WALK_INVALID = "done", "more", "invalid"
 
 
-def resync_offset(data: bytes, required_key: Optional[str] = None) -> Optional[int]:
-    """The first offset after 0 in `data` where a record plausibly starts, or None.
+def _is_map_header(byte: int) -> bool:
+    return 0x80 <= byte <= 0x8f or byte in (0xde, 0xdf)
 
-    Plausible: a map with text keys only (and `required_key` among them, when given: the
-    tag Fluentd injects into every record), complete, or cut off by the end of `data`
-    without a decoding error so far.
-    """
+
+def _is_text_header(byte: int) -> bool:
+    return 0xa0 <= byte <= 0xbf or byte in (0xd9, 0xda, 0xdb, 0xc4, 0xc5, 0xc6)
+
+
+# For each first byte of a msgpack object that is not a fix* type: (bytes of length field,
+# fixed payload bytes, kind) with kind "len" (payload of the given length), "ext" (payload
+# plus one type byte), "array", "map" or "" (fixed size).
+_HEADERS: Dict[int, Tuple[int, int, str]] = {
+    0xc0: (0, 0, ""), 0xc2: (0, 0, ""), 0xc3: (0, 0, ""),
+    0xc4: (1, 0, "len"), 0xc5: (2, 0, "len"), 0xc6: (4, 0, "len"),
+    0xc7: (1, 1, "ext"), 0xc8: (2, 1, "ext"), 0xc9: (4, 1, "ext"),
+    0xca: (0, 4, ""), 0xcb: (0, 8, ""),
+    0xcc: (0, 1, ""), 0xcd: (0, 2, ""), 0xce: (0, 4, ""), 0xcf: (0, 8, ""),
+    0xd0: (0, 1, ""), 0xd1: (0, 2, ""), 0xd2: (0, 4, ""), 0xd3: (0, 8, ""),
+    0xd4: (0, 2, ""), 0xd5: (0, 3, ""), 0xd6: (0, 5, ""), 0xd7: (0, 9, ""), 0xd8: (0, 17, ""),
+    0xd9: (1, 0, "len"), 0xda: (2, 0, "len"), 0xdb: (4, 0, "len"),
+    0xdc: (2, 0, "array"), 0xdd: (4, 0, "array"), 0xde: (2, 0, "map"), 0xdf: (4, 0, "map"),
+}
+
+
+class RecordWalker:
+    """Follows the structure of one msgpack record through any number of chunks without
+    keeping its bytes: only header bytes are looked at, payloads are counted past.
+
+    The record must be a map with text keys; a container may declare at most
+    `max_items` items and a payload at most `max_payload` bytes, else the bytes are not
+    a record (`invalid`)."""
+
+    def __init__(self, max_items: int, max_payload: int) -> None:
+        self._max_items, self._max_payload = max_items, max_payload
+        self._stack = [1]      # items still to come in each open container
+        self._skip = 0         # payload bytes still to pass
+        self._head = b""       # a header cut off by the end of a chunk
+        self.size = 0          # bytes walked so far
+        # Short text items directly in the record are read on the way, so that the tag of
+        # a record too large to keep can still be found (`top_text`).
+        self.top_text: Dict[bytes, bytes] = {}
+        self._capture: Optional[bytearray] = None
+        self._capture_key = False
+        self._last_key: Optional[bytes] = None
+
+    @property
+    def known_size(self) -> int:
+        """Bytes the record has at least: walked plus the rest of the current payload."""
+        return self.size + self._skip
+
+    def walk(self, chunk: Any) -> Tuple[str, int]:
+        """(`done`, bytes of `chunk` up to the end of the record), (`more`, len(chunk)) or
+        (`invalid`, offset in `chunk` of the byte that cannot be part of a record)."""
+        back = len(self._head)
+        data = self._head + bytes(chunk) if back else chunk
+        self._head = b""
+        state, pos = self._walk(data)
+        used = max(pos - back, 0)
+        self.size += used
+        return state, used
+
+    def _walk(self, data: Any) -> Tuple[str, int]:
+        stack, size = self._stack, len(data)
+        pos = 0
+        while True:
+            if self._skip:
+                take = min(self._skip, size - pos)
+                if self._capture is not None:
+                    self._capture += data[pos:pos + take]
+                self._skip -= take
+                pos += take
+                if self._skip:
+                    return _WALK_MORE, pos
+                if self._capture is not None:
+                    self._captured()
+                if self._item_done():
+                    return _WALK_DONE, pos
+                continue
+            if pos >= size:
+                return _WALK_MORE, pos
+            byte = data[pos]
+            if len(stack) == 1 and not _is_map_header(byte):
+                return _WALK_INVALID, pos
+            at_top = len(stack) == 2
+            at_key = at_top and stack[1] % 2 == 0
+            if at_key and not _is_text_header(byte):
+                return _WALK_INVALID, pos  # a key of the record that is not text
+            count, payload, width = 0, 0, 1
+            if byte <= 0x7f or byte >= 0xe0:
+                pass
+            elif byte <= 0x8f:
+                count = 2 * (byte & 0x0f)
+            elif byte <= 0x9f:
+                count = byte & 0x0f
+            elif byte <= 0xbf:
+                payload = byte & 0x1f
+            elif byte == 0xc1:
+                return _WALK_INVALID, pos
+            else:
+                length_bytes, fixed, kind = _HEADERS[byte]
+                width = 1 + length_bytes
+                if pos + width > size:
+                    self._head = bytes(data[pos:])
+                    return _WALK_MORE, size
+                length = int.from_bytes(data[pos + 1:pos + width], "big") if length_bytes else 0
+                if kind in ("array", "map"):
+                    if length > self._max_items:
+                        return _WALK_INVALID, pos
+                    count = length * 2 if kind == "map" else length
+                elif kind in ("len", "ext"):
+                    if length > self._max_payload:
+                        return _WALK_INVALID, pos
+                    payload = length + fixed
+                else:
+                    payload = fixed
+            pos += width
+            if at_top:
+                if payload and payload <= 256 and _is_text_header(byte):
+                    self._capture, self._capture_key = bytearray(), at_key
+                elif not at_key:
+                    self._last_key = None
+            if count:
+                stack.append(count)
+            elif payload:
+                self._skip = payload
+            elif self._item_done():
+                return _WALK_DONE, pos
+
+    def _captured(self) -> None:
+        value, self._capture = bytes(self._capture or b""), None
+        if self._capture_key:
+            self._last_key = value
+        elif self._last_key is not None:
+            if len(self.top_text) < 64:
+                self.top_text[self._last_key] = value
+            self._last_key = None
+
+    def _item_done(self) -> bool:
+        """One item ended; True when that completes the record."""
+        stack = self._stack
+        stack[-1] -= 1
+        while stack[-1] == 0:
+            stack.pop()
+            if not stack:
+                return True
+            stack[-1] -= 1
+        return False
+
+
+def _text_key(record: Dict[Any, Any], key: str) -> Any:
+    """The key of `record` that is `key` as str or as bin (bytes), or None."""
+    if key in record:
+        return key
+    raw = key.encode("utf-8")
+    return raw if raw in record else None
+
+
+def plausible_record(obj: Any, required_key: Optional[str] = None) -> bool:
+    """A non-empty map with text keys only, and `required_key` holding text (when given):
+    what Fluentd's msgpack formatter writes for a record with tag_key injected."""
+    if type(obj) is not dict or not obj:
+        return False
+    if not all(type(key) is str or type(key) is bytes for key in obj):
+        return False
+    if required_key is None:
+        return True
+    found = _text_key(obj, required_key)
+    return found is not None and isinstance(obj[found], (str, bytes))
+
+
+def _bounded_unpacker(limit: int, raw: bool = False) -> msgpack.Unpacker:
+    return msgpack.Unpacker(raw=raw, strict_map_key=False, max_buffer_size=0,
+                            max_str_len=limit, max_bin_len=limit, max_ext_len=limit,
+                            max_array_len=limit, max_map_len=limit)
+
+
+def record_at(data: Any, offset: int, limit: int,
+              required_key: Optional[str] = None) -> Optional[bool]:
+    """Whether a plausible record decodes completely at `offset` of `data`: True, False,
+    or None when it is cut off by the end of `data` without a decoding error so far."""
     view = memoryview(data)
-    for tries, match in enumerate(_MAP_START.finditer(data, 1)):
-        if tries >= RESYNC_TRIES:
-            return None
-        if _record_starts_at(view, match.start(), required_key):
-            return match.start()
-    return None
-
-
-def _record_starts_at(view: memoryview, offset: int, required_key: Optional[str]) -> bool:
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker = _bounded_unpacker(limit)
     position = offset
     while True:
         if position >= len(view):
-            return True  # cut off by the end of what was read: plausible so far
+            return None
         unpacker.feed(view[position:position + _RESYNC_STEP])
         position += _RESYNC_STEP
         try:
             obj = unpacker.unpack()
         except msgpack.OutOfData:
+            if position - offset > limit:
+                return False
             continue
         except Exception:  # a decoding error: not a record boundary
             return False
-        return (type(obj) is dict and len(obj) > 0
-                and all(type(key) is str for key in obj)
-                and (required_key is None or required_key in obj))
+        return plausible_record(obj, required_key)
+
+
+def resync_offset(data: bytes, required_key: Optional[str] = None, *,
+                  start: int = 1, end: Optional[int] = None, eof: bool = True,
+                  limit: int = 1 << 20) -> Optional[int]:
+    """The first offset from `start` (and before `end`) in `data` where a plausible record
+    starts completely, or None. A candidate cut off by the end of `data` counts as no
+    record when `eof`; otherwise the search stops there and returns -1 (wait for more)."""
+    stop = len(data) if end is None else end
+    for tries, match in enumerate(_MAP_START.finditer(data, start, stop)):
+        if tries >= RESYNC_TRIES:
+            return None
+        found = record_at(data, match.start(), limit, required_key)
+        if found:
+            return match.start()
+        if found is None and not eof:
+            return -1
+    return None
 
 
 def _describe(exc: Optional[BaseException]) -> str:
@@ -389,13 +612,19 @@ def _describe(exc: Optional[BaseException]) -> str:
 class MsgpackInput:
     """Fluentd `<format> @type msgpack`: a stream of msgpack maps, split anywhere.
 
-    Recovery when the object starting at stream offset P cannot be decoded:
-    - if it is well-framed but not decodable as text (invalid UTF-8 in a string, an
-      unhashable map key), it is read again without text decoding and rejected alone;
-    - otherwise the bytes from P up to the next offset where a record plausibly starts
-      (`resync_offset`; else up to the end of what was read) become one rejected record,
-      their bytes its original, and decoding resumes there.
-    The bytes from the last good object on are kept so either step can re-read them.
+    Records are decoded straight from the buffered input. What is not a plausible
+    record at a record boundary (see the framing rule above) is dealt with as follows:
+    - a map that frames correctly but is over max_record_size: one `record.size`
+      rejection; a map whose declared sizes already exceed the limit is streamed past
+      (RecordWalker), never buffered;
+    - a map that frames correctly but does not decode as text (invalid UTF-8 in a
+      string): read again without text decoding and rejected alone, byte for byte;
+    - a complete object that is not a record and holds no record start inside (`[1, 2]`,
+      a bare string): rejected alone, decoded;
+    - anything else is damage: the bytes up to the next plausible record start are one
+      rejected record, and decoding resumes there. While that start cannot be seen yet
+      (the bytes after the damage are still arriving) the damage waits, at most about
+      2 × max_record_size bytes.
     """
 
     def __init__(self, router: RecordRouter, keep_raw: Callable[[Any], Any],
@@ -404,115 +633,269 @@ class MsgpackInput:
         self._keep_raw = keep_raw
         self._log = log
         self._limit = router.max_record_bytes
-        self._chunks: List[bytes] = []   # unconsumed input, starting at _chunks_start
-        self._chunks_start = 0
-        self._fed = 0                    # stream offset of the end of the input so far
-        self._raw = False                # re-reading one object without text decoding
-        self._raw_error: Optional[BaseException] = None
-        self._base = 0                   # stream offset where the current unpacker starts
-        # Stream offset where the next object starts (the unpacker's tell() runs ahead
-        # into an object that is still incomplete).
-        self._next = 0
-        self._unpacker = self._new_unpacker(raw=False)
-
-    def _new_unpacker(self, raw: bool) -> msgpack.Unpacker:
-        # Room for one record at the size limit plus the read that completes it.
-        return msgpack.Unpacker(raw=raw, strict_map_key=False,
-                                max_buffer_size=2 * self._limit + READ_SIZE)
+        self._tag_key = router.tag_key
+        self._buf = bytearray()   # input not decided yet
+        self._offset = 0          # stream offset of _buf[0]
+        # An oversized record being streamed past: (walker, stream offset, first bytes).
+        self._skipping: Optional[Tuple[RecordWalker, int, bytes]] = None
+        self._pos = 0             # where deciding has got to in _buf
 
     def feed(self, chunk: bytes) -> List[Any]:
-        """Outputs for every complete object in `chunk` (plus what was kept from before)."""
-        self._chunks.append(chunk)
-        self._fed += len(chunk)
+        """Outputs for every record decided with `chunk` (plus what was kept from before)."""
         outputs: List[Any] = []
-        try:
-            self._unpacker.feed(chunk)
-        except msgpack.BufferFull:
-            outputs.append(self._reject_bytes(self._next, self._fed,
-                                              "an object over the size limit"))
-            self._restart(self._fed, raw=False)
-            return outputs
-        self._drain(outputs)
+        view = memoryview(chunk)
+        if self._skipping is not None:
+            view = self._skip(view, outputs)
+        if view:
+            self._buf += view
+        self._decide(outputs, eof=False)
         return outputs
 
     def close(self) -> List[Any]:
-        """At end of input, the bytes of an unfinished object become one rejected record."""
-        if self._next >= self._fed:
-            return []
-        return [self._reject_bytes(self._next, self._fed, "input ended inside an object")]
+        """At end of input: what is left is decided, an unfinished object as damage."""
+        outputs: List[Any] = []
+        if self._skipping is not None:
+            walker, start, head = self._skipping
+            self._skipping = None
+            outputs.append(self._oversized(start, walker.size, head, "input ended inside an object",
+                                           walker))
+        self._decide(outputs, eof=True)
+        return outputs
 
-    def _drain(self, outputs: List[Any]) -> None:
-        unpacker = self._unpacker
+    # -- deciding --------------------------------------------------------------------------
+
+    def _decide(self, outputs: List[Any], eof: bool) -> None:
+        buf = self._buf
+        self._pos = 0
+        while self._pos < len(buf) and self._skipping is None:
+            try:
+                waiting = self._decode_run(outputs, eof)
+            except Exception as exc:  # a bug of ours must not stall or kill the stream
+                outputs.append(self._internal_error(self._pos, len(buf), exc))
+                self._pos, waiting = len(buf), False
+            if waiting:
+                break
+        pos = len(buf) if self._skipping is not None else self._pos
+        del buf[:pos]
+        self._offset += pos
+        self._pos = 0
+
+    def _decode_run(self, outputs: List[Any], eof: bool) -> bool:
+        """Decode records from `self._pos` on until something is not a plain record,
+        moving `self._pos` past what was decided; True to wait for more input."""
+        buf, limit, key = self._buf, self._limit, self._tag_key
+        base = pos = self._pos
+        unpacker = _bounded_unpacker(limit)
+        unpacker.feed(memoryview(buf)[pos:])
         route = self.router.record
-        start = self._next
         while True:
             try:
                 obj = unpacker.unpack()
             except msgpack.OutOfData:
-                break
-            except Exception as exc:  # any decoding failure is the peer's garbage
-                if self._raw:
-                    end = self._garbage_end(start)
-                    outputs.append(self._reject_bytes(start, end, _describe(exc)))
-                    self._restart(end, raw=False)
-                else:
-                    self._restart(start, raw=True)
-                    self._raw_error = exc
-                unpacker = self._unpacker
-                start = self._next
-                continue
-            end = self._base + unpacker.tell()
-            if self._raw:
-                outputs.append(self._undecodable(obj, end - start))
-                self._restart(end, raw=False)
-                unpacker = self._unpacker
-            elif end - start > self._limit:
+                if pos >= len(buf):
+                    return self._settle(None, pos)
+                return self._settle(self._incomplete(pos, eof, outputs), pos)
+            except Exception as exc:  # the peer's bytes, or a string that is not UTF-8
+                return self._settle(self._undecodable(pos, exc, eof, outputs), pos)
+            end = base + unpacker.tell()
+            if not plausible_record(obj, key):
+                if not plausible_record(obj):
+                    # Not shaped like a record at all: damage, up to the next record.
+                    return self._settle(self._not_a_record(pos, end, obj, eof, outputs), pos)
+                # A record without its tag, unless a record starts inside it.
+                inside = self._record_inside(pos, end, eof)
+                if inside == -1:
+                    return self._settle(None, pos)
+                if inside is not None:
+                    outputs.append(self._reject_bytes(pos, inside, "not a record"))
+                    return self._settle(inside, pos)
+            if end - pos > limit:
                 outputs.append(self.router.reject(
                     obj, "record.size",
-                    f"record of {end - start} bytes is over the {self._limit}-byte limit"))
+                    f"record of {end - pos} bytes is over the {limit}-byte limit"))
             else:
                 outputs.append(route(obj))
-            start = self._next = end
-        self._trim(start)
+            pos = self._pos = end
 
-    def _pending(self, offset: int) -> bytes:
-        """The input kept from stream `offset` on."""
-        self._trim(offset)
-        return b"".join(self._chunks)[offset - self._chunks_start:]
+    def _settle(self, step: Optional[int], pos: int) -> bool:
+        """Go on from `step` (True: wait at `pos` for more input)."""
+        if step is None:
+            self._pos = pos
+            return True
+        self._pos = step
+        return False
 
-    def _restart(self, offset: int, raw: bool) -> None:
-        """Decode again from stream `offset` with a fresh unpacker."""
-        unpacker = self._new_unpacker(raw)
-        pending = self._pending(offset)
-        if pending:
-            unpacker.feed(pending)
-        self._unpacker, self._raw, self._base, self._next = unpacker, raw, offset, offset
+    def _not_a_record(self, pos: int, end: int, obj: Any, eof: bool,
+                      outputs: List[Any]) -> Optional[int]:
+        """A complete object that is not a record at `pos`: it and whatever follows up to
+        the next record are one rejection (the object itself as original when alone)."""
+        overflowing = self._overflowing(pos)
+        found = resync_offset(self._buf, self._tag_key, start=pos + 1, eof=eof or overflowing,
+                              limit=self._limit)
+        if found == -1 or (found is None and not (eof or overflowing)):
+            return None
+        if found == end or (found is None and end == len(self._buf)):
+            outputs.append(self.router.unreadable(
+                self._keep_raw(obj), "input.msgpack",
+                f"msgpack {type(obj).__name__} of {end - pos} bytes at input offset "
+                f"{self._offset + pos} is not a record (a map with text keys)"))
+            return end
+        found = len(self._buf) if found is None else found
+        outputs.append(self._reject_bytes(pos, found, "not a record"))
+        return found
 
-    def _trim(self, offset: int) -> None:
-        """Forget input chunks that end before `offset`."""
-        while self._chunks and self._chunks_start + len(self._chunks[0]) <= offset:
-            self._chunks_start += len(self._chunks.pop(0))
+    def _record_inside(self, pos: int, end: int, eof: bool) -> Optional[int]:
+        """The first plausible record start after `pos` and before `end`, None, or -1
+        when that cannot be known before more input arrives."""
+        return resync_offset(self._buf, self._tag_key, start=pos + 1, end=end,
+                             eof=eof or self._overflowing(pos), limit=self._limit)
 
-    def _garbage_end(self, start: int) -> int:
-        """Where records start again after garbage at `start` (else the end of the input)."""
-        skip = resync_offset(self._pending(start), self.router.tag_key)
-        return self._fed if skip is None else start + skip
+    def _overflowing(self, pos: int) -> bool:
+        """Too much undecided input: decide with what there is."""
+        return len(self._buf) - pos > 2 * self._limit + READ_SIZE
 
-    def _undecodable(self, raw_obj: Any, size: int) -> Any:
-        exc = self._raw_error
-        message = (f"msgpack object of {size} bytes cannot be decoded as a record "
+    def _incomplete(self, pos: int, eof: bool, outputs: List[Any]) -> Optional[int]:
+        buf = self._buf
+        if _is_map_header(buf[pos]):
+            walker = RecordWalker(self._limit, SKIP_FACTOR * self._limit)
+            state, used = (walker.walk(memoryview(buf)[pos:pos + 64])
+                           if len(buf) - pos <= self._limit else walker.walk(memoryview(buf)[pos:]))
+            if state == _WALK_INVALID:
+                return self._damage(pos, eof, outputs)
+            if walker.known_size > self._limit or len(buf) - pos > self._limit:
+                return self._start_skipping(pos, outputs)
+            if not eof:
+                return None  # a record still arriving
+        return self._damage(pos, eof, outputs)
+
+    def _undecodable(self, pos: int, exc: Exception, eof: bool, outputs: List[Any]) -> Optional[int]:
+        buf = self._buf
+        if not _is_map_header(buf[pos]):
+            return self._damage(pos, eof, outputs)
+        walker = RecordWalker(self._limit, SKIP_FACTOR * self._limit)
+        state, used = walker.walk(memoryview(buf)[pos:])
+        if state == _WALK_INVALID:
+            return self._damage(pos, eof, outputs)
+        if state == _WALK_MORE:
+            if walker.known_size > self._limit or len(buf) - pos > self._limit:
+                return self._start_skipping(pos, outputs)
+            return None if not eof else self._damage(pos, eof, outputs)
+        end = pos + used
+        if used > self._limit:
+            outputs.append(self._oversized(self._offset + pos, used, bytes(buf[pos:pos + KEPT_BYTES]),
+                                           walker=walker))
+            return end
+        try:  # framed as a record: only its text is bad; keep it byte for byte
+            raw_obj = msgpack.unpackb(bytes(buf[pos:end]), raw=True, strict_map_key=False)
+        except Exception:
+            return self._damage(pos, eof, outputs)
+        if type(raw_obj) is not dict:
+            return self._damage(pos, eof, outputs)
+        message = (f"msgpack object of {used} bytes cannot be decoded as a record "
                    f"({_describe(exc)}); original holds it with strings undecoded")
         if self._log is not None:
             self._log.write(message)
-        return self.router.unreadable(self._keep_raw(raw_obj), "input.msgpack", message)
+        outputs.append(self.router.unreadable(self._keep_raw(raw_obj), "input.msgpack", message))
+        return end
 
-    def _reject_bytes(self, start: int, end: int, why: str) -> Any:
-        """The input bytes from `start` to `end` as one rejected record."""
-        data = self._pending(start)[:end - start]
-        message = f"{len(data)} bytes at input offset {start} are not a msgpack record ({why})"
+    def _damage(self, pos: int, eof: bool, outputs: List[Any]) -> Optional[int]:
+        """The bytes from `pos` to the next plausible record start as one rejection."""
+        buf = self._buf
+        overflowing = self._overflowing(pos)
+        found = resync_offset(buf, self._tag_key, start=pos + 1, eof=eof or overflowing,
+                              limit=self._limit)
+        if found == -1:
+            return None
+        if found is None:
+            if not (eof or overflowing):
+                return None  # the damage may go on in the next read
+            found = len(buf)
+        why = "input ended inside an object" if eof and found == len(buf) else "not a record"
+        outputs.append(self._reject_bytes(pos, found, why))
+        return found
+
+    # -- oversized records -----------------------------------------------------------------
+
+    def _start_skipping(self, pos: int, outputs: List[Any]) -> int:
+        """Stream past the record at `pos` without buffering it."""
+        walker = RecordWalker(self._limit, SKIP_FACTOR * self._limit)
+        head = bytes(self._buf[pos:pos + KEPT_BYTES])
+        self._skipping = (walker, self._offset + pos, head)
+        rest = self._skip(memoryview(self._buf)[pos:], outputs)
+        if rest:  # the record ended inside what was buffered
+            return len(self._buf) - len(rest)
+        return len(self._buf)
+
+    def _skip(self, view: memoryview, outputs: List[Any]) -> memoryview:
+        """Feed `view` to the record being skipped; returns the bytes after its end."""
+        assert self._skipping is not None
+        walker, start, head = self._skipping
+        state, used = walker.walk(view)
+        if state == _WALK_MORE:
+            return view[len(view):]
+        self._skipping = None
+        if state == _WALK_DONE:
+            outputs.append(self._oversized(start, walker.size, head, walker=walker))
+        else:
+            outputs.append(self._reject_region(head, start, walker.size,
+                                               "an oversized object that turned out not to be a record"))
+        return view[used:]
+
+    def _oversized(self, start: int, size: int, head: bytes, why: str = "",
+                   walker: Optional[RecordWalker] = None) -> Any:
+        message = (f"record of {size} bytes at input offset {start} is over the "
+                   f"{self._limit}-byte limit; original holds its first {len(head)} bytes")
+        if why:
+            message += f" ({why})"
         if self._log is not None:
-            self._log.write(f"{message}; first bytes: {data[:LOG_PREVIEW_BYTES].hex()}")
-        return self.router.unreadable(self._keep_raw(data), "input.msgpack", message)
+            self._log.write(message)
+        tag = self._tag_in(head)
+        if tag is None and walker is not None and self._tag_key:
+            tag = walker.top_text.get(self._tag_key.encode("utf-8"))
+        if tag is not None and self._tag_key:
+            return self.router.reject({self._tag_key: tag, "original": self._keep_raw(head)},
+                                      "record.size", message, unwrap="original")
+        return self.router.unreadable(self._keep_raw(head), "record.size", message)
+
+    def _tag_in(self, head: bytes) -> Any:
+        """The tag of a record whose first bytes are `head`, if it is among them."""
+        if not self._tag_key:
+            return None
+        unpacker = _bounded_unpacker(self._limit)
+        unpacker.feed(head)
+        try:
+            for _ in range(unpacker.read_map_header()):
+                key = unpacker.unpack()
+                value = unpacker.unpack()
+                if key in (self._tag_key, self._tag_key.encode("utf-8")):
+                    return value if isinstance(value, (str, bytes)) else None
+        except Exception:  # cut off by the end of `head`, or not decodable
+            pass
+        return None
+
+    # -- rejections of raw bytes -------------------------------------------------------------
+
+    def _reject_bytes(self, pos: int, end: int, why: str) -> Any:
+        """The buffered bytes from `pos` to `end` as one rejected record."""
+        data = bytes(self._buf[pos:end])
+        return self._reject_region(data, self._offset + pos, len(data), why)
+
+    def _reject_region(self, data: bytes, start: int, size: int, why: str) -> Any:
+        kept = data[:self._limit]
+        message = f"{size} bytes at input offset {start} are not a msgpack record ({why})"
+        if size > len(kept):
+            message += f"; original holds the first {len(kept)}"
+        if self._log is not None:
+            self._log.write(f"{message}; first bytes: {kept[:LOG_PREVIEW_BYTES].hex()}")
+        return self.router.unreadable(self._keep_raw(kept), "input.msgpack", message)
+
+    def _internal_error(self, pos: int, end: int, exc: Exception) -> Any:
+        data = bytes(self._buf[pos:end])
+        message = (f"internal error while reading {len(data)} bytes at input offset "
+                   f"{self._offset + pos}: {type(exc).__name__}: {exc}")
+        if self._log is not None:
+            self._log.write(message)
+        return self.router.unreadable(self._keep_raw(data[:KEPT_BYTES]), "internal.error", message)
 
 
 RecordInput = Union[JsonLinesInput, TsvInput, MsgpackInput]
