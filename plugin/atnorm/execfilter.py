@@ -998,6 +998,7 @@ class DiagnosticLog:
 
     def __init__(self, path: Optional[str], quiet: bool = False) -> None:
         self._quiet = quiet
+        self._path = path
         self._handle = None
         if path:
             try:
@@ -1005,6 +1006,22 @@ class DiagnosticLog:
             except OSError as exc:
                 raise ConfigError(f"cannot open for appending: {exc.strerror}", file=path,
                                   key="log_file") from None
+
+    def reopen(self) -> None:
+        """Close and open the file again (after logrotate moved it); on failure the old
+        handle stays."""
+        if self._handle is None or self._path is None:
+            return
+        try:
+            handle = open(self._path, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            self.write(f"cannot reopen the log file: {exc.strerror}")
+            return
+        old, self._handle = self._handle, handle
+        try:
+            old.close()
+        except OSError:
+            pass
 
     def write(self, message: str) -> None:
         """A diagnostic line (dropped with `--quiet`)."""
@@ -1036,20 +1053,26 @@ class DiagnosticLog:
 
 class StopSignal:
     """Turns SIGTERM/SIGINT into a readable wake-up fd, so a blocked wait ends at once
-    while a batch in progress still finishes and is written."""
+    while a batch in progress still finishes and is written. SIGHUP never stops the loop:
+    it is noted (`hangup`) and handled between batches."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        self.hangup = False
         self.wakeup_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         os.set_blocking(self.wakeup_fd, False)
         self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.received = signum
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        self.hangup = True
 
     def drain(self) -> None:
         """Empty the wake-up pipe (so a stray byte cannot keep waking the loop)."""
@@ -1079,15 +1102,27 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+# On SIGTERM, what is already in the stdin pipe is read and decided before exiting; a
+# writer that never pauses cannot hold the exit back beyond this many bytes.
+DRAIN_LIMIT = 64 << 20
+
+
 def pump(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int, out_fd: int,
-         stop: StopSignal) -> str:
+         stop: StopSignal, on_hangup: Optional[Callable[[], None]] = None,
+         log: Optional["DiagnosticLog"] = None) -> str:
     """Read batches until EOF or a stop signal; returns `"eof"` or `"signal"`.
 
     Each read is one batch: all complete records in it are filtered and their outputs
-    leave in one write, so nothing waits in our buffers when Fluentd goes quiet.
+    leave in one write, so nothing waits in our buffers when Fluentd goes quiet. On a
+    stop signal, the input that has already arrived is read and decided first (Fluentd
+    closes our stdin and sends SIGTERM at the same moment when it shuts down).
     """
     watched = [in_fd, stop.wakeup_fd]
     while True:
+        if stop.hangup:
+            stop.hangup = False
+            if on_hangup is not None:
+                on_hangup()
         if stop.received is not None:
             how = "signal"
             break
@@ -1108,10 +1143,45 @@ def pump(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int, 
         outputs = reader.feed(chunk)
         if outputs:
             write_all(out_fd, encode(outputs))
+    if how == "signal":
+        drained, flushed = drain_input(reader, encode, in_fd, out_fd)
+        if log is not None:
+            log.write(f"stop signal: read the {drained} bytes already in stdin and wrote "
+                      f"{flushed} records for them before exiting")
     outputs = reader.close()
     if outputs:
         write_all(out_fd, encode(outputs))
     return how
+
+
+def drain_input(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int,
+                out_fd: int) -> Tuple[int, int]:
+    """Read and decide what is in `in_fd` now, without waiting for more; returns (bytes
+    read, outputs written)."""
+    was_blocking = os.get_blocking(in_fd)
+    drained = written = 0
+    try:
+        os.set_blocking(in_fd, False)
+        while drained < DRAIN_LIMIT:
+            try:
+                chunk = os.read(in_fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                break
+            drained += len(chunk)
+            outputs = reader.feed(chunk)
+            if outputs:
+                write_all(out_fd, encode(outputs))
+                written += len(outputs)
+    except OSError:
+        pass  # stdin went away: what was read is decided
+    finally:
+        try:
+            os.set_blocking(in_fd, was_blocking)
+        except OSError:
+            pass
+    return drained, written
 
 
 def build_reader(settings: Dict[str, Any], router: RecordRouter,
@@ -1126,31 +1196,56 @@ def build_reader(settings: Dict[str, Any], router: RecordRouter,
 
 
 def run(args: argparse.Namespace) -> int:
-    """Filter stdin to stdout until EOF or SIGTERM; exit 0 after writing what was read."""
-    settings, file_values = load_settings(args)
+    """Filter stdin to stdout until EOF or SIGTERM; exit 0 after writing what was read.
+    SIGHUP reopens --log-file (logrotate) and reloads the tuning file, if any."""
+    try:
+        settings, file_values = load_settings(args)
+    except ConfigError as exc:
+        _startup_error(getattr(args, "log_file", None), exc)
+        raise
     log = DiagnosticLog(settings["log_file"], settings["quiet"])
     metrics = None
     event_filter = None
     try:
-        # The holder swaps in a rebuilt filter on SIGHUP or a tuning-file change, between
-        # records; its one FilterStats is what monitoring reads.
-        event_filter = ReloadingFilter.from_args(args, file_values, log=log.write,
-                                                 drift_state=settings["drift_state"])
-        if getattr(args, "tuning", None) or file_values.get("tuning"):
-            event_filter.install_sighup()
-            event_filter.start_watching()
-        if settings["metrics_listen"]:
-            metrics = start_metrics_server(host_port(settings["metrics_listen"]), event_filter.stats,
-                                           schemas_loaded=lambda: len(event_filter.rules.services),
-                                           reload_counts=event_filter)
+        try:
+            # The holder swaps in a rebuilt filter on SIGHUP or a tuning-file change,
+            # between records; its one FilterStats is what monitoring reads.
+            event_filter = ReloadingFilter.from_args(args, file_values, log=log.write,
+                                                     drift_state=settings["drift_state"])
+            tuning = getattr(args, "tuning", None) or file_values.get("tuning")
+            if tuning:
+                event_filter.start_watching()
+            if settings["metrics_listen"]:
+                metrics = start_metrics_server(host_port(settings["metrics_listen"]),
+                                               event_filter.stats,
+                                               schemas_loaded=lambda: len(event_filter.rules.services),
+                                               reload_counts=event_filter)
+        except ConfigError as exc:
+            log.summary(f"cannot start: {exc}")
+            raise
+        except (OSError, ValueError) as exc:
+            log.summary(f"cannot start: {exc}")
+            raise ConfigError(f"cannot start: {exc}") from None
         router = RecordRouter(event_filter, settings["tag_key"], settings["rejected_tag_suffix"],
                               settings["default_tag"], settings["time_key"], log)
         reader = build_reader(settings, router, log)
         encode = msgpack_encoder() if settings["out_format"] == "msgpack" else json_encoder()
         log.write(f"started: {settings['in_format']} in, {settings['out_format']} out")
+
+        reloading = event_filter
+
+        def on_hangup() -> None:
+            log.reopen()
+            if tuning:
+                reloading.request_reload()
+                log.write(f"SIGHUP: log file reopened, reloading {tuning}")
+            else:
+                log.write("SIGHUP: log file reopened (no tuning file to reload)")
+
         stop = StopSignal()
         try:
-            how = pump(reader, encode, sys.stdin.fileno(), sys.stdout.fileno(), stop)
+            how = pump(reader, encode, sys.stdin.fileno(), sys.stdout.fileno(), stop,
+                       on_hangup, log)
         except BrokenPipeError:
             how = "stdout closed"
         finally:
@@ -1165,3 +1260,16 @@ def run(args: argparse.Namespace) -> int:
             event_filter.close()
         log.close()
     return 0
+
+
+def _startup_error(path: Any, exc: Exception) -> None:
+    """Put a start-up error in the log file as well (Fluentd keeps the child's stderr
+    only in its own log, if at all)."""
+    if not isinstance(path, str) or not path:
+        return
+    try:
+        log = DiagnosticLog(path)
+    except ConfigError:
+        return
+    log.summary(f"cannot start: {exc}")
+    log.close()
