@@ -156,8 +156,18 @@ def run_child(tmp_path: Path, args: Sequence[str], chunks: Sequence[bytes]) -> T
 
 
 def json_outputs(data: bytes) -> List[Dict[str, Any]]:
+    """JSON output records; whitespace lines are the padding to Fluentd's read blocks."""
     assert data == b"" or data.endswith(b"\n"), "output must end on a record boundary"
-    return [json.loads(line) for line in data.splitlines()]
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def read_json_record(stream: Any) -> Dict[str, Any]:
+    """The next JSON output record from a running child (skipping padding)."""
+    while True:
+        line = stream.readline()
+        assert line, "stdout closed"
+        if line.strip():
+            return json.loads(line)
 
 
 def msgpack_outputs(data: bytes) -> List[Dict[str, Any]]:
@@ -217,7 +227,7 @@ def assert_summary(child: Child, counts: Dict[str, int], how: str = "eof") -> No
 def test_json_lines_in_random_chunks_come_back_one_for_one(tmp_path):
     items = mixed_items(3000, seed=1, malformed=MALFORMED_LINES)
     chunks = random_chunks(json_stream(items), seed=2)
-    out, child = run_child(tmp_path, ["--tag-key", "tag"], chunks)
+    out, child = run_child(tmp_path, ["--out-format", "json", "--tag-key", "tag"], chunks)
     counts = assert_reconciles(items, json_outputs(out))
     assert all(counts.values())
     assert_summary(child, counts)
@@ -226,11 +236,11 @@ def test_json_lines_in_random_chunks_come_back_one_for_one(tmp_path):
 def test_json_line_split_across_writes_is_joined_before_filtering(tmp_path):
     first, second = mixed_items(2, seed=3)
     line = json.dumps(tagged(second)).encode("utf-8") + b"\n"
-    child = Child(tmp_path, "--tag-key", "tag")
+    child = Child(tmp_path, "--out-format", "json", "--tag-key", "tag")
     # A write below PIPE_BUF is atomic: the child reads the whole first record and
     # half of the second together; its output for the first proves that read happened.
     child.write(json.dumps(tagged(first)).encode("utf-8") + b"\n" + line[:len(line) // 2])
-    first_out = json.loads(child.proc.stdout.readline())
+    first_out = read_json_record(child.proc.stdout)
     child.write(line[len(line) // 2:])
     child.proc.stdin.close()
     rest, status = child.finish()
@@ -241,7 +251,7 @@ def test_json_line_split_across_writes_is_joined_before_filtering(tmp_path):
 def test_last_line_without_newline_is_filtered_at_eof(tmp_path):
     items = mixed_items(5, seed=4)
     data = json_stream(items).rstrip(b"\n")
-    out, _ = run_child(tmp_path, ["--tag-key", "tag"], [data])
+    out, _ = run_child(tmp_path, ["--out-format", "json", "--tag-key", "tag"], [data])
     assert_reconciles(items, json_outputs(out))
 
 
@@ -249,7 +259,7 @@ def test_without_tag_key_outputs_are_the_verdict_outputs(tmp_path):
     items = mixed_items(60, seed=5, malformed=MALFORMED_LINES)
     data = b"".join((item.raw if item.kind == "malformed" else
                      json.dumps(item.record).encode("utf-8")) + b"\n" for item in items)
-    out, _ = run_child(tmp_path, [], random_chunks(data, seed=6))
+    out, _ = run_child(tmp_path, ["--out-format", "json"], random_chunks(data, seed=6))
     outputs = json_outputs(out)
     assert len(outputs) == len(items)
     for item, output in zip(items, outputs):
@@ -265,7 +275,7 @@ def test_without_tag_key_outputs_are_the_verdict_outputs(tmp_path):
 def test_blank_lines_are_not_records(tmp_path):
     items = mixed_items(3, seed=7)
     data = b"\n\n" + json_stream(items).replace(b"\n", b"\n\r\n   \n")
-    out, _ = run_child(tmp_path, ["--tag-key", "tag"], [data])
+    out, _ = run_child(tmp_path, ["--out-format", "json", "--tag-key", "tag"], [data])
     assert_reconciles(items, json_outputs(out))
 
 
@@ -364,7 +374,7 @@ def test_record_over_the_size_limit_is_one_rejected_record(tmp_path, in_format):
     big = Item("passed", "app.big", {"level": "info", "message": "x" * 20000})
     items = [first, big, last]
     data = json_stream(items) if in_format == "json" else msgpack_stream(items)
-    out, _ = run_child(tmp_path, ["--in-format", in_format, "--tag-key", "tag",
+    out, _ = run_child(tmp_path, ["--in-format", in_format, "--out-format", in_format, "--tag-key", "tag",
                                   "--max-record-size", "4k"],
                        random_chunks(data, seed=23, largest=300))
     outputs = json_outputs(out) if in_format == "json" else msgpack_outputs(out)
@@ -399,7 +409,7 @@ def test_tsv_records_are_filtered_and_bad_lines_rejected(tmp_path):
     lines = [b"app.1\tINFO\tcache warmed",
              b"app.2\tWARN",                      # a field missing
              b"app.3\tERROR\tdisk \xff full"]     # invalid UTF-8
-    out, _ = run_child(tmp_path, ["--in-format", "tsv", "--tsv-keys", "tag,level,message",
+    out, _ = run_child(tmp_path, ["--in-format", "tsv", "--out-format", "json", "--tsv-keys", "tag,level,message",
                                   "--tag-key", "tag"], [b"\n".join(lines) + b"\n"])
     outputs = json_outputs(out)
     assert outputs[0] == {"tag": "app.1", "level": "INFO", "message": "cache warmed"}
@@ -416,7 +426,7 @@ def test_time_key_carries_normalized_event_time_or_the_incoming_value(tmp_path):
     records = [{**accepted, "tag": "a", "time": sent}, {**rejected, "tag": "r", "time": sent},
                {**passed, "tag": "p", "time": sent}, {**passed, "tag": "p2"}]
     data = b"".join(json.dumps(record).encode() + b"\n" for record in records)
-    out, _ = run_child(tmp_path, ["--tag-key", "tag", "--time-key", "time"], [data])
+    out, _ = run_child(tmp_path, ["--out-format", "json", "--tag-key", "tag", "--time-key", "time"], [data])
     acc, rej, pas, pas2 = json_outputs(out)
     assert acc["time"] == acc["eventTime"] == "2024-05-01T10:00:00.120+0000"
     assert rej["time"] == sent and rej["original"] == rejected, "time is taken off the original"
@@ -453,13 +463,13 @@ def test_sigterm_mid_batch_finishes_the_batch_and_what_already_arrived_then_exit
 
 
 def test_sigterm_while_waiting_for_input_exits_0_at_once(tmp_path):
-    child = Child(tmp_path, "--tag-key", "tag")
+    child = Child(tmp_path, "--out-format", "json", "--tag-key", "tag")
     item = mixed_items(1, seed=19)[0]
     child.write(json.dumps(tagged(item)).encode() + b"\n")
-    output = json.loads(child.proc.stdout.readline())  # the child is now idle on stdin
+    output = read_json_record(child.proc.stdout)  # the child is now idle on stdin
     child.proc.send_signal(signal.SIGTERM)
     rest, status = child.finish()
-    assert status == 0 and rest == b"" and child.stderr == b""
+    assert status == 0 and rest.strip() == b"" and child.stderr == b""
     assert_reconciles([item], [output])
     assert "stopped on SIGTERM: received=1 " in child.log
 
@@ -473,7 +483,7 @@ def test_closed_stdin_exits_0_with_nothing_written(tmp_path):
 def test_respawned_child_appends_to_the_same_log(tmp_path):
     items = mixed_items(4, seed=20)
     for _ in range(2):
-        run_child(tmp_path, ["--tag-key", "tag"], [json_stream(items)])
+        run_child(tmp_path, ["--out-format", "json", "--tag-key", "tag"], [json_stream(items)])
     assert (tmp_path / "exec-filter.log").read_text().count("stopped on eof: received=4 ") == 2
 
 

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import msgpack
 
 from .metrics import start_metrics_server
-from .options import ConfigError, Option, add_arguments, boolean, host_port, load_config_file, resolve, text
+from .options import ConfigError, Option, add_arguments, boolean, host_port, load_config_file, resolve, size_bytes, text
 from .reload import ReloadingFilter
 from .settings import FILTER_OPTIONS, add_filter_arguments
 from .stats import FilterStats
@@ -56,13 +56,27 @@ def key_list(value: Any) -> List[str]:
     return keys
 
 
+def block_size(value: Any) -> int:
+    """A size in bytes such as 8192 or 8k; 0 turns the padding off."""
+    if str(value).strip() == "0":
+        return 0
+    return size_bytes(value)
+
+
+# See OutputEncoder: Fluentd's Yajl reads the child's JSON output in blocks of this size.
+JSON_BLOCK_SIZE = 8192
+
 OPTIONS = (
     Option("in_format", text, "json",
            "what Fluentd writes to stdin (its <format> @type)", choices=("json", "msgpack", "tsv"),
            metavar="json|msgpack|tsv"),
-    Option("out_format", text, None,
-           "what to write to stdout for Fluentd's <parse>; default: msgpack for msgpack input, "
-           "json otherwise", choices=("json", "msgpack"), metavar="json|msgpack"),
+    Option("out_format", text, "msgpack",
+           "what to write to stdout for Fluentd's <parse>; msgpack reaches Fluentd at once, "
+           "json only in json_block_size blocks", choices=("json", "msgpack"),
+           metavar="json|msgpack"),
+    Option("json_block_size", block_size, JSON_BLOCK_SIZE,
+           "with out_format json, pad the output after each batch to a multiple of this many "
+           "bytes: Fluentd's <parse> stream_buffer_size (0: no padding)", metavar="BYTES"),
     Option("tag_key", text, None,
            "record key that carries the tag (Fluentd <inject>/<extract> tag_key); removed before "
            "filtering, put back on every output record", metavar="KEY"),
@@ -110,8 +124,6 @@ def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, A
     file_values = (load_config_file(config_path, list(OPTIONS) + list(FILTER_OPTIONS))
                    if config_path else {})
     settings = resolve(OPTIONS, args, file_values)
-    if settings["out_format"] is None:
-        settings["out_format"] = "msgpack" if settings["in_format"] == "msgpack" else "json"
     if settings["in_format"] == "tsv":
         if not settings["tsv_keys"]:
             raise ConfigError("in_format tsv needs tsv_keys (the column names, in order)",
@@ -169,6 +181,12 @@ class RecordRouter:
         self._log = log
         self._process = event_filter.process
         self._process_json = event_filter.process_json
+        self._outcomes: List[str] = []  # outcome of each output shaped since the last take
+
+    def take_outcomes(self) -> List[str]:
+        """The outcomes of the outputs shaped since the last call, in order."""
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
 
     def _take_transport_keys(self, record: Any) -> Tuple[Any, Any]:
         tag: Any = None
@@ -191,9 +209,9 @@ class RecordRouter:
         tag, when = self._take_transport_keys(record)
         try:
             verdict = self._process(record)
+            return self.shape(verdict, tag, when)
         except Exception as exc:  # a filter bug must not take the whole stream down
-            verdict = self._failed(record, exc)
-        return self.shape(verdict, tag, when)
+            return self.shape(self._failed(record, exc), tag, when)
 
     def json_line(self, line: bytes) -> Any:
         """One JSON document (bytes) → its output record; unreadable ones are rejected."""
@@ -205,10 +223,10 @@ class RecordRouter:
             else:
                 return self.record(record)
         try:
-            verdict = self._process_json(line)
+            return self.shape(self._process_json(line), None, _MISSING)
         except Exception as exc:
-            verdict = self._failed(line.decode("utf-8", "backslashreplace"), exc)
-        return self.shape(verdict, None, _MISSING)
+            return self.shape(self._failed(line.decode("utf-8", "backslashreplace"), exc),
+                              None, _MISSING)
 
     def reject(self, record: Any, rule: str, message: str, unwrap: Optional[str] = None) -> Any:
         """A parsed record refused before filtering (e.g. too large) → its rejected output,
@@ -228,6 +246,7 @@ class RecordRouter:
     def shape(self, verdict: Verdict, tag: Any, when: Any) -> Any:
         """The output of `verdict` with the transport keys put back."""
         out = verdict.output()
+        self._outcomes.append(verdict.outcome)
         if not self._transport_keys:
             return out
         if type(out) is not dict:
@@ -242,6 +261,35 @@ class RecordRouter:
                 out[self._time_key] = verdict.event_time
             elif when is not _MISSING:
                 out[self._time_key] = when
+        return out
+
+    def encode_failed(self, output: Any, outcome: Optional[str], exc: Exception) -> Any:
+        """An output that cannot be encoded at all → a rejected record whose original is
+        the output (without transport keys) as JSON text; counted as a rejection."""
+        tag: Any = None
+        when: Any = _MISSING
+        if type(output) is dict and self._transport_keys:
+            output = dict(output)
+            tag = output.pop(self._tag_key, None) if self._tag_key else None
+            if self._time_key:
+                when = output.pop(self._time_key, _MISSING)
+            if outcome == REJECTED and isinstance(tag, str) and tag.endswith(self._suffix):
+                tag = tag[:-len(self._suffix)] if self._suffix else tag
+        if type(output) is dict and outcome == REJECTED and "original" in output:
+            output = output["original"]
+        message = (f"internal error while encoding the output: {type(exc).__name__}: {exc}; "
+                   "original holds the record as JSON text")
+        if self._log is not None:
+            self._log.write(message)
+        verdict = input_rejected(flat_json(output, self.max_record_bytes), "internal.error", message)
+        if outcome is not None and outcome != REJECTED:
+            # It was counted under its first outcome; it leaves as a rejection.
+            self.stats.outcomes[outcome] -= 1
+            self.stats.outcomes[REJECTED] += 1
+            self.stats.rejections[("internal.error", "")] += 1
+        out = self.shape(verdict, tag if isinstance(tag, str) else None,
+                         when if isinstance(when, str) else _MISSING)
+        self._outcomes.pop()
         return out
 
     def _failed(self, original: Any, exc: Exception) -> Verdict:
@@ -938,53 +986,116 @@ def _keep_bytes(value: Any) -> Any:
     return value
 
 
-def json_encoder() -> Callable[[List[Any]], bytes]:
-    """Output records → JSON lines (ASCII, so any string encodes)."""
-    dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+def flat_json(value: Any, limit: int = 1 << 20) -> str:
+    """JSON text of `value` built without recursion, so any nesting depth encodes; bytes
+    and odd types as text (see `printable`). Cut at about `limit` characters."""
+    parts: List[str] = []
+    size = 0
+    stack: List[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Text:
+            piece = item.text
+        elif isinstance(item, dict):
+            piece = "{"
+            entries = list(item.items())
+            stack.append(_Text("}"))
+            for index in range(len(entries) - 1, -1, -1):
+                key, child = entries[index]
+                stack.append(child)
+                stack.append(_Text(("," if index else "") + json.dumps(_printable_key(key)) + ":"))
+        elif isinstance(item, (list, tuple)):
+            piece = "["
+            stack.append(_Text("]"))
+            for index in range(len(item) - 1, -1, -1):
+                stack.append(item[index])
+                if index:
+                    stack.append(_Text(","))
+        else:
+            piece = json.dumps(printable(item), ensure_ascii=False, allow_nan=False)
+        parts.append(piece)
+        size += len(piece)
+        if size > limit:
+            parts.append(" ...(cut)")
+            break
+    return "".join(parts)
 
-    def encode(outputs: List[Any]) -> bytes:
+
+class _Text:
+    """A piece of JSON syntax on `flat_json`'s stack."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class OutputEncoder:
+    """Output records → bytes for Fluentd's `<parse>`, one batch at a time.
+
+    JSON output is padded with whitespace to a multiple of `block_size` bytes after each
+    batch: Fluentd's JSON parser (Yajl, `<parse> stream_buffer_size`, 8192 by default)
+    reads the child's stdout in blocks of that size and hands records on only when a block
+    is full, so unpadded output leaves the last records of a batch waiting, and lost when
+    Fluentd shuts down before the child's stdout ends.
+
+    A record that does not encode as it is (NaN, a string with lone surrogates, an int
+    beyond 64 bits, bytes in JSON) is written in its `printable` form; one that cannot be
+    encoded at all (nested deeper than the encoder goes) becomes a rejected record with
+    rule `internal.error`, its original kept as JSON text. Either way one record in, one
+    record out, and the batch goes on. JSON output is strict JSON in UTF-8.
+    """
+
+    def __init__(self, router: "RecordRouter", out_format: str, block_size: int = 0,
+                 log: Optional["DiagnosticLog"] = None) -> None:
+        self.router = router
+        self._log = log
+        self._json = out_format == "json"
+        self._block = block_size if self._json else 0
+        self._written = 0
+        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                                       allow_nan=False).encode
+        self._one: Callable[[Any], bytes] = (
+            self._json_bytes if self._json else msgpack.Packer(use_bin_type=True).pack)
+
+    def _json_bytes(self, output: Any) -> bytes:
+        # Strict UTF-8: a lone surrogate raises here instead of leaving as "\ud800".
+        return self._dumps(output).encode("utf-8")
+
+    def __call__(self, outputs: List[Any]) -> bytes:
+        outcomes = self.router.take_outcomes()
         try:
-            text_out = "\n".join(map(dumps, outputs))
-        except (TypeError, ValueError, RecursionError):
-            text_out = "\n".join(_one_json(dumps, output) for output in outputs)
-        return (text_out + "\n").encode("ascii")
+            if self._json:
+                data = ("\n".join(map(self._dumps, outputs)) + "\n").encode("utf-8")
+            else:
+                pack = self._one
+                data = b"".join([pack(output) for output in outputs])
+        except Exception:
+            data = b"".join(self._encode_one(output, outcomes[index] if index < len(outcomes) else None)
+                            for index, output in enumerate(outputs))
+        return self._pad(data)
 
-    return encode
-
-
-def _one_json(dumps: Callable[[Any], str], output: Any) -> str:
-    try:
-        return dumps(output)
-    except (TypeError, ValueError, RecursionError):
+    def _encode_one(self, output: Any, outcome: Optional[str]) -> bytes:
+        suffix = b"\n" if self._json else b""
         try:
-            return dumps(printable(output))
-        except RecursionError:
-            return dumps(_too_deep(output))
+            return self._one(output) + suffix
+        except Exception:
+            pass
+        try:
+            return self._one(printable(output)) + suffix
+        except Exception as exc:
+            failed = self.router.encode_failed(output, outcome, exc)
+            return self._one(failed) + suffix
 
-
-def _too_deep(output: Any) -> Dict[str, Any]:
-    # Last resort, for nesting deeper than the interpreter can walk: still one record out.
-    return {"original": repr(output)[:65536], "reasons": [
-        {"path": "", "rule": "output.encode", "message": "record nested too deeply to encode"}]}
-
-
-def msgpack_encoder() -> Callable[[List[Any]], bytes]:
-    """Output records → a msgpack stream."""
-    pack = msgpack.Packer(use_bin_type=True).pack
-
-    def encode(outputs: List[Any]) -> bytes:
-        parts = []
-        for output in outputs:
-            try:
-                parts.append(pack(output))
-            except (TypeError, ValueError, OverflowError, RecursionError):
-                try:
-                    parts.append(pack(printable(output)))
-                except RecursionError:
-                    parts.append(pack(_too_deep(output)))
-        return b"".join(parts)
-
-    return encode
+    def _pad(self, data: bytes) -> bytes:
+        if not self._block:
+            return data
+        total = self._written + len(data)
+        short = -total % self._block
+        if short:
+            data += b" " * (short - 1) + b"\n"
+        self._written = total + short
+        return data
 
 
 # --- diagnostics ----------------------------------------------------------------------------
@@ -1229,7 +1340,7 @@ def run(args: argparse.Namespace) -> int:
         router = RecordRouter(event_filter, settings["tag_key"], settings["rejected_tag_suffix"],
                               settings["default_tag"], settings["time_key"], log)
         reader = build_reader(settings, router, log)
-        encode = msgpack_encoder() if settings["out_format"] == "msgpack" else json_encoder()
+        encode = OutputEncoder(router, settings["out_format"], settings["json_block_size"], log)
         log.write(f"started: {settings['in_format']} in, {settings['out_format']} out")
 
         reloading = event_filter
