@@ -555,10 +555,11 @@ def sections(node: Dict[str, Any], name: str) -> List[Tuple[Optional[str], Dict[
 
 def test_fluentd_conf_is_balanced_and_agrees_with_its_command_line():
     conf = parse_fluentd_conf(CONF.read_text(encoding="utf-8"))
-    matches = sections(conf, "match")
-    exec_filters = [(arg, node) for arg, node in matches if node["params"]["@type"] == "exec_filter"]
-    assert len(exec_filters) == 1
-    pattern, node = exec_filters[0]
+    labels = {arg: node for arg, node in sections(conf, "label")}
+    (_, source), = sections(conf, "source")
+    raw = labels[source["params"]["@label"]]
+    (pattern, node), = [(arg, node) for arg, node in sections(raw, "match")
+                        if node["params"]["@type"] == "exec_filter"]
     argv = shlex.split(node["params"]["command"])
     assert argv[:2] == ["atnorm", "exec-filter"]
     args = cli.build_parser().parse_args(argv[1:])  # atnorm's own parser takes it
@@ -575,17 +576,23 @@ def test_fluentd_conf_is_balanced_and_agrees_with_its_command_line():
     assert extract["params"]["time_type"] == "string"
     assert "%N%z" in extract["params"]["time_format"]
     assert node["params"]["child_respawn"]
+    # Deprecated in Fluentd 1.x ("use @label instead for event routing").
+    assert not {"remove_prefix", "add_prefix"} & set(node["params"])
 
-    # Output tags never loop back into the exec_filter, and dead letters get their own
-    # route before the accepted one catches them.
-    prefix = node["params"]["add_prefix"]
-    assert not fluentd_match(pattern, f"{prefix}.app.audit")
+    # Output goes to its own label, so it never loops back into the exec_filter, and dead
+    # letters get their own route before the accepted one catches them.
+    checked = labels[node["params"]["@label"]]
+    assert checked is not raw
     suffix = args.rejected_tag_suffix or ".rejected"
-    routes = [arg for arg, route in matches if route is not node]
+    routes = [arg for arg, _ in sections(checked, "match")]
     first_match = lambda tag: next(p for p in routes if fluentd_match(p, tag))  # noqa: E731
-    assert first_match(f"{prefix}.app.audit{suffix}") == "**.rejected"
-    assert first_match(f"{prefix}.atnorm{suffix}") == "**.rejected"
-    assert first_match(f"{prefix}.app.audit") != "**.rejected"
+    assert first_match(f"app.audit{suffix}") == "**.rejected"
+    assert first_match(f"atnorm{suffix}") == "**.rejected"
+    assert first_match("app.audit") != "**.rejected"
+    for _, route in sections(checked, "match"):
+        for _, server in sections(route, "server"):
+            assert re.fullmatch(r"[\d.]+|localhost", server["params"]["host"]), \
+                "a host that does not resolve fails `fluentd --dry-run`"
 
 
 def fluentd_match(pattern: str, tag: str) -> bool:
