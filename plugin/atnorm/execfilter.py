@@ -71,8 +71,8 @@ OPTIONS = (
            "what Fluentd writes to stdin (its <format> @type)", choices=("json", "msgpack", "tsv"),
            metavar="json|msgpack|tsv"),
     Option("out_format", text, "msgpack",
-           "what to write to stdout for Fluentd's <parse>; msgpack reaches Fluentd at once, "
-           "json only in json_block_size blocks", choices=("json", "msgpack"),
+           "what to write to stdout for Fluentd's <parse> (msgpack: Fluentd reads it as it "
+           "comes; json: padded to json_block_size blocks)", choices=("json", "msgpack"),
            metavar="json|msgpack"),
     Option("json_block_size", block_size, JSON_BLOCK_SIZE,
            "with out_format json, pad the output after each batch to a multiple of this many "
@@ -93,7 +93,8 @@ OPTIONS = (
            "field names of the TSV columns, in order (required with in_format tsv)",
            metavar="K1,K2,..."),
     Option("log_file", text, None,
-           "append diagnostics and the summary line at exit to FILE (stderr stays silent)",
+           "append diagnostics, start-up errors and the summary line at exit to FILE "
+           "(stderr stays silent); reopened on SIGHUP",
            metavar="FILE"),
     Option("quiet", boolean, False,
            "write only the summary line at exit to the log file"),
