@@ -1252,7 +1252,7 @@ def pump(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int, 
         if not chunk:
             how = "eof"
             break
-        outputs = reader.feed(chunk)
+        outputs = feed_safely(reader, chunk, log)
         if outputs:
             write_all(out_fd, encode(outputs))
     if how == "signal":
@@ -1264,6 +1264,23 @@ def pump(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int, 
     if outputs:
         write_all(out_fd, encode(outputs))
     return how
+
+
+def feed_safely(reader: RecordInput, chunk: bytes,
+                log: Optional["DiagnosticLog"] = None) -> List[Any]:
+    """`reader.feed(chunk)`; should the reader itself fail, the chunk becomes one
+    internal.error rejection instead of a dead child (the readers catch their own
+    record-level errors, so this is the last net)."""
+    try:
+        return reader.feed(chunk)
+    except Exception as exc:
+        message = (f"internal error while reading {len(chunk)} bytes of input: "
+                   f"{type(exc).__name__}: {exc}")
+        if log is not None:
+            log.write(message)
+        router = reader.router
+        return [router.unreadable(printable(chunk[:router.max_record_bytes]), "internal.error",
+                                  message)]
 
 
 def drain_input(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int,
@@ -1282,7 +1299,7 @@ def drain_input(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd
             if not chunk:
                 break
             drained += len(chunk)
-            outputs = reader.feed(chunk)
+            outputs = feed_safely(reader, chunk)
             if outputs:
                 write_all(out_fd, encode(outputs))
                 written += len(outputs)
