@@ -634,7 +634,7 @@ def record_at(data: Any, offset: int, limit: int,
         return plausible_record(obj, required_key)
 
 
-def resync_offset(data: bytes, required_key: Optional[str] = None, *,
+def resync_offset(data: Union[bytes, bytearray], required_key: Optional[str] = None, *,
                   start: int = 1, end: Optional[int] = None, eof: bool = True,
                   limit: int = 1 << 20) -> Optional[int]:
     """The first offset from `start` (and before `end`) in `data` where a plausible record
