@@ -423,8 +423,6 @@ class TsvInput(LineInput):
 
 # Bytes that open a msgpack map (fixmap, map16, map32): where a record can start.
 _MAP_START = re.compile(rb"[\x80-\x8f\xde\xdf]")
-# Candidate resync points tried before the rest of what was read is given up as garbage.
-RESYNC_TRIES = 4096
 _RESYNC_STEP = 4096
 # An oversized record is skipped by its declared lengths up to this many times the
 # record size limit; a declared length beyond that is damage, not a record.
@@ -640,16 +638,21 @@ def resync_offset(data: Union[bytes, bytearray], required_key: Optional[str] = N
     """The first offset from `start` (and before `end`) in `data` where a plausible record
     starts completely, or None. A candidate cut off by the end of `data` counts as no
     record when `eof`; otherwise the search stops there and returns -1 (wait for more)."""
+    return scan_for_record(data, required_key, start, end, eof, limit)[0]
+
+
+def scan_for_record(data: Union[bytes, bytearray], required_key: Optional[str], start: int,
+                    end: Optional[int], eof: bool, limit: int) -> Tuple[Optional[int], int]:
+    """`resync_offset`, plus the offset before which every candidate is known not to
+    start a record (so a later search after more input can begin there)."""
     stop = len(data) if end is None else end
-    for tries, match in enumerate(_MAP_START.finditer(data, start, stop)):
-        if tries >= RESYNC_TRIES:
-            return None
+    for match in _MAP_START.finditer(data, start, stop):
         found = record_at(data, match.start(), limit, required_key)
         if found:
-            return match.start()
+            return match.start(), match.start()
         if found is None and not eof:
-            return -1
-    return None
+            return -1, match.start()
+    return None, stop
 
 
 def _describe(exc: Optional[BaseException]) -> str:
@@ -688,6 +691,7 @@ class MsgpackInput:
         # An oversized record being streamed past: (walker, stream offset, first bytes).
         self._skipping: Optional[Tuple[RecordWalker, int, bytes]] = None
         self._pos = 0             # where deciding has got to in _buf
+        self._clean_to = 0        # stream offset before which no candidate starts a record
 
     def feed(self, chunk: bytes) -> List[Any]:
         """Outputs for every record decided with `chunk` (plus what was kept from before)."""
@@ -779,8 +783,7 @@ class MsgpackInput:
         """A complete object that is not a record at `pos`: it and whatever follows up to
         the next record are one rejection (the object itself as original when alone)."""
         overflowing = self._overflowing(pos)
-        found = resync_offset(self._buf, self._tag_key, start=pos + 1, eof=eof or overflowing,
-                              limit=self._limit)
+        found = self._next_record(pos, eof or overflowing)
         if found == -1 or (found is None and not (eof or overflowing)):
             return None
         if found == end or (found is None and end == len(self._buf)):
@@ -791,6 +794,15 @@ class MsgpackInput:
             return end
         found = len(self._buf) if found is None else found
         outputs.append(self._reject_bytes(pos, found, "not a record"))
+        return found
+
+    def _next_record(self, pos: int, eof: bool) -> Optional[int]:
+        """The first plausible record start after `pos` in what is buffered (None: none,
+        -1: cannot be known yet). Candidates already ruled out by an earlier search are
+        not tried again, so damage arriving in many small reads costs no more than once."""
+        start = max(pos + 1, self._clean_to - self._offset)
+        found, clean = scan_for_record(self._buf, self._tag_key, start, None, eof, self._limit)
+        self._clean_to = max(self._clean_to, self._offset + clean)
         return found
 
     def _record_inside(self, pos: int, end: int, eof: bool) -> Optional[int]:
@@ -851,8 +863,7 @@ class MsgpackInput:
         """The bytes from `pos` to the next plausible record start as one rejection."""
         buf = self._buf
         overflowing = self._overflowing(pos)
-        found = resync_offset(buf, self._tag_key, start=pos + 1, eof=eof or overflowing,
-                              limit=self._limit)
+        found = self._next_record(pos, eof or overflowing)
         if found == -1:
             return None
         if found is None:
