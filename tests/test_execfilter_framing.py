@@ -158,3 +158,17 @@ def test_outputs_are_records_plus_damaged_regions(units, cuts):
     rejected = [o for o in outputs if "reasons" in o]
     assert len(rejected) == regions
     assert all(o["tag"] == "atnorm.rejected" for o in rejected)
+
+
+def test_long_damage_in_small_reads_is_one_rejection_and_spares_the_next_record():
+    rng = random.Random(3)
+    garbage = b"\xc1" + bytes(rng.getrandbits(8) for _ in range(300_000))
+    records = [plain(i) for i in range(4)]
+    data = msgpack.packb(records[0]) + garbage + b"".join(msgpack.packb(r) for r in records[1:])
+    feeder = reader()
+    outputs: List[Any] = []
+    for start in range(0, len(data), 900):
+        outputs.extend(feeder.feed(data[start:start + 900]))
+    outputs.extend(feeder.close())
+    assert [o for o in outputs if "reasons" not in o] == records
+    assert len(outputs) == 5 and outputs[1]["tag"] == "atnorm.rejected"
