@@ -819,8 +819,10 @@ class MsgpackInput:
         buf = self._buf
         if _is_map_header(buf[pos]):
             walker = RecordWalker(self._limit, SKIP_FACTOR * self._limit)
-            state, used = (walker.walk(memoryview(buf)[pos:pos + 64])
-                           if len(buf) - pos <= self._limit else walker.walk(memoryview(buf)[pos:]))
+            # While the record may still fit, only its first bytes are checked (is its first
+            # key text?); past the limit it is walked through for its declared sizes.
+            state, _ = (walker.walk(memoryview(buf)[pos:pos + 64])
+                        if len(buf) - pos <= self._limit else walker.walk(memoryview(buf)[pos:]))
             if state == _WALK_INVALID:
                 return self._damage(pos, eof, outputs)
             if walker.known_size > self._limit or len(buf) - pos > self._limit:
@@ -1388,6 +1390,8 @@ def run(args: argparse.Namespace) -> int:
                        on_hangup, log)
         except BrokenPipeError:
             how = "stdout closed"
+        except OSError as exc:  # nothing more can reach Fluentd; say so and stop cleanly
+            how = f"stdout error ({exc.strerror or exc})"
         finally:
             stop.close()
         if how == "signal" and stop.received is not None:
