@@ -172,3 +172,14 @@ def test_long_damage_in_small_reads_is_one_rejection_and_spares_the_next_record(
     outputs.extend(feeder.close())
     assert [o for o in outputs if "reasons" not in o] == records
     assert len(outputs) == 5 and outputs[1]["tag"] == "atnorm.rejected"
+
+
+def test_record_with_more_items_than_the_limit_is_one_rejection(tmp_path):
+    """More items than max_record_size bytes can hold: oversized, not damage."""
+    big = {"tag": "app.big", "items": list(range(100)) * 1000}  # 100,000 items, ~100 KB
+    data = msgpack.packb(plain(1)) + msgpack.packb(big) + msgpack.packb(plain(2))
+    out, _ = run_child(tmp_path, ARGS + ["--max-record-size", "64k"],
+                       [data[i:i + 4096] for i in range(0, len(data), 4096)])
+    outputs = msgpack_outputs(out)
+    assert [o["tag"] for o in outputs] == ["app.1", "app.big.rejected", "app.2"]
+    assert outputs[1]["reasons"][0]["rule"] == "record.size"

@@ -417,15 +417,16 @@ class TsvInput(LineInput):
 # offset where a *plausible record* decodes completely: a non-empty map with text keys only
 # and, with --tag-key, the tag key holding text. Everything from the damage to that offset
 # is one damaged region and becomes one rejected record. No declared length is believed
-# beyond what a record may be: a container may hold at most max_record_size items, and a
-# string, bin or ext at most SKIP_FACTOR × max_record_size bytes, the most an oversized
-# record is streamed past (without buffering it) to reject it as one `record.size`.
+# beyond what a record may be: a record that fits is decoded with every declared length
+# and item count bounded by max_record_size; an oversized one is streamed past (without
+# buffering it) and rejected as one `record.size` as long as it stays within
+# SKIP_FACTOR × max_record_size bytes, declared lengths and counts included.
 
 # Bytes that open a msgpack map (fixmap, map16, map32): where a record can start.
 _MAP_START = re.compile(rb"[\x80-\x8f\xde\xdf]")
 _RESYNC_STEP = 4096
-# An oversized record is skipped by its declared lengths up to this many times the
-# record size limit; a declared length beyond that is damage, not a record.
+# An oversized record is skipped by its declared sizes up to this many times the record
+# size limit; anything declaring more is damage, not a record.
 SKIP_FACTOR = 16
 # Bytes of an oversized record kept as the rejection's original.
 KEPT_BYTES = 1024
@@ -461,12 +462,12 @@ class RecordWalker:
     """Follows the structure of one msgpack record through any number of chunks without
     keeping its bytes: only header bytes are looked at, payloads are counted past.
 
-    The record must be a map with text keys; a container may declare at most
-    `max_items` items and a payload at most `max_payload` bytes, else the bytes are not
-    a record (`invalid`)."""
+    The record must be a map with text keys and at most `max_size` bytes: a container
+    declaring more items, a payload declaring more bytes, or a walk going further means
+    the bytes are not a record (`invalid`)."""
 
-    def __init__(self, max_items: int, max_payload: int) -> None:
-        self._max_items, self._max_payload = max_items, max_payload
+    def __init__(self, max_size: int) -> None:
+        self._max_size = max_size
         self._stack = [1]      # items still to come in each open container
         self._skip = 0         # payload bytes still to pass
         self._head = b""       # a header cut off by the end of a chunk
@@ -492,6 +493,8 @@ class RecordWalker:
         state, pos = self._walk(data)
         used = max(pos - back, 0)
         self.size += used
+        if self.known_size > self._max_size:
+            return _WALK_INVALID, used
         return state, used
 
     def _walk(self, data: Any) -> Tuple[str, int]:
@@ -538,13 +541,11 @@ class RecordWalker:
                     self._head = bytes(data[pos:])
                     return _WALK_MORE, size
                 length = int.from_bytes(data[pos + 1:pos + width], "big") if length_bytes else 0
+                if length > self._max_size:
+                    return _WALK_INVALID, pos
                 if kind in ("array", "map"):
-                    if length > self._max_items:
-                        return _WALK_INVALID, pos
                     count = length * 2 if kind == "map" else length
                 elif kind in ("len", "ext"):
-                    if length > self._max_payload:
-                        return _WALK_INVALID, pos
                     payload = length + fixed
                 else:
                     payload = fixed
@@ -818,7 +819,7 @@ class MsgpackInput:
     def _incomplete(self, pos: int, eof: bool, outputs: List[Any]) -> Optional[int]:
         buf = self._buf
         if _is_map_header(buf[pos]):
-            walker = RecordWalker(self._limit, SKIP_FACTOR * self._limit)
+            walker = RecordWalker(SKIP_FACTOR * self._limit)
             # While the record may still fit, only its first bytes are checked (is its first
             # key text?); past the limit it is walked through for its declared sizes.
             state, _ = (walker.walk(memoryview(buf)[pos:pos + 64])
@@ -835,7 +836,7 @@ class MsgpackInput:
         buf = self._buf
         if not _is_map_header(buf[pos]):
             return self._damage(pos, eof, outputs)
-        walker = RecordWalker(self._limit, SKIP_FACTOR * self._limit)
+        walker = RecordWalker(SKIP_FACTOR * self._limit)
         state, used = walker.walk(memoryview(buf)[pos:])
         if state == _WALK_INVALID:
             return self._damage(pos, eof, outputs)
@@ -880,7 +881,7 @@ class MsgpackInput:
 
     def _start_skipping(self, pos: int, outputs: List[Any]) -> int:
         """Stream past the record at `pos` without buffering it."""
-        walker = RecordWalker(self._limit, SKIP_FACTOR * self._limit)
+        walker = RecordWalker(SKIP_FACTOR * self._limit)
         head = bytes(self._buf[pos:pos + KEPT_BYTES])
         self._skipping = (walker, self._offset + pos, head)
         rest = self._skip(memoryview(self._buf)[pos:], outputs)
