@@ -70,7 +70,9 @@ def test_record_oversized_by_many_small_items_is_one_rejection(tmp_path):
 # --- item: garbage never swallows the records after it ------------------------------------
 
 HUGE_HEADERS = [b"\xc6\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff", b"\xdb\x7f\xff\xff\xff",
-                b"\xdf\x7f\xff\xff\xff", b"\xdc\x00\x05", b"\x9f", b"\x85", b"\xc1\xc1"]
+                b"\xdf\x7f\xff\xff\xff", b"\xdc\x00\x05", b"\x9f", b"\x85", b"\xc1\xc1",
+                # a map whose text key is not UTF-8, then more damage: still one region
+                b"\x81\xa1\xc6\xff\xff\xff\xff"]
 
 
 def test_2000_records_with_194_garbage_headers_give_2194_outputs(tmp_path):

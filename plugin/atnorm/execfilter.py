@@ -855,6 +855,15 @@ class MsgpackInput:
             return self._damage(pos, eof, outputs)
         if type(raw_obj) is not dict:
             return self._damage(pos, eof, outputs)
+        # Alone only if a record (or the end of input) follows; else it is part of damage.
+        overflowing = self._overflowing(pos)
+        found = self._next_record(pos, eof or overflowing)
+        if found == -1 or (found is None and not (eof or overflowing)):
+            return None
+        if found is not None and found != end or found is None and end != len(buf):
+            outputs.append(self._reject_bytes(pos, len(buf) if found is None else found,
+                                              "not a record"))
+            return len(buf) if found is None else found
         message = (f"msgpack object of {used} bytes cannot be decoded as a record "
                    f"({_describe(exc)}); original holds it with strings undecoded")
         if self._log is not None:
