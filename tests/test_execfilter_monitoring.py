@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+from test_execfilter import read_json_record
 
 from conftest import load_event
 
@@ -45,7 +46,7 @@ def test_metrics_endpoint_counts_what_went_through_and_drift_is_saved(tmp_path):
     port = _free_port()
     drift_state = tmp_path / "drift.json"
     child = subprocess.Popen(
-        [sys.executable, "-m", "atnorm", "exec-filter", "--tag-key", "tag", "--quiet",
+        [sys.executable, "-m", "atnorm", "exec-filter", "--out-format", "json", "--tag-key", "tag", "--quiet",
          "--metrics-listen", f"127.0.0.1:{port}", "--drift-state", str(drift_state)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     valid = dict(load_event("vsi-provision.json"), tag="app.audit")
@@ -54,7 +55,7 @@ def test_metrics_endpoint_counts_what_went_through_and_drift_is_saved(tmp_path):
     lines = [valid] * 5 + [unknown] * 3 + [other] * 2
     child.stdin.write(("\n".join(json.dumps(r) for r in lines) + "\n").encode())
     child.stdin.flush()
-    outputs = [child.stdout.readline() for _ in lines]
+    outputs = [read_json_record(child.stdout) for _ in lines]
     assert all(outputs)
     totals = _records_total(_scrape(f"http://127.0.0.1:{port}/metrics"))
     assert totals == {"accepted": 5.0, "rejected": 3.0, "passed": 2.0}

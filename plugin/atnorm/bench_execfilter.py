@@ -70,10 +70,14 @@ class _OutputCounter:
         self.fmt = fmt
         self.count = 0
         self._unpacker = msgpack.Unpacker() if fmt == "msgpack" else None
+        self._last = b""
 
     def feed(self, data: bytes) -> None:
         if self._unpacker is None:
-            self.count += data.count(b"\n")
+            # Each record is one JSON object line; whitespace lines are exec-filter's
+            # padding to Fluentd's read blocks.
+            self.count += data.count(b"}\n") + (self._last == b"}" and data[:1] == b"\n")
+            self._last = data[-1:]
             return
         self._unpacker.feed(data)
         while True:
