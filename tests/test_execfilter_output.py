@@ -36,18 +36,17 @@ def test_record_nested_too_deep_to_encode_is_one_internal_error_rejection(tmp_pa
     outputs = json_outputs(out) if out_format == "json" else msgpack_outputs(out)
     assert len(outputs) == 3  # was: RecursionError, exit 1, the whole batch lost
     assert outputs[0] == {"tag": "app.1", "m": "ok"} and outputs[2] == {"tag": "app.2", "m": "ok"}
+    rejected = outputs[1]
+    assert rejected["tag"] == "app.deep.rejected"
+    assert [r["rule"] for r in rejected["reasons"]] == ["internal.error"]
+    assert "RecursionError" in rejected["reasons"][0]["message"]
+    # The original is kept whole: nested as far as every encoder goes, the rest as JSON text.
+    node, depth = rejected["original"]["deep"], 0
+    while isinstance(node, list):
+        node, depth = node[0], depth + 1
+    assert node == "[" * (995 - depth) + '"bottom"' + "]" * (995 - depth)
     if out_format == "json":
-        rejected = outputs[1]
-        assert rejected["tag"] == "app.deep.rejected"
-        assert [r["rule"] for r in rejected["reasons"]] == ["internal.error"]
-        assert "RecursionError" in rejected["reasons"][0]["message"]
-        # The original is kept, as JSON text (too deep for json.loads here to read back).
-        assert rejected["original"] == '{"deep":' + "[" * 995 + '"bottom"' + "]" * 995 + "}"
         assert "stopped on eof: received=3 accepted=0 rejected=1 passed=2 " in child.log
-    else:
-        packer = msgpack.Packer()
-        # msgpack carries the depth as it is (the tag is put back last)
-        assert packer.pack(outputs[1]) == packer.pack({"deep": deep["deep"], "tag": "app.deep"})
 
 
 def test_json_output_is_strict(tmp_path):
@@ -64,10 +63,13 @@ def test_json_output_is_strict(tmp_path):
 
     outputs = [json.loads(line, parse_constant=no_constants) for line in text.splitlines()
                if line.strip()]
-    assert [o["tag"] for o in outputs] == ["app.1", "app.2", "app.3"]
+    # A lone surrogate is not text any agent can carry: that record is rejected (record.encoding)
+    # and its original written with the surrogate escaped.
+    assert [o["tag"] for o in outputs] == ["app.1", "app.2.rejected", "app.3"]
     for output in outputs:
         json.dumps(output, ensure_ascii=False).encode("utf-8")  # no lone surrogate survived
-    assert outputs[1]["text"].startswith("half a pair: ")
+    assert [r["rule"] for r in outputs[1]["reasons"]] == ["record.encoding"]
+    assert outputs[1]["original"]["text"].startswith("half a pair: ")
 
 
 # --- item: JSON output reaches Fluentd at once ------------------------------------------------

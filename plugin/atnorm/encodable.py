@@ -14,19 +14,21 @@ record fails, and the filter calls it for the original of a record it could not 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import msgpack
 
 # msgpack's integer range (int64 for negatives, uint64 for the rest).
 MIN_INT = -(1 << 63)
 MAX_INT = (1 << 64) - 1
-# Deeper than this, a value is replaced by a marker (msgpack's packer stops at 511 levels,
+# Deeper than this, a value is kept as its JSON text (msgpack's packer stops at 511 levels,
 # Python's json at about 1000, other parsers earlier).
 MAX_DEPTH = 100
-DEPTH_MARKER = "<cut: nested deeper than %d levels>" % MAX_DEPTH
+# JSON text of a too-deep value is cut at about this many characters.
+MAX_TEXT = 1 << 20
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -111,8 +113,8 @@ def encodable(value: Any, max_depth: int = MAX_DEPTH) -> Any:
     """A copy of `value` that strict JSON and msgpack can both encode (see the module doc).
 
     Maps keep their order; keys become text (`null`/`true`/`false` for those values); lists,
-    tuples and sets become lists; anything nested deeper than `max_depth` becomes
-    `DEPTH_MARKER`. Never raises for any input.
+    tuples and sets become lists; anything nested deeper than `max_depth` becomes its JSON
+    text (`json_text`), so nothing of it is lost. Never raises for any input.
     """
     return _encodable(value, max_depth)
 
@@ -120,7 +122,7 @@ def encodable(value: Any, max_depth: int = MAX_DEPTH) -> Any:
 def _encodable(value: Any, depth: int) -> Any:
     if isinstance(value, dict):
         if depth <= 0:
-            return DEPTH_MARKER
+            return json_text(value)
         out: Dict[str, Any] = {}
         for key, item in list(value.items()):
             name = _key(key)
@@ -130,9 +132,54 @@ def _encodable(value: Any, depth: int) -> Any:
         return out
     if isinstance(value, (list, tuple, set, frozenset)) and not isinstance(value, msgpack.ExtType):
         if depth <= 0:
-            return DEPTH_MARKER
+            return json_text(value)
         return [_encodable(item, depth - 1) for item in list(value)]
     return _leaf(value)
+
+
+def json_text(value: Any, limit: int = MAX_TEXT) -> str:
+    """JSON text of `value` built without recursion, so any nesting depth encodes; leaves and
+    keys as `encodable` makes them. Cut (with `...(cut)`) at about `limit` characters."""
+    parts: List[str] = []
+    size = 0
+    stack: List[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Syntax:
+            piece = item.text
+        elif isinstance(item, dict):
+            piece = "{"
+            entries = list(item.items())
+            stack.append(_Syntax("}"))
+            for index in range(len(entries) - 1, -1, -1):
+                key, child = entries[index]
+                stack.append(child)
+                stack.append(_Syntax(("," if index else "") + json.dumps(_key(key), ensure_ascii=False) + ":"))
+        elif isinstance(item, (list, tuple, set, frozenset)) and not isinstance(item, msgpack.ExtType):
+            piece = "["
+            items = list(item)
+            stack.append(_Syntax("]"))
+            for index in range(len(items) - 1, -1, -1):
+                stack.append(items[index])
+                if index:
+                    stack.append(_Syntax(","))
+        else:
+            piece = json.dumps(_leaf(item), ensure_ascii=False, allow_nan=False)
+        parts.append(piece)
+        size += len(piece)
+        if size > limit:
+            parts.append(" ...(cut)")
+            break
+    return "".join(parts)
+
+
+class _Syntax:
+    """A piece of JSON syntax on `json_text`'s stack."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 def is_encodable(value: Any, max_depth: int = MAX_DEPTH) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import select
@@ -34,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import msgpack
 
+from .encodable import encodable, json_text
 from .metrics import start_metrics_server
 from .options import ConfigError, Option, add_arguments, boolean, host_port, load_config_file, resolve, size_bytes, text
 from .reload import ReloadingFilter
@@ -282,7 +282,7 @@ class RecordRouter:
                    "original holds the record as JSON text")
         if self._log is not None:
             self._log.write(message)
-        verdict = input_rejected(flat_json(output, self.max_record_bytes), "internal.error", message)
+        verdict = input_rejected(json_text(output, self.max_record_bytes), "internal.error", message)
         if outcome is not None and outcome != REJECTED:
             # It was counted under its first outcome; it leaves as a rejection.
             self.stats.outcomes[outcome] -= 1
@@ -975,83 +975,9 @@ RecordInput = Union[JsonLinesInput, TsvInput, MsgpackInput]
 
 # --- writers: output records → bytes for Fluentd --------------------------------------------
 
-_INT_RANGE = (-(1 << 63), (1 << 64) - 1)
-
-
-def printable(value: Any) -> Any:
-    """A copy of `value` that any JSON or msgpack encoder takes: text keys, finite numbers,
-    bytes and odd types as text. Used only when a record does not encode as it is."""
-    if isinstance(value, dict):
-        return {_printable_key(k): printable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [printable(v) for v in value]
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return value if _INT_RANGE[0] <= value <= _INT_RANGE[1] else str(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, msgpack.ExtType):
-        return {"ext_type": value.code, "data": value.data.hex()}
-    return str(value)
-
-
-def _printable_key(key: Any) -> str:
-    value = printable(key)
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def _keep_bytes(value: Any) -> Any:
     # msgpack output carries bytes as bin, so raw originals stay byte for byte.
     return value
-
-
-def flat_json(value: Any, limit: int = 1 << 20) -> str:
-    """JSON text of `value` built without recursion, so any nesting depth encodes; bytes
-    and odd types as text (see `printable`). Cut at about `limit` characters."""
-    parts: List[str] = []
-    size = 0
-    stack: List[Any] = [value]
-    while stack:
-        item = stack.pop()
-        if type(item) is _Text:
-            piece = item.text
-        elif isinstance(item, dict):
-            piece = "{"
-            entries = list(item.items())
-            stack.append(_Text("}"))
-            for index in range(len(entries) - 1, -1, -1):
-                key, child = entries[index]
-                stack.append(child)
-                stack.append(_Text(("," if index else "") + json.dumps(_printable_key(key)) + ":"))
-        elif isinstance(item, (list, tuple)):
-            piece = "["
-            stack.append(_Text("]"))
-            for index in range(len(item) - 1, -1, -1):
-                stack.append(item[index])
-                if index:
-                    stack.append(_Text(","))
-        else:
-            piece = json.dumps(printable(item), ensure_ascii=False, allow_nan=False)
-        parts.append(piece)
-        size += len(piece)
-        if size > limit:
-            parts.append(" ...(cut)")
-            break
-    return "".join(parts)
-
-
-class _Text:
-    """A piece of JSON syntax on `flat_json`'s stack."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
 
 
 class OutputEncoder:
@@ -1064,7 +990,7 @@ class OutputEncoder:
     Fluentd shuts down before the child's stdout ends.
 
     A record that does not encode as it is (NaN, a string with lone surrogates, an int
-    beyond 64 bits, bytes in JSON) is written in its `printable` form; one that cannot be
+    beyond 64 bits, bytes in JSON) is written in its `encodable` form; one that cannot be
     encoded at all (nested deeper than the encoder goes) becomes a rejected record with
     rule `internal.error`, its original kept as JSON text. Either way one record in, one
     record out, and the batch goes on. JSON output is strict JSON in UTF-8.
@@ -1106,7 +1032,7 @@ class OutputEncoder:
         except Exception:
             pass
         try:
-            return self._one(printable(output)) + suffix
+            return self._one(encodable(output)) + suffix
         except Exception as exc:
             failed = self.router.encode_failed(output, outcome, exc)
             return self._one(failed) + suffix
@@ -1302,7 +1228,7 @@ def feed_safely(reader: RecordInput, chunk: bytes,
         if log is not None:
             log.write(message)
         router = reader.router
-        return [router.unreadable(printable(chunk[:router.max_record_bytes]), "internal.error",
+        return [router.unreadable(encodable(chunk[:router.max_record_bytes]), "internal.error",
                                   message)]
 
 
@@ -1340,7 +1266,7 @@ def build_reader(settings: Dict[str, Any], router: RecordRouter,
                  log: Optional[DiagnosticLog] = None) -> RecordInput:
     """The input decoder named by `in_format`."""
     if settings["in_format"] == "msgpack":
-        keep = _keep_bytes if settings["out_format"] == "msgpack" else printable
+        keep = _keep_bytes if settings["out_format"] == "msgpack" else encodable
         return MsgpackInput(router, keep, log)
     if settings["in_format"] == "tsv":
         return TsvInput(router, settings["tsv_keys"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .encodable import DEPTH_MARKER, describe_error, encodable, is_encodable
+from .encodable import describe_error, encodable, is_encodable, json_text
 from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event
 from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
@@ -194,7 +194,7 @@ class EventFilter:
         try:
             original = encodable(record)
         except RecursionError:  # deeper than the cut can even walk to
-            original = DEPTH_MARKER
+            original = json_text(record)
         return Verdict(REJECTED, original,
                        reasons=[_record_error(INTERNAL_ERROR, f"the filter failed on this record: "
                                                               f"{describe_error(exc)}")])
