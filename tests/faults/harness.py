@@ -87,6 +87,35 @@ async def send_all(port: int, payloads: Sequence[Tuple[bytes, int, Any]], tag: s
         await upstream.close()
 
 
+async def send_until_acked(port: int, payloads: Sequence[Tuple[bytes, int, Any]], *, limit: float = 120.0,
+                           tag: str = "audit.at", acked: Optional[List[bool]] = None,
+                           **options: Any) -> Tuple[List[bool], float]:
+    """Send every payload and resend each one until it is acked, as Fluent Bit does with
+    `Retry_Limit no_limits` (the same payload keeps its chunk id); give up on a payload after
+    `limit` seconds. Returns (acked per payload, the longest time from first try to ack)."""
+    upstream = sender(port, **options)
+    results = acked if acked is not None else [False] * len(payloads)
+    longest = 0.0
+    loop = asyncio.get_running_loop()
+
+    async def one(index: int) -> None:
+        nonlocal longest
+        payload, count, _ = payloads[index]
+        started = loop.time()
+        while not await upstream.send(tag, payload, count):
+            if loop.time() - started > limit:
+                return
+            await asyncio.sleep(0.2)
+        results[index] = True
+        longest = max(longest, loop.time() - started)
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(len(payloads))))
+    finally:
+        await upstream.close()
+    return results, longest
+
+
 def file_seqs(data_dir: Path, names: Iterable[str] = ROUTES) -> List[int]:
     """The record numbers in the JSON-lines files of a files-mode data directory."""
     seqs = []
@@ -100,6 +129,21 @@ def file_seqs(data_dir: Path, names: Iterable[str] = ROUTES) -> List[int]:
 def receiver_seqs(receiver: Any) -> List[int]:
     """The record numbers a ForwardReceiver acked (the stats records left out)."""
     return [seq_of(rec) for tag, _, rec in receiver.events if not tag.startswith("atnorm.")]
+
+
+def metrics_url(relay: Any) -> str:
+    """The base URL of a RelayProcess started with `--metrics-listen 127.0.0.1:0`."""
+    line = next(line for line in relay.lines if "metrics on " in line)
+    return line.split("metrics on ", 1)[1].split("/metrics")[0]
+
+
+def metric(url: str, name: str) -> float:
+    """The sum of every sample of `name` on the relay's /metrics page."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
 
 
 def peak_rss_kib(pid: int) -> Optional[int]:
