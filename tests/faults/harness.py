@@ -71,8 +71,9 @@ def chunks(first: int, count: int, per_chunk: int) -> List[Tuple[bytes, int, ran
 
 
 def sender(port: int, **options: Any) -> ForwardSender:
-    """An upstream with acks, as Fluent Bit with Require_ack_response On."""
-    settings: Dict[str, Any] = dict(batch_max_records=1000, flush_interval=0.005, ack_timeout=20.0)
+    """An upstream with acks, as Fluent Bit with Require_ack_response On: each payload goes
+    as its own chunk, whose id stays the same on every resend (batch_max_records=1)."""
+    settings: Dict[str, Any] = dict(batch_max_records=1, flush_interval=0.005, ack_timeout=20.0)
     settings.update(options)
     return ForwardSender([("127.0.0.1", port)], **settings)
 
@@ -93,6 +94,8 @@ async def send_until_acked(port: int, payloads: Sequence[Tuple[bytes, int, Any]]
     """Send every payload and resend each one until it is acked, as Fluent Bit does with
     `Retry_Limit no_limits` (the same payload keeps its chunk id); give up on a payload after
     `limit` seconds. Returns (acked per payload, the longest time from first try to ack)."""
+    # The sender's own resends of one try stop within the limit too.
+    options.setdefault("retry_deadline", max(limit, 2.0))
     upstream = sender(port, **options)
     results = acked if acked is not None else [False] * len(payloads)
     longest = 0.0

@@ -350,7 +350,7 @@ def test_a_thousand_idle_connections_do_not_lock_out_a_good_sender(tmp_path, tal
                     break
             tally.extra["idle_connections_opened"] = len(opened)
             try:
-                return await timed_send(relay.port, payloads, limit=20.0)
+                return await timed_send(relay.port, payloads, limit=float(scale(10, 60)), ack_timeout=5.0)
             finally:
                 for _, writer in opened:
                     writer.transport.abort()
@@ -401,7 +401,7 @@ def test_a_partial_frame_flood_keeps_memory_bounded_and_a_good_sender_going(tmp_
             tally.extra["flood_peers"] = len(writers)
             tally.extra["flood_mib"] = len(writers) * frame >> 20
             try:
-                return await timed_send(relay.port, payloads, limit=20.0)
+                return await timed_send(relay.port, payloads, limit=float(scale(10, 60)), ack_timeout=5.0)
             finally:
                 watch_rss(relay, tally)
                 for writer in writers:
@@ -430,3 +430,91 @@ def test_the_fault_harness_reads_the_relays_peak_rss(tmp_path, tally):
     assert tally.lost == 0 and tally.duplicated == 0
     assert json.dumps(tally.figures())
     assert shutil.which("true") is None or True
+
+
+# --- chunks left half-handed-on --------------------------------------------------------------
+
+@pytest.mark.xfail(strict=False, reason="only the last 256 chunks whose hand-off failed half-way are "
+                                        "remembered; older ones are decided and handed on again when "
+                                        "resent (>256 unfinished chunks replayed; fixed in parallel)")
+def test_more_than_256_half_handed_on_chunks_are_not_replayed(tmp_path, tally):
+    """Accepted records reach their downstream, rejected ones cannot (their downstream is
+    away and the spool is full): each chunk is half handed on until the resend."""
+    per_chunk, count = 10, scale(300, 1000)
+    payloads = chunks(0, per_chunk * count, per_chunk)  # every chunk has a rejected record (seq % 10 == 8)
+    with ReceiverThread() as main, ReceiverThread() as dead_letters:
+        dead_letters.call(lambda r: r.go_down())
+        with RelayProcess(*relay_args(0, tmp_path, "--forward", f"127.0.0.1:{main.port}", "--rejected-forward",
+                                      f"127.0.0.1:{dead_letters.port}", "--spool-max-size", "1",
+                                      "--retry-max-wait", "0.5")) as relay:
+            async def scenario() -> Tuple[List[bool], float]:
+                first = await send_until_acked(relay.port, payloads, limit=0.0, ack_timeout=2.0)
+                assert not any(first[0]), "no chunk can be acked while its dead letters have nowhere to go"
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, lambda: dead_letters.call(lambda r: r.come_up()))
+                return await timed_send(relay.port, payloads, ack_timeout=5.0)
+
+            results, longest = run(scenario())
+            tally.add_sent(payloads, results)
+            tally.extra["longest_upstream_ack_s"] = round(longest, 2)
+            assert all(results)
+            watch_rss(relay, tally)
+            assert relay.stop() == 0
+        tally.arrivals(receiver_seqs(main.receiver) + receiver_seqs(dead_letters.receiver))
+    summary = relay.summary()
+    tally.extra["counted_received"] = summary["received"]
+    assert tally.lost == 0
+    assert tally.duplicated == 0 and summary["received"] == tally.sent
+
+
+# --- kill -9 of a filter worker --------------------------------------------------------------
+
+def filter_workers(pid: int) -> List[int]:
+    """The relay's worker processes (spawned: `spawn_main` in their command line; the
+    multiprocessing resource tracker is a child too, but not a worker)."""
+    found: List[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    workers = []
+    for child in found:
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+        except OSError:
+            pass
+    return workers
+
+
+@pytest.mark.xfail(strict=False, reason="a filter worker killed with -9 leaves the relay unable to decide "
+                                        "or to shut down (worker kill -9; fixed in parallel)")
+def test_kill_9_of_a_filter_worker_neither_loses_records_nor_blocks_shutdown(tmp_path, tally):
+    if not Path("/proc/self/task").exists():
+        pytest.skip("needs /proc to find the worker processes")
+    per_chunk, count = 100, scale(10, 100)
+    before, after = chunks(0, per_chunk * count, per_chunk), chunks(per_chunk * count, per_chunk * count, per_chunk)
+    relay = RelayProcess(*relay_args(0, tmp_path, "--filter-workers", "2", "--shutdown-timeout", "5")).start()
+    try:
+        first = run(send_all(relay.port, before))
+        workers = filter_workers(relay.process.pid)
+        tally.extra["workers"] = len(workers)
+        assert workers, "the relay runs its filter workers as child processes"
+        os.kill(workers[0], signal.SIGKILL)
+        second, longest = run(timed_send(relay.port, after, limit=float(scale(10, 60)), ack_timeout=3.0))
+        tally.add_sent(before + after, first + second)
+        tally.extra["longest_upstream_ack_s"] = round(longest, 2)
+        watch_rss(relay, tally)
+        relay.process.send_signal(signal.SIGTERM)
+        try:
+            status = relay.process.wait(20)  # shutdown_timeout is 5 s
+        except subprocess.TimeoutExpired:
+            status = None
+        tally.extra["exit_status"] = status
+    finally:
+        relay.kill()
+    tally.arrivals(file_seqs(tmp_path))
+    assert status == 0, "SIGTERM ends the relay even with a worker gone"
+    assert all(first + second), "records sent after the kill are decided (by a new worker, or rejected)"
+    assert tally.lost == 0
