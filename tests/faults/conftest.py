@@ -37,7 +37,8 @@ def tally(request: pytest.FixtureRequest) -> Any:
     """A Tally for this test, whose figures are reported even when the test fails."""
     entry = Tally(request.node.name)
     yield entry
-    _FIGURES.append(entry.figures())
+    if entry.sent or entry.extra:  # not for a test that was skipped before it did anything
+        _FIGURES.append(entry.figures())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,10 +58,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     write = terminalreporter.write_line
     terminalreporter.section(f"fault figures (scale: {os.environ.get('ATNORM_FAULT_SCALE', 'small')})")
-    write(f"{'fault':58} {'sent':>8} {'acked':>8} {'deliv':>8} {'lost':>5} {'dup':>6} {'peakRSS':>9}")
+    write(f"{'fault':72} {'sent':>8} {'acked':>8} {'deliv':>8} {'lost':>5} {'dup':>6} {'peakRSS':>9}")
     for row in rows:
         rss = f"{row['peak_rss_kib'] / 1024:.0f}MiB" if row.get("peak_rss_kib") else "-"
-        write(f"{row['fault'][:58]:58} {row['sent']:>8} {row['acked']:>8} {row['delivered']:>8} "
+        write(f"{row['fault'][:72]:72} {row['sent']:>8} {row['acked']:>8} {row['delivered']:>8} "
               f"{row['lost']:>5} {row['duplicated']:>6} {rss:>9}")
         extra = {k: v for k, v in row.items() if k not in ("fault", "sent", "acked", "delivered", "lost",
                                                            "duplicated", "peak_rss_kib")}
