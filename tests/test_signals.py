@@ -6,15 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from faults.harness import chunks, file_seqs, send_all
 from relay_process import RelayProcess
-
-sys.path.insert(0, str(Path(__file__).parent / "faults"))
-from harness import chunks, file_seqs, send_all  # noqa: E402
 
 
 def wait_for_line(relay: RelayProcess, text: str, count: int = 1, limit: float = 60.0) -> None:

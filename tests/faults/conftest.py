@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from faults.harness import Tally
 
-from harness import Tally  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 _FIGURES: List[Dict[str, Any]] = []
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
-from harness import chunks, file_seqs, metric, metrics_url, receiver_seqs, scale, send_all, send_until_acked
 from relay_process import RelayProcess
 
+from faults.harness import chunks, file_seqs, metric, metrics_url, receiver_seqs, scale, send_all, send_until_acked
 from forward_receiver import ReceiverThread
 
 HERE = Path(__file__).resolve().parent
