@@ -12,7 +12,6 @@ import asyncio
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -440,8 +439,7 @@ def test_the_fault_harness_reads_the_relays_peak_rss(tmp_path, tally):
     if sys.platform.startswith("linux"):
         assert tally.peak_rss_kib and tally.peak_rss_kib > 10 * MiB
     assert tally.lost == 0 and tally.duplicated == 0
-    assert json.dumps(tally.figures())
-    assert shutil.which("true") is None or True
+    assert json.loads(json.dumps(tally.figures()))["peak_rss_kib"] == tally.peak_rss_kib
 
 
 # --- chunks left half-handed-on --------------------------------------------------------------
