@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -158,3 +160,169 @@ def test_fluentd_chain_is_balanced_and_asks_for_acks():
     matches = [argument for kind, argument, _ in sections if kind == "match"]
     # Shipper, then the aggregator: dead letters matched before the pattern that would also catch them.
     assert matches == ["audit.**", "**.rejected", "audit.**"]
+
+
+# --- what the agents themselves would check ------------------------------------------------
+#
+# Neither agent is a Python package, so these tests check by reading the files what the
+# agents' own `--dry-run` looks at, and run the real dry-run too where the binary is on PATH.
+
+FLUENT_BIT = CONF / "fluent-bit"
+FLUENT_BIT_CLASSIC = sorted(p.name for p in FLUENT_BIT.glob("*.conf") if not p.name.endswith("parsers.conf"))
+FLUENT_BIT_YAML = sorted(p.name for p in FLUENT_BIT.glob("*.yaml"))
+FLUENTD_OWN = ["forward.conf"]  # exec-filter.conf has its own tests (test_execfilter)
+SHORT_FLUSH_SECONDS = 5
+
+
+def fluent_bit_service(name: str) -> Dict[str, Any]:
+    if name.endswith(".yaml"):
+        return {k.lower(): v for k, v in fluent_bit_yaml(name)["service"].items()}
+    [service] = [body for kind, body in parse_classic(FLUENT_BIT / name) if kind == "SERVICE"]
+    return service
+
+
+def fluent_bit_plugins(name: str) -> List[Dict[str, Any]]:
+    """Every input, filter and output of a Fluent Bit file, keys lower-cased."""
+    if name.endswith(".yaml"):
+        pipeline = fluent_bit_yaml(name)["pipeline"]
+        return [{k.lower(): v for k, v in plugin.items()}
+                for kind in ("inputs", "filters", "outputs") for plugin in pipeline.get(kind, [])]
+    return [body for kind, body in parse_classic(FLUENT_BIT / name) if kind in ("INPUT", "FILTER", "OUTPUT")]
+
+
+def parsers_files(name: str) -> List[Path]:
+    """The parsers files a Fluent Bit file loads; relative names are resolved next to it,
+    as Fluent Bit does."""
+    value = fluent_bit_service(name).get("parsers_file")
+    values = value if isinstance(value, list) else [value] if value else []
+    return [FLUENT_BIT / v for v in values]
+
+
+def defined_parsers(path: Path) -> List[str]:
+    sections = parse_classic(path)
+    assert sections and all(kind in ("PARSER", "MULTILINE_PARSER") for kind, _ in sections), path.name
+    for _, body in sections:
+        assert body.get("name") and body.get("format"), f"{path.name}: a parser needs Name and Format"
+    return [body["name"] for _, body in sections]
+
+
+@pytest.mark.parametrize("name", FLUENT_BIT_CLASSIC + FLUENT_BIT_YAML)
+def test_fluent_bit_files_load_only_parsers_files_that_are_shipped(name):
+    for path in parsers_files(name):
+        assert path.is_file(), f"{name} loads {path.name}, which is not in conf/fluent-bit/"
+
+
+@pytest.mark.parametrize("name", FLUENT_BIT_CLASSIC + FLUENT_BIT_YAML)
+def test_every_parser_a_fluent_bit_file_uses_is_defined(name):
+    """Without its parser, tail sends each line as {"log": "<line>"}: atnorm would see no event."""
+    defined = set()  # Fluent Bit's own `json` is in its parsers.conf, which these files do not load
+    for path in parsers_files(name):
+        defined.update(defined_parsers(path))
+    for plugin in fluent_bit_plugins(name):
+        for key in ("parser", "parser_firstline", "multiline.parser"):
+            if plugin.get(key):
+                for parser in str(plugin[key]).split(","):
+                    assert parser.strip() in defined, f"{name}: parser {parser.strip()!r} is not defined"
+
+
+def test_the_shipper_parses_each_line_into_the_event():
+    for name in ("forward-to-atnorm.conf", "forward-to-atnorm.yaml"):
+        [tail] = [p for p in fluent_bit_plugins(name) if p["name"] == "tail"]
+        [parsers] = parsers_files(name)
+        [body] = [body for _, body in parse_classic(parsers) if body["name"] == tail["parser"]]
+        assert body["format"] == "json"
+
+
+@pytest.mark.parametrize("name", FLUENT_BIT_CLASSIC + FLUENT_BIT_YAML)
+def test_fluent_bit_flushes_within_seconds(name):
+    """Fluent Bit's file output writes at each flush: the dead letters are on disk within `flush`."""
+    assert 0 < float(fluent_bit_service(name)["flush"]) <= SHORT_FLUSH_SECONDS
+
+
+IP_LITERAL = re.compile(r"\d{1,3}(\.\d{1,3}){3}|\[?[0-9a-fA-F:]*:[0-9a-fA-F:]*\]?")
+
+
+@pytest.mark.parametrize("name", FLUENT_BIT_CLASSIC + FLUENT_BIT_YAML)
+def test_fluent_bit_files_name_no_host_that_needs_resolving(name):
+    for plugin in fluent_bit_plugins(name):
+        for key in ("host", "listen"):
+            if key in plugin:
+                assert IP_LITERAL.fullmatch(str(plugin[key])), f"{name}: {key} {plugin[key]} is not an address"
+
+
+def fluentd_directives(lines: List[str]) -> Dict[str, str]:
+    return dict((line.split(None, 1) + [""])[:2] for line in lines)
+
+
+# Parameters Fluentd v1 still reads but warns about (v0.12 names), or no longer knows.
+FLUENTD_DEPRECATED = {"type", "buffer_type", "buffer_path", "buffer_chunk_limit", "buffer_queue_limit",
+                      "num_threads", "time_slice_format", "time_slice_wait", "utc", "localtime",
+                      "format", "time_format", "include_time_key", "flush_at_shutdown",
+                      "disable_retry_limit", "max_retry_wait", "retry_limit"}
+
+
+@pytest.mark.parametrize("name", FLUENTD_OWN)
+def test_fluentd_files_use_v1_parameters_only(name):
+    for kind, argument, lines in fluentd_sections(CONF / "fluentd" / name):
+        for key in fluentd_directives(lines):
+            assert key not in FLUENTD_DEPRECATED, f"{name}: <{kind} {argument}> uses {key} (deprecated)"
+        if kind in ("source", "match", "filter"):
+            assert "@type" in fluentd_directives(lines), f"{name}: <{kind} {argument}> without @type"
+
+
+@pytest.mark.parametrize("name", FLUENTD_OWN)
+def test_fluentd_files_name_no_host_that_needs_resolving(name):
+    for kind, _, lines in fluentd_sections(CONF / "fluentd" / name):
+        directives = fluentd_directives(lines)
+        for key in ("host", "bind"):
+            if key in directives:
+                assert IP_LITERAL.fullmatch(directives[key]), f"{name}: <{kind}> {key} {directives[key]}"
+
+
+def test_fluentd_dead_letters_reach_their_file_within_seconds():
+    """out_file's default buffer (chunk key time, timekey 1d, flush_mode lazy) would write a
+    day's dead letters only after the day ends."""
+    text = (CONF / "fluentd" / "forward.conf").read_text(encoding="utf-8")
+    sections = fluentd_sections(CONF / "fluentd" / "forward.conf")
+    buffers = [s for s in sections if s[0] == "buffer"]
+    outputs = [s for s in sections if s[0] == "match" and "@type file" in s[2]]
+    assert outputs, "the aggregator writes dead letters to a file"
+    assert text.count("<buffer") == len(buffers) and len(buffers) >= len(outputs) + 1
+    for _, _, lines in buffers:
+        directives = fluentd_directives(lines)
+        assert directives.get("flush_mode") == "interval", lines
+        interval = directives["flush_interval"]
+        assert interval.endswith("s") and float(interval[:-1]) <= SHORT_FLUSH_SECONDS
+
+
+def test_fluentd_records_back_from_atnorm_cannot_loop_to_it():
+    """in_forward's records enter a <label>: the shipper's `audit.**` cannot send them round."""
+    sections = fluentd_sections(CONF / "fluentd" / "forward.conf")
+    [source] = [s for s in sections if s[0] == "source" and "@type forward" in s[2]]
+    label = fluentd_directives(source[2]).get("@label")
+    assert label and label.startswith("@"), "in_forward needs @label"
+    assert [s for s in sections if s[0] == "label" and s[1] == label], f"no <label {label}>"
+
+
+# The real agents, when installed (CI does not install them: these then skip).
+
+@pytest.mark.parametrize("name", FLUENT_BIT_CLASSIC + FLUENT_BIT_YAML)
+def test_fluent_bit_dry_run(name):
+    binary = shutil.which("fluent-bit")
+    if binary is None:
+        pytest.skip("fluent-bit is not installed")
+    result = subprocess.run([binary, "--dry-run", "-c", str(FLUENT_BIT / name)], capture_output=True,
+                            text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "[error]" not in output, output
+
+
+@pytest.mark.parametrize("name", FLUENTD_OWN)
+def test_fluentd_dry_run(name):
+    binary = shutil.which("fluentd")
+    if binary is None:
+        pytest.skip("fluentd is not installed")
+    result = subprocess.run([binary, "--dry-run", "-c", str(CONF / "fluentd" / name)], capture_output=True,
+                            text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "[error]" not in output and "deprecated" not in output, output

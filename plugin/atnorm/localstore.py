@@ -182,6 +182,14 @@ class LocalStore:
             self._files[route] = fd
         return fd
 
+    def reopen(self) -> None:
+        """Close the files after the writes queued so far; the next write opens each file by
+        name again (creating it), so records go to a new file once logrotate moved the old."""
+        try:
+            self._executor.submit(self._close_files)  # the store thread: in order with the writes
+        except RuntimeError:  # closed already
+            pass
+
     async def close(self) -> None:
         """Finish pending writes, then close the files."""
         if self._committer is not None:

@@ -599,6 +599,18 @@ class Relay:
             await asyncio.sleep(0)
         return [RoutedBatch(route_name, out_tag, group) for (route_name, out_tag), group in groups.items()]
 
+    def on_sighup(self) -> None:
+        """SIGHUP: reload the tuning file (if there is one) and reopen the record files of the
+        files destination, so that after logrotate moved them new records go to new files."""
+        request_reload = getattr(self.event_filter, "request_reload", None)
+        if request_reload is not None:
+            request_reload()
+        if isinstance(self.destination, FileDestination):
+            self.destination.store.reopen()
+        done = (["reloading the tuning file"] if request_reload is not None else []) + (
+            ["reopening the record files"] if isinstance(self.destination, FileDestination) else [])
+        log.info("SIGHUP: %s", " and ".join(done) or "nothing to reload or reopen")
+
     async def _pass_reloads_to_workers(self) -> None:
         """The relay's filter reloaded (SIGHUP or a file change): have the workers follow."""
         assert self.pool is not None
@@ -682,14 +694,14 @@ def _chunk_key(chunk: Chunk) -> Optional[Hashable]:
 # --- the command -----------------------------------------------------------------------------
 
 async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -> None:
-    """Run `relay` until SIGTERM or SIGINT, then shut it down cleanly."""
+    """Run `relay` until SIGTERM or SIGINT, then shut it down cleanly. SIGHUP never stops it:
+    it reloads the tuning file (if any) and reopens the record files (after logrotate)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    previous_sighup = signal.getsignal(signal.SIGHUP)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    request_reload = getattr(relay.event_filter, "request_reload", None)
-    if request_reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, request_reload)
+    loop.add_signal_handler(signal.SIGHUP, relay.on_sighup)
     await relay.start()
     log.info("%s", relay.describe())
     if ready is not None:
@@ -700,12 +712,22 @@ async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
-        await relay.stop()
+        # remove_signal_handler restores SIGHUP's default action, which ends the process:
+        # a SIGHUP during shutdown must not cut the flush short.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            await relay.stop()
+        finally:
+            if previous_sighup is not None:  # None: set from outside Python, nothing to restore
+                signal.signal(signal.SIGHUP, previous_sighup)
     log.info("stopped: %s", relay.summary())
 
 
 def run(args: argparse.Namespace) -> int:
     """`atnorm serve`: load settings, build the filter, serve until told to stop."""
+    # Until `serve` handles it, SIGHUP's default action would end the process (exit 129):
+    # one that arrives while the schemas load is ignored (the files are read just now anyway).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings, file_values = load_settings(args)
     logging.basicConfig(stream=sys.stderr, level=settings["log_level"].upper(),
                         format="%(asctime)s %(levelname)s atnorm serve: %(message)s")
