@@ -13,7 +13,7 @@ from typing import Any, List
 from test_forward_server import Peer, Recorder, good_chunk, make_certificate, run, serving, until
 
 from atnorm.forward_codec import packb
-from atnorm.forward_server import ForwardServer
+from atnorm.forward_server import EVICT_IDLE_AFTER, ForwardServer
 from atnorm.relaystats import RelayStats
 from forward_frames import ack_bytes, mp
 
@@ -104,6 +104,25 @@ def test_connections_per_peer_are_limited_and_other_peers_still_get_in():
             good = await open_from(server, "127.0.0.3")
             await good.exchange(*good_chunk())
             assert recorder.calls == 1
+            for peer in flood + [good]:
+                await peer.close()
+    run(scenario())
+
+
+def test_idle_connections_of_a_host_at_its_limit_make_room_for_a_sender_on_that_host():
+    """The same host (or NAT address) holds idle connections up to its limit: a sender from
+    it still gets in, by closing the host's most idle connection."""
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder, max_connections_per_peer=3) as server:
+            flood = [await open_from(server, "127.0.0.2") for _ in range(3)]
+            await until(lambda: server.stats.connections_active == 3)
+            await asyncio.sleep(EVICT_IDLE_AFTER + 0.2)  # the flood has been idle a while
+            good = await open_from(server, "127.0.0.2")
+            await good.exchange(*good_chunk())
+            assert recorder.calls == 1
+            assert server.stats.connections_evicted["max_connections_per_peer"] == 1
+            assert server.stats.connections_rejected == 0
             for peer in flood + [good]:
                 await peer.close()
     run(scenario())

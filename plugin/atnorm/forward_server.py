@@ -467,11 +467,23 @@ class ForwardServer:
         """May a connection from `host` open now? Makes room by evicting when that is fair."""
         if self._stopping:
             return False
-        mine = len(self._by_host.get(host, ()))
+        same_host = self._by_host.get(host, ())
+        mine = len(same_host)
         if mine >= self.max_connections_per_peer:
-            self._throttle.warning("max_connections_per_peer", host, "refused connection from %s: %d connections "
-                                   "from that host are open (max_connections_per_peer)", peer, mine)
-            return False
+            # The host's own most idle connection makes room (one that sent no forward message
+            # for a while and waits for no ack), so idle connections from a host cannot lock a
+            # sender on the same host (or behind the same NAT address) out.
+            idle_since = asyncio.get_running_loop().time() - EVICT_IDLE_AFTER
+            idle = [c for c in same_host if c.inflight == 0 and c.progress <= idle_since]
+            if not idle:
+                self._throttle.warning("max_connections_per_peer", host, "refused connection from %s: %d "
+                                       "connections from that host are open and busy (max_connections_per_peer)",
+                                       peer, mine)
+                return False
+            victim = min(idle, key=lambda c: c.progress)
+            self.evict(victim, "max_connections_per_peer",
+                       f"closed to make room for {peer} ({mine} connections from {host}: max_connections_per_peer)")
+            return True
         if len(self._connections) < self.max_connections:
             return True
         # Full: a host with fewer connections than the busiest one still gets in, by
