@@ -17,7 +17,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
 
 from .forward_sender import ForwardSender, NotAcked, Refused
 from .relaystats import RelayStats
@@ -231,11 +231,16 @@ class Delivery:
         self._active += 1
         self._quiet.clear()
         try:
-            result = await self.sender.send(tag, entries_payload, count)
-            if result:
-                return True
-            if isinstance(result, Refused):
-                return await self._quarantine(tag, entries_payload, count, result)
+            # While the spool holds a backlog, new batches queue behind it: the downstream is
+            # away or not acking, and waiting for it would hold every upstream ack for up
+            # to retry_timeout; the drainer delivers the spool in order once it answers.
+            result: Union[bool, NotAcked] = False
+            if self.spool.depth_records == 0:
+                result = await self.sender.send(tag, entries_payload, count)
+                if result:
+                    return True
+                if isinstance(result, Refused):
+                    return await self._quarantine(tag, entries_payload, count, result)
             try:
                 seq = await self._worker.call(self.spool.append, tag, entries_payload, count)
             except SpoolFull as exc:
