@@ -18,10 +18,10 @@ from atnorm.relay import configure_parser, load_settings
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def atnorm_settings() -> Dict[str, Any]:
+def atnorm_settings(path: Path = CONF / "atnorm.yaml") -> Dict[str, Any]:
     parser = argparse.ArgumentParser()
     configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(["--config", str(CONF / "atnorm.yaml")]))
+    settings, _ = load_settings(parser.parse_args(["--config", str(path)]))
     return settings
 
 
@@ -168,9 +168,10 @@ def test_fluentd_chain_is_balanced_and_asks_for_acks():
 # agents' own `--dry-run` looks at, and run the real dry-run too where the binary is on PATH.
 
 FLUENT_BIT = CONF / "fluent-bit"
-FLUENT_BIT_CLASSIC = sorted(p.name for p in FLUENT_BIT.glob("*.conf") if not p.name.endswith("parsers.conf"))
+FLUENT_BIT_CLASSIC = sorted(p.name for p in FLUENT_BIT.glob("*.conf")
+                            if not p.name.endswith(("parsers.conf", "upstream.conf")))
 FLUENT_BIT_YAML = sorted(p.name for p in FLUENT_BIT.glob("*.yaml"))
-FLUENTD_OWN = ["forward.conf"]  # exec-filter.conf has its own tests (test_execfilter)
+FLUENTD_OWN = ["forward.conf", "forward-to-relays.conf"]  # exec-filter.conf has its own tests (test_execfilter)
 SHORT_FLUSH_SECONDS = 5
 
 
@@ -326,3 +327,64 @@ def test_fluentd_dry_run(name):
                             text=True, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "[error]" not in output and "deprecated" not in output, output
+
+
+# --- several relays behind one shipper, and in Kubernetes ------------------------------------
+
+def test_fluent_bit_balances_over_three_relays_with_acks():
+    sections = parse_classic(FLUENT_BIT / "forward-to-relays.conf")
+    output = only(sections, "OUTPUT", name="forward")
+    assert output["require_ack_response"].lower() == "on" and output["retry_limit"] == "no_limits"
+    assert "host" not in output and "port" not in output, "the nodes come from the Upstream file"
+    # Fluent Bit resolves a relative Upstream path next to the main file, as Parsers_File.
+    upstream = parse_classic(FLUENT_BIT / output["upstream"])
+    assert [kind for kind, _ in upstream] == ["UPSTREAM", "NODE", "NODE", "NODE"]
+    nodes = [body for kind, body in upstream if kind == "NODE"]
+    assert all(body["name"] and IP_LITERAL.fullmatch(body["host"]) for body in nodes)
+    assert len({(body["host"], body["port"]) for body in nodes}) == 3
+    assert int(nodes[0]["port"]) == listen_port()
+
+
+def test_fluentd_balances_over_the_same_three_relays_with_acks():
+    sections = fluentd_sections(CONF / "fluentd" / "forward-to-relays.conf")
+    [shipper] = [s for s in sections if s[0] == "match" and "@type forward" in s[2]]
+    assert "require_ack_response true" in shipper[2]
+    fluentd_nodes = [(fluentd_directives(lines)["host"], fluentd_directives(lines)["port"])
+                     for kind, _, lines in sections if kind == "server"]
+    upstream = parse_classic(FLUENT_BIT / "atnorm-upstream.conf")
+    fluent_bit_nodes = [(body["host"], body["port"]) for kind, body in upstream if kind == "NODE"]
+    assert fluentd_nodes == fluent_bit_nodes
+
+
+def kubernetes_objects() -> Dict[str, Dict[str, Any]]:
+    documents = list(yaml.safe_load_all((CONF / "kubernetes" / "atnorm-relay.yaml").read_text(encoding="utf-8")))
+    return {document["kind"]: document for document in documents}
+
+
+def test_kubernetes_config_map_is_a_valid_atnorm_config(tmp_path):
+    config = tmp_path / "atnorm.yaml"
+    config.write_text(kubernetes_objects()["ConfigMap"]["data"]["atnorm.yaml"], encoding="utf-8")
+    settings = atnorm_settings(config)
+    assert host_port(settings["listen"][0]) == ("0.0.0.0", 24224)
+    assert settings["forward"] and settings["metrics_listen"]
+
+
+def test_kubernetes_deployment_serves_the_config_map_and_drains_before_it_is_killed(tmp_path):
+    objects = kubernetes_objects()
+    config = tmp_path / "atnorm.yaml"
+    config.write_text(objects["ConfigMap"]["data"]["atnorm.yaml"], encoding="utf-8")
+    settings = atnorm_settings(config)
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["forward"] == host_port(settings["listen"][0])[1]
+    assert ports["metrics"] == host_port(settings["metrics_listen"])[1]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert pod["terminationGracePeriodSeconds"] > settings["shutdown_timeout"]
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts["spool"] == settings["data_dir"]
+    assert container["args"][:3] == ["serve", "--config", f"{mounts['config']}/atnorm.yaml"]
+    service = objects["Service"]["spec"]
+    assert service["selector"] == objects["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert {port["targetPort"] for port in service["ports"]} <= set(ports)
