@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
 
-from ..config.options import ConfigError
+from ..errors import ConfigError
 from ..model.verdict import RejectReason
 from .compiled import Predicate, SchemaCompiler
 
