@@ -47,12 +47,12 @@ def filter_core_figure(count: int, invalid_ratio: float, rounds: int, seed: int 
         # record, its errors (the filter gives reasons too).
         batch = batches[0]
         for record in batch:
-            errors = sorted(envelope.iter_errors(record), key=relevance)
+            errors = sorted(envelope.iter_errors(record), key=relevance, reverse=True)
             if not errors:
                 action = record.get("action")
                 service = event_filter.rules.service_for(action) if isinstance(action, str) else None
                 if service is not None:
-                    errors = sorted(services[service].iter_errors(record), key=relevance)
+                    errors = sorted(services[service].iter_errors(record), key=relevance, reverse=True)
         return len(batch)
 
     def ours() -> int:

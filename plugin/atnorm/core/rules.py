@@ -55,10 +55,12 @@ class Rule:
                 if name in record and not check(record[name]):
                     for error in reference.iter_errors(record[name]):
                         error.path.appendleft(name)
+                        error.schema_path.extendleft([name, "properties"])  # as if checked whole
                         errors.append(error)
         else:
             errors = list(self.reference.iter_errors(record))
-        errors.sort(key=relevance)
+        # Most relevant first, as python-jsonschema's `best_match` ranks them (it takes the max).
+        errors.sort(key=relevance, reverse=True)
         return [to_reason(error, self.name, suggestion) for error in errors]
 
     def warning_kinds(self, record: Any) -> List[str]:
@@ -74,7 +76,8 @@ def to_reason(error: ValidationError, rule: str, suggestion: Optional[str] = Non
         missing = [n for n in error.validator_value if n not in error.instance]
         if missing:
             path.append(missing[0])
-    return RejectReason(json_pointer(path), rule, error.message, suggestion)
+    return RejectReason(json_pointer(path), rule, error.message, suggestion,
+                        validator=str(error.validator), schema_path=json_pointer(error.relative_schema_path))
 
 
 @dataclass
