@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import msgpack
 
 from ..config.options import Option, boolean, host_port, load_config_file, resolve, size_bytes, text
+from ..core.interfaces import Filter
 from ..core.reload import ReloadingFilter
 from ..core.settings import FILTER_OPTIONS
 from ..core.stats import FilterStats
@@ -157,7 +158,7 @@ class RecordRouter:
     flight.
     """
 
-    def __init__(self, event_filter: Any, tag_key: Optional[str] = None,
+    def __init__(self, event_filter: Filter, tag_key: Optional[str] = None,
                  rejected_tag_suffix: str = ".rejected", default_tag: str = "atnorm",
                  time_key: Optional[str] = None, log: Optional["DiagnosticLog"] = None) -> None:
         self.event_filter = event_filter
