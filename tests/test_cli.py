@@ -4,21 +4,17 @@ import json
 import subprocess
 import sys
 
-from conftest import FIXTURES
+from support import load_event
 
 ATNORM = [sys.executable, "-m", "atnorm"]
 
 
-def _event(name):
-    return json.loads((FIXTURES / "events" / name).read_text())
-
-
 def test_filter_routes_each_line_and_summarises(tmp_path):
-    bad_action = _event("vmware-kmip-create.json")
+    bad_action = load_event("vmware-kmip-create.json")
     bad_action["action"] = "vmware-solutions.kmip-key.craete"
     lines = [
-        json.dumps(_event("vsi-provision.json")),
-        json.dumps(_event("platform-log-not-an-event.json")),
+        json.dumps(load_event("vsi-provision.json")),
+        json.dumps(load_event("platform-log-not-an-event.json")),
         json.dumps(bad_action),
         "{not json",
         "",
@@ -42,7 +38,7 @@ def test_filter_routes_each_line_and_summarises(tmp_path):
 
 def test_filter_reads_stdin_and_separates_passed_records(tmp_path):
     passed = tmp_path / "passed.jsonl"
-    lines = json.dumps(_event("platform-log-not-an-event.json")) + "\n" + json.dumps(_event("vsi-provision.json")) + "\n"
+    lines = json.dumps(load_event("platform-log-not-an-event.json")) + "\n" + json.dumps(load_event("vsi-provision.json")) + "\n"
     result = subprocess.run(ATNORM + ["filter", "-", "--passed", str(passed), "--rejected", str(tmp_path / "r"),
                                       "--summary-format", "json"],
                             input=lines, capture_output=True, text=True)
@@ -66,7 +62,7 @@ def test_filter_bad_option_value_is_a_usage_error(tmp_path):
 
 
 def test_explain_shows_fixes_failures_and_suggestion(tmp_path):
-    event = _event("cos-drifted-types.json")
+    event = load_event("cos-drifted-types.json")
     event["action"] = "audit-log.vsi.reboto"
     path = tmp_path / "e.json"
     path.write_text(json.dumps(event, indent=2))

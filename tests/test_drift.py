@@ -10,7 +10,7 @@ from atnorm.core.drift import DriftLog, build_report, format_report
 from atnorm.core.pipeline import EventFilter, FilterSettings, ServicePolicy
 from atnorm.core.reload import ReloadingFilter
 from atnorm.core.settings import FILTER_OPTIONS
-from conftest import load_event
+from support import load_event
 
 
 def event(name, **changes):
