@@ -363,7 +363,8 @@ class Relay:
         self.relay_stats = RelayStats()
         router_options = dict(accepted_tag=settings["accepted_tag"], rejected_tag=settings["rejected_tag"],
                               time_source=settings["time_source"])
-        self.router = Router(self._decide_function(), count=self.filter_stats.count, **router_options)
+        self.router = Router(self._decide_function(), count=self.filter_stats.count,
+                             count_passed=self.filter_stats.count_passed, **router_options)
         self.pool: Optional[FilterPool] = None
         if self.router.decide is not None and settings.get("filter_workers", 1) > 1:
             # Workers build their filters from the option values the relay's filter was built from.
