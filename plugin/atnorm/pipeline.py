@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .encodable import describe_error, encodable, is_encodable, json_text
-from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event
+from .normalize import (DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event,
+                        make_wrapper_step)
 from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
 from .verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
@@ -66,6 +67,11 @@ class FilterSettings:
     extra_rules: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     # Warning kinds left unreported, by scope ("*" or a service name).
     ignored_warnings: Dict[str, List[str]] = field(default_factory=dict)
+    # An envelope's other fields (`kubernetes`, `stream` beside a `log` string): merged
+    # beside the event's, nested under `wrapper_key`, or dropped; see make_wrapper_step.
+    wrapper_fields: str = "merge"
+    wrapper_key: str = "wrapper"
+    wrapper_clash: str = "event"
 
 
 def bundled_schema_dir() -> Path:
@@ -123,6 +129,7 @@ class EventFilter:
             name: self._compile_service(document) for name, document in rules.services.items()
         }
         self._service_cache: Dict[str, Optional[str]] = {}
+        self._place_wrapper = make_wrapper_step(s.wrapper_fields, s.wrapper_key, s.wrapper_clash)
 
     @classmethod
     def from_schemas(cls, schema_dirs: Optional[Sequence[Path]] = None,
@@ -217,7 +224,8 @@ class EventFilter:
             return Verdict(REJECTED, record,
                            reasons=[_record_error("record.type", f"a record must be a JSON object, not {kind}")])
         fixes: List[str] = []
-        event = find_event(record, fixes)
+        wrapper: Optional[Dict[str, Any]] = {} if self._place_wrapper is not None else None
+        event = find_event(record, fixes, wrapper)
         if not is_event(event):
             return Verdict(PASSED, record)
         work = self.normalizer.normalize(event, fixes)
@@ -262,7 +270,12 @@ class EventFilter:
 
         if failed:
             return self._rejected(record, work, failed, [], service, warnings, fixes)
-        self.normalizer.annotate(work, service, fixes)
+        if wrapper:
+            fixes.append("wrapper")
+            self.normalizer.annotate(work, service, fixes)
+            self._place_wrapper(work, wrapper)  # type: ignore[misc]  # set whenever wrapper is
+        else:
+            self.normalizer.annotate(work, service, fixes)
         return Verdict(ACCEPTED, work, service=service, action=action, warnings=warnings,
                        fixes=fixes, event_time=work.get("eventTime"))
 
