@@ -41,3 +41,20 @@ def test_ci_runs_exactly_the_readme_test_command():
     commands = [line for line in ci if line and not line.startswith((" ", "#", "\t"))
                 and not line.startswith(("set ", "cd ", "if ", "fi"))]
     assert commands[-1] == test_command
+
+
+def test_the_option_tables_are_the_declarations():
+    from atnorm import execfilter, relay
+    from atnorm.options import markdown_table
+
+    text = README.read_text(encoding="utf-8")
+    assert markdown_table(relay.ALL_OPTIONS) in text
+    assert markdown_table(execfilter.OPTIONS) in text
+
+
+def test_the_example_config_shows_every_relay_option_and_nothing_else():
+    from atnorm import relay
+
+    text = (ROOT / "conf" / "atnorm.yaml").read_text(encoding="utf-8")
+    shown = set(re.findall(r"^(?:# )?([a-z_]+):", text, re.M))
+    assert shown == {option.key for option in relay.ALL_OPTIONS}

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .encodable import describe_error, encodable, is_encodable, json_text
-from .normalize import (DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event,
-                        make_wrapper_step)
+from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event, make_wrapper_step
 from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
 from .verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
@@ -31,6 +30,7 @@ from .forward_codec import Chunk, Entry, EventTime, pack_entries
 from .forward_sender import ENTRY_FORMS, ForwardSender, plain_entries
 from .forward_server import MIN_INPUT_MEMORY, ForwardServer
 from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
+from .logs import LOG_OPTIONS, configure_logging
 from .metrics import MetricsServer, build_registry
 from .options import (
     ConfigError,
@@ -159,8 +159,10 @@ OPTIONS = (
            metavar="HOST:PORT"),
     Option("shutdown_timeout", positive_float, "10", "on SIGTERM, how long chunks in flight may take to "
            "finish", metavar="SECONDS"),
-    Option("log_level", text, "info", "log level", choices=("debug", "info", "warning", "error"),
-           metavar="LEVEL"),
+    *LOG_OPTIONS,
+    Option("drift_state", text, None,
+           "keep the actions no table declares in this JSON file (read it with `atnorm drift --state`)",
+           metavar="FILE"),
 )
 
 ALL_OPTIONS: Tuple[Option, ...] = OPTIONS + tuple(STATS_OPTIONS) + tuple(FILTER_OPTIONS)
@@ -191,9 +193,18 @@ def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, A
     if settings["rejected_forward"] and not settings["forward"]:
         raise ConfigError("rejected_forward needs forward too (without a downstream, records go to "
                           "files in data_dir)", key="rejected_forward")
+    if settings["drift_state"] and settings["filter_workers"] > 1:
+        raise ConfigError("drift_state needs filter_workers 1: the workers' verdicts do not reach "
+                          "the drift log", key="drift_state")
     if settings["spool_path"] is None:
         settings["spool_path"] = os.path.join(settings["data_dir"], "spool.db")
     return settings, file_values
+
+
+def _chunk_id_text(chunk_id: Any) -> str:
+    if chunk_id is None:
+        return "none, no ack"
+    return chunk_id if isinstance(chunk_id, str) else repr(chunk_id)
 
 
 def _listen_address(text_address: str) -> Union[Tuple[str, int], str]:
@@ -213,11 +224,13 @@ def _rejected_spool_path(spool_path: str) -> str:
     return f"{base}-rejected{extension or '.db'}"
 
 
-def _build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats) -> Any:
-    """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or change."""
+def _build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats,
+                        drift_state: Optional[str] = None) -> Any:
+    """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or
+    change; with a drift state file, one that keeps the drift log there."""
     values = resolve(FILTER_OPTIONS, args, file_values)
-    if values.get("tuning"):
-        return ReloadingFilter.from_options(values, stats=stats)
+    if values.get("tuning") or drift_state:
+        return ReloadingFilter.from_options(values, stats=stats, drift_state=drift_state)
     return build_filter(args, file_values, stats)
 
 
@@ -539,9 +552,16 @@ class Relay:
         return all(results)
 
     async def _decide(self, chunk: Chunk) -> Sequence[Batch]:
+        batches: Sequence[Batch]
         if self.pool is not None:
-            return await self.pool.route(chunk.tag, chunk.entries)
-        return await self._route(chunk.tag, chunk.entries)
+            batches = await self.pool.route(chunk.tag, chunk.entries)
+        else:
+            batches = await self._route(chunk.tag, chunk.entries)
+        if log.isEnabledFor(logging.DEBUG):
+            routes = " ".join(f"{batch.route}={batch.count}" for batch in batches) or "nothing"
+            log.debug("chunk from %s: tag %s, %d records (%s mode, chunk id %s): %s", chunk.peer or "-",
+                      chunk.tag, len(chunk.entries), chunk.mode, _chunk_id_text(chunk.chunk_id), routes)
+        return batches
 
     async def _deliver(self, batches: Sequence[Batch]) -> List[bool]:
         """One result per batch; a failure of the destination is a False, never an exception."""
@@ -730,10 +750,10 @@ def run(args: argparse.Namespace) -> int:
     # one that arrives while the schemas load is ignored (the files are read just now anyway).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings, file_values = load_settings(args)
-    logging.basicConfig(stream=sys.stderr, level=settings["log_level"].upper(),
-                        format="%(asctime)s %(levelname)s atnorm serve: %(message)s")
+    configure_logging("serve", settings["log_level"], settings["log_format"])
     filter_stats = FilterStats()
-    event_filter = _build_event_filter(args, file_values, filter_stats) if settings["filter"] else None
+    event_filter = (_build_event_filter(args, file_values, filter_stats, settings["drift_state"])
+                    if settings["filter"] else None)
     relay = Relay(settings, event_filter, filter_stats, resolve(FILTER_OPTIONS, args, file_values))
     asyncio.run(serve(relay))
     return 0
