@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from atnorm.pipeline import EventFilter
+from atnorm.core.pipeline import EventFilter
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ from typing import Any, Dict, List, Tuple
 import msgpack
 import pytest
 
-from atnorm import forward_codec
-from atnorm.encodable import encodable
-from atnorm.forward_codec import EventTime, FrameReader, ProtocolError, inflate_gzip, inflate_zstd, parse_frame
-from atnorm.pipeline import EventFilter
-from atnorm.relay import Relay, configure_parser, load_settings
-from atnorm.stats import FilterStats
+from atnorm.core.pipeline import EventFilter
+from atnorm.core.stats import FilterStats
+from atnorm.forward import codec as forward_codec
+from atnorm.forward.codec import EventTime, FrameReader, ProtocolError, inflate_gzip, inflate_zstd, parse_frame
+from atnorm.model.encodable import encodable
+from atnorm.relay.service import Relay, configure_parser, load_settings
 from forward_frames import Time, fluentd_entries, fluentd_packed_forward, gzip_members, mp, str32
 from forward_receiver import EventTime as ReceivedTime
 from forward_receiver import ForwardReceiver, _unpacker
@@ -154,8 +154,8 @@ def test_every_unusable_entry_is_acked_and_rejected_once_with_its_reason(tmp_pat
                 flags += ["--filter-workers", "2"]
                 parser = argparse.ArgumentParser()
                 configure_parser(parser)
-                from atnorm.options import resolve
-                from atnorm.settings import FILTER_OPTIONS
+                from atnorm.config.options import resolve
+                from atnorm.core.settings import FILTER_OPTIONS
                 values = resolve(FILTER_OPTIONS, parser.parse_args(flags))
             relay = Relay(settings_for(*flags), event_filter, filter_values=values)
             await relay.start()

@@ -21,7 +21,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 import pytest
 
-from atnorm.forward_codec import (
+from atnorm.core.pipeline import EventFilter
+from atnorm.core.stats import FilterStats
+from atnorm.forward.codec import (
     as_bytes,
     check_ping,
     check_pong,
@@ -31,9 +33,7 @@ from atnorm.forward_codec import (
     pong_frame,
     unpackb,
 )
-from atnorm.pipeline import EventFilter
-from atnorm.relay import Relay, configure_parser, load_settings
-from atnorm.stats import FilterStats
+from atnorm.relay.service import Relay, configure_parser, load_settings
 from forward_receiver import ForwardReceiver, _unpacker
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
@@ -373,7 +373,7 @@ def test_recorded_handshake_replayed_against_the_relay_with_the_recorded_nonce(t
     source = "fd-in-handshake-badkey" if "badkey" in name else name
     expected = b"".join([raw for _, raw in raw_objects(capture(source, "s2c"))][1:])
     wanted = expected_entries(name)
-    monkeypatch.setattr("atnorm.forward_server.os.urandom", lambda size: nonce[:size])
+    monkeypatch.setattr("atnorm.forward.server.os.urandom", lambda size: nonce[:size])
 
     async def scenario() -> Tuple[bytes, Relay, ForwardReceiver]:
         receiver = await ForwardReceiver().start()

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import yaml
 
-from atnorm.options import host_port
-from atnorm.relay import configure_parser, load_settings
+from atnorm.config.options import host_port
+from atnorm.relay.service import configure_parser, load_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

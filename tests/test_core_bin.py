@@ -9,8 +9,8 @@ import json
 import msgpack
 import pytest
 
-from atnorm.forward_codec import FrameReader, pack_entries, packb, parse_frame, unpack_entries
-from atnorm.routing import Router
+from atnorm.forward.codec import FrameReader, pack_entries, packb, parse_frame, unpack_entries
+from atnorm.relay.routing import Router
 from conftest import FIXTURES
 
 WIRE = FIXTURES / "wire"

@@ -5,8 +5,8 @@ import math
 
 import msgpack
 
-from atnorm.encodable import MAX_DEPTH, describe_error, encodable
-from atnorm.forward_codec import EventTime, packb
+from atnorm.forward.codec import EventTime, packb
+from atnorm.model.encodable import MAX_DEPTH, describe_error, encodable
 
 
 def strict_json(value):

@@ -15,7 +15,7 @@ import sys
 import msgpack
 import pytest
 
-from atnorm.forward_codec import packb
+from atnorm.forward.codec import packb
 from conftest import load_event
 
 ATNORM = [sys.executable, "-m", "atnorm"]
@@ -199,8 +199,8 @@ def test_process_json_given_text_with_a_raw_lone_surrogate_rejects_it(fresh_filt
 
 
 def test_json_unwrapped_from_a_string_goes_downstream_as_msgpack(shared_filter):
-    from atnorm.forward_codec import Entry, pack_entries
-    from atnorm.routing import Router
+    from atnorm.forward.codec import Entry, pack_entries
+    from atnorm.relay.routing import Router
 
     inner = event()
     inner["requestData"] = {"n": 1}

@@ -7,11 +7,11 @@ from typing import Any, Awaitable, Callable, List
 
 import msgpack
 
-from atnorm.delivery import Delivery, SpoolDrainer
-from atnorm.forward_codec import Entry, pack_entries
-from atnorm.forward_sender import ForwardSender
-from atnorm.relaystats import RelayStats
-from atnorm.spool import Spool
+from atnorm.forward.codec import Entry, pack_entries
+from atnorm.forward.sender import ForwardSender
+from atnorm.monitoring.relaystats import RelayStats
+from atnorm.relay.delivery import Delivery, SpoolDrainer
+from atnorm.relay.spool import Spool
 from forward_receiver import ForwardReceiver
 
 

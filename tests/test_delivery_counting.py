@@ -21,11 +21,11 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from atnorm.forward_codec import Entry, EventTime, pack_entries
-from atnorm.forward_sender import ForwardSender
-from atnorm.pipeline import EventFilter
-from atnorm.relay import MAX_UNFINISHED_CHUNKS, Relay, configure_parser, load_settings
-from atnorm.stats import FilterStats
+from atnorm.core.pipeline import EventFilter
+from atnorm.core.stats import FilterStats
+from atnorm.forward.codec import Entry, EventTime, pack_entries
+from atnorm.forward.sender import ForwardSender
+from atnorm.relay.service import MAX_UNFINISHED_CHUNKS, Relay, configure_parser, load_settings
 from forward_receiver import ForwardReceiver
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"

@@ -15,9 +15,9 @@ from typing import Any, Dict, List
 import msgpack
 import pytest
 
-from atnorm.forward_codec import Entry, EventTime, pack_entries
-from atnorm.forward_sender import plain_entries
-from atnorm.relay import Relay, configure_parser, load_settings
+from atnorm.forward.codec import Entry, EventTime, pack_entries
+from atnorm.forward.sender import plain_entries
+from atnorm.relay.service import Relay, configure_parser, load_settings
 from forward_receiver import ForwardReceiver
 
 CAPTURES = Path(__file__).parent / "fixtures" / "wire" / "metadata"
@@ -91,7 +91,7 @@ def test_plain_entries_strips_metadata_and_leaves_plain_payloads_untouched():
 
 
 def test_an_unknown_entry_form_is_a_clear_config_error():
-    from atnorm.options import ConfigError
+    from atnorm.config.options import ConfigError
 
     with pytest.raises((ConfigError, SystemExit)):
         settings_for("--forward", "127.0.0.1:1", "--forward-entry-form", "fancy")

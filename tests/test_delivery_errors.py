@@ -16,12 +16,12 @@ from typing import Any, Dict
 
 import msgpack
 
-from atnorm.forward_codec import Entry, EventTime, pack_entries
-from atnorm.forward_sender import ForwardSender
-from atnorm.localstore import LocalStore
-from atnorm.relay import Relay, configure_parser, load_settings
-from atnorm.relaystats import RelayStats
-from atnorm.routing import RoutedBatch
+from atnorm.forward.codec import Entry, EventTime, pack_entries
+from atnorm.forward.sender import ForwardSender
+from atnorm.monitoring.relaystats import RelayStats
+from atnorm.relay.localstore import LocalStore
+from atnorm.relay.routing import RoutedBatch
+from atnorm.relay.service import Relay, configure_parser, load_settings
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import ForwardReceiver
 

@@ -16,11 +16,11 @@ from typing import Any, List, Optional
 import msgpack
 import pytest
 
-from atnorm.delivery import Delivery
-from atnorm.forward_codec import Entry, encode_event_time, pack_entries
-from atnorm.forward_sender import ForwardSender
-from atnorm.relaystats import RelayStats
-from atnorm.spool import Spool
+from atnorm.forward.codec import Entry, encode_event_time, pack_entries
+from atnorm.forward.sender import ForwardSender
+from atnorm.monitoring.relaystats import RelayStats
+from atnorm.relay.delivery import Delivery
+from atnorm.relay.spool import Spool
 
 CAPTURES = Path(__file__).parent / "fixtures" / "wire" / "handshake"
 KEY = b"s3cret"

@@ -10,10 +10,10 @@ import random
 
 from jsonschema import Draft202012Validator
 
-from atnorm.eventgen import EventGenerator
-from atnorm.normalize import find_event, is_event
-from atnorm.pipeline import EventFilter
-from atnorm.rules import json_pointer
+from atnorm.bench.eventgen import EventGenerator
+from atnorm.core.normalize import find_event, is_event
+from atnorm.core.pipeline import EventFilter
+from atnorm.core.rules import json_pointer
 
 RECORDS = 10_000
 ODD_VALUES = [None, 0, 1, 1.0, 1.5, True, False, "", " x ", "Success", [], {}, ["a"], {"id": 1}]

@@ -5,11 +5,11 @@ import json
 import pytest
 
 from atnorm import cli
-from atnorm.drift import DriftLog, build_report, format_report
-from atnorm.options import ConfigError
-from atnorm.pipeline import EventFilter, FilterSettings, ServicePolicy
-from atnorm.reload import ReloadingFilter
-from atnorm.settings import FILTER_OPTIONS
+from atnorm.config.options import ConfigError
+from atnorm.core.drift import DriftLog, build_report, format_report
+from atnorm.core.pipeline import EventFilter, FilterSettings, ServicePolicy
+from atnorm.core.reload import ReloadingFilter
+from atnorm.core.settings import FILTER_OPTIONS
 from conftest import load_event
 
 

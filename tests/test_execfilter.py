@@ -21,7 +21,7 @@ import msgpack
 import pytest
 
 from atnorm import cli
-from atnorm.execfilter import READ_SIZE, resync_offset
+from atnorm.execfilter.loop import READ_SIZE, resync_offset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "execfilter"
 CONF = Path(__file__).resolve().parents[1] / "conf" / "fluentd" / "exec-filter.conf"
@@ -563,7 +563,7 @@ def test_fluentd_conf_is_balanced_and_agrees_with_its_command_line():
     argv = shlex.split(node["params"]["command"])
     assert argv[:2] == ["atnorm", "exec-filter"]
     args = cli.build_parser().parse_args(argv[1:])  # atnorm's own parser takes it
-    assert args.run.__module__ == "atnorm.execfilter"
+    assert args.run.__module__ == "atnorm.execfilter.loop"
 
     (_, fmt), = sections(node, "format")
     (_, parse), = sections(node, "parse")
@@ -609,7 +609,7 @@ def fluentd_match(pattern: str, tag: str) -> bool:
 # --- the benchmark helper -----------------------------------------------------------------
 
 def test_measure_exec_filter_reports_both_formats():
-    from atnorm.bench_execfilter import measure_exec_filter
+    from atnorm.bench.execfilter import measure_exec_filter
 
     records = [record for kind in ("accepted", "rejected", "passed") for record in RECORDS[kind]]
     result = measure_exec_filter(records, seconds_budget=0.6)

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_execfilter import Child, msgpack_outputs, run_child
 
-from atnorm.execfilter import MsgpackInput, RecordRouter, _keep_bytes
-from atnorm.pipeline import EventFilter
+from atnorm.core.pipeline import EventFilter
+from atnorm.execfilter.loop import MsgpackInput, RecordRouter, _keep_bytes
 
 ARGS = ["--in-format", "msgpack", "--tag-key", "tag"]
 

@@ -16,12 +16,12 @@ import time
 from fluent.sender import FluentSender
 from relay_process import RelayProcess
 
-from atnorm.filterpool import FilterPool
-from atnorm.forward_codec import Entry
-from atnorm.options import resolve
-from atnorm.relay import configure_parser
-from atnorm.settings import FILTER_OPTIONS
-from atnorm.stats import FilterStats
+from atnorm.config.options import resolve
+from atnorm.core.settings import FILTER_OPTIONS
+from atnorm.core.stats import FilterStats
+from atnorm.forward.codec import Entry
+from atnorm.relay.filterpool import FilterPool
+from atnorm.relay.service import configure_parser
 from conftest import load_event
 
 ROUTER_OPTIONS = dict(accepted_tag="{tag}", rejected_tag="{tag}.rejected", time_source="event")
@@ -155,8 +155,8 @@ def test_pool_close_returns_after_a_worker_was_killed():
 
 
 def test_worker_packs_a_record_msgpack_cannot_hold_through_encodable():
-    from atnorm.filterpool import _packed
-    from atnorm.forward_codec import unpack_entries
+    from atnorm.forward.codec import unpack_entries
+    from atnorm.relay.filterpool import _packed
 
     entries = [Entry(1700000000, {"n": 2 ** 70, "ok": 1}), Entry(1700000001, {"fine": True})]
     decoded = unpack_entries(_packed(entries))[0]
@@ -164,9 +164,9 @@ def test_worker_packs_a_record_msgpack_cannot_hold_through_encodable():
 
 
 def test_service_names_from_workers_share_the_relays_bound():
-    from atnorm.filterpool import add_counts
-    from atnorm.pipeline import EventFilter
-    from atnorm.stats import MAX_TRACKED_UNSCHEMED_SERVICES, OTHER
+    from atnorm.core.pipeline import EventFilter
+    from atnorm.core.stats import MAX_TRACKED_UNSCHEMED_SERVICES, OTHER
+    from atnorm.relay.filterpool import add_counts
 
     relay_stats = FilterStats()
     # Two workers, each within its own bound, together over the relay's.

@@ -10,8 +10,8 @@ import tracemalloc
 import msgpack
 import pytest
 
-from atnorm import forward_codec
-from atnorm.forward_codec import (
+from atnorm.forward import codec as forward_codec
+from atnorm.forward.codec import (
     COMPRESSED_PACKED_FORWARD,
     FORWARD,
     MESSAGE,

@@ -10,9 +10,9 @@ from typing import Any, Awaitable, Callable, List
 
 import pytest
 
-from atnorm.forward_codec import Entry, encode_event_time, pack_entries
-from atnorm.forward_sender import ForwardSender, NotAcked, Refused, chunk_id
-from atnorm.relaystats import RelayStats
+from atnorm.forward.codec import Entry, encode_event_time, pack_entries
+from atnorm.forward.sender import ForwardSender, NotAcked, Refused, chunk_id
+from atnorm.monitoring.relaystats import RelayStats
 from forward_receiver import EventTime, ForwardReceiver
 
 

@@ -22,9 +22,9 @@ import msgpack
 import pytest
 from fluent.sender import FluentSender
 
-from atnorm.forward_codec import COMPRESSED_PACKED_FORWARD, FORWARD, MESSAGE, PACKED_FORWARD, Entry, EventTime, unpackb
-from atnorm.forward_server import ForwardServer
-from atnorm.relaystats import RelayStats
+from atnorm.forward.codec import COMPRESSED_PACKED_FORWARD, FORWARD, MESSAGE, PACKED_FORWARD, Entry, EventTime, unpackb
+from atnorm.forward.server import ForwardServer
+from atnorm.monitoring.relaystats import RelayStats
 from forward_frames import (
     Time,
     ack_bytes,
@@ -621,7 +621,7 @@ def test_gzip_bomb_disconnects_only_its_sender():
 
 
 def test_zstd_chunk_without_zstandard_is_a_counted_protocol_error(monkeypatch):
-    from atnorm import forward_codec
+    from atnorm.forward import codec as forward_codec
     monkeypatch.setattr(forward_codec, "zstandard", None)
 
     async def offense(server: ForwardServer, good: Peer) -> None:

@@ -9,9 +9,9 @@ from typing import Any, Dict
 
 import pytest
 
-from atnorm.handler import AuditHandler, AuditSender
-from atnorm.pipeline import EventFilter
-from atnorm.stats import FilterStats
+from atnorm.core.pipeline import EventFilter
+from atnorm.core.stats import FilterStats
+from atnorm.relay.handler import AuditHandler, AuditSender
 from forward_receiver import EventTime, ReceiverThread
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"

@@ -11,8 +11,8 @@ import pytest
 from fluent.sender import FluentSender
 from relay_process import RelayProcess
 
-from atnorm.reload import ReloadingFilter
-from atnorm.settings import FILTER_OPTIONS
+from atnorm.core.reload import ReloadingFilter
+from atnorm.core.settings import FILTER_OPTIONS
 from conftest import load_event
 
 

@@ -22,13 +22,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from atnorm.metrics import MetricsServer, build_registry, start_metrics_server
-from atnorm.options import ConfigError
-from atnorm.pipeline import EventFilter, FilterSettings
-from atnorm.relaystats import RelayStats
-from atnorm.reload import ReloadingFilter
-from atnorm.stats import MAX_TRACKED_UNKNOWN_ACTIONS, MAX_TRACKED_UNSCHEMED_SERVICES, OTHER, FilterStats
-from atnorm.stats_record import StatsRecorder, StatsThread, build_stats_record
+from atnorm.config.options import ConfigError
+from atnorm.core.pipeline import EventFilter, FilterSettings
+from atnorm.core.reload import ReloadingFilter
+from atnorm.core.stats import MAX_TRACKED_UNKNOWN_ACTIONS, MAX_TRACKED_UNSCHEMED_SERVICES, OTHER, FilterStats
+from atnorm.monitoring.metrics import MetricsServer, build_registry, start_metrics_server
+from atnorm.monitoring.relaystats import RelayStats
+from atnorm.monitoring.stats_record import StatsRecorder, StatsThread, build_stats_record
 
 MONITORING = Path(__file__).resolve().parent.parent / "conf" / "monitoring"
 

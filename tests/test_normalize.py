@@ -2,7 +2,7 @@
 
 import pytest
 
-from atnorm.normalize import Normalizer, find_event, make_time_formatter, parse_crn, unflatten
+from atnorm.core.normalize import Normalizer, find_event, make_time_formatter, parse_crn, unflatten
 
 
 @pytest.mark.parametrize("given,expected", [

@@ -17,13 +17,13 @@ import pytest
 from fluent.sender import FluentSender
 from relay_process import RelayProcess
 
-from atnorm.forward_codec import Entry, EventTime, pack_entries
-from atnorm.forward_sender import ForwardSender
-from atnorm.options import ConfigError, resolve
-from atnorm.pipeline import EventFilter
-from atnorm.relay import Relay, configure_parser, load_settings
-from atnorm.settings import FILTER_OPTIONS
-from atnorm.stats import FilterStats
+from atnorm.config.options import ConfigError, resolve
+from atnorm.core.pipeline import EventFilter
+from atnorm.core.settings import FILTER_OPTIONS
+from atnorm.core.stats import FilterStats
+from atnorm.forward.codec import Entry, EventTime, pack_entries
+from atnorm.forward.sender import ForwardSender
+from atnorm.relay.service import Relay, configure_parser, load_settings
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import EventTime as ReceivedTime
 from forward_receiver import ForwardReceiver
@@ -494,7 +494,7 @@ def test_sighup_reaches_the_filter_workers(tmp_path):
 def test_normalized_event_time_text_becomes_the_same_instant_as_event_time(text):
     from datetime import datetime
 
-    from atnorm.routing import parse_event_time
+    from atnorm.relay.routing import parse_event_time
 
     whole, _, rest = text[:19], text[19:20], text[19:]
     fraction = rest[1:-5] if rest.startswith(".") else ""
@@ -508,7 +508,7 @@ def test_normalized_event_time_text_becomes_the_same_instant_as_event_time(text)
 @pytest.mark.parametrize("text", [None, 1714557600, "", "2024-05-01 10:00:00+0000", "2024-05-01T10:00:00.x+0000",
                                   "2024-05-01T10:00:00.000Z", "1969-12-31T23:59:59+0000"])
 def test_event_time_that_cannot_be_read_leaves_the_original_time(text):
-    from atnorm.routing import parse_event_time
+    from atnorm.relay.routing import parse_event_time
 
     assert parse_event_time(text) is None
 

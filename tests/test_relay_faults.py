@@ -17,11 +17,11 @@ from typing import Any, Dict, List, Tuple
 
 from relay_process import RelayProcess
 
-from atnorm.forward_codec import Entry, EventTime, pack_entries
-from atnorm.forward_sender import ForwardSender
-from atnorm.pipeline import EventFilter
-from atnorm.relay import Relay, configure_parser, load_settings
-from atnorm.stats import FilterStats
+from atnorm.core.pipeline import EventFilter
+from atnorm.core.stats import FilterStats
+from atnorm.forward.codec import Entry, EventTime, pack_entries
+from atnorm.forward.sender import ForwardSender
+from atnorm.relay.service import Relay, configure_parser, load_settings
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import ForwardReceiver, ReceiverThread
 

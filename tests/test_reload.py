@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from atnorm.reload import ReloadingFilter
-from atnorm.settings import FILTER_OPTIONS
+from atnorm.core.reload import ReloadingFilter
+from atnorm.core.settings import FILTER_OPTIONS
 from conftest import REPO, load_event
 
 REJECT = "services:\n  vmware-solutions:\n    unknown_action: reject\n"
@@ -104,7 +104,7 @@ def test_a_deleted_file_keeps_the_previous_configuration(tuning):
 
 
 def test_a_mistake_at_start_up_is_raised():
-    from atnorm.options import ConfigError
+    from atnorm.config.options import ConfigError
 
     with pytest.raises(ConfigError):
         holder_for(REPO / "no-such-tuning.yaml")
@@ -239,8 +239,8 @@ def test_sighup_to_a_real_process_reloads_it(tuning, tmp_path):
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(f"""
         import sys
-        from atnorm.reload import ReloadingFilter
-        from atnorm.settings import FILTER_OPTIONS
+        from atnorm.core.reload import ReloadingFilter
+        from atnorm.core.settings import FILTER_OPTIONS
         values = {{o.key: o.default for o in FILTER_OPTIONS}}
         values["tuning"] = {str(tuning)!r}
         holder = ReloadingFilter.from_options(values, log=lambda line: print(line, file=sys.stderr, flush=True))

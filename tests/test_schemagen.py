@@ -8,7 +8,7 @@ import sys
 
 from jsonschema import Draft202012Validator
 
-from atnorm.schemagen import build_documents
+from atnorm.schemagen.documents import build_documents
 from conftest import REPO
 
 PAGES = sorted(str(p) for p in (REPO / "schemas" / "pages").glob("*.md"))
@@ -107,7 +107,7 @@ def test_build_command_reports_a_missing_page_without_traceback(tmp_path):
 
 
 def test_added_service_directory_is_used_by_the_filter(tmp_path):
-    from atnorm.pipeline import EventFilter
+    from atnorm.core.pipeline import EventFilter
 
     page = tmp_path / "svc.md"
     page.write_text("| Action | Description |\n|---|---|\n| `demo-svc.widget.create` | created |\n", encoding="utf-8")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from atnorm.tables import read_file
+from atnorm.schemagen.tables import read_file
 from conftest import REPO, load_event
 
 PAGES = REPO / "schemas" / "pages"

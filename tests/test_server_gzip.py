@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from test_forward_server import EVENT, Peer, Recorder, good_chunk, run, serving, until
 
-from atnorm.forward_codec import Entry, EventTime, gzip_payload, pack_entries, packb, parse_frame, unpackb
+from atnorm.forward.codec import Entry, EventTime, gzip_payload, pack_entries, packb, parse_frame, unpackb
 from forward_frames import ack_bytes, fluentd_packed_forward, gzip_members
 
 LIMIT = 64 << 20

@@ -12,9 +12,9 @@ from typing import Any, List
 
 from test_forward_server import Peer, Recorder, good_chunk, make_certificate, run, serving, until
 
-from atnorm.forward_codec import packb
-from atnorm.forward_server import EVICT_IDLE_AFTER, ForwardServer
-from atnorm.relaystats import RelayStats
+from atnorm.forward.codec import packb
+from atnorm.forward.server import EVICT_IDLE_AFTER, ForwardServer
+from atnorm.monitoring.relaystats import RelayStats
 from forward_frames import ack_bytes, mp
 
 GET = b"GET /metrics HTTP/1.1\r\nHost: relay:24224\r\nUser-Agent: probe\r\nAccept: */*\r\n\r\n"

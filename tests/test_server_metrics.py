@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from test_metrics import samples, scrape, served  # noqa: F401  (served is a fixture)
 
-from atnorm.relaystats import RelayStats
-from atnorm.stats import FilterStats
+from atnorm.core.stats import FilterStats
+from atnorm.monitoring.relaystats import RelayStats
 
 
 def test_evictions_pauses_and_input_memory_are_exported(served):  # noqa: F811

@@ -11,8 +11,8 @@ import textwrap
 import msgpack
 import pytest
 
-from atnorm.relaystats import RelayStats
-from atnorm.spool import Spool, SpoolError, SpoolFull
+from atnorm.monitoring.relaystats import RelayStats
+from atnorm.relay.spool import Spool, SpoolError, SpoolFull
 
 
 def packed(*records: dict) -> bytes:
@@ -151,7 +151,7 @@ def test_closed_spool_refuses_use(tmp_path):
 _APPENDER = textwrap.dedent("""
     import sys
     import msgpack
-    from atnorm.spool import Spool
+    from atnorm.relay.spool import Spool
 
     spool = Spool(sys.argv[1], max_bytes=1 << 30)
     n = 0

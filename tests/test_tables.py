@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from atnorm.tables import (
+from atnorm.schemagen.tables import (
     DATA,
     MANAGEMENT,
     UNSPECIFIED,

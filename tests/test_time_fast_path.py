@@ -8,7 +8,7 @@ from typing import List
 
 import pytest
 
-from atnorm.normalize import make_reference_time_formatter, make_time_formatter
+from atnorm.core.normalize import make_reference_time_formatter, make_time_formatter
 
 SUFFIXES = ["Z", "z", "+0000", "+00:00", "+00", "UTC", "", " Z", "utc", "-0000", "+05:30", "-0600", "+0130",
             "+00:0", "+000", "Zz", " +0000"]

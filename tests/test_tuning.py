@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from atnorm import cli
-from atnorm.options import ConfigError
-from atnorm.pipeline import EventFilter, FilterSettings
-from atnorm.settings import filter_settings
-from atnorm.tuning import TuningError, apply_tuning_file, load_tuning
+from atnorm.config.options import ConfigError
+from atnorm.core.pipeline import EventFilter, FilterSettings
+from atnorm.core.settings import filter_settings
+from atnorm.core.tuning import TuningError, apply_tuning_file, load_tuning
 from conftest import FIXTURES, REPO, load_event
 
 

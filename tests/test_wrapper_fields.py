@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 import pytest
 
-from atnorm.pipeline import EventFilter, FilterSettings
+from atnorm.core.pipeline import EventFilter, FilterSettings
 from conftest import load_event
 
 KUBERNETES = {"pod_name": "audit-7f9c", "namespace_name": "audit", "labels": {"app": "at"}}
@@ -100,8 +100,8 @@ def test_rejected_records_keep_the_whole_original():
 def test_the_options_reach_the_filter_from_the_command_line(tmp_path):
     import argparse
 
-    from atnorm.options import ConfigError, resolve
-    from atnorm.settings import FILTER_OPTIONS, add_filter_arguments, filter_settings
+    from atnorm.config.options import ConfigError, resolve
+    from atnorm.core.settings import FILTER_OPTIONS, add_filter_arguments, filter_settings
 
     parser = argparse.ArgumentParser()
     add_filter_arguments(parser)

@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from atnorm.forward_codec import Entry, EventTime, pack_entries
-from atnorm.forward_sender import ForwardSender
+from atnorm.forward.codec import Entry, EventTime, pack_entries
+from atnorm.forward.sender import ForwardSender
 
 EVENTS = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 ROUTES = ("accepted", "rejected", "passed")

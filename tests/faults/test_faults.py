@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import pytest
 from relay_process import RelayProcess
 
-from atnorm.relay import OPTIONS as relay_options_table
+from atnorm.relay.service import OPTIONS as relay_options_table
 from faults.harness import chunks, file_seqs, metric, metrics_url, receiver_seqs, scale, send_all, send_until_acked
 from forward_receiver import ReceiverThread
 

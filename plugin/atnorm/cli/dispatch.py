@@ -1,0 +1,99 @@
+"""The `atnorm` command: one subcommand per way of running the filter.
+
+Each subcommand lives in its own module exposing `configure_parser(parser)` and
+`run(args) -> int`; this file only dispatches and turns user mistakes into one-line errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import List, NoReturn, Optional
+
+from .. import __version__
+from ..config.options import ConfigError
+
+# name → (module, one-line help)
+COMMANDS = {
+    "filter": ("atnorm.cli.filter", "filter JSON-lines files: accepted to stdout, rejected to a file"),
+    "explain": ("atnorm.cli.explain", "show the verdict for one event: fixes, failures, suggestions"),
+    "schemas": ("atnorm.schemagen.documents", "build JSON Schemas from Activity Tracker docs pages"),
+    "serve": ("atnorm.relay.service", "run the forward-protocol relay (Fluent Bit / Fluentd hop)"),
+    "exec-filter": ("atnorm.execfilter.loop", "run as a child of Fluentd's out_exec_filter"),
+    "config": ("atnorm.core.tuning", "check a tuning file without running"),
+    "drift": ("atnorm.core.drift", "report actions seen in traffic that no table declares"),
+    "quarantine": ("atnorm.cli.quarantine", "list, re-send or drop chunks the downstream kept refusing"),
+    "bench": ("atnorm.bench.core", "measure throughput against the reference validator"),
+}
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called; reported without a traceback, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, remembering its last usage error so it can reach a log file too."""
+
+    last_error: Optional[str] = None
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        _Parser.last_error = f"{self.prog}: error: {message}"
+        super().error(message)
+
+
+def _log_file_in(argv: List[str]) -> Optional[str]:
+    """The `--log-file` an exec-filter command line names, read without argparse."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-file" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--log-file="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="atnorm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"atnorm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure_parser(command_parser)
+        command_parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        words = list(sys.argv[1:] if argv is None else argv)
+        if exc.code == 2 and words[:1] == ["exec-filter"] and _Parser.last_error:
+            # Fluentd keeps the child's stderr nowhere a person looks: say it in the log file too.
+            from ..execfilter.loop import startup_error
+
+            startup_error(_log_file_in(words), _Parser.last_error)
+        raise
+    if not getattr(args, "run", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (ConfigError, UsageError) as exc:
+        print(f"atnorm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); not an error of ours to report.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,744 @@
+"""Normalization: small named steps that bring drifting real-world events to canonical form.
+
+Two stages, each a chain of steps configured once (structlog-style):
+- `find_event` looks through envelopes (`payload`, `line`, a JSON string in `log` /
+  `message`) and flattened dotted keys to the event inside a record; it never changes the
+  record it was given.
+- `Normalizer.normalize` works on a copy of the event: trims stray whitespace, makes
+  `eventTime` canonical, coerces type drift, case-folds enumerated values, fixes
+  `typeURI`s, and finally adds derived fields under one key without overwriting any
+  source field.
+Every change is named (`unwrap:payload`, `coerce:/reason/reasonCode`, …) in the list of
+fixes, which the pipeline counts and can attach to the record.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..model.encodable import MAX_INT, MIN_INT, bytes_text
+from ..model.encodable import text as readable
+from ..model.event import EVENT_MARKERS
+
+Fixes = List[str]
+Step = Callable[[Dict[str, Any], Dict[str, Any], Fixes], None]  # (work, original event, fixes)
+
+# ---------------------------------------------------------------------------------------
+# Stage 0: text, before any decision
+#
+# Fluentd sends keys and values as msgpack bin with its ltsv / none parsers and with yajl;
+# a msgpack str that is not UTF-8 arrives as a str holding surrogateescape'd bytes; a JSON
+# string may hold a lone surrogate ("\ud800"). Bin that is UTF-8 is text like any other;
+# the rest cannot be validated or written as text, and the record is rejected for it.
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class EncodingProblem(Exception):
+    """A record holding something that is not text: `pointer` says where, `rule` which check."""
+
+    def __init__(self, pointer: str, message: str, rule: str = "record.encoding") -> None:
+        super().__init__(message)
+        self.pointer = pointer
+        self.message = message
+        self.rule = rule
+
+
+def _needs_text(value: Any) -> bool:
+    """True when `value` holds bytes, a key that is not a str, or a str that is not Unicode text.
+
+    On the path of every record, so written for speed: ASCII strings (most) cost one check.
+    """
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() and _SURROGATE.search(key) is not None:
+                return True
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and _SURROGATE.search(item) is not None:
+                    return True
+            elif (kind is dict or kind is list or kind is bytes) and _needs_text(item):
+                return True
+        return False
+    if kind is list:
+        for item in value:
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and _SURROGATE.search(item) is not None:
+                    return True
+            elif (kind is dict or kind is list or kind is bytes) and _needs_text(item):
+                return True
+        return False
+    if kind is str:
+        return not value.isascii() and _SURROGATE.search(value) is not None
+    return kind is bytes
+
+
+def _escape_part(part: str) -> str:
+    return part.replace("~", "~0").replace("/", "~1")
+
+
+def _text(value: Any, pointer: str, where: str) -> str:
+    """`value` (bytes or str) as text, or EncodingProblem pointing at it."""
+    if type(value) is bytes:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EncodingProblem(pointer, f"{where}invalid UTF-8 at byte {exc.start}: {exc.reason}") from None
+    match = _SURROGATE.search(value)
+    if match is not None:
+        code = ord(match.group())
+        what = f"byte 0x{code - 0xDC00:02x} that is not UTF-8" if 0xDC80 <= code <= 0xDCFF \
+            else f"lone surrogate \\u{code:04x}"
+        raise EncodingProblem(pointer, f"{where}not Unicode text: {what} at character {match.start()}")
+    return value
+
+
+def _as_text(value: Any, pointer: str) -> Any:
+    kind = type(value)
+    if kind is dict:
+        out: Dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is bytes:
+                name = _text(key, pointer + "/" + _escape_part(bytes_text(key)), "key: ")
+            elif type(key) is str:
+                name = _text(key, pointer + "/" + _escape_part(readable(key)), "key: ")
+            else:
+                raise EncodingProblem(pointer, f"a key must be a string, not {type(key).__name__} ({key!r})",
+                                      "record.type")
+            if name in out:
+                raise EncodingProblem(pointer + "/" + _escape_part(name), f"key {name!r} appears twice",
+                                      "record.type")
+            out[name] = _as_text(item, pointer + "/" + _escape_part(name))
+        return out
+    if kind is list:
+        return [_as_text(item, f"{pointer}/{index}") for index, item in enumerate(value)]
+    if kind is bytes or kind is str:
+        return _text(value, pointer, "")
+    return value
+
+
+def as_text(record: Any) -> Any:
+    """`record` with every bin key and value as str; the same object when it has none.
+
+    Raises EncodingProblem for bytes that are not UTF-8, strings holding lone surrogates,
+    and keys that are neither bin nor str.
+    """
+    if not _needs_text(record):
+        return record
+    return _as_text(record, "")
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 1: find the event inside a record
+
+
+def is_event(record: Dict[str, Any]) -> bool:
+    """An Activity Tracker event carries at least two of action, initiator and target.
+
+    One of them alone is too common in other logs (an app's own `action` field) to mean
+    the record is an audit event; two make it one, and a missing third is then a reason
+    to reject rather than to pass the record on unchecked.
+    """
+    return sum(1 for key in EVENT_MARKERS if key in record) >= 2
+
+
+def _bounded_int(digits: str) -> Any:
+    """An integer of JSON text found inside a record, or its digits when msgpack cannot hold it.
+
+    What is unwrapped goes downstream as msgpack, which stops at 64 bits; the schema then
+    sees text where a number was, and says so.
+    """
+    value = int(digits)
+    return value if MIN_INT <= value <= MAX_INT else digits
+
+
+def _json_object(text: Any) -> Optional[Dict[str, Any]]:
+    if not isinstance(text, str):
+        return None
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        value = json.loads(stripped, parse_int=_bounded_int)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _unwrap_payload(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    payload = record.get("payload")
+    if not isinstance(payload, dict):
+        payload = _json_object(payload)
+    if payload is None:
+        return None
+    # Legacy envelope: logSourceCRN, saveServiceCopy and meta sit beside the event.
+    event = dict(payload)
+    for key, value in record.items():
+        if key != "payload" and key not in event:
+            event[key] = value
+    return event
+
+
+def _unwrap_line(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    line = record.get("line")
+    return line if isinstance(line, dict) else _json_object(line)
+
+
+def _unwrap_string_field(name: str) -> Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    def unwrap(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        return _json_object(record.get(name))
+    return unwrap
+
+
+UNWRAPPERS: Sequence[Tuple[str, Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]]] = (
+    ("unwrap:payload", _unwrap_payload),
+    ("unwrap:line", _unwrap_line),
+    ("unwrap:log", _unwrap_string_field("log")),
+    ("unwrap:message", _unwrap_string_field("message")),
+)
+MAX_UNWRAP_DEPTH = 3
+
+
+def unflatten(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """`{"initiator.id": x}` → `{"initiator": {"id": x}}`; None when no key is dotted.
+
+    A dotted key that would clash with a non-object value is left as it is.
+    """
+    if not any(type(key) is str and "." in key for key in record):
+        return None
+    result: Dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in record.items()
+                              if type(k) is not str or "." not in k}
+    for key, value in record.items():
+        if type(key) is not str or "." not in key:
+            continue
+        parts = key.split(".")
+        node = result
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                node = None  # type: ignore[assignment]
+                break
+            else:
+                child = node[part] = dict(child)
+            node = child
+        if node is None or parts[-1] in node:
+            result[key] = value
+        else:
+            node[parts[-1]] = value
+    return result
+
+
+def find_event(record: Dict[str, Any], fixes: Fixes,
+               wrapper: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The event a record carries: itself, or what an envelope holds. `record` is not changed.
+
+    With `wrapper`, the envelope's other fields are gathered there (an outer envelope's
+    first): `kubernetes`, `stream`, `time` beside a `log` string, or a field beside a
+    `payload` that the payload also holds, so that nothing of the record need be lost.
+    """
+    event = record
+    for _ in range(MAX_UNWRAP_DEPTH):
+        if "action" in event:
+            break
+        for fix, unwrap in UNWRAPPERS:
+            inner = unwrap(event)
+            if inner is not None and (is_event(inner) or _unwrappable(inner)):
+                if wrapper is not None:
+                    _gather_wrapper(event, fix, inner, wrapper)
+                event = inner
+                fixes.append(fix)
+                break
+        else:
+            break
+    flat = unflatten(event)
+    if flat is not None:
+        fixes.append("unflatten")
+        event = flat
+    return event
+
+
+def _gather_wrapper(envelope: Dict[str, Any], fix: str, inner: Dict[str, Any],
+                    wrapper: Dict[str, Any]) -> None:
+    field = fix[len("unwrap:"):]
+    if field == "payload":
+        # The legacy envelope's own fields are already beside the event; only the ones the
+        # payload also holds would be lost.
+        for key, value in envelope.items():
+            if key != field and key in inner and inner[key] is not value:
+                wrapper.setdefault(key, value)
+        return
+    for key, value in envelope.items():
+        if key != field:
+            wrapper.setdefault(key, value)
+
+
+WRAPPER_MODES = ("merge", "nest", "drop")
+WRAPPER_CLASH = ("event", "wrapper")
+WrapperStep = Callable[[Dict[str, Any], Dict[str, Any]], None]
+
+
+def _free_key(work: Dict[str, Any], key: str) -> str:
+    # A field of the event already named like the wrapper key is the event's: never replaced.
+    while key in work:
+        key = "_" + key
+    return key
+
+
+def make_wrapper_step(mode: str, key: str, clash: str) -> Optional[WrapperStep]:
+    """Where an envelope's other fields go on the accepted event; None for `drop`.
+
+    - merge: beside the event's fields (as Fluent Bit's `Merge_Log` does); on a name
+      clash `clash` says which value keeps the name (`event` or `wrapper`), and the other
+      one is kept under `key`;
+    - nest: all of them under `key`.
+    """
+    if mode not in WRAPPER_MODES:
+        raise ValueError(f"wrapper_fields must be one of {', '.join(WRAPPER_MODES)}, got {mode!r}")
+    if clash not in WRAPPER_CLASH:
+        raise ValueError(f"wrapper_clash must be one of {', '.join(WRAPPER_CLASH)}, got {clash!r}")
+    if mode == "drop":
+        return None
+    if mode == "nest":
+        def nest(work: Dict[str, Any], wrapper: Dict[str, Any]) -> None:
+            work[_free_key(work, key)] = wrapper
+        return nest
+    wrapper_wins = clash == "wrapper"
+
+    def merge(work: Dict[str, Any], wrapper: Dict[str, Any]) -> None:
+        displaced: Dict[str, Any] = {}
+        for name, value in wrapper.items():
+            if name not in work:
+                work[name] = value
+            elif wrapper_wins:
+                displaced[name] = work[name]
+                work[name] = value
+            else:
+                displaced[name] = value
+        if displaced:
+            work[_free_key(work, key)] = displaced
+    return merge
+
+
+def _unwrappable(inner: Dict[str, Any]) -> bool:
+    # An envelope inside an envelope (e.g. a `log` string holding a `payload` record).
+    return "payload" in inner or "line" in inner or any(type(k) is str and "." in k for k in inner)
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 2: steps on a working copy of the event
+
+def owned(work: Dict[str, Any], event: Dict[str, Any], path: Tuple[str, ...]) -> Optional[Dict[str, Any]]:
+    """The object at `path` in `work`, copied first if it is still shared with `event`.
+
+    The working copy starts as a shallow copy of the event; nested objects are copied
+    only when a step changes them (copy on write), so the original record stays
+    untouched and records that need no fix cost no copies.
+    """
+    node: Any = work
+    original: Any = event
+    for part in path:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            return None
+        original_child = original.get(part) if isinstance(original, dict) else None
+        if child is original_child:
+            child = dict(child)  # type: ignore[arg-type]
+            node[part] = child
+        node, original = child, original_child
+    return node  # type: ignore[no-any-return]
+
+
+def _get(record: Dict[str, Any], path: Tuple[str, ...]) -> Tuple[Optional[Dict[str, Any]], Any]:
+    node: Any = record
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and path[-1] in node:
+        return node, node[path[-1]]
+    return None, None
+
+
+def _pointer(path: Tuple[str, ...]) -> str:
+    return "/" + "/".join(path)
+
+
+# Fields whose stray whitespace is trimmed, grouped by the object that holds them.
+TRIMMED_FIELDS: Sequence[Tuple[Tuple[str, ...], Tuple[str, ...]]] = (
+    ((), ("action", "outcome", "severity", "eventTime", "message", "logSourceCRN")),
+    (("initiator",), ("id", "name", "typeURI")),
+    (("initiator", "host"), ("address",)),
+    (("initiator", "credential"), ("type",)),
+    (("target",), ("id", "name", "typeURI")),
+    (("observer",), ("name",)),
+)
+
+
+def trim_whitespace(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
+    for parent_path, keys in TRIMMED_FIELDS:
+        node: Any = work
+        for part in parent_path:
+            node = node.get(part)
+            if not isinstance(node, dict):
+                break
+        else:
+            for key in keys:
+                value = node.get(key)
+                if isinstance(value, str):
+                    stripped = value.strip()
+                    if stripped != value:
+                        node = owned(work, event, parent_path)
+                        node[key] = stripped
+                        fixes.append("trim:" + _pointer(parent_path + (key,)))
+
+
+_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
+    r"\s*(Z|z|UTC|[+-]\d{2}(?::?\d{2})?)?"
+)
+_UTC = _dt.timezone.utc
+
+
+def make_reference_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
+    """A function turning any eventTime we can read into canonical form, or None.
+
+    Canonical: UTC, `+0000`, exactly `fraction_digits` fractional digits (0 to 9). This
+    is the general path (any offset, epoch numbers, Unicode digits, surrounding space);
+    `make_time_formatter` puts a fast path for the common UTC forms in front of it, and the
+    differential tests hold the two equal.
+    """
+    if not 0 <= fraction_digits <= 9:
+        raise ValueError("fraction digits must be 0 to 9")
+
+    def fraction(nanos: int) -> str:
+        if fraction_digits == 0:
+            return ""
+        return "." + f"{nanos:09d}"[:fraction_digits]
+
+    def from_datetime(moment: _dt.datetime, nanos: int) -> str:
+        return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+                f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}{fraction(nanos)}+0000")
+
+    def canonical(value: Any) -> Optional[str]:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # Epoch seconds, or milliseconds when too large to be seconds. Numbers no date
+            # can have (too large for a float, NaN, infinite, past year 9999) are left as
+            # they are, for the schema to reject.
+            try:
+                seconds = value / 1000 if abs(value) > 1e11 else value
+                moment = _dt.datetime.fromtimestamp(int(seconds // 1), _UTC)
+                nanos = int(round((seconds % 1) * 1e9)) % 1_000_000_000
+            except (OverflowError, OSError, ValueError):
+                return None
+            return from_datetime(moment, nanos)
+        if not isinstance(value, str):
+            return None
+        match = _TIME.fullmatch(value.strip())
+        if match is None:
+            return None
+        year, month, day, hour, minute, second, frac, zone = match.groups()
+        try:
+            moment = _dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
+                                  min(int(second), 59))
+        except ValueError:
+            return None
+        nanos = int((frac or "")[:9].ljust(9, "0"))
+        if zone and zone not in ("Z", "z", "UTC"):
+            sign = -1 if zone[0] == "-" else 1
+            digits = zone[1:].replace(":", "")
+            try:
+                moment -= sign * _dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+            except OverflowError:  # in UTC it falls before year 1 or after year 9999
+                return None
+        return from_datetime(moment, nanos)
+
+    return canonical
+
+
+# The common UTC forms (ASCII digits only); anything else takes the reference path.
+_UTC_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                       r"(?:[.,]([0-9]+))?(?:Z|z|UTC|\+00(?::?00)?)").fullmatch
+_DATE_CACHE_SIZE = 4096  # days seen; audit streams span few, so this is rarely cleared
+
+
+def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
+    """`make_reference_time_formatter`, with the common UTC forms done by slicing.
+
+    `YYYY-MM-DDThh:mm:ss[.fraction](Z|+0000|+00:00|UTC)`, the canonical form included,
+    needs no date arithmetic: the date is checked once per distinct day (cached), the time
+    by its digits, and the text is rebuilt from its parts. Everything else (other offsets,
+    epoch numbers, spaces around, non-ASCII digits) goes the reference way. Specialised
+    here, so the per-record path does no option checks.
+    """
+    reference = make_reference_time_formatter(fraction_digits)
+    already = re.compile(
+        r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+        + (rf"\.[0-9]{{{fraction_digits}}}" if fraction_digits else "") + r"\+0000").fullmatch
+    valid_dates: Dict[str, bool] = {}
+
+    def date_is_valid(date: str) -> bool:
+        known = valid_dates.get(date)
+        if known is None:
+            try:
+                _dt.date(int(date[:4]), int(date[5:7]), int(date[8:10]))
+                known = True
+            except ValueError:
+                known = False
+            if len(valid_dates) >= _DATE_CACHE_SIZE:
+                valid_dates.clear()
+            valid_dates[date] = known
+        return known
+
+    def canonical(value: Any) -> Optional[str]:
+        if isinstance(value, str):
+            if already(value):
+                if value[11:13] <= "23" and value[14:16] <= "59" and value[17:19] <= "59" \
+                        and date_is_valid(value[:10]):
+                    return value
+                return reference(value)
+            match = _UTC_TIME(value)
+            if match is not None:
+                date, hour, minute, second, fraction = match.groups()
+                if hour > "23" or minute > "59" or not date_is_valid(date):
+                    return None  # as the reference: no such time
+                if second > "59":
+                    second = "59"
+                if fraction_digits == 0:
+                    return f"{date}T{hour}:{minute}:{second}+0000"
+                fraction = (fraction or "")[:fraction_digits].ljust(fraction_digits, "0")
+                return f"{date}T{hour}:{minute}:{second}.{fraction}+0000"
+        return reference(value)
+
+    return canonical
+
+
+def make_event_time_step(fraction_digits: int) -> Step:
+    canonical = make_time_formatter(fraction_digits)
+
+    def event_time(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
+        value = work.get("eventTime")
+        if value is None:
+            return
+        fixed = canonical(value)
+        if fixed is not None and fixed != value:
+            work["eventTime"] = fixed
+            fixes.append("eventTime")
+    return event_time
+
+
+# ASCII digits only (str.isdigit also takes "²" and other digits int() refuses), and few
+# enough that the number fits every integer type downstream; anything else stays text.
+_REASON_CODE = re.compile(r"[0-9]{1,18}")
+_TRUE = frozenset({"true", "True", "TRUE", "yes"})
+_FALSE = frozenset({"false", "False", "FALSE", "no"})
+
+
+def coerce_types(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
+    reason = work.get("reason")
+    if isinstance(reason, dict):
+        code = reason.get("reasonCode")
+        if isinstance(code, str) and _REASON_CODE.fullmatch(code.strip()):
+            owned(work, event, ("reason",))["reasonCode"] = int(code)  # type: ignore[index]
+            fixes.append("coerce:/reason/reasonCode")
+    for key in ("dataEvent", "saveServiceCopy"):
+        value = work.get(key)
+        if isinstance(value, str):
+            text = value.strip()
+            if text in _TRUE or text in _FALSE:
+                work[key] = text in _TRUE
+                fixes.append("coerce:/" + key)
+    for key in ("requestData", "responseData"):
+        value = work.get(key)
+        if isinstance(value, str):
+            parsed = _json_object(value)
+            if parsed is not None:
+                work[key] = parsed
+                fixes.append("coerce:/" + key)
+
+
+CASE_FOLDED_FIELDS = (("outcome",), ("severity",), ("initiator", "credential", "type"))
+
+
+def casefold_enums(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
+    for path in CASE_FOLDED_FIELDS:
+        node, value = _get(work, path)
+        if node is not None and isinstance(value, str) and not value.islower() and value.lower() != value:
+            owned(work, event, path[:-1])[path[-1]] = value.lower()  # type: ignore[index]
+            fixes.append("casefold:" + _pointer(path))
+
+
+def fix_type_uris(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
+    for path in (("initiator", "typeURI"), ("target", "typeURI")):
+        node, value = _get(work, path)
+        if node is not None and isinstance(value, str) and value.startswith("/"):
+            owned(work, event, path[:-1])[path[-1]] = value.lstrip("/")  # type: ignore[index]
+            fixes.append("typeURI:" + _pointer(path))
+
+
+# ---------------------------------------------------------------------------------------
+# Derived fields
+
+DERIVED_FIELDS = ("service", "objectType", "verb", "region", "account", "crnServiceName", "resourceType")
+_ZONE_SUFFIX = re.compile(r"-[0-9]+$")
+
+
+# Keys come from traffic: the caches are cleared when they reach this size.
+_CACHE_LIMIT = 4096
+_CRN_PARTS: Dict[str, Optional[Dict[str, str]]] = {}
+
+
+def parse_crn(value: Any) -> Optional[Dict[str, str]]:
+    """Parse a CRN (cached: a source's logSourceCRN repeats in every event it sends)."""
+    if not isinstance(value, str):
+        return None
+    parts = _CRN_PARTS.get(value)
+    if parts is None and value not in _CRN_PARTS:
+        parts = _parse_crn(value)
+        if len(_CRN_PARTS) >= _CACHE_LIMIT:
+            _CRN_PARTS.clear()
+        _CRN_PARTS[value] = parts
+    return parts
+
+
+def _parse_crn(value: str) -> Optional[Dict[str, str]]:
+    """`crn:v1:cname:ctype:service-name:location:scope:instance:resource-type:resource` → parts.
+
+    Tolerates a missing `crn:` prefix; empty segments become absent keys.
+    """
+    if not isinstance(value, str):
+        return None
+    parts = value.split(":")
+    if parts and parts[0] != "crn":
+        parts = ["crn"] + parts
+    if len(parts) < 7 or parts[1] != "v1":
+        return None
+    parts += [""] * (10 - len(parts))
+    out: Dict[str, str] = {}
+    if parts[4]:
+        out["crnServiceName"] = parts[4]
+    if parts[5]:
+        out["region"] = _ZONE_SUFFIX.sub("", parts[5])
+    if parts[6].startswith("a/") and len(parts[6]) > 2:
+        out["account"] = parts[6][2:]
+    if parts[8]:
+        out["resourceType"] = parts[8]
+    return out
+
+
+_ACTION_PARTS: Dict[Tuple[str, Optional[str]], Dict[str, str]] = {}
+
+
+def _action_parts(action: str, service: Optional[str]) -> Dict[str, str]:
+    key = (action, service)
+    parts = _ACTION_PARTS.get(key)
+    if parts is None:
+        segments = action.split(".")
+        service = service or segments[0]
+        rest = action[len(service) + 1:].split(".") if action.startswith(service + ".") else segments[1:]
+        parts = {"service": service, "objectType": ".".join(rest[:-1]), "verb": rest[-1]}
+        if len(_ACTION_PARTS) >= _CACHE_LIMIT:
+            _ACTION_PARTS.clear()
+        _ACTION_PARTS[key] = parts
+    return parts
+
+
+def derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, str]:
+    """Service, object type and verb from the action; region, account, … from the CRNs."""
+    derived: Dict[str, str] = {}
+    action = work.get("action")
+    if isinstance(action, str) and action.count(".") >= 2:
+        derived.update(_action_parts(action, service))
+    target = work.get("target")
+    crn = parse_crn(target.get("id")) if isinstance(target, dict) else None
+    if crn:
+        derived.update(crn)
+    source = parse_crn(work.get("logSourceCRN"))
+    if source:
+        for key, value in source.items():
+            derived.setdefault(key, value)
+    return derived
+
+
+class Normalizer:
+    """The configured chain of steps. Build once; `normalize` runs per record."""
+
+    def __init__(self, *, fraction_digits: int = 3, derived_fields: Sequence[str] = DERIVED_FIELDS,
+                 annotation_key: Optional[str] = "atnorm", record_fixes: bool = True,
+                 aliases: Optional[Dict[str, str]] = None) -> None:
+        unknown = set(derived_fields) - set(DERIVED_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
+        self.steps: List[Step] = []
+        if aliases:
+            self.steps.append(_make_alias_step(aliases))
+        self.steps += [trim_whitespace, make_event_time_step(fraction_digits), coerce_types,
+                       casefold_enums, fix_type_uris]
+        self.derived_fields = tuple(derived_fields)
+        self._some_derived_fields = set(derived_fields) != set(DERIVED_FIELDS)
+        self.annotation_key = annotation_key
+        self.record_fixes = record_fixes
+
+    def normalize(self, event: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
+        """A normalized copy of `event`; the names of the changes are appended to `fixes`."""
+        work = dict(event)
+        for step in self.steps:
+            step(work, event, fixes)
+        return work
+
+    def annotate(self, work: Dict[str, Any], service: Optional[str], fixes: Fixes) -> None:
+        """Add derived fields (and the fixes) under the annotation key, if it is free."""
+        key = self.annotation_key
+        if key is None or key in work:
+            return
+        annotation: Dict[str, Any] = {}
+        if self.derived_fields:
+            annotation = derive(work, service)  # a fresh dict
+            if self._some_derived_fields:
+                annotation = {k: annotation[k] for k in self.derived_fields if k in annotation}
+        if self.record_fixes and fixes:
+            annotation["fixes"] = list(fixes)
+        if annotation:
+            work[key] = annotation
+
+
+def _writable_parent(work: Dict[str, Any], path: Tuple[str, ...], create: bool) -> Optional[Dict[str, Any]]:
+    """The dict holding `path[-1]`, copied along the way so the original stays untouched."""
+    node = work
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None and create:
+            child = {}
+        elif not isinstance(child, dict):
+            return None
+        else:
+            child = dict(child)
+        node[part] = child
+        node = child
+    return node
+
+
+def _make_alias_step(aliases: Dict[str, str]) -> Step:
+    """Rename source keys (dotted paths) to the model's names before validation."""
+    pairs = [(tuple(src.split(".")), tuple(dst.split("."))) for src, dst in aliases.items()]
+
+    def rename(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> None:
+        for src, dst in pairs:
+            holder, _ = _get(work, src)
+            if holder is None:
+                continue
+            source_parent = _writable_parent(work, src, create=False)
+            if source_parent is None:
+                continue
+            value = source_parent.pop(src[-1])
+            target_parent = _writable_parent(work, dst, create=True)
+            if target_parent is None or dst[-1] in target_parent:
+                source_parent[src[-1]] = value  # the model's own field wins; keep both
+                continue
+            target_parent[dst[-1]] = value
+            fixes.append("alias:" + _pointer(src))
+    return rename

@@ -1,0 +1,336 @@
+"""The filter core: record → accepted | rejected (with reasons) | passed through.
+
+Contract (design/event-model.md): every record that enters leaves as exactly one of
+- accepted: valid after normalization, in canonical form;
+- rejected: the original record, untouched, plus the reasons;
+- passed: not an Activity Tracker event at all, unchanged.
+accepted + rejected + passed = received, and `stats` says so.
+
+Everything that can be decided at start-up is: rules are compiled to predicates, levels
+and policies are resolved into per-service rule lists, so `process` only runs checks.
+The reference validator (python-jsonschema) is asked only to explain a rejection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..model.encodable import describe_error, encodable, is_encodable, json_text
+from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
+from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event, make_wrapper_step
+from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
+from .stats import FilterStats
+
+MODES = ("enforce", "warn", "off")
+UNKNOWN_ACTION_POLICIES = ("reject", "warn", "pass")
+UNKNOWN_SERVICE_POLICIES = ("warn", "reject", "pass")
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+
+UNKNOWN_SERVICE = "unknown_service"
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# The rule of a rejection made because deciding the record failed.
+UNKNOWN_ACTION = "unknown_action"
+
+
+@dataclass
+class ServicePolicy:
+    """How strictly one service (or, as the default, every service) is checked."""
+
+    mode: str = "enforce"  # enforce: failures reject; warn: failures are warnings; off: no service rules
+    unknown_action: str = "reject"  # reject | warn (accept, counted) | pass (pass through unchecked)
+    rule_levels: Dict[str, str] = field(default_factory=dict)  # short rule name → level
+
+
+@dataclass
+class FilterSettings:
+    """Everything that shapes the filter, resolved once at start-up."""
+
+    schema_dirs: List[Path] = field(default_factory=list)  # empty: the bundled schemas
+    default_policy: ServicePolicy = field(default_factory=ServicePolicy)
+    services: Dict[str, ServicePolicy] = field(default_factory=dict)
+    envelope_levels: Dict[str, str] = field(default_factory=dict)
+    unknown_service: str = "warn"  # warn: envelope only, accepted with a warning
+    fraction_digits: int = 3
+    derived_fields: Sequence[str] = DERIVED_FIELDS
+    annotation_key: Optional[str] = "atnorm"
+    record_fixes: bool = True
+    aliases: Dict[str, str] = field(default_factory=dict)
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    # Rules added by a tuning file, by scope: "*" (every event, checked with the envelope)
+    # or a service name. Each is {"name", "level", "schema"}, compiled once like the rest.
+    extra_rules: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
+    # Warning kinds left unreported, by scope ("*" or a service name).
+    ignored_warnings: Dict[str, List[str]] = field(default_factory=dict)
+    # An envelope's other fields (`kubernetes`, `stream` beside a `log` string): merged
+    # beside the event's, nested under `wrapper_key`, or dropped; see make_wrapper_step.
+    wrapper_fields: str = "merge"
+    wrapper_key: str = "wrapper"
+    wrapper_clash: str = "event"
+
+
+def bundled_schema_dir() -> Path:
+    from ..schemagen.documents import bundled_dir
+
+    return bundled_dir() / "generated"
+
+
+@dataclass
+class _CompiledService:
+    document: SchemaDocument
+    policy: ServicePolicy
+    enforce: List[Rule]
+    warn: List[Rule]
+    action_rule: Optional[Rule]
+    ignored: frozenset = frozenset()
+
+
+def _record_error(rule: str, message: str) -> RejectReason:
+    return RejectReason("", rule, message)
+
+
+def _without_kinds(rules: List[Rule], ignored: frozenset) -> List[Rule]:
+    """Warning rules with the ignored kinds taken out (a rule left with nothing is dropped)."""
+    if not ignored:
+        return rules
+    kept: List[Rule] = []
+    for rule in rules:
+        if rule.items:
+            items = [(kind, check) for kind, check in rule.items if kind not in ignored]
+            if items:
+                kept.append(replace(rule, items=items))
+        elif rule.name not in ignored:
+            kept.append(rule)
+    return kept
+
+
+class EventFilter:
+    """Filters records; build once with `from_schemas`, then call `process` per record."""
+
+    def __init__(self, rules: RuleSet, settings: Optional[FilterSettings] = None,
+                 stats: Optional[FilterStats] = None) -> None:
+        self.settings = settings or FilterSettings()
+        self.rules = rules
+        self.stats = stats or FilterStats()
+        s = self.settings
+        self.normalizer = Normalizer(fraction_digits=s.fraction_digits, derived_fields=s.derived_fields,
+                                     annotation_key=s.annotation_key, record_fixes=s.record_fixes,
+                                     aliases=s.aliases or None)
+        envelope = rules.envelope.rules + self._extra_rules("*")
+        self._envelope_enforce = [r for r in envelope if r.level == "enforce"]
+        self._envelope_warn = _without_kinds([r for r in envelope if r.level == "warn"],
+                                             frozenset(s.ignored_warnings.get("*", ())))
+        self._services: Dict[str, _CompiledService] = {
+            name: self._compile_service(document) for name, document in rules.services.items()
+        }
+        self._service_cache: Dict[str, Optional[str]] = {}
+        self._place_wrapper = make_wrapper_step(s.wrapper_fields, s.wrapper_key, s.wrapper_clash)
+
+    @classmethod
+    def from_schemas(cls, schema_dirs: Optional[Sequence[Path]] = None,
+                     settings: Optional[FilterSettings] = None,
+                     stats: Optional[FilterStats] = None) -> "EventFilter":
+        """Load the bundled schemas (and any extra directories) and build the filter."""
+        settings = settings or FilterSettings()
+        directories = [bundled_schema_dir()] + [Path(d) for d in (schema_dirs or settings.schema_dirs)]
+        levels: Dict[str, Dict[str, str]] = {"envelope": dict(settings.envelope_levels)}
+        for name, policy in settings.services.items():
+            levels[name] = dict(policy.rule_levels)
+        return cls(RuleSet.load(directories, levels), settings, stats)
+
+    def _compile_service(self, document: SchemaDocument) -> _CompiledService:
+        policy = self.settings.services.get(document.name, self.settings.default_policy)
+        enforce: List[Rule] = []
+        warn: List[Rule] = []
+        action_rule = document.rule("action")
+        if policy.mode != "off":
+            for rule in document.rules + self._extra_rules(document.name):
+                if rule is action_rule or rule.level == "off":
+                    continue  # the action is checked by set membership, below
+                if rule.level == "enforce" and policy.mode == "enforce":
+                    enforce.append(rule)
+                else:
+                    warn.append(rule)
+        ignored = frozenset(self.settings.ignored_warnings.get(document.name, ()))
+        return _CompiledService(document, policy, enforce, warn, action_rule, ignored)
+
+    def _extra_rules(self, scope: str) -> List[Rule]:
+        return [standalone_rule(spec["name"], spec["level"], spec["schema"])
+                for spec in self.settings.extra_rules.get(scope, ())]
+
+    def _service_of(self, action: Any) -> Optional[str]:
+        if not isinstance(action, str):
+            return None
+        try:
+            return self._service_cache[action]
+        except KeyError:
+            service = self.rules.service_for(action)
+            if len(self._service_cache) < 10_000:  # actions come from traffic: stay bounded
+                self._service_cache[action] = service
+            return service
+
+    # -- the per-record path ---------------------------------------------------------
+
+    def process(self, record: Any, _text: bool = False) -> Verdict:
+        """Decide one parsed record's fate and count it.
+
+        Never raises for any record: whatever fails while deciding it (a bug, a value no
+        step foresaw, nesting deeper than Python goes) makes the record a rejection
+        `internal.error` naming the exception, with the original in a form every
+        destination can encode.
+        """
+        try:
+            text = record if _text else self._as_text(record)
+            verdict = text if type(text) is Verdict else self._decide(text)
+            if verdict.outcome == REJECTED and not is_encodable(verdict.record):
+                # The dead letter must reach its file or downstream: NaN, integers past 64
+                # bits, lone surrogates, too deep nesting become text saying what they were.
+                verdict.record = encodable(verdict.record)
+        except Exception as exc:  # RecursionError included; the one place that catches all
+            verdict = self._internal_error(record, exc)
+        self.stats.count(verdict)
+        return verdict
+
+    @staticmethod
+    def _internal_error(record: Any, exc: BaseException) -> Verdict:
+        try:
+            original = encodable(record)
+        except RecursionError:  # deeper than the cut can even walk to
+            original = json_text(record)
+        return Verdict(REJECTED, original,
+                       reasons=[_record_error(INTERNAL_ERROR, f"the filter failed on this record: "
+                                                              f"{describe_error(exc)}")])
+
+    @staticmethod
+    def _as_text(record: Any) -> Any:
+        """`record` with bin keys and values as str, before any decision (see normalize.as_text).
+
+        A record that cannot be text comes back as its rejection (a Verdict).
+        """
+        try:
+            return as_text(record)
+        except EncodingProblem as problem:
+            return Verdict(REJECTED, encodable(record),
+                           reasons=[RejectReason(problem.pointer, problem.rule, problem.message)])
+
+    def _decide(self, record: Any) -> Verdict:
+        if type(record) is not dict:
+            kind = type(record).__name__ if record is not None else "null"
+            return Verdict(REJECTED, record,
+                           reasons=[_record_error("record.type", f"a record must be a JSON object, not {kind}")])
+        fixes: List[str] = []
+        wrapper: Optional[Dict[str, Any]] = {} if self._place_wrapper is not None else None
+        event = find_event(record, fixes, wrapper)
+        if not is_event(event):
+            return Verdict(PASSED, record)
+        work = self.normalizer.normalize(event, fixes)
+
+        failed: List[Tuple[Rule, Optional[str]]] = []
+        warnings: List[str] = []
+        for rule in self._envelope_enforce:
+            if not rule.check(work):
+                failed.append((rule, None))
+        for rule in self._envelope_warn:
+            warnings += rule.warning_kinds(work)
+
+        action = work.get("action")
+        service = self._service_of(action)  # a str action, or None
+        if service is None:
+            if self.settings.unknown_service == "pass":
+                return Verdict(PASSED, record, action=action if isinstance(action, str) else None)
+            if self.settings.unknown_service == "reject":
+                unknown = RejectReason("/action", "unknown_service",
+                                       f"no schema declares the service of {action!r}")
+                return self._rejected(record, work, failed, [unknown], None, warnings, fixes)
+            warnings.append(UNKNOWN_SERVICE)
+        else:
+            compiled = self._services[service]
+            assert isinstance(action, str)  # a service was found for it
+            if compiled.policy.mode != "off" and action not in compiled.document.actions:
+                self.stats.count_unknown_action(service, action)
+                policy = compiled.policy.unknown_action
+                if policy == "pass":
+                    return Verdict(PASSED, record, service=service, action=action)
+                if policy == "reject" and compiled.policy.mode == "enforce" and compiled.action_rule is not None:
+                    failed.append((compiled.action_rule, compiled.document.nearest_action(action)))
+                else:
+                    warnings.append(UNKNOWN_ACTION)
+            for rule in compiled.enforce:
+                if not rule.check(work):
+                    failed.append((rule, None))
+            for rule in compiled.warn:
+                warnings += rule.warning_kinds(work)
+            if compiled.ignored:
+                warnings = [w for w in warnings if w not in compiled.ignored]
+
+        if failed:
+            return self._rejected(record, work, failed, [], service, warnings, fixes)
+        if wrapper:
+            fixes.append("wrapper")
+            self.normalizer.annotate(work, service, fixes)
+            self._place_wrapper(work, wrapper)  # type: ignore[misc]  # set whenever wrapper is
+        else:
+            self.normalizer.annotate(work, service, fixes)
+        return Verdict(ACCEPTED, work, service=service, action=action, warnings=warnings,
+                       fixes=fixes, event_time=work.get("eventTime"))
+
+    @staticmethod
+    def _rejected(record: Any, work: Dict[str, Any], failed: List[Tuple[Rule, Optional[str]]],
+                  reasons: List[RejectReason], service: Optional[str], warnings: List[str],
+                  fixes: List[str]) -> Verdict:
+        """The rejection of `record`: reasons from the reference validator, on the normalized form."""
+        for rule, suggestion in failed:
+            reasons += rule.reasons(work, suggestion) or [
+                RejectReason("", rule.name, f"does not satisfy {rule.name}", suggestion)]
+        action = work.get("action")
+        return Verdict(REJECTED, record, service=service, action=action if isinstance(action, str) else None,
+                       reasons=reasons, warnings=warnings, fixes=fixes)
+
+    def process_json(self, line: Any) -> Verdict:
+        """Decide one JSON document given as bytes or text; unreadable input is rejected.
+
+        Like `process`, never raises: a failure becomes a rejection `internal.error`.
+        """
+        try:
+            return self._process_json(line)
+        except Exception as exc:
+            return self._count(self._internal_error(line, exc))
+
+    def _process_json(self, line: Any) -> Verdict:
+        limit = self.settings.max_record_bytes
+        if isinstance(line, (bytes, bytearray, memoryview)):
+            raw = bytes(line)
+            if len(raw) > limit:
+                return self._count(self._unreadable(raw, "record.size",
+                                                    f"record of {len(raw)} bytes is over the {limit}-byte limit"))
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return self._count(self._unreadable(raw, "record.encoding",
+                                                    f"invalid UTF-8 at byte {exc.start}: {exc.reason}"))
+        else:
+            text = str(line)
+            if len(text) > limit:
+                return self._count(self._unreadable(text, "record.size",
+                                                    f"record of {len(text)} characters is over the {limit}-byte limit"))
+        try:
+            record = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # nesting deeper than the parser goes: unreadable too
+            return self._count(self._unreadable(text, "record.json", f"not JSON: {exc}"))
+        # Parsed JSON holds no bytes and only str keys; a lone surrogate can only come from
+        # a \uD800-\uDFFF escape (or from text given as str), so only such text needs the scan.
+        plain = ("\\u" not in text or _ESCAPED_SURROGATE.search(text) is None) and (
+            text.isascii() or _SURROGATE.search(text) is None)
+        return self.process(record, _text=plain)
+
+    def _count(self, verdict: Verdict) -> Verdict:
+        self.stats.count(verdict)
+        return verdict
+
+    @staticmethod
+    def _unreadable(raw: Any, rule: str, message: str) -> Verdict:
+        return Verdict(REJECTED, encodable(raw), reasons=[_record_error(rule, message)])

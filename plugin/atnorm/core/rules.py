@@ -1,0 +1,222 @@
+"""Schema documents → named rules, each with a level, a fast predicate and the reference.
+
+A rule is one `$defs` entry of a generated document (`envelope.required`,
+`vmware-solutions.action`, …). Its level says what a failure means: `enforce` rejects,
+`warn` counts a warning, `off` skips it. Warning rules whose schema is an `allOf` of
+titled items are split into one check per item, so a warning names the field it is
+about without asking the reference validator.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, relevance
+
+from ..config.options import ConfigError
+from ..model.verdict import RejectReason
+from .compiled import Predicate, SchemaCompiler
+
+LEVELS = ("enforce", "warn", "off")
+
+
+def json_pointer(parts: Iterable[Any]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@dataclass
+class Rule:
+    """One named check of a schema document."""
+
+    name: str  # qualified: `<document>.<rule>`, e.g. `envelope.required`
+    level: str
+    schema: Dict[str, Any]
+    check: Predicate
+    reference: Draft202012Validator
+    description: str = ""
+    # For split warning rules: (kind, predicate) per titled item.
+    items: List[Tuple[str, Predicate]] = field(default_factory=list)
+    # For object rules: the rule without `properties`, and per property (name, predicate,
+    # reference), so a failure is explained by asking the reference about the failing
+    # properties only (the same errors, for a fraction of the work).
+    narrowed: Optional[Tuple[Draft202012Validator, List[Tuple[str, Predicate, Draft202012Validator]]]] = None
+
+    def reasons(self, record: Any, suggestion: Optional[str] = None) -> List[RejectReason]:
+        """Why `record` fails this rule, in python-jsonschema's words."""
+        if self.narrowed is not None and isinstance(record, dict):
+            rest, properties = self.narrowed
+            errors = list(rest.iter_errors(record))
+            for name, check, reference in properties:
+                if name in record and not check(record[name]):
+                    for error in reference.iter_errors(record[name]):
+                        error.path.appendleft(name)
+                        errors.append(error)
+        else:
+            errors = list(self.reference.iter_errors(record))
+        errors.sort(key=relevance)
+        return [to_reason(error, self.name, suggestion) for error in errors]
+
+    def warning_kinds(self, record: Any) -> List[str]:
+        if self.items:
+            return [kind for kind, check in self.items if not check(record)]
+        return [] if self.check(record) else [self.name]
+
+
+def to_reason(error: ValidationError, rule: str, suggestion: Optional[str] = None) -> RejectReason:
+    path = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        # Point at the missing field itself, not at its parent.
+        missing = [n for n in error.validator_value if n not in error.instance]
+        if missing:
+            path.append(missing[0])
+    return RejectReason(json_pointer(path), rule, error.message, suggestion)
+
+
+@dataclass
+class SchemaDocument:
+    """A generated document, loaded: its kind, its rules, and (for services) its actions."""
+
+    kind: str
+    name: str
+    path: str
+    rules: List[Rule]
+    actions: frozenset = frozenset()
+    renames: Dict[str, str] = field(default_factory=dict)
+    raw: Dict[str, Any] = field(default_factory=dict)
+
+    def rule(self, short_name: str) -> Optional[Rule]:
+        for rule in self.rules:
+            if rule.name == f"{self.name}.{short_name}":
+                return rule
+        return None
+
+    def nearest_action(self, action: str) -> Optional[str]:
+        """The declared action closest to an unknown one (a renamed one first)."""
+        if action in self.renames:
+            return self.renames[action]
+        if action in self._nearest:
+            return self._nearest[action]
+        matches = difflib.get_close_matches(action, self._sorted_actions, n=1, cutoff=0.6)
+        if len(self._nearest) >= 4096:  # unknown actions come from traffic: stay bounded
+            self._nearest.clear()
+        self._nearest[action] = matches[0] if matches else None
+        return self._nearest[action]
+
+    def __post_init__(self) -> None:
+        self._sorted_actions = sorted(self.actions)
+        self._nearest: Dict[str, Optional[str]] = {}
+
+
+def load_document(path: Path, levels: Optional[Dict[str, str]] = None) -> SchemaDocument:
+    """Load one generated document; `levels` overrides rule levels by short rule name."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load schema: {exc}", file=str(path)) from None
+    meta = raw.get("x-atnorm") if isinstance(raw, dict) else None
+    if not isinstance(meta, dict) or meta.get("kind") not in ("envelope", "service"):
+        raise ConfigError("not an atnorm schema document (no x-atnorm kind)", file=str(path))
+    try:
+        Draft202012Validator.check_schema(raw)
+    except Exception as exc:  # jsonschema.SchemaError; message says where
+        raise ConfigError(f"invalid JSON Schema: {getattr(exc, 'message', exc)}", file=str(path)) from None
+    kind = meta["kind"]
+    name = "envelope" if kind == "envelope" else str(meta["service"])
+    compiler = SchemaCompiler(raw)
+    reference = Draft202012Validator(raw)
+    rules = []
+    for entry in meta.get("rules", []):
+        short = entry["name"]
+        level = (levels or {}).get(short, entry.get("level", "enforce"))
+        if level not in LEVELS:
+            raise ConfigError(f"rule level must be one of {', '.join(LEVELS)}", file=str(path), key=short)
+        schema = raw["$defs"][short]
+        rule = Rule(f"{name}.{short}", level, schema, compiler.compile(schema),
+                    reference.evolve(schema=schema), entry.get("description", ""))
+        _split_titled_items(rule, compiler)
+        _narrow(rule, compiler)
+        rules.append(rule)
+    return SchemaDocument(kind, name, str(path), rules,
+                          frozenset(meta.get("actions", {})), dict(meta.get("renames", {})), raw)
+
+
+_NARROWABLE = frozenset({"type", "required", "properties", "title", "description", "$comment"})
+
+
+def _narrow(rule: Rule, compiler: SchemaCompiler) -> None:
+    properties = rule.schema.get("properties")
+    if not isinstance(properties, dict) or not set(rule.schema) <= _NARROWABLE:
+        return
+    rest = rule.reference.evolve(schema={k: v for k, v in rule.schema.items() if k != "properties"})
+    rule.narrowed = (rest, [(name, compiler.compile(sub), rule.reference.evolve(schema=sub))
+                            for name, sub in properties.items()])
+
+
+def _split_titled_items(rule: Rule, compiler: SchemaCompiler) -> None:
+    schema = rule.schema
+    if isinstance(schema.get("allOf"), list) and all(
+            isinstance(item, dict) and "title" in item for item in schema["allOf"]):
+        rule.items = [(f"{rule.name}:{item['title']}", compiler.compile(item)) for item in schema["allOf"]]
+
+
+def standalone_rule(name: str, level: str, schema: Dict[str, Any], description: str = "") -> Rule:
+    """A rule from a self-contained schema (no `$ref` outside it), e.g. one a tuning file adds.
+
+    Compiled like the generated rules, with python-jsonschema as its reference, so its
+    reasons read the same.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"rule level must be one of {', '.join(LEVELS)}, got {level!r}")
+    Draft202012Validator.check_schema(schema)
+    compiler = SchemaCompiler(schema)
+    rule = Rule(name, level, schema, compiler.compile(schema), Draft202012Validator(schema), description)
+    _split_titled_items(rule, compiler)
+    _narrow(rule, compiler)
+    return rule
+
+
+@dataclass
+class RuleSet:
+    """The envelope and every service document from one or more schema directories."""
+
+    envelope: SchemaDocument
+    services: Dict[str, SchemaDocument]
+
+    @classmethod
+    def load(cls, directories: Sequence[Path],
+             levels: Optional[Dict[str, Dict[str, str]]] = None) -> "RuleSet":
+        """Load `envelope.json` and `services/*.json`; later directories add or replace services.
+
+        `levels` maps a document name (`envelope` or a service) to rule-level overrides.
+        """
+        levels = levels or {}
+        envelope: Optional[SchemaDocument] = None
+        services: Dict[str, SchemaDocument] = {}
+        for directory in directories:
+            directory = Path(directory)
+            if not directory.is_dir():
+                raise ConfigError("schema directory does not exist", file=str(directory))
+            if (directory / "envelope.json").is_file():
+                envelope = load_document(directory / "envelope.json", levels.get("envelope"))
+            for path in sorted((directory / "services").glob("*.json")):
+                raw_name = path.stem
+                document = load_document(path, levels.get(raw_name))
+                services[document.name] = document
+        if envelope is None:
+            raise ConfigError("no envelope.json in the schema directories",
+                              file=", ".join(str(d) for d in directories))
+        return cls(envelope, services)
+
+    def service_for(self, action: str) -> Optional[str]:
+        """The declared service whose name is the longest dotted prefix of `action`."""
+        parts = action.split(".")
+        for end in range(len(parts) - 2, 0, -1):
+            candidate = ".".join(parts[:end])
+            if candidate in self.services:
+                return candidate
+        return None

@@ -1,0 +1,1374 @@
+"""`atnorm exec-filter`: the filter as a child of Fluentd's out_exec_filter.
+
+Fluentd writes records to our stdin (JSON lines, a msgpack stream or TSV) and parses our
+stdout back into events. There is no acknowledgement from the child, so this loop must
+never die on bad input and must give exactly one output record per input record:
+
+- accepted and passed records keep their tag (`--tag-key`), rejected ones get the tag plus
+  `--rejected-tag-suffix` and the dead-letter form `{"original", "reasons"}`;
+- input that cannot be read (bad JSON, invalid UTF-8, msgpack garbage, a TSV line with the
+  wrong number of fields) becomes one rejected record saying why;
+- each read from stdin is one batch: its outputs leave in one write, so a quiet period never
+  leaves records waiting in our buffers;
+- stderr stays silent (a chatty child has blocked pipelines before): diagnostics and the
+  summary line at exit go to `--log-file`.
+
+`--time-key KEY` carries the event time for Fluentd's `<extract> time_key`: accepted records
+get the normalized eventTime (`2024-05-01T10:00:00.000+0000`, i.e. Fluentd
+`time_type string`, `time_format %Y-%m-%dT%H:%M:%S.%N%z`); records that have no normalized
+time keep the value that came in under that key, if any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import select
+import signal
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import msgpack
+
+from ..config.logs import LOG_OPTIONS
+from ..config.options import ConfigError, Option, add_arguments, boolean, host_port, load_config_file, resolve, size_bytes, text
+from ..core.reload import ReloadingFilter
+from ..core.settings import FILTER_OPTIONS, add_filter_arguments
+from ..core.stats import FilterStats
+from ..model.encodable import encodable, json_text
+from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
+from ..monitoring.metrics import start_metrics_server
+
+# One os.read per batch; a pipe rarely holds more than 64 KiB, a file gives big batches.
+READ_SIZE = 1 << 20
+# How much of an unreadable input is quoted in a log line.
+LOG_PREVIEW_BYTES = 32
+
+
+def key_list(value: Any) -> List[str]:
+    """`a,b,c` or a YAML list → `["a", "b", "c"]`."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    keys = [text(item).strip() for item in items]
+    if not keys or any(not key for key in keys):
+        raise ValueError(f"expected a comma-separated list of keys, got {value!r}")
+    return keys
+
+
+def block_size(value: Any) -> int:
+    """A size in bytes such as 8192 or 8k; 0 turns the padding off."""
+    if str(value).strip() == "0":
+        return 0
+    return size_bytes(value)
+
+
+# See OutputEncoder: Fluentd's Yajl reads the child's JSON output in blocks of this size.
+JSON_BLOCK_SIZE = 8192
+
+OPTIONS = (
+    Option("in_format", text, "json",
+           "what Fluentd writes to stdin (its <format> @type)", choices=("json", "msgpack", "tsv"),
+           metavar="json|msgpack|tsv"),
+    Option("out_format", text, "msgpack",
+           "what to write to stdout for Fluentd's <parse> (msgpack: Fluentd reads it as it "
+           "comes; json: padded to json_block_size blocks)", choices=("json", "msgpack"),
+           metavar="json|msgpack"),
+    Option("json_block_size", block_size, JSON_BLOCK_SIZE,
+           "with out_format json, pad the output after each batch to a multiple of this many "
+           "bytes: Fluentd's <parse> stream_buffer_size (0: no padding)", metavar="BYTES"),
+    Option("tag_key", text, None,
+           "record key that carries the tag (Fluentd <inject>/<extract> tag_key); removed before "
+           "filtering, put back on every output record", metavar="KEY"),
+    Option("rejected_tag_suffix", text, ".rejected",
+           "appended to the tag of rejected records (needs tag_key)", metavar="SUFFIX"),
+    Option("default_tag", text, "atnorm",
+           "tag for records that arrive without one, and for input that cannot be parsed "
+           "(needs tag_key)", metavar="TAG"),
+    Option("time_key", text, None,
+           "record key for the event time, for Fluentd's <extract> time_key with time_type "
+           "string: the normalized eventTime (2024-05-01T10:00:00.000+0000) on accepted "
+           "records, the incoming value otherwise", metavar="KEY"),
+    Option("tsv_keys", key_list, None,
+           "field names of the TSV columns, in order (required with in_format tsv)",
+           metavar="K1,K2,..."),
+    Option("log_file", text, None,
+           "append diagnostics, start-up errors and the summary line at exit to FILE "
+           "(stderr stays silent); reopened on SIGHUP",
+           metavar="FILE"),
+    Option("quiet", boolean, False,
+           "write only the summary line at exit to the log file"),
+    Option("metrics_listen", text, None,
+           "serve Prometheus /metrics, /healthz and /readyz on HOST:PORT", metavar="HOST:PORT"),
+    Option("drift_state", text, None,
+           "keep the actions no table declares in this JSON file (read it with `atnorm drift --state`)",
+           metavar="FILE"),
+    *LOG_OPTIONS,
+)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Flags for `atnorm exec-filter` and the shared filter options, plus `--config FILE`."""
+    # `--quiet` is a switch, not `--quiet VALUE`; the config file takes `quiet: true`.
+    add_arguments(parser, [option for option in OPTIONS if option.key != "quiet"])
+    quiet = next(option for option in OPTIONS if option.key == "quiet")
+    parser.add_argument(quiet.flag, dest=quiet.key, action="store_const", const=True,
+                        default=None, help=quiet.help)
+    add_filter_arguments(parser)
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML file with the same keys as the flags (flags win)")
+
+
+def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(exec-filter settings, raw config file values): defaults < `--config` file < flags,
+    checked for combinations that cannot work."""
+    config_path = getattr(args, "config", None)
+    file_values = (load_config_file(config_path, list(OPTIONS) + list(FILTER_OPTIONS))
+                   if config_path else {})
+    settings = resolve(OPTIONS, args, file_values)
+    if settings["in_format"] == "tsv":
+        if not settings["tsv_keys"]:
+            raise ConfigError("in_format tsv needs tsv_keys (the column names, in order)",
+                              key="tsv_keys")
+        if settings["tag_key"] and settings["tag_key"] not in settings["tsv_keys"]:
+            raise ConfigError(f"tag_key {settings['tag_key']!r} is not one of the tsv_keys, so "
+                              "no tag would ever arrive", key="tag_key")
+    return settings, file_values
+
+
+# --- one record in, one record out -------------------------------------------------------
+
+_MISSING = object()
+
+
+def _pop_text_key(record: Dict[Any, Any], key: str, default: Any) -> Any:
+    """Take `key` off `record`, whether it arrived as str or as bin (bytes)."""
+    if key in record:
+        return record.pop(key)
+    return record.pop(key.encode("utf-8"), default)
+
+
+def _utf8_or_none(value: bytes) -> Optional[str]:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def input_rejected(original: Any, rule: str, message: str) -> Verdict:
+    """A rejected verdict for input that could not be read as a record at all."""
+    return Verdict(REJECTED, original, reasons=[RejectReason(path="", rule=rule, message=message)])
+
+
+class RecordRouter:
+    """Filters one input record and shapes the output record Fluentd will route.
+
+    The tag and time keys are transport, not event: they are taken off before filtering
+    and put back on the output. An exception inside the filter becomes a rejected record
+    (and a log line) instead of a dead child, since a dying child loses every record in
+    flight.
+    """
+
+    def __init__(self, event_filter: Any, tag_key: Optional[str] = None,
+                 rejected_tag_suffix: str = ".rejected", default_tag: str = "atnorm",
+                 time_key: Optional[str] = None, log: Optional["DiagnosticLog"] = None) -> None:
+        self.event_filter = event_filter
+        self.stats: FilterStats = event_filter.stats
+        self.max_record_bytes: int = event_filter.settings.max_record_bytes
+        self.tag_key = self._tag_key = tag_key
+        self._suffix = rejected_tag_suffix
+        self._default_tag = default_tag
+        self._time_key = time_key
+        self._transport_keys = bool(tag_key or time_key)
+        self._log = log
+        self._process = event_filter.process
+        self._process_json = event_filter.process_json
+        self._outcomes: List[str] = []  # outcome of each output shaped since the last take
+
+    def take_outcomes(self) -> List[str]:
+        """The outcomes of the outputs shaped since the last call, in order."""
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
+
+    def _take_transport_keys(self, record: Any) -> Tuple[Any, Any]:
+        tag: Any = None
+        when: Any = _MISSING
+        if self._transport_keys and type(record) is dict:
+            # msgpack from Fluentd's ltsv/none parsers carries text as bin: the keys and
+            # the tag may arrive as bytes.
+            if self._tag_key:
+                tag = _pop_text_key(record, self._tag_key, None)
+                if type(tag) is bytes:
+                    tag = _utf8_or_none(tag)
+            if self._time_key:
+                when = _pop_text_key(record, self._time_key, _MISSING)
+                if type(when) is bytes:
+                    when = _utf8_or_none(when) or when
+        return tag, when
+
+    def record(self, record: Any) -> Any:
+        """A parsed input record → its output record."""
+        tag, when = self._take_transport_keys(record)
+        try:
+            verdict = self._process(record)
+            return self.shape(verdict, tag, when)
+        except Exception as exc:  # a filter bug must not take the whole stream down
+            return self.shape(self._failed(record, exc), tag, when)
+
+    def json_line(self, line: bytes) -> Any:
+        """One JSON document (bytes) → its output record; unreadable ones are rejected."""
+        if self._transport_keys and len(line) <= self.max_record_bytes:
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                pass  # the filter core words the reason below; the tag is unknowable
+            else:
+                return self.record(record)
+        try:
+            return self.shape(self._process_json(line), None, _MISSING)
+        except Exception as exc:
+            return self.shape(self._failed(line.decode("utf-8", "backslashreplace"), exc),
+                              None, _MISSING)
+
+    def reject(self, record: Any, rule: str, message: str, unwrap: Optional[str] = None) -> Any:
+        """A parsed record refused before filtering (e.g. too large) → its rejected output,
+        under its own tag. With `unwrap`, the original is `record[unwrap]` (what is left
+        once the transport keys are taken)."""
+        tag, when = self._take_transport_keys(record)
+        verdict = input_rejected(record[unwrap] if unwrap else record, rule, message)
+        self.stats.count(verdict)
+        return self.shape(verdict, tag, when)
+
+    def unreadable(self, original: Any, rule: str, message: str) -> Any:
+        """Input that is not a record at all → one counted, rejected output record."""
+        verdict = input_rejected(original, rule, message)
+        self.stats.count(verdict)
+        return self.shape(verdict, None, _MISSING)
+
+    def shape(self, verdict: Verdict, tag: Any, when: Any) -> Any:
+        """The output of `verdict` with the transport keys put back."""
+        out = verdict.output()
+        self._outcomes.append(verdict.outcome)
+        if not self._transport_keys:
+            return out
+        if type(out) is not dict:
+            # Only maps can carry a tag back to Fluentd.
+            out = {"original": out, "reasons": []}
+        if self._tag_key:
+            if not isinstance(tag, str) or not tag:
+                tag = self._default_tag
+            out[self._tag_key] = tag + self._suffix if verdict.outcome == REJECTED else tag
+        if self._time_key:
+            if verdict.outcome == ACCEPTED and verdict.event_time is not None:
+                out[self._time_key] = verdict.event_time
+            elif when is not _MISSING:
+                out[self._time_key] = when
+        return out
+
+    def encode_failed(self, output: Any, outcome: Optional[str], exc: Exception) -> Any:
+        """An output that cannot be encoded at all → a rejected record whose original is
+        the output (without transport keys) as JSON text; counted as a rejection."""
+        tag: Any = None
+        when: Any = _MISSING
+        if type(output) is dict and self._transport_keys:
+            output = dict(output)
+            tag = output.pop(self._tag_key, None) if self._tag_key else None
+            if self._time_key:
+                when = output.pop(self._time_key, _MISSING)
+            if outcome == REJECTED and isinstance(tag, str) and tag.endswith(self._suffix):
+                tag = tag[:-len(self._suffix)] if self._suffix else tag
+        if type(output) is dict and outcome == REJECTED and "original" in output:
+            output = output["original"]
+        message = (f"internal error while encoding the output: {type(exc).__name__}: {exc}; "
+                   "original holds the record as JSON text")
+        if self._log is not None:
+            self._log.write(message, problem=True)
+        verdict = input_rejected(json_text(output, self.max_record_bytes), "internal.error", message)
+        if outcome is not None and outcome != REJECTED:
+            # It was counted under its first outcome; it leaves as a rejection.
+            self.stats.outcomes[outcome] -= 1
+            self.stats.outcomes[REJECTED] += 1
+            self.stats.rejections[("internal.error", "")] += 1
+        out = self.shape(verdict, tag if isinstance(tag, str) else None,
+                         when if isinstance(when, str) else _MISSING)
+        self._outcomes.pop()
+        return out
+
+    def _failed(self, original: Any, exc: Exception) -> Verdict:
+        message = f"internal error while filtering: {type(exc).__name__}: {exc}"
+        if self._log is not None:
+            self._log.write(message, problem=True)
+        verdict = input_rejected(original, "internal.error", message)
+        self.stats.count(verdict)
+        return verdict
+
+
+# --- readers: bytes from Fluentd → output records ------------------------------------------
+
+class LineInput:
+    """Splits a byte stream into lines, keeping a partial line across reads."""
+
+    def __init__(self, router: RecordRouter) -> None:
+        self.router = router
+        self._parts: List[bytes] = []
+        self._partial_size = 0
+        self._oversize: Optional[bytes] = None  # head of a line being skipped for its size
+        self._oversize_bytes = 0
+
+    def line(self, line: bytes) -> Any:
+        raise NotImplementedError
+
+    def feed(self, chunk: bytes) -> List[Any]:
+        """Outputs for every complete line in `chunk` (plus what was kept from before)."""
+        newline = chunk.rfind(b"\n")
+        if newline < 0:
+            self._keep(chunk)
+            return []
+        head, rest = chunk[:newline], chunk[newline + 1:]
+        outputs: List[Any] = []
+        if self._oversize is not None:
+            first, _, head = head.partition(b"\n")
+            self._oversize_bytes += len(first)
+            outputs.append(self._too_large())
+        elif self._parts:
+            self._parts.append(head)
+            head = b"".join(self._parts)
+            self._parts, self._partial_size = [], 0
+        if head:
+            line = self.line
+            outputs.extend(line(item) for item in head.split(b"\n")
+                           if item and not item.isspace())
+        self._keep(rest)
+        return outputs
+
+    def close(self) -> List[Any]:
+        """Outputs for what is left when the input ends (a last line without newline)."""
+        if self._oversize is not None:
+            return [self._too_large()]
+        data = b"".join(self._parts)
+        self._parts, self._partial_size = [], 0
+        if not data or data.isspace():
+            return []
+        return [self.line(data)]
+
+    def _keep(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._oversize is not None:
+            self._oversize_bytes += len(data)
+            return
+        self._parts.append(data)
+        self._partial_size += len(data)
+        if self._partial_size > self.router.max_record_bytes:
+            joined = b"".join(self._parts)
+            self._oversize, self._oversize_bytes = joined[:1024], len(joined)
+            self._parts, self._partial_size = [], 0
+
+    def _too_large(self) -> Any:
+        head, size = self._oversize or b"", self._oversize_bytes
+        self._oversize, self._oversize_bytes = None, 0
+        return self.router.unreadable(
+            head.decode("utf-8", "backslashreplace"), "record.size",
+            f"record of {size} bytes is over the {self.router.max_record_bytes}-byte limit; "
+            "original holds its first 1024 bytes")
+
+
+class JsonLinesInput(LineInput):
+    """Fluentd `<format> @type json`: one JSON object per line."""
+
+    def __init__(self, router: RecordRouter) -> None:
+        super().__init__(router)
+        self.line = router.json_line  # type: ignore[assignment]
+
+
+class TsvInput(LineInput):
+    """Fluentd `<format> @type tsv`: values of `keys`, tab-separated, as strings."""
+
+    def __init__(self, router: RecordRouter, keys: Sequence[str]) -> None:
+        super().__init__(router)
+        self._keys = list(keys)
+
+    def line(self, line: bytes) -> Any:
+        if len(line) > self.router.max_record_bytes:
+            return self.router.unreadable(
+                line[:1024].decode("utf-8", "backslashreplace"), "record.size",
+                f"record of {len(line)} bytes is over the {self.router.max_record_bytes}-byte "
+                "limit; original holds its first 1024 bytes")
+        fields = line.rstrip(b"\r").split(b"\t")
+        if len(fields) != len(self._keys):
+            return self.router.unreadable(
+                line.decode("utf-8", "backslashreplace"), "input.tsv",
+                f"expected {len(self._keys)} tab-separated fields "
+                f"({','.join(self._keys)}), got {len(fields)}")
+        try:
+            values = [field.decode("utf-8") for field in fields]
+        except UnicodeDecodeError as exc:
+            return self.router.unreadable(
+                line.decode("utf-8", "backslashreplace"), "input.tsv",
+                f"not valid UTF-8: {exc.reason} at byte {exc.start}")
+        return self.router.record(dict(zip(self._keys, values)))
+
+
+# --- msgpack framing ------------------------------------------------------------------------
+#
+# Fluentd's msgpack formatter writes one map per record, back to back, with nothing between
+# them. So a record starts with a map header (fixmap 0x80-0x8f, map16 0xde, map32 0xdf) and
+# its keys are strings (str, or bin from parsers that leave text untyped). Anything else at
+# a record boundary is damage. After damage, the next record starts at the first later
+# offset where a *plausible record* decodes completely: a non-empty map with text keys only
+# and, with --tag-key, the tag key holding text. Everything from the damage to that offset
+# is one damaged region and becomes one rejected record. No declared length is believed
+# beyond what a record may be: a record that fits is decoded with every declared length
+# and item count bounded by max_record_size; an oversized one is streamed past (without
+# buffering it) and rejected as one `record.size` as long as it stays within
+# SKIP_FACTOR × max_record_size bytes, declared lengths and counts included.
+
+# Bytes that open a msgpack map (fixmap, map16, map32): where a record can start.
+_MAP_START = re.compile(rb"[\x80-\x8f\xde\xdf]")
+_RESYNC_STEP = 4096
+# An oversized record is skipped by its declared sizes up to this many times the record
+# size limit; anything declaring more is damage, not a record.
+SKIP_FACTOR = 16
+# Bytes of an oversized record kept as the rejection's original.
+KEPT_BYTES = 1024
+
+_WALK_DONE, _WALK_MORE, _WALK_INVALID = "done", "more", "invalid"
+
+
+def _is_map_header(byte: int) -> bool:
+    return 0x80 <= byte <= 0x8f or byte in (0xde, 0xdf)
+
+
+def _is_text_header(byte: int) -> bool:
+    return 0xa0 <= byte <= 0xbf or byte in (0xd9, 0xda, 0xdb, 0xc4, 0xc5, 0xc6)
+
+
+# For each first byte of a msgpack object that is not a fix* type: (bytes of length field,
+# fixed payload bytes, kind) with kind "len" (payload of the given length), "ext" (payload
+# plus one type byte), "array", "map" or "" (fixed size).
+_HEADERS: Dict[int, Tuple[int, int, str]] = {
+    0xc0: (0, 0, ""), 0xc2: (0, 0, ""), 0xc3: (0, 0, ""),
+    0xc4: (1, 0, "len"), 0xc5: (2, 0, "len"), 0xc6: (4, 0, "len"),
+    0xc7: (1, 1, "ext"), 0xc8: (2, 1, "ext"), 0xc9: (4, 1, "ext"),
+    0xca: (0, 4, ""), 0xcb: (0, 8, ""),
+    0xcc: (0, 1, ""), 0xcd: (0, 2, ""), 0xce: (0, 4, ""), 0xcf: (0, 8, ""),
+    0xd0: (0, 1, ""), 0xd1: (0, 2, ""), 0xd2: (0, 4, ""), 0xd3: (0, 8, ""),
+    0xd4: (0, 2, ""), 0xd5: (0, 3, ""), 0xd6: (0, 5, ""), 0xd7: (0, 9, ""), 0xd8: (0, 17, ""),
+    0xd9: (1, 0, "len"), 0xda: (2, 0, "len"), 0xdb: (4, 0, "len"),
+    0xdc: (2, 0, "array"), 0xdd: (4, 0, "array"), 0xde: (2, 0, "map"), 0xdf: (4, 0, "map"),
+}
+
+
+class RecordWalker:
+    """Follows the structure of one msgpack record through any number of chunks without
+    keeping its bytes: only header bytes are looked at, payloads are counted past.
+
+    The record must be a map with text keys and at most `max_size` bytes: a container
+    declaring more items, a payload declaring more bytes, or a walk going further means
+    the bytes are not a record (`invalid`)."""
+
+    def __init__(self, max_size: int) -> None:
+        self._max_size = max_size
+        self._stack = [1]      # items still to come in each open container
+        self._skip = 0         # payload bytes still to pass
+        self._head = b""       # a header cut off by the end of a chunk
+        self.size = 0          # bytes walked so far
+        # Short text items directly in the record are read on the way, so that the tag of
+        # a record too large to keep can still be found (`top_text`).
+        self.top_text: Dict[bytes, bytes] = {}
+        self._capture: Optional[bytearray] = None
+        self._capture_key = False
+        self._last_key: Optional[bytes] = None
+
+    @property
+    def known_size(self) -> int:
+        """Bytes the record has at least: walked plus the rest of the current payload."""
+        return self.size + self._skip
+
+    def walk(self, chunk: Any) -> Tuple[str, int]:
+        """(`done`, bytes of `chunk` up to the end of the record), (`more`, len(chunk)) or
+        (`invalid`, offset in `chunk` of the byte that cannot be part of a record)."""
+        back = len(self._head)
+        data = self._head + bytes(chunk) if back else chunk
+        self._head = b""
+        state, pos = self._walk(data)
+        used = max(pos - back, 0)
+        self.size += used
+        if self.known_size > self._max_size:
+            return _WALK_INVALID, used
+        return state, used
+
+    def _walk(self, data: Any) -> Tuple[str, int]:
+        stack, size = self._stack, len(data)
+        pos = 0
+        while True:
+            if self._skip:
+                take = min(self._skip, size - pos)
+                if self._capture is not None:
+                    self._capture += data[pos:pos + take]
+                self._skip -= take
+                pos += take
+                if self._skip:
+                    return _WALK_MORE, pos
+                if self._capture is not None:
+                    self._captured()
+                if self._item_done():
+                    return _WALK_DONE, pos
+                continue
+            if pos >= size:
+                return _WALK_MORE, pos
+            byte = data[pos]
+            if len(stack) == 1 and not _is_map_header(byte):
+                return _WALK_INVALID, pos
+            at_top = len(stack) == 2
+            at_key = at_top and stack[1] % 2 == 0
+            if at_key and not _is_text_header(byte):
+                return _WALK_INVALID, pos  # a key of the record that is not text
+            count, payload, width = 0, 0, 1
+            if byte <= 0x7f or byte >= 0xe0:
+                pass
+            elif byte <= 0x8f:
+                count = 2 * (byte & 0x0f)
+            elif byte <= 0x9f:
+                count = byte & 0x0f
+            elif byte <= 0xbf:
+                payload = byte & 0x1f
+            elif byte == 0xc1:
+                return _WALK_INVALID, pos
+            else:
+                length_bytes, fixed, kind = _HEADERS[byte]
+                width = 1 + length_bytes
+                if pos + width > size:
+                    self._head = bytes(data[pos:])
+                    return _WALK_MORE, size
+                length = int.from_bytes(data[pos + 1:pos + width], "big") if length_bytes else 0
+                if length > self._max_size:
+                    return _WALK_INVALID, pos
+                if kind in ("array", "map"):
+                    count = length * 2 if kind == "map" else length
+                elif kind in ("len", "ext"):
+                    payload = length + fixed
+                else:
+                    payload = fixed
+            pos += width
+            if at_top:
+                if payload and payload <= 256 and _is_text_header(byte):
+                    self._capture, self._capture_key = bytearray(), at_key
+                elif not at_key:
+                    self._last_key = None
+            if count:
+                stack.append(count)
+            elif payload:
+                self._skip = payload
+            elif self._item_done():
+                return _WALK_DONE, pos
+
+    def _captured(self) -> None:
+        value, self._capture = bytes(self._capture or b""), None
+        if self._capture_key:
+            self._last_key = value
+        elif self._last_key is not None:
+            if len(self.top_text) < 64:
+                self.top_text[self._last_key] = value
+            self._last_key = None
+
+    def _item_done(self) -> bool:
+        """One item ended; True when that completes the record."""
+        stack = self._stack
+        stack[-1] -= 1
+        while stack[-1] == 0:
+            stack.pop()
+            if not stack:
+                return True
+            stack[-1] -= 1
+        return False
+
+
+def _text_key(record: Dict[Any, Any], key: str) -> Any:
+    """The key of `record` that is `key` as str or as bin (bytes), or None."""
+    if key in record:
+        return key
+    raw = key.encode("utf-8")
+    return raw if raw in record else None
+
+
+def plausible_record(obj: Any, required_key: Optional[str] = None) -> bool:
+    """A non-empty map with text keys only, and `required_key` holding text (when given):
+    what Fluentd's msgpack formatter writes for a record with tag_key injected."""
+    if type(obj) is not dict or not obj:
+        return False
+    if not all(type(key) is str or type(key) is bytes for key in obj):
+        return False
+    if required_key is None:
+        return True
+    found = _text_key(obj, required_key)
+    return found is not None and isinstance(obj[found], (str, bytes))
+
+
+def _bounded_unpacker(limit: int, raw: bool = False) -> msgpack.Unpacker:
+    return msgpack.Unpacker(raw=raw, strict_map_key=False, max_buffer_size=0,
+                            max_str_len=limit, max_bin_len=limit, max_ext_len=limit,
+                            max_array_len=limit, max_map_len=limit)
+
+
+def record_at(data: Any, offset: int, limit: int,
+              required_key: Optional[str] = None) -> Optional[bool]:
+    """Whether a plausible record decodes completely at `offset` of `data`: True, False,
+    or None when it is cut off by the end of `data` without a decoding error so far."""
+    view = memoryview(data)
+    unpacker = _bounded_unpacker(limit)
+    position = offset
+    while True:
+        if position >= len(view):
+            return None
+        unpacker.feed(view[position:position + _RESYNC_STEP])
+        position += _RESYNC_STEP
+        try:
+            obj = unpacker.unpack()
+        except msgpack.OutOfData:
+            if position - offset > limit:
+                return False
+            continue
+        except Exception:  # a decoding error: not a record boundary
+            return False
+        return plausible_record(obj, required_key)
+
+
+def resync_offset(data: Union[bytes, bytearray], required_key: Optional[str] = None, *,
+                  start: int = 1, end: Optional[int] = None, eof: bool = True,
+                  limit: int = 1 << 20) -> Optional[int]:
+    """The first offset from `start` (and before `end`) in `data` where a plausible record
+    starts completely, or None. A candidate cut off by the end of `data` counts as no
+    record when `eof`; otherwise the search stops there and returns -1 (wait for more)."""
+    return scan_for_record(data, required_key, start, end, eof, limit)[0]
+
+
+def scan_for_record(data: Union[bytes, bytearray], required_key: Optional[str], start: int,
+                    end: Optional[int], eof: bool, limit: int) -> Tuple[Optional[int], int]:
+    """`resync_offset`, plus the offset before which every candidate is known not to
+    start a record (so a later search after more input can begin there)."""
+    stop = len(data) if end is None else end
+    for match in _MAP_START.finditer(data, start, stop):
+        found = record_at(data, match.start(), limit, required_key)
+        if found:
+            return match.start(), match.start()
+        if found is None and not eof:
+            return -1, match.start()
+    return None, stop
+
+
+def _describe(exc: Optional[BaseException]) -> str:
+    text_of = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text_of}" if text_of else f"{name}: invalid byte"
+
+
+class MsgpackInput:
+    """Fluentd `<format> @type msgpack`: a stream of msgpack maps, split anywhere.
+
+    Records are decoded straight from the buffered input. What is not a plausible
+    record at a record boundary (see the framing rule above) is dealt with as follows:
+    - a map that frames correctly but is over max_record_size: one `record.size`
+      rejection; a map whose declared sizes already exceed the limit is streamed past
+      (RecordWalker), never buffered;
+    - a map that frames correctly but does not decode as text (invalid UTF-8 in a
+      string): read again without text decoding and rejected alone, byte for byte;
+    - a complete object that is not a record and holds no record start inside (`[1, 2]`,
+      a bare string): rejected alone, decoded;
+    - anything else is damage: the bytes up to the next plausible record start are one
+      rejected record, and decoding resumes there. While that start cannot be seen yet
+      (the bytes after the damage are still arriving) the damage waits, at most about
+      2 × max_record_size bytes.
+    """
+
+    def __init__(self, router: RecordRouter, keep_raw: Callable[[Any], Any],
+                 log: Optional["DiagnosticLog"] = None) -> None:
+        self.router = router
+        self._keep_raw = keep_raw
+        self._log = log
+        self._limit = router.max_record_bytes
+        self._tag_key = router.tag_key
+        self._buf = bytearray()   # input not decided yet
+        self._offset = 0          # stream offset of _buf[0]
+        # An oversized record being streamed past: (walker, stream offset, first bytes).
+        self._skipping: Optional[Tuple[RecordWalker, int, bytes]] = None
+        self._pos = 0             # where deciding has got to in _buf
+        self._clean_to = 0        # stream offset before which no candidate starts a record
+
+    def feed(self, chunk: bytes) -> List[Any]:
+        """Outputs for every record decided with `chunk` (plus what was kept from before)."""
+        outputs: List[Any] = []
+        view = memoryview(chunk)
+        if self._skipping is not None:
+            view = self._skip(view, outputs)
+        if view:
+            self._buf += view
+        self._decide(outputs, eof=False)
+        return outputs
+
+    def close(self) -> List[Any]:
+        """At end of input: what is left is decided, an unfinished object as damage."""
+        outputs: List[Any] = []
+        if self._skipping is not None:
+            walker, start, head = self._skipping
+            self._skipping = None
+            outputs.append(self._oversized(start, walker.size, head, "input ended inside an object",
+                                           walker))
+        self._decide(outputs, eof=True)
+        return outputs
+
+    # -- deciding --------------------------------------------------------------------------
+
+    def _decide(self, outputs: List[Any], eof: bool) -> None:
+        buf = self._buf
+        self._pos = 0
+        while self._pos < len(buf) and self._skipping is None:
+            try:
+                waiting = self._decode_run(outputs, eof)
+            except Exception as exc:  # a bug of ours must not stall or kill the stream
+                outputs.append(self._internal_error(self._pos, len(buf), exc))
+                self._pos, waiting = len(buf), False
+            if waiting:
+                break
+        pos = len(buf) if self._skipping is not None else self._pos
+        del buf[:pos]
+        self._offset += pos
+        self._pos = 0
+
+    def _decode_run(self, outputs: List[Any], eof: bool) -> bool:
+        """Decode records from `self._pos` on until something is not a plain record,
+        moving `self._pos` past what was decided; True to wait for more input."""
+        buf, limit, key = self._buf, self._limit, self._tag_key
+        base = pos = self._pos
+        unpacker = _bounded_unpacker(limit)
+        unpacker.feed(memoryview(buf)[pos:])
+        route = self.router.record
+        while True:
+            try:
+                obj = unpacker.unpack()
+            except msgpack.OutOfData:
+                if pos >= len(buf):
+                    return self._settle(None, pos)
+                return self._settle(self._incomplete(pos, eof, outputs), pos)
+            except Exception as exc:  # the peer's bytes, or a string that is not UTF-8
+                return self._settle(self._undecodable(pos, exc, eof, outputs), pos)
+            end = base + unpacker.tell()
+            if not plausible_record(obj, key):
+                if not plausible_record(obj):
+                    # Not shaped like a record at all: damage, up to the next record.
+                    return self._settle(self._not_a_record(pos, end, obj, eof, outputs), pos)
+                # A record without its tag, unless a record starts inside it.
+                inside = self._record_inside(pos, end, eof)
+                if inside == -1:
+                    return self._settle(None, pos)
+                if inside is not None:
+                    outputs.append(self._reject_bytes(pos, inside, "not a record"))
+                    return self._settle(inside, pos)
+            if end - pos > limit:
+                outputs.append(self.router.reject(
+                    obj, "record.size",
+                    f"record of {end - pos} bytes is over the {limit}-byte limit"))
+            else:
+                outputs.append(route(obj))
+            pos = self._pos = end
+
+    def _settle(self, step: Optional[int], pos: int) -> bool:
+        """Go on from `step` (True: wait at `pos` for more input)."""
+        if step is None:
+            self._pos = pos
+            return True
+        self._pos = step
+        return False
+
+    def _not_a_record(self, pos: int, end: int, obj: Any, eof: bool,
+                      outputs: List[Any]) -> Optional[int]:
+        """A complete object that is not a record at `pos`: it and whatever follows up to
+        the next record are one rejection (the object itself as original when alone)."""
+        overflowing = self._overflowing(pos)
+        found = self._next_record(pos, eof or overflowing)
+        if found == -1 or (found is None and not (eof or overflowing)):
+            return None
+        if found == end or (found is None and end == len(self._buf)):
+            outputs.append(self.router.unreadable(
+                self._keep_raw(obj), "input.msgpack",
+                f"msgpack {type(obj).__name__} of {end - pos} bytes at input offset "
+                f"{self._offset + pos} is not a record (a map with text keys)"))
+            return end
+        found = len(self._buf) if found is None else found
+        outputs.append(self._reject_bytes(pos, found, "not a record"))
+        return found
+
+    def _next_record(self, pos: int, eof: bool) -> Optional[int]:
+        """The first plausible record start after `pos` in what is buffered (None: none,
+        -1: cannot be known yet). Candidates already ruled out by an earlier search are
+        not tried again, so damage arriving in many small reads costs no more than once."""
+        start = max(pos + 1, self._clean_to - self._offset)
+        found, clean = scan_for_record(self._buf, self._tag_key, start, None, eof, self._limit)
+        self._clean_to = max(self._clean_to, self._offset + clean)
+        return found
+
+    def _record_inside(self, pos: int, end: int, eof: bool) -> Optional[int]:
+        """The first plausible record start after `pos` and before `end`, None, or -1
+        when that cannot be known before more input arrives."""
+        return resync_offset(self._buf, self._tag_key, start=pos + 1, end=end,
+                             eof=eof or self._overflowing(pos), limit=self._limit)
+
+    def _overflowing(self, pos: int) -> bool:
+        """Too much undecided input: decide with what there is."""
+        return len(self._buf) - pos > 2 * self._limit + READ_SIZE
+
+    def _incomplete(self, pos: int, eof: bool, outputs: List[Any]) -> Optional[int]:
+        buf = self._buf
+        if _is_map_header(buf[pos]):
+            walker = RecordWalker(SKIP_FACTOR * self._limit)
+            # While the record may still fit, only its first bytes are checked (is its first
+            # key text?); past the limit it is walked through for its declared sizes.
+            state, _ = (walker.walk(memoryview(buf)[pos:pos + 64])
+                        if len(buf) - pos <= self._limit else walker.walk(memoryview(buf)[pos:]))
+            if state == _WALK_INVALID:
+                return self._damage(pos, eof, outputs)
+            if walker.known_size > self._limit or len(buf) - pos > self._limit:
+                return self._start_skipping(pos, outputs)
+            if not eof:
+                return None  # a record still arriving
+        return self._damage(pos, eof, outputs)
+
+    def _undecodable(self, pos: int, exc: Exception, eof: bool, outputs: List[Any]) -> Optional[int]:
+        buf = self._buf
+        if not _is_map_header(buf[pos]):
+            return self._damage(pos, eof, outputs)
+        walker = RecordWalker(SKIP_FACTOR * self._limit)
+        state, used = walker.walk(memoryview(buf)[pos:])
+        if state == _WALK_INVALID:
+            return self._damage(pos, eof, outputs)
+        if state == _WALK_MORE:
+            if walker.known_size > self._limit or len(buf) - pos > self._limit:
+                return self._start_skipping(pos, outputs)
+            return None if not eof else self._damage(pos, eof, outputs)
+        end = pos + used
+        if used > self._limit:
+            outputs.append(self._oversized(self._offset + pos, used, bytes(buf[pos:pos + KEPT_BYTES]),
+                                           walker=walker))
+            return end
+        try:  # framed as a record: only its text is bad; keep it byte for byte
+            raw_obj = msgpack.unpackb(bytes(buf[pos:end]), raw=True, strict_map_key=False)
+        except Exception:
+            return self._damage(pos, eof, outputs)
+        if type(raw_obj) is not dict:
+            return self._damage(pos, eof, outputs)
+        # Alone only if a record (or the end of input) follows; else it is part of damage.
+        overflowing = self._overflowing(pos)
+        found = self._next_record(pos, eof or overflowing)
+        if found == -1 or (found is None and not (eof or overflowing)):
+            return None
+        if found is not None and found != end or found is None and end != len(buf):
+            outputs.append(self._reject_bytes(pos, len(buf) if found is None else found,
+                                              "not a record"))
+            return len(buf) if found is None else found
+        message = (f"msgpack object of {used} bytes cannot be decoded as a record "
+                   f"({_describe(exc)}); original holds it with strings undecoded")
+        if self._log is not None:
+            self._log.write(message, problem=True)
+        outputs.append(self.router.unreadable(self._keep_raw(raw_obj), "input.msgpack", message))
+        return end
+
+    def _damage(self, pos: int, eof: bool, outputs: List[Any]) -> Optional[int]:
+        """The bytes from `pos` to the next plausible record start as one rejection."""
+        buf = self._buf
+        overflowing = self._overflowing(pos)
+        found = self._next_record(pos, eof or overflowing)
+        if found == -1:
+            return None
+        if found is None:
+            if not (eof or overflowing):
+                return None  # the damage may go on in the next read
+            found = len(buf)
+        why = "input ended inside an object" if eof and found == len(buf) else "not a record"
+        outputs.append(self._reject_bytes(pos, found, why))
+        return found
+
+    # -- oversized records -----------------------------------------------------------------
+
+    def _start_skipping(self, pos: int, outputs: List[Any]) -> int:
+        """Stream past the record at `pos` without buffering it."""
+        walker = RecordWalker(SKIP_FACTOR * self._limit)
+        head = bytes(self._buf[pos:pos + KEPT_BYTES])
+        self._skipping = (walker, self._offset + pos, head)
+        rest = self._skip(memoryview(self._buf)[pos:], outputs)
+        if rest:  # the record ended inside what was buffered
+            return len(self._buf) - len(rest)
+        return len(self._buf)
+
+    def _skip(self, view: memoryview, outputs: List[Any]) -> memoryview:
+        """Feed `view` to the record being skipped; returns the bytes after its end."""
+        assert self._skipping is not None
+        walker, start, head = self._skipping
+        state, used = walker.walk(view)
+        if state == _WALK_MORE:
+            return view[len(view):]
+        self._skipping = None
+        if state == _WALK_DONE:
+            outputs.append(self._oversized(start, walker.size, head, walker=walker))
+        else:
+            outputs.append(self._reject_region(head, start, walker.size,
+                                               "an oversized object that turned out not to be a record"))
+        return view[used:]
+
+    def _oversized(self, start: int, size: int, head: bytes, why: str = "",
+                   walker: Optional[RecordWalker] = None) -> Any:
+        message = (f"record of {size} bytes at input offset {start} is over the "
+                   f"{self._limit}-byte limit; original holds its first {len(head)} bytes")
+        if why:
+            message += f" ({why})"
+        if self._log is not None:
+            self._log.write(message, problem=True)
+        tag = self._tag_in(head)
+        if tag is None and walker is not None and self._tag_key:
+            tag = walker.top_text.get(self._tag_key.encode("utf-8"))
+        if tag is not None and self._tag_key:
+            return self.router.reject({self._tag_key: tag, "original": self._keep_raw(head)},
+                                      "record.size", message, unwrap="original")
+        return self.router.unreadable(self._keep_raw(head), "record.size", message)
+
+    def _tag_in(self, head: bytes) -> Any:
+        """The tag of a record whose first bytes are `head`, if it is among them."""
+        if not self._tag_key:
+            return None
+        unpacker = _bounded_unpacker(self._limit)
+        unpacker.feed(head)
+        try:
+            for _ in range(unpacker.read_map_header()):
+                key = unpacker.unpack()
+                value = unpacker.unpack()
+                if key in (self._tag_key, self._tag_key.encode("utf-8")):
+                    return value if isinstance(value, (str, bytes)) else None
+        except Exception:  # cut off by the end of `head`, or not decodable
+            pass
+        return None
+
+    # -- rejections of raw bytes -------------------------------------------------------------
+
+    def _reject_bytes(self, pos: int, end: int, why: str) -> Any:
+        """The buffered bytes from `pos` to `end` as one rejected record."""
+        data = bytes(self._buf[pos:end])
+        return self._reject_region(data, self._offset + pos, len(data), why)
+
+    def _reject_region(self, data: bytes, start: int, size: int, why: str) -> Any:
+        kept = data[:self._limit]
+        message = f"{size} bytes at input offset {start} are not a msgpack record ({why})"
+        if size > len(kept):
+            message += f"; original holds the first {len(kept)}"
+        if self._log is not None:
+            self._log.write(f"{message}; first bytes: {kept[:LOG_PREVIEW_BYTES].hex()}", problem=True)
+        return self.router.unreadable(self._keep_raw(kept), "input.msgpack", message)
+
+    def _internal_error(self, pos: int, end: int, exc: Exception) -> Any:
+        data = bytes(self._buf[pos:end])
+        message = (f"internal error while reading {len(data)} bytes at input offset "
+                   f"{self._offset + pos}: {type(exc).__name__}: {exc}")
+        if self._log is not None:
+            self._log.write(message, problem=True)
+        return self.router.unreadable(self._keep_raw(data[:KEPT_BYTES]), "internal.error", message)
+
+
+RecordInput = Union[JsonLinesInput, TsvInput, MsgpackInput]
+
+
+# --- writers: output records → bytes for Fluentd --------------------------------------------
+
+def _keep_bytes(value: Any) -> Any:
+    # msgpack output carries bytes as bin, so raw originals stay byte for byte.
+    return value
+
+
+class OutputEncoder:
+    """Output records → bytes for Fluentd's `<parse>`, one batch at a time.
+
+    JSON output is padded with whitespace to a multiple of `block_size` bytes after each
+    batch: Fluentd's JSON parser (Yajl, `<parse> stream_buffer_size`, 8192 by default)
+    reads the child's stdout in blocks of that size and hands records on only when a block
+    is full, so unpadded output leaves the last records of a batch waiting, and lost when
+    Fluentd shuts down before the child's stdout ends.
+
+    A record that does not encode as it is (NaN, a string with lone surrogates, an int
+    beyond 64 bits, bytes in JSON) is written in its `encodable` form; one that cannot be
+    encoded at all (nested deeper than the encoder goes) becomes a rejected record with
+    rule `internal.error`, its original kept as JSON text. Either way one record in, one
+    record out, and the batch goes on. JSON output is strict JSON in UTF-8.
+    """
+
+    def __init__(self, router: "RecordRouter", out_format: str, block_size: int = 0,
+                 log: Optional["DiagnosticLog"] = None) -> None:
+        self.router = router
+        self._log = log
+        self._json = out_format == "json"
+        self._block = block_size if self._json else 0
+        self._written = 0
+        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                                       allow_nan=False).encode
+        self._one: Callable[[Any], bytes] = (
+            self._json_bytes if self._json else msgpack.Packer(use_bin_type=True).pack)
+
+    def _json_bytes(self, output: Any) -> bytes:
+        # Strict UTF-8: a lone surrogate raises here instead of leaving as "\ud800".
+        return self._dumps(output).encode("utf-8")
+
+    def __call__(self, outputs: List[Any]) -> bytes:
+        outcomes = self.router.take_outcomes()
+        try:
+            if self._json:
+                data = ("\n".join(map(self._dumps, outputs)) + "\n").encode("utf-8")
+            else:
+                pack = self._one
+                data = b"".join([pack(output) for output in outputs])
+        except Exception:
+            data = b"".join(self._encode_one(output, outcomes[index] if index < len(outcomes) else None)
+                            for index, output in enumerate(outputs))
+        return self._pad(data)
+
+    def _encode_one(self, output: Any, outcome: Optional[str]) -> bytes:
+        suffix = b"\n" if self._json else b""
+        try:
+            return self._one(output) + suffix
+        except Exception:
+            pass
+        try:
+            return self._one(encodable(output)) + suffix
+        except Exception as exc:
+            failed = self.router.encode_failed(output, outcome, exc)
+            return self._one(failed) + suffix
+
+    def _pad(self, data: bytes) -> bytes:
+        if not self._block:
+            return data
+        total = self._written + len(data)
+        short = -total % self._block
+        if short:
+            data += b" " * (short - 1) + b"\n"
+        self._written = total + short
+        return data
+
+
+# --- diagnostics ----------------------------------------------------------------------------
+
+class DiagnosticLog:
+    """Appends timestamped lines to the log file; silent without one (stderr stays quiet).
+
+    Opened in append mode and never truncated, so a child respawned by Fluentd, or several
+    children (`num_children`), share the file safely.
+    """
+
+    def __init__(self, path: Optional[str], quiet: bool = False, level: str = "info",
+                 log_format: str = "text") -> None:
+        self._quiet = quiet
+        self._debug = level == "debug"
+        # warning / error keep the lines that report trouble (write(..., problem=True)).
+        self._routine = level in ("debug", "info")
+        self._json = log_format == "json"
+        self._path = path
+        self._handle = None
+        if path:
+            try:
+                self._handle = open(path, "a", encoding="utf-8", buffering=1)
+            except OSError as exc:
+                raise ConfigError(f"cannot open for appending: {exc.strerror}", file=path,
+                                  key="log_file") from None
+
+    def reopen(self) -> None:
+        """Close and open the file again (after logrotate moved it); on failure the old
+        handle stays."""
+        if self._handle is None or self._path is None:
+            return
+        try:
+            handle = open(self._path, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            self.write(f"cannot reopen the log file: {exc.strerror}")
+            return
+        old, self._handle = self._handle, handle
+        try:
+            old.close()
+        except OSError:
+            pass
+
+    def write(self, message: str, problem: bool = False) -> None:
+        """A diagnostic line (dropped with `--quiet`; routine lines also below log_level info)."""
+        if not self._quiet and (problem or self._routine):
+            self._line(message, "warning" if problem else "info")
+
+    def debug(self, message: str) -> None:
+        """A line only `--log-level debug` writes."""
+        if self._debug and not self._quiet:
+            self._line(message, "debug")
+
+    def summary(self, message: str) -> None:
+        """The line written at exit, even with `--quiet`."""
+        self._line(message, "info")
+
+    def _line(self, message: str, level: str) -> None:
+        if self._handle is None:
+            return
+        if self._json:
+            line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level,
+                               "command": "exec-filter", "pid": os.getpid(), "message": message},
+                              ensure_ascii=False)
+        else:
+            line = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} atnorm exec-filter[{os.getpid()}]: {message}"
+        try:
+            self._handle.write(line + "\n")
+        except (OSError, ValueError):
+            pass  # a full disk must not stop the records
+
+    def close(self) -> None:
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            except OSError:
+                pass
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a readable wake-up fd, so a blocked wait ends at once
+    while a batch in progress still finishes and is written. SIGHUP never stops the loop:
+    it is noted (`hangup`) and handled between batches."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.hangup = False
+        self.wakeup_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        os.set_blocking(self.wakeup_fd, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        self.hangup = True
+
+    def drain(self) -> None:
+        """Empty the wake-up pipe (so a stray byte cannot keep waking the loop)."""
+        try:
+            while os.read(self.wakeup_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self.wakeup_fd)
+        os.close(self._write_fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte (a pipe may take fewer than asked, or be non-blocking)."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[written:]
+
+
+# On SIGTERM, what is already in the stdin pipe is read and decided before exiting; a
+# writer that never pauses cannot hold the exit back beyond this many bytes.
+DRAIN_LIMIT = 64 << 20
+
+
+def pump(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int, out_fd: int,
+         stop: StopSignal, on_hangup: Optional[Callable[[], None]] = None,
+         log: Optional["DiagnosticLog"] = None) -> str:
+    """Read batches until EOF or a stop signal; returns `"eof"` or `"signal"`.
+
+    Each read is one batch: all complete records in it are filtered and their outputs
+    leave in one write, so nothing waits in our buffers when Fluentd goes quiet. On a
+    stop signal, the input that has already arrived is read and decided first (Fluentd
+    closes our stdin and sends SIGTERM at the same moment when it shuts down).
+    """
+    watched = [in_fd, stop.wakeup_fd]
+    while True:
+        if stop.hangup:
+            stop.hangup = False
+            if on_hangup is not None:
+                on_hangup()
+        if stop.received is not None:
+            how = "signal"
+            break
+        ready, _, _ = select.select(watched, [], [])
+        if stop.received is not None:
+            how = "signal"
+            break
+        if in_fd not in ready:
+            stop.drain()
+            continue
+        try:
+            chunk = os.read(in_fd, READ_SIZE)
+        except BlockingIOError:  # stdin inherited in non-blocking mode
+            continue
+        if not chunk:
+            how = "eof"
+            break
+        outputs = feed_safely(reader, chunk, log)
+        if log is not None:
+            log.debug(f"read {len(chunk)} bytes: {len(outputs)} records out")
+        if outputs:
+            write_all(out_fd, encode(outputs))
+    if how == "signal":
+        drained, flushed = drain_input(reader, encode, in_fd, out_fd)
+        if log is not None:
+            log.write(f"stop signal: read the {drained} bytes already in stdin and wrote "
+                      f"{flushed} records for them before exiting")
+    outputs = reader.close()
+    if outputs:
+        write_all(out_fd, encode(outputs))
+    return how
+
+
+def feed_safely(reader: RecordInput, chunk: bytes,
+                log: Optional["DiagnosticLog"] = None) -> List[Any]:
+    """`reader.feed(chunk)`; should the reader itself fail, the chunk becomes one
+    internal.error rejection instead of a dead child (the readers catch their own
+    record-level errors, so this is the last net)."""
+    try:
+        return reader.feed(chunk)
+    except Exception as exc:
+        message = (f"internal error while reading {len(chunk)} bytes of input: "
+                   f"{type(exc).__name__}: {exc}")
+        if log is not None:
+            log.write(message, problem=True)
+        router = reader.router
+        return [router.unreadable(encodable(chunk[:router.max_record_bytes]), "internal.error",
+                                  message)]
+
+
+def drain_input(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int,
+                out_fd: int) -> Tuple[int, int]:
+    """Read and decide what is in `in_fd` now, without waiting for more; returns (bytes
+    read, outputs written)."""
+    was_blocking = os.get_blocking(in_fd)
+    drained = written = 0
+    try:
+        os.set_blocking(in_fd, False)
+        while drained < DRAIN_LIMIT:
+            try:
+                chunk = os.read(in_fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                break
+            drained += len(chunk)
+            outputs = feed_safely(reader, chunk)
+            if outputs:
+                write_all(out_fd, encode(outputs))
+                written += len(outputs)
+    except OSError:
+        pass  # stdin went away: what was read is decided
+    finally:
+        try:
+            os.set_blocking(in_fd, was_blocking)
+        except OSError:
+            pass
+    return drained, written
+
+
+def build_reader(settings: Dict[str, Any], router: RecordRouter,
+                 log: Optional[DiagnosticLog] = None) -> RecordInput:
+    """The input decoder named by `in_format`."""
+    if settings["in_format"] == "msgpack":
+        keep = _keep_bytes if settings["out_format"] == "msgpack" else encodable
+        return MsgpackInput(router, keep, log)
+    if settings["in_format"] == "tsv":
+        return TsvInput(router, settings["tsv_keys"])
+    return JsonLinesInput(router)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Filter stdin to stdout until EOF or SIGTERM; exit 0 after writing what was read.
+    SIGHUP reopens --log-file (logrotate) and reloads the tuning file, if any."""
+    try:
+        settings, file_values = load_settings(args)
+    except ConfigError as exc:
+        startup_error(getattr(args, "log_file", None), exc)
+        raise
+    log = DiagnosticLog(settings["log_file"], settings["quiet"], settings["log_level"], settings["log_format"])
+    metrics = None
+    event_filter = None
+    try:
+        try:
+            # The holder swaps in a rebuilt filter on SIGHUP or a tuning-file change,
+            # between records; its one FilterStats is what monitoring reads.
+            event_filter = ReloadingFilter.from_args(args, file_values, log=log.write,
+                                                     drift_state=settings["drift_state"])
+            tuning = getattr(args, "tuning", None) or file_values.get("tuning")
+            if tuning:
+                event_filter.start_watching()
+            if settings["metrics_listen"]:
+                metrics = start_metrics_server(host_port(settings["metrics_listen"]),
+                                               event_filter.stats,
+                                               schemas_loaded=lambda: len(event_filter.rules.services),
+                                               reload_counts=event_filter)
+        except ConfigError as exc:
+            log.summary(f"cannot start: {exc}")
+            raise
+        except (OSError, ValueError) as exc:
+            log.summary(f"cannot start: {exc}")
+            raise ConfigError(f"cannot start: {exc}") from None
+        router = RecordRouter(event_filter, settings["tag_key"], settings["rejected_tag_suffix"],
+                              settings["default_tag"], settings["time_key"], log)
+        reader = build_reader(settings, router, log)
+        encode = OutputEncoder(router, settings["out_format"], settings["json_block_size"], log)
+        log.write(f"started: {settings['in_format']} in, {settings['out_format']} out")
+
+        reloading = event_filter
+
+        def on_hangup() -> None:
+            log.reopen()
+            if tuning:
+                reloading.request_reload()
+                log.write(f"SIGHUP: log file reopened, reloading {tuning}")
+            else:
+                log.write("SIGHUP: log file reopened (no tuning file to reload)")
+
+        stop = StopSignal()
+        try:
+            how = pump(reader, encode, sys.stdin.fileno(), sys.stdout.fileno(), stop,
+                       on_hangup, log)
+        except BrokenPipeError:
+            how = "stdout closed"
+        except OSError as exc:  # nothing more can reach Fluentd; say so and stop cleanly
+            how = f"stdout error ({exc.strerror or exc})"
+        finally:
+            stop.close()
+        if how == "signal" and stop.received is not None:
+            how = signal.Signals(stop.received).name
+        log.summary(f"stopped on {how}: {router.stats.summary_line()}")
+    finally:
+        if metrics is not None:
+            metrics.stop()
+        if event_filter is not None:
+            event_filter.close()
+        log.close()
+    return 0
+
+
+def startup_error(path: Any, exc: Any) -> None:
+    """Put a start-up error in the log file as well (Fluentd keeps the child's stderr
+    only in its own log, if at all)."""
+    if not isinstance(path, str) or not path:
+        return
+    try:
+        log = DiagnosticLog(path)
+    except ConfigError:
+        return
+    log.summary(f"cannot start: {exc}")
+    log.close()

@@ -1,0 +1,207 @@
+"""Deciding chunks in worker processes, so the relay's filter can use more than one core.
+
+The relay's event loop decodes frames and moves bytes; with `filter_workers: N` (N > 1)
+each chunk's entries are packed once, decided and routed in one of N worker processes,
+and come back as one packed payload per route, ready to hand on. Each worker builds its
+own `EventFilter` from the same option values; the counts it makes for a chunk travel
+back with the result and are added to the relay's `FilterStats`, so metrics and the
+stats record see one set of counters. A reload (SIGHUP, tuning file change) bumps a
+shared generation number; each worker rebuilds its filter before its next chunk, and
+keeps the old one if the new configuration fails to build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import signal
+import time
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..core.pipeline import EventFilter
+from ..core.settings import filter_settings
+from ..core.stats import FilterStats
+from ..forward.codec import Entry, pack_entries, unpack_entries
+from ..model.encodable import encodable
+from .routing import PackedBatch, Router
+
+log = logging.getLogger("atnorm.relay")
+
+Counts = Tuple[Any, ...]  # the FilterStats counters of one chunk, and its unschemed labels
+RoutedPayload = Tuple[str, str, bytes, int]
+
+
+class _Worker:
+    """What one worker process holds: its filter, its router and the generation it was built for."""
+
+    def __init__(self, filter_values: Dict[str, Any], router_options: Dict[str, Any], generation: Any) -> None:
+        self.filter_values = filter_values
+        self.generation = generation
+        self.built_for = generation.value
+        self.filter = EventFilter.from_schemas(settings=filter_settings(filter_values))
+        self.router = Router(self.decide, count=lambda verdict: self.filter.stats.count(verdict), **router_options)
+
+    def decide(self, record: Any) -> Any:
+        return self.filter.process(record)
+
+    def refresh(self) -> None:
+        wanted = self.generation.value
+        if wanted == self.built_for:
+            return
+        self.built_for = wanted
+        try:
+            self.filter = EventFilter.from_schemas(settings=filter_settings(self.filter_values))
+        except Exception:  # the relay's own reload reports the mistake; keep deciding with the old rules
+            pass
+
+    def route(self, tag: str, payload: bytes) -> Tuple[List[RoutedPayload], Counts]:
+        self.refresh()
+        stats = self.filter.stats = FilterStats()  # this chunk's counts only
+        entries: List[Entry] = unpack_entries(payload)[0]
+        routed = [(b.route, b.tag, _packed(b.entries), len(b.entries)) for b in self.router.route(tag, entries)]
+        counts = (stats.outcomes, stats.by_service, stats.rejections, stats.warnings, stats.fixes,
+                  stats.unknown_actions, stats.unschemed)
+        return routed, counts
+
+
+def _packed(entries: List[Entry]) -> bytes:
+    """The entries as a payload; a record msgpack cannot hold is sent as its encodable() form."""
+    try:
+        return pack_entries(entries)
+    except (TypeError, ValueError, OverflowError):
+        return pack_entries([entry._replace(record=encodable(entry.record)) for entry in entries])
+
+
+_worker: Optional[_Worker] = None
+
+
+def _start_worker(filter_values: Dict[str, Any], router_options: Dict[str, Any], generation: Any) -> None:
+    global _worker
+    # Ctrl-C and SIGHUP reach the whole process group: the relay decides what they mean.
+    # SIGTERM keeps its default: it is how the pool stops a worker (ProcessPoolExecutor
+    # terminates the survivors when one dies; a worker ignoring it blocked that forever).
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker = _Worker(filter_values, router_options, generation)
+
+
+def _route_in_worker(tag: str, payload: bytes) -> Tuple[List[RoutedPayload], Counts]:
+    assert _worker is not None
+    return _worker.route(tag, payload)
+
+
+def _ready() -> bool:
+    return _worker is not None
+
+
+def add_counts(stats: FilterStats, counts: Counts) -> None:
+    """Add one chunk's counts from a worker to the relay's counters."""
+    outcomes, by_service, rejections, warnings, fixes, unknown, unschemed = counts
+    stats.outcomes.update(outcomes)
+    # A worker names services without schemas within its own bound; the relay's bound decides.
+    for (outcome, service), count in by_service.items():
+        stats.by_service[(outcome, stats.unschemed_label(service) if service in unschemed else service)] += count
+    for (rule, service), count in rejections.items():
+        stats.rejections[(rule, stats.unschemed_label(service) if service in unschemed else service)] += count
+    stats.warnings.update(warnings)
+    stats.fixes.update(fixes)
+    for (service, action), count in unknown.items():
+        stats.count_unknown_action(service, action, count)
+
+
+class FilterPool:
+    """N worker processes that decide and route chunks; results are packed per route.
+
+    A worker that dies (killed, out of memory) takes its executor with it: every chunk in
+    flight there fails with BrokenProcessPool. The pool then starts a new executor and
+    redoes each of those chunks once; a chunk that breaks the new workers too is decided
+    in the relay's own process, so no chunk waits on workers that will not come back.
+    """
+
+    def __init__(self, workers: int, filter_values: Dict[str, Any], router_options: Dict[str, Any],
+                 stats: FilterStats) -> None:
+        if workers < 2:
+            raise ValueError("a filter pool needs at least 2 workers")
+        self.workers = workers
+        self.stats = stats
+        self.restarts = 0  # executors replaced after a worker died
+        self.decided_here = 0  # chunks decided in this process after breaking workers twice
+        # spawn, not fork: the relay has threads (spool, metrics) that a fork would copy mid-lock.
+        self._context = multiprocessing.get_context("spawn")
+        self._generation = self._context.Value("i", 0)
+        self._arguments = (filter_values, router_options, self._generation)
+        self._executor = self._new_executor()
+        self._local: Optional[_Worker] = None
+        self._closing = False
+
+    def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=self._context,
+                                                      initializer=_start_worker, initargs=self._arguments)
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has built its filter."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._executor, _ready) for _ in range(self.workers * 2)))
+
+    async def route(self, tag: str, entries: List[Entry]) -> List[PackedBatch]:
+        """The chunk's records decided in a worker, one packed batch per route."""
+        loop = asyncio.get_running_loop()
+        payload = pack_entries(entries)
+        for attempt in range(2):
+            if self._closing:
+                break
+            executor = self._executor
+            try:
+                routed, counts = await loop.run_in_executor(executor, _route_in_worker, tag, payload)
+            except BrokenProcessPool:
+                self._replace(executor, attempt)
+                continue
+            add_counts(self.stats, counts)
+            return [PackedBatch(*batch) for batch in routed]
+        return self._route_here(tag, payload)
+
+    def _replace(self, broken: concurrent.futures.ProcessPoolExecutor, attempt: int) -> None:
+        """A worker of `broken` died: new workers for what comes next (once per broken executor)."""
+        if attempt == 0:
+            log.error("a filter worker died; starting new workers and redoing the chunks it held")
+        else:
+            log.error("a filter worker died again on a chunk it was redoing; deciding that chunk in the relay")
+        if self._executor is broken and not self._closing:
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._new_executor()
+            self.restarts += 1
+
+    def _route_here(self, tag: str, payload: bytes) -> List[PackedBatch]:
+        """Decide a chunk in this process, exactly as a worker would (same options, same reloads)."""
+        if self._local is None:
+            self._local = _Worker(*self._arguments)
+        routed, counts = self._local.route(tag, payload)
+        add_counts(self.stats, counts)
+        self.decided_here += 1
+        return [PackedBatch(*batch) for batch in routed]
+
+    def request_reload(self) -> None:
+        """Have every worker rebuild its filter before its next chunk."""
+        with self._generation.get_lock():
+            self._generation.value += 1
+
+    def close(self, grace: float = 30.0) -> None:
+        """Stop the workers: those still busy after `grace` seconds are killed, so this always returns."""
+        self._closing = True
+        executor = self._executor
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + max(grace, 0.0)
+        for process in processes:
+            process.join(max(deadline - time.monotonic(), 0.0))
+        for process in processes:
+            if process.is_alive():
+                log.warning("filter worker %s still busy after %.0f s; killing it", process.pid, grace)
+                process.kill()
+                process.join(5.0)
+        # With every worker gone, the executor's own shutdown finishes at once.
+        executor.shutdown(wait=True)

@@ -1,0 +1,273 @@
+"""Where each record of a chunk goes: verdict → (route, tag, time, record), grouped per chunk.
+
+Every record of a chunk leaves on exactly one route:
+
+- ``accepted``: the normalized event under the accepted tag (the incoming tag unless
+  rewritten), stamped with its normalized ``eventTime`` as an EventTime (or with the
+  time it arrived with, if so configured);
+- ``rejected``: ``{"original", "reasons"}`` under the dead-letter tag (default
+  ``<tag>.rejected``), with the time it arrived with;
+- ``passed``: the record unchanged, under its tag, with the time it arrived with.
+
+An entry the codec could not read as an event (no usable time, not ``[time, record]``, a
+record that is not a map: it carries a ``problem``) is rejected whatever the filter says,
+also with the filter off: ``{"original": <the entry as received>, "reasons": [{"path",
+"rule": "entry.time" | "entry.shape" | "entry.record", "message"}]}`` with its arrival
+time, counted once like any other rejection. A record whose deciding raises an exception
+is rejected the same way (rule ``internal.error``): one record's bug never holds up its chunk.
+
+Fluent Bit's per-record metadata travels with the record on every route. Tag templates
+and the time source are turned into small functions once, so `Router.route` only loops.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from ..forward.codec import Entry, EventTime, Time, pack_entries, unpack_entries
+from ..model.encodable import describe_error, encodable
+from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
+
+TAG_PLACEHOLDER = "{tag}"
+TIME_SOURCES = ("event", "original")
+ROUTES = (ACCEPTED, REJECTED, PASSED)
+
+# Bounds the cache of minute → epoch seconds (a month of traffic, minute by minute).
+_MAX_CACHED_MINUTES = 50_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+class RoutedBatch:
+    """The records of one chunk that leave on one route, under one tag."""
+
+    __slots__ = ("route", "tag", "entries")
+
+    def __init__(self, route: str, tag: str, entries: List[Entry]) -> None:
+        self.route = route
+        self.tag = tag
+        self.entries = entries
+
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+    def packed(self) -> bytes:
+        """The entries as a PackedForward payload."""
+        return pack_entries(self.entries)
+
+    def records(self) -> List[Entry]:
+        return self.entries
+
+    def __repr__(self) -> str:
+        return f"RoutedBatch({self.route!r}, {self.tag!r}, {len(self.entries)} entries)"
+
+
+class PackedBatch:
+    """A routed batch whose entries were packed where they were decided (a filter worker)."""
+
+    __slots__ = ("route", "tag", "payload", "count")
+
+    def __init__(self, route: str, tag: str, payload: bytes, count: int) -> None:
+        self.route = route
+        self.tag = tag
+        self.payload = payload
+        self.count = count
+
+    def packed(self) -> bytes:
+        return self.payload
+
+    def records(self) -> List[Entry]:
+        return unpack_entries(self.payload)[0]
+
+    def __repr__(self) -> str:
+        return f"PackedBatch({self.route!r}, {self.tag!r}, {self.count} entries)"
+
+
+Batch = Union[RoutedBatch, PackedBatch]
+
+
+def check_tag_template(template: str) -> str:
+    """Accept `{tag}`-templates such as `{tag}.rejected` or `audit.{tag}`, or a fixed tag."""
+    template = str(template)
+    if not template.strip():
+        raise ValueError("expected a tag or a template such as {tag}.rejected, got an empty string")
+    rest = template.replace(TAG_PLACEHOLDER, "")
+    if "{" in rest or "}" in rest:
+        raise ValueError(f"only {TAG_PLACEHOLDER} may appear in braces, got {template!r}")
+    return template
+
+
+def tag_function(template: str) -> Callable[[str], str]:
+    """A function incoming tag → outgoing tag for `template` (specialised once)."""
+    if template == TAG_PLACEHOLDER:
+        return lambda tag: tag
+    if TAG_PLACEHOLDER not in template:
+        return lambda tag: template
+    if template.count(TAG_PLACEHOLDER) == 1:
+        prefix, suffix = template.split(TAG_PLACEHOLDER)
+        return lambda tag: prefix + tag + suffix
+    return lambda tag: template.replace(TAG_PLACEHOLDER, tag)
+
+
+class _EventTimeParser:
+    """Canonical eventTime text (`2024-05-01T10:00:00.000+0000`) → EventTime, or None."""
+
+    def __init__(self) -> None:
+        # Events of a stream cluster in time: most share the minute of the one before.
+        self._minutes: Dict[str, int] = {}
+
+    def __call__(self, text: Any) -> Optional[EventTime]:
+        if type(text) is not str or len(text) < 24 or text[10] != "T" or text[16] != ":":
+            return None
+        try:
+            minute = self._minutes.get(text[:16])
+            if minute is None:
+                minute = self._minute_seconds(text[:16])
+            seconds = minute + int(text[17:19])
+            rest = text[19:]
+            nanoseconds = 0
+            if rest[0] == ".":
+                digits = rest[1:-5]
+                if not digits.isdigit() or len(digits) > 9:
+                    return None
+                nanoseconds = int(digits.ljust(9, "0"))
+            zone = rest[-5:]
+            if zone != "+0000":
+                if zone[0] not in "+-" or not zone[1:].isdigit():
+                    return None
+                offset = int(zone[1:3]) * 3600 + int(zone[3:5]) * 60
+                seconds -= offset if zone[0] == "+" else -offset
+        except ValueError:
+            return None
+        if seconds < 0 or seconds >= 1 << 32:
+            return None  # EventTime carries an unsigned 32-bit second count
+        return EventTime(seconds, nanoseconds)
+
+    def _minute_seconds(self, text: str) -> int:
+        day = date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_ORDINAL
+        seconds = day * 86400 + int(text[11:13]) * 3600 + int(text[14:16]) * 60
+        if len(self._minutes) < _MAX_CACHED_MINUTES:
+            self._minutes[text] = seconds
+        return seconds
+
+
+parse_event_time = _EventTimeParser()
+
+
+class Router:
+    """Splits a chunk's entries into at most three `RoutedBatch`es, by verdict.
+
+    `decide` is the filter's per-record call (`EventFilter.process`), or None for a
+    pass-through relay: every record then leaves on the passed route unchanged, through
+    the same grouping and packing as filtered traffic.
+    """
+
+    def __init__(self, decide: Optional[Callable[[Any], Verdict]], *, accepted_tag: str = TAG_PLACEHOLDER,
+                 rejected_tag: str = TAG_PLACEHOLDER + ".rejected", passed_tag: str = TAG_PLACEHOLDER,
+                 time_source: str = "event", count: Optional[Callable[[Verdict], None]] = None,
+                 count_passed: Optional[Callable[[int], None]] = None) -> None:
+        if time_source not in TIME_SOURCES:
+            raise ValueError(f"time_source must be one of {', '.join(TIME_SOURCES)}, got {time_source!r}")
+        self.decide = decide
+        self.accepted_tag = tag_function(check_tag_template(accepted_tag))
+        self.rejected_tag = tag_function(check_tag_template(rejected_tag))
+        self.passed_tag = tag_function(check_tag_template(passed_tag))
+        self.time_source = time_source
+        # Counts the verdicts made here, not by `decide` (entries with a problem); by default
+        # into the stats of the filter `decide` belongs to, if it has any.
+        self.count = count if count is not None else _stats_counter(decide)
+        # Records a pass-through relay hands on undecided still count as received and passed.
+        self.count_passed = count_passed
+
+    def unusable(self, entry: Entry) -> Entry:
+        """The dead-letter entry for an entry with a `problem`, counted as a rejection."""
+        problem = entry.problem
+        assert problem is not None
+        verdict = Verdict(REJECTED, encodable(entry.record),
+                          reasons=[RejectReason(problem.path, problem.rule, problem.message)])
+        if self.count is not None:
+            self.count(verdict)
+        return Entry(entry.time, verdict.dead_letter(), entry.metadata)
+
+    def failed(self, entry: Entry, exc: Exception) -> Entry:
+        """The dead-letter entry for a record whose deciding raised, counted as a rejection."""
+        reason = RejectReason("", INTERNAL_ERROR, f"the filter failed on this record: {describe_error(exc)}")
+        verdict = Verdict(REJECTED, encodable(entry.record), reasons=[reason])
+        if self.count is not None:
+            self.count(verdict)
+        return Entry(entry.time, verdict.dead_letter(), entry.metadata)
+
+    def place(self, tag: str, entry: Entry, verdict: Verdict) -> Tuple[str, str, Entry]:
+        """(route, tag, entry) for one record already decided (for callers that emit one at a time)."""
+        if entry.problem is not None:
+            return REJECTED, self.rejected_tag(tag), self.unusable(entry)
+        outcome = verdict.outcome
+        if outcome == ACCEPTED:
+            when = parse_event_time(verdict.event_time) if self.time_source == "event" else None
+            return ACCEPTED, self.accepted_tag(tag), Entry(when if when is not None else entry.time,
+                                                           verdict.record, entry.metadata)
+        if outcome == REJECTED:
+            return REJECTED, self.rejected_tag(tag), Entry(entry.time, verdict.dead_letter(), entry.metadata)
+        # The filter hands back bin (bytes) strings as str: pass on its record, not the raw one.
+        record = verdict.record
+        return PASSED, self.passed_tag(tag), entry if record is entry.record else entry._replace(record=record)
+
+    def route(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
+        """The chunk's records, decided and grouped by route (empty groups left out)."""
+        if self.decide is None:
+            if any(entry.problem is not None for entry in entries):
+                return self._route_unfiltered(tag, entries)
+            if self.count_passed is not None and entries:
+                self.count_passed(len(entries))
+            return [RoutedBatch(PASSED, self.passed_tag(tag), list(entries))] if entries else []
+        decide = self.decide
+        event_time = parse_event_time if self.time_source == "event" else None
+        accepted: List[Entry] = []
+        rejected: List[Entry] = []
+        passed: List[Entry] = []
+        for entry in entries:
+            if entry.problem is not None:
+                rejected.append(self.unusable(entry))
+                continue
+            try:
+                verdict = decide(entry.record)
+            except Exception as exc:  # a bug met by one record costs that record, not the chunk
+                rejected.append(self.failed(entry, exc))
+                continue
+            outcome = verdict.outcome
+            if outcome == ACCEPTED:
+                when: Optional[Time] = event_time(verdict.event_time) if event_time is not None else None
+                accepted.append(Entry(when if when is not None else entry.time, verdict.record, entry.metadata))
+            elif outcome == REJECTED:
+                rejected.append(Entry(entry.time, verdict.dead_letter(), entry.metadata))
+            else:
+                record = verdict.record
+                passed.append(entry if record is entry.record else entry._replace(record=record))
+        batches: List[RoutedBatch] = []
+        if accepted:
+            batches.append(RoutedBatch(ACCEPTED, self.accepted_tag(tag), accepted))
+        if rejected:
+            batches.append(RoutedBatch(REJECTED, self.rejected_tag(tag), rejected))
+        if passed:
+            batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))
+        return batches
+
+    def _route_unfiltered(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
+        rejected = [self.unusable(entry) for entry in entries if entry.problem is not None]
+        passed = [entry for entry in entries if entry.problem is None]
+        if self.count_passed is not None and passed:
+            self.count_passed(len(passed))
+        batches = [RoutedBatch(REJECTED, self.rejected_tag(tag), rejected)]
+        if passed:
+            batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))
+        return batches
+
+
+def _stats_counter(decide: Optional[Callable[[Any], Verdict]]) -> Optional[Callable[[Verdict], None]]:
+    """`owner.stats.count` for a bound `decide` whose owner keeps FilterStats (looked up at
+    each call, since an owner may replace its stats), else None."""
+    owner = getattr(decide, "__self__", None)
+    if owner is None or not hasattr(owner, "stats"):
+        return None
+    return lambda verdict: owner.stats.count(verdict)

@@ -1,0 +1,759 @@
+"""`atnorm serve`: the forward-protocol relay between log shippers and an aggregator.
+
+Fluent Bit / Fluentd (or any forward client) send chunks; each chunk is filtered record
+by record, split by verdict (accepted / rejected / passed, see `routing`) and handed on
+per route in one batch:
+
+- with `forward` servers: to the downstream aggregator with acks, or into the durable
+  spool while it is away (`delivery`); rejected records may have their own downstream;
+- without: into JSON-lines files in the data directory, fsync'd (`localstore`).
+
+The upstream chunk is acked only when every one of its records is safe in one of those
+places; if the spool is full it is not acked and the sender keeps it. Chunk ids already
+acked are answered without handing the records on again (the server's dedup window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
+
+from ..config.logs import LOG_OPTIONS, configure_logging
+from ..config.options import (
+    ConfigError,
+    Option,
+    add_arguments,
+    boolean,
+    host_port,
+    load_config_file,
+    positive_float,
+    positive_int,
+    resolve,
+    size_bytes,
+    text,
+)
+from ..core.reload import ReloadingFilter
+from ..core.settings import FILTER_OPTIONS, add_filter_arguments, build_filter
+from ..core.stats import FilterStats
+from ..forward.codec import Chunk, Entry, EventTime, pack_entries
+from ..forward.sender import ENTRY_FORMS, ForwardSender, plain_entries
+from ..forward.server import MIN_INPUT_MEMORY, ForwardServer
+from ..model.verdict import REJECTED
+from ..monitoring.metrics import MetricsServer, build_registry
+from ..monitoring.relaystats import RelayStats
+from ..monitoring.stats_record import STATS_OPTIONS, StatsRecorder
+from .delivery import Delivery
+from .filterpool import FilterPool
+from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
+from .routing import TIME_SOURCES, Batch, RoutedBatch, Router, check_tag_template
+from .spool import Spool, SpoolError
+
+log = logging.getLogger("atnorm.relay")
+
+DEFAULT_LISTEN = "127.0.0.1:24224"
+# Records filtered between two yields to the event loop, so one big chunk cannot hold up
+# every other connection's acks and reads for the length of its filtering.
+ROUTE_SLICE = 512
+# Chunks whose hand-off failed half-way, remembered so a resend of the same chunk id
+# hands on only what is still missing (and is not decided and counted twice). When this
+# many are unfinished, new chunks wait for room (back-pressure) rather than push one out.
+MAX_UNFINISHED_CHUNKS = 256
+# An unfinished chunk its sender has not resent for this long is let go (the sender gave up).
+UNFINISHED_MAX_AGE = 900
+
+
+def address(value: Any) -> str:
+    """`HOST:PORT`, `[v6]:PORT` or `unix:///path`, checked and kept as text."""
+    host_port(text(value))
+    return str(value).strip()
+
+
+def input_memory(value: Any) -> int:
+    """A size, at least four reads' worth (each connection reserves one read before reading)."""
+    number = size_bytes(value)
+    if number < MIN_INPUT_MEMORY:
+        raise ValueError(f"expected a size of at least {MIN_INPUT_MEMORY >> 10}k, got {value!r}")
+    return number
+
+
+def tag_template(value: Any) -> str:
+    return check_tag_template(text(value))
+
+
+OPTIONS = (
+    # upstream: where shippers connect
+    Option("listen", address, [DEFAULT_LISTEN], "forward-protocol address to listen on (repeatable)",
+           multiple=True, metavar="HOST:PORT"),
+    Option("shared_key", text, None, "require this shared key from senders (forward-protocol handshake)",
+           metavar="KEY"),
+    Option("self_hostname", text, None, "hostname this relay gives in handshakes (default: the host's name)",
+           metavar="NAME"),
+    Option("tls_cert", text, None, "serve TLS with this certificate (PEM)", metavar="FILE"),
+    Option("tls_key", text, None, "private key of tls_cert (PEM; omit if it is in the certificate file)",
+           metavar="FILE"),
+    Option("max_frame_size", size_bytes, "16M", "largest forward frame accepted from a sender",
+           metavar="SIZE"),
+    Option("max_decompressed_size", size_bytes, "64M", "largest size a compressed chunk may inflate to",
+           metavar="SIZE"),
+    Option("idle_timeout", positive_float, "120", "close a sender's connection that completes no forward "
+           "message (heartbeats do not count) within this many seconds", metavar="SECONDS"),
+    Option("max_connections", positive_int, 256, "most sender connections open at once", metavar="N"),
+    Option("max_connections_per_peer", positive_int, 32, "most connections open at once from one sender host",
+           metavar="N"),
+    Option("max_input_memory", input_memory, "256M", "most bytes buffered from senders at once (partial frames, "
+           "chunks being inflated or handed on); beyond it reading pauses", metavar="SIZE"),
+    # downstream: where records go
+    Option("forward", address, [], "downstream aggregator (repeatable: the next one is the failover); "
+           "unset: write JSON-lines files in data_dir", multiple=True, metavar="HOST:PORT"),
+    Option("rejected_forward", address, [], "separate downstream for rejected records (repeatable; "
+           "default: the forward servers)", multiple=True, metavar="HOST:PORT"),
+    Option("forward_shared_key", text, None, "shared key for the downstream handshake", metavar="KEY"),
+    Option("forward_username", text, "", "username for the downstream handshake, if it authenticates users "
+           "(sent with forward_shared_key)", metavar="NAME"),
+    Option("forward_password", text, "", "password of forward_username", metavar="PASSWORD"),
+    Option("forward_tls", boolean, "off", "connect to the downstream with TLS", metavar="BOOL"),
+    Option("forward_tls_verify", boolean, "on", "verify the downstream's TLS certificate", metavar="BOOL"),
+    Option("forward_tls_ca", text, None, "CA bundle for the downstream's certificate (default: system store)",
+           metavar="FILE"),
+    Option("forward_compress", text, "none", "compress chunks sent downstream", choices=("none", "gzip"),
+           metavar="none|gzip"),
+    Option("forward_entry_form", text, "plain", "entry form sent downstream: plain [time, record] (every "
+           "Fluentd accepts it) or metadata (keep Fluent Bit's [[time, metadata], record], for Fluent Bit "
+           "aggregators)", choices=ENTRY_FORMS, metavar="plain|metadata"),
+    Option("forward_ack_timeout", positive_float, "30", "resend a downstream chunk not acked within this time",
+           metavar="SECONDS"),
+    Option("retry_max_wait", positive_float, "10", "longest wait between attempts to reach the downstream",
+           metavar="SECONDS"),
+    Option("retry_timeout", positive_float, "60", "how long a chunk is retried in memory before it is "
+           "spooled (the upstream waits meanwhile)", metavar="SECONDS"),
+    Option("retry_max_times", positive_int, 5, "a chunk the downstream refuses this many times (connection "
+           "reset or no ack while it was the oldest waiting) is quarantined in the spool", metavar="N"),
+    # what the records look like on the way out
+    Option("accepted_tag", tag_template, "{tag}", "tag of accepted records ({tag} is the incoming tag)",
+           metavar="TEMPLATE"),
+    Option("rejected_tag", tag_template, "{tag}.rejected",
+           "dead-letter tag of rejected records, sent as {original, reasons}", metavar="TEMPLATE"),
+    Option("time_source", text, "event", "time sent on with accepted records: the normalized eventTime "
+           "(event) or the time the record arrived with (original)", choices=TIME_SOURCES,
+           metavar="event|original"),
+    Option("filter", boolean, "on", "validate and normalize (off: pass every record through unchanged)",
+           metavar="on|off"),
+    Option("filter_workers", positive_int, 1, "processes that decide records; more than 1 lets the filter "
+           "use more cores (e.g. the number of cores)", metavar="N"),
+    # local state
+    Option("data_dir", text, "atnorm-data", "directory for the spool, and for the record files when no "
+           "downstream is set", metavar="DIR"),
+    Option("spool_path", text, None, "spool file (default: DATA_DIR/spool.db)", metavar="FILE"),
+    Option("spool_max_size", size_bytes, "1G", "most bytes the spool holds; when full, chunks are "
+           "not acked and senders keep them", metavar="SIZE"),
+    Option("spool_sync", text, "normal", "spool durability: normal survives a crash of the process, full "
+           "also a power loss", choices=("normal", "full"), metavar="normal|full"),
+    # operations
+    Option("metrics_listen", address, None, "serve Prometheus /metrics, /healthz and /readyz here",
+           metavar="HOST:PORT"),
+    Option("shutdown_timeout", positive_float, "10", "on SIGTERM, how long chunks in flight may take to "
+           "finish", metavar="SECONDS"),
+    *LOG_OPTIONS,
+    Option("drift_state", text, None,
+           "keep the actions no table declares in this JSON file (read it with `atnorm drift --state`)",
+           metavar="FILE"),
+)
+
+ALL_OPTIONS: Tuple[Option, ...] = OPTIONS + tuple(STATS_OPTIONS) + tuple(FILTER_OPTIONS)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Flags for `atnorm serve`: relay, stats record and filter options, plus `--config FILE`."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file with the same keys as the flags (flags win)")
+    add_arguments(parser, OPTIONS)
+    add_arguments(parser, STATS_OPTIONS)
+    add_filter_arguments(parser)
+
+
+def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(relay settings, raw config-file values): defaults < `--config` file < flags, checked."""
+    config_path = getattr(args, "config", None)
+    file_values = load_config_file(config_path, ALL_OPTIONS) if config_path else {}
+    options = OPTIONS + tuple(STATS_OPTIONS)
+    settings = resolve(options, args, file_values)
+    for option in options:
+        # Defaults are declared as a user would write them ("16M", "on") for the README table.
+        if not option.multiple and isinstance(option.default, str) and settings[option.key] is option.default:
+            settings[option.key] = option.convert(option.default)
+    if settings["tls_key"] and not settings["tls_cert"]:
+        raise ConfigError("tls_key needs tls_cert too", key="tls_key")
+    if not settings["listen"]:
+        raise ConfigError("at least one listen address is needed", key="listen")
+    if settings["rejected_forward"] and not settings["forward"]:
+        raise ConfigError("rejected_forward needs forward too (without a downstream, records go to "
+                          "files in data_dir)", key="rejected_forward")
+    if settings["drift_state"] and settings["filter_workers"] > 1:
+        raise ConfigError("drift_state needs filter_workers 1: the workers' verdicts do not reach "
+                          "the drift log", key="drift_state")
+    if settings["spool_path"] is None:
+        settings["spool_path"] = os.path.join(settings["data_dir"], "spool.db")
+    return settings, file_values
+
+
+def _chunk_id_text(chunk_id: Any) -> str:
+    if chunk_id is None:
+        return "none, no ack"
+    return chunk_id if isinstance(chunk_id, str) else repr(chunk_id)
+
+
+def _listen_address(text_address: str) -> Union[Tuple[str, int], str]:
+    host, port = host_port(text_address)
+    return host if host.startswith("unix://") else (host, port)
+
+
+def _show(address: Union[Tuple[str, int], str]) -> str:
+    if isinstance(address, str):
+        return address
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _rejected_spool_path(spool_path: str) -> str:
+    base, extension = os.path.splitext(spool_path)
+    return f"{base}-rejected{extension or '.db'}"
+
+
+def _build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats,
+                        drift_state: Optional[str] = None) -> Any:
+    """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or
+    change; with a drift state file, one that keeps the drift log there."""
+    values = resolve(FILTER_OPTIONS, args, file_values)
+    if values.get("tuning") or drift_state:
+        return ReloadingFilter.from_options(values, stats=stats, drift_state=drift_state)
+    return build_filter(args, file_values, stats)
+
+
+# --- destinations ----------------------------------------------------------------------------
+
+class _SpoolGauges:
+    """Lets several spools publish into one RelayStats: each writes its share, the sum is shown."""
+
+    _shares: List["_SpoolGauges"]
+
+    def __init__(self, stats: RelayStats, shares: List["_SpoolGauges"]) -> None:
+        self._stats = stats
+        self._shares = shares
+        self.records, self.size, self.age = 0, 0, 0.0
+        shares.append(self)
+
+    def _sum(self) -> None:
+        self._stats.spool_depth_records = sum(s.records for s in self._shares)
+        self._stats.spool_depth_bytes = sum(s.size for s in self._shares)
+        self._stats.spool_oldest_age_seconds = max(s.age for s in self._shares)
+
+    @property
+    def spool_depth_records(self) -> int:
+        return self.records
+
+    @spool_depth_records.setter
+    def spool_depth_records(self, value: int) -> None:
+        self.records = value
+        self._sum()
+
+    @property
+    def spool_depth_bytes(self) -> int:
+        return self.size
+
+    @spool_depth_bytes.setter
+    def spool_depth_bytes(self, value: int) -> None:
+        self.size = value
+        self._sum()
+
+    @property
+    def spool_oldest_age_seconds(self) -> float:
+        return self.age
+
+    @spool_oldest_age_seconds.setter
+    def spool_oldest_age_seconds(self, value: float) -> None:
+        self.age = value
+        self._sum()
+
+
+class ForwardDestination:
+    """Batches go to the downstream (acked) or the spool; rejected ones maybe to their own."""
+
+    def __init__(self, main: Delivery, rejected: Optional[Delivery] = None, *,
+                 entry_form: str = "plain") -> None:
+        if entry_form not in ENTRY_FORMS:
+            raise ValueError(f"entry_form must be one of {', '.join(ENTRY_FORMS)}, got {entry_form!r}")
+        self.main = main
+        self.rejected = rejected
+        self.entry_form = entry_form
+        self.deliveries = [main] + ([rejected] if rejected is not None else [])
+
+    async def start(self) -> None:
+        for delivery in self.deliveries:
+            await delivery.start()
+
+    async def deliver(self, batches: Sequence[Batch]) -> List[bool]:
+        """Hand each batch off; True per batch once acked downstream or spooled."""
+        rejected = self.rejected
+        calls: List[Awaitable[bool]] = []
+        for batch in batches:
+            delivery = rejected if rejected is not None and batch.route == REJECTED else self.main
+            calls.append(delivery.hand_off(batch.tag, self._payload(batch), batch.count))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        out = []
+        for batch, result in zip(batches, results):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                log.error("handing on %d records of tag %s failed: %s: %s", batch.count, batch.tag,
+                          type(result).__name__, result)
+                result = False
+            out.append(bool(result))
+        return out
+
+    def _payload(self, batch: Batch) -> bytes:
+        """The batch's entries in the form the downstream is to get (see forward_entry_form)."""
+        if self.entry_form == "metadata":
+            return batch.packed()
+        if isinstance(batch, RoutedBatch):
+            if all(entry.metadata is None for entry in batch.entries):
+                return batch.packed()
+            return pack_entries(Entry(entry.time, entry.record) for entry in batch.entries)
+        return plain_entries(batch.packed())
+
+    def readiness(self) -> Tuple[bool, str]:
+        for delivery in self.deliveries:
+            ready, why = delivery.readiness()
+            if not ready:
+                return False, why
+        return True, "ready"
+
+    async def close(self, timeout: float) -> None:
+        for delivery in self.deliveries:
+            await delivery.close(timeout)
+
+
+class FileDestination:
+    """Batches go to the JSON-lines files of the data directory, synced before the ack."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+
+    async def start(self) -> None:
+        pass
+
+    async def deliver(self, batches: Sequence[Batch]) -> List[bool]:
+        ok = await self.store.store(list(batches))
+        return [ok] * len(batches)
+
+    def readiness(self) -> Tuple[bool, str]:
+        if self.store.last_error is not None:
+            return False, self.store.last_error
+        return True, "ready"
+
+    async def close(self, timeout: float) -> None:
+        await self.store.close()
+
+
+Destination = Union[ForwardDestination, FileDestination]
+
+
+# --- the relay -------------------------------------------------------------------------------
+
+class Relay:
+    """Forward server → router → destination, with metrics and the periodic stats record."""
+
+    def __init__(self, settings: Dict[str, Any], event_filter: Any = None,
+                 filter_stats: Optional[FilterStats] = None,
+                 filter_values: Optional[Dict[str, Any]] = None) -> None:
+        self.settings = settings
+        self.event_filter = event_filter
+        self.filter_stats = filter_stats or (event_filter.stats if event_filter is not None else FilterStats())
+        self.relay_stats = RelayStats()
+        router_options = dict(accepted_tag=settings["accepted_tag"], rejected_tag=settings["rejected_tag"],
+                              time_source=settings["time_source"])
+        self.router = Router(self._decide_function(), count=self.filter_stats.count,
+                             count_passed=self.filter_stats.count_passed, **router_options)
+        self.pool: Optional[FilterPool] = None
+        if self.router.decide is not None and settings.get("filter_workers", 1) > 1:
+            # Workers build their filters from the option values the relay's filter was built from.
+            if filter_values is None:
+                raise ValueError("filter workers need the filter option values")
+            self.pool = FilterPool(settings["filter_workers"], filter_values, router_options, self.filter_stats)
+        self._reload_task: Optional["asyncio.Task[None]"] = None
+        self.server = ForwardServer(
+            self.handle_chunk,
+            listen=[_listen_address(a) for a in settings["listen"]],
+            tls_cert=settings["tls_cert"], tls_key=settings["tls_key"],
+            shared_key=settings["shared_key"], self_hostname=settings["self_hostname"],
+            max_frame_size=settings["max_frame_size"],
+            max_decompressed_size=settings["max_decompressed_size"],
+            idle_timeout=settings["idle_timeout"], max_connections=settings["max_connections"],
+            max_connections_per_peer=settings["max_connections_per_peer"],
+            max_input_memory=settings["max_input_memory"],
+            stats=self.relay_stats)
+        self.destination: Optional[Destination] = None
+        self.metrics: Optional[MetricsServer] = None
+        self._stats_task: Optional["asyncio.Task[None]"] = None
+        self._unfinished: "OrderedDict[Hashable, _Unfinished]" = OrderedDict()
+        self._unfinished_room: Optional[asyncio.Event] = None
+
+    def _decide_function(self) -> Optional[Callable[[Any], Any]]:
+        if not self.settings["filter"] or self.event_filter is None:
+            return None
+        return self.event_filter.process
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the filter workers, open the destination, bind the listeners, start metrics
+        and the stats record. On a failure, whatever was started is closed again."""
+        try:
+            if self.pool is not None:
+                await self.pool.start()
+            self.destination = self._open_destination()
+            await self.destination.start()
+            try:
+                await self.server.start()
+            except OSError as exc:
+                raise ConfigError(exc.strerror or str(exc)) from None
+            if self.settings["metrics_listen"]:
+                host, port = host_port(self.settings["metrics_listen"])
+                reloads = self.event_filter if isinstance(self.event_filter, ReloadingFilter) else None
+                registry = build_registry(self.filter_stats, self.relay_stats, self._schemas_loaded,
+                                          reload_counts=reloads)
+                self.metrics = MetricsServer(registry, host, port, readiness=self.readiness)
+                self.metrics.start()
+        except BaseException:
+            await self._close(grace=0)
+            raise
+        if hasattr(self.event_filter, "start_watching"):
+            self.event_filter.start_watching()  # a changed tuning file is picked up between records
+            if self.pool is not None:
+                self._reload_task = asyncio.ensure_future(self._pass_reloads_to_workers())
+        if self.settings.get("stats_interval"):
+            recorder = StatsRecorder(self.filter_stats, self._emit_stats_record, self.relay_stats,
+                                     tag=self.settings["stats_tag"])
+            self._stats_task = recorder.start_task(self.settings["stats_interval"])
+
+    def _open_destination(self) -> Destination:
+        settings = self.settings
+        if not settings["forward"]:
+            try:
+                return FileDestination(LocalStore(settings["data_dir"]))
+            except LocalStoreError as exc:
+                raise ConfigError(str(exc), key="data_dir") from None
+        shares: List[_SpoolGauges] = []
+        main = self._delivery(settings["forward"], settings["spool_path"], _SpoolGauges(self.relay_stats, shares))
+        rejected = None
+        if settings["rejected_forward"]:
+            try:
+                rejected = self._delivery(settings["rejected_forward"], _rejected_spool_path(settings["spool_path"]),
+                                          _SpoolGauges(self.relay_stats, shares))
+            except ConfigError:
+                main.spool.close()
+                raise
+        return ForwardDestination(main, rejected, entry_form=settings["forward_entry_form"])
+
+    def _delivery(self, servers: Sequence[str], spool_path: str, gauges: _SpoolGauges) -> Delivery:
+        settings = self.settings
+        try:
+            spool = Spool(spool_path, max_bytes=settings["spool_max_size"], sync=settings["spool_sync"],
+                          stats=gauges)
+        except SpoolError as exc:
+            raise ConfigError(str(exc), key="spool_path") from None
+        try:
+            sender = ForwardSender(
+                [host_port(s) for s in servers],
+                tls=settings["forward_tls"], tls_verify=settings["forward_tls_verify"],
+                tls_ca_file=settings["forward_tls_ca"], shared_key=settings["forward_shared_key"],
+                username=settings["forward_username"], password=settings["forward_password"],
+                self_hostname=settings["self_hostname"], ack_timeout=settings["forward_ack_timeout"],
+                retry_max_wait=settings["retry_max_wait"], retry_deadline=settings["retry_timeout"],
+                retry_max_times=settings["retry_max_times"],
+                compress=None if settings["forward_compress"] == "none" else settings["forward_compress"],
+                stats=self.relay_stats)
+        except (OSError, ValueError) as exc:
+            spool.close()
+            raise ConfigError(f"downstream: {exc}", key="forward") from None
+        return Delivery(sender, spool, stats=self.relay_stats, retry_max_wait=settings["retry_max_wait"])
+
+    async def stop(self) -> None:
+        """Stop accepting, let chunks in flight finish, flush and close the destination."""
+        await self._close(grace=self.settings["shutdown_timeout"])
+
+    async def _close(self, grace: float) -> None:
+        await self.server.stop(grace=grace)
+        for task in (self._stats_task, self._reload_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.pool.close, grace)
+        if self.destination is not None:
+            await self.destination.close(grace)
+        if self.metrics is not None:
+            self.metrics.stop()
+        if hasattr(self.event_filter, "close"):
+            self.event_filter.close()
+
+    # --- per chunk ---------------------------------------------------------------------------
+
+    async def handle_chunk(self, chunk: Chunk) -> bool:
+        """The ForwardServer handler: True once every record of `chunk` is safely handed on.
+
+        A chunk with an id is decided once: its batches are remembered (before any is handed
+        on) until all of them are safe, so a resend of a chunk that was partly handed on
+        hands on only the rest and is neither decided nor counted again. At most
+        MAX_UNFINISHED_CHUNKS such chunks are remembered; a new chunk beyond that waits (its
+        connection stops being read) instead of pushing one out.
+        """
+        assert self.destination is not None
+        key = _chunk_key(chunk)
+        if key is None:
+            return all(await self._deliver(await self._decide(chunk)))
+        unfinished = self._unfinished.get(key)
+        if unfinished is None:
+            await self._room_for_unfinished()
+            unfinished = self._unfinished.get(key)  # decided meanwhile (the server runs one copy at a time)
+        elif unfinished.hand_on is not None and not unfinished.hand_on.done():
+            # A copy whose handler was cancelled is still being handed on: take its outcome.
+            await asyncio.wait({unfinished.hand_on})
+        fresh = unfinished is None
+        if unfinished is None:
+            unfinished = self._unfinished[key] = _Unfinished()
+        unfinished.active = True
+        if fresh:
+            try:
+                unfinished.batches = list(await self._decide(chunk))
+            except BaseException:
+                self._forget(key)  # nothing was decided or handed on: a resend starts afresh
+                raise
+        batches = unfinished.batches
+        hand_on = unfinished.hand_on = asyncio.ensure_future(self._deliver(batches))
+
+        def settle(task: "asyncio.Future[List[bool]]") -> None:
+            # Runs when the hand-on ends, even if this handler was cancelled meanwhile (the
+            # server stopping): what became safe is never handed on again.
+            unfinished.active = False
+            unfinished.touched = time.monotonic()
+            if task.cancelled() or task.exception() is not None:
+                return
+            unfinished.batches = [b for b, ok in zip(batches, task.result()) if not ok]
+            if not unfinished.batches and self._unfinished.get(key) is unfinished:
+                self._forget(key)
+
+        hand_on.add_done_callback(settle)
+        results = await asyncio.shield(hand_on)
+        return all(results)
+
+    async def _decide(self, chunk: Chunk) -> Sequence[Batch]:
+        batches: Sequence[Batch]
+        if self.pool is not None:
+            batches = await self.pool.route(chunk.tag, chunk.entries)
+        else:
+            batches = await self._route(chunk.tag, chunk.entries)
+        if log.isEnabledFor(logging.DEBUG):
+            routes = " ".join(f"{batch.route}={batch.count}" for batch in batches) or "nothing"
+            log.debug("chunk from %s: tag %s, %d records (%s mode, chunk id %s): %s", chunk.peer or "-",
+                      chunk.tag, len(chunk.entries), chunk.mode, _chunk_id_text(chunk.chunk_id), routes)
+        return batches
+
+    async def _deliver(self, batches: Sequence[Batch]) -> List[bool]:
+        """One result per batch; a failure of the destination is a False, never an exception."""
+        assert self.destination is not None
+        if not batches:
+            return []
+        try:
+            return await self.destination.deliver(batches)
+        except Exception as exc:  # a bug or an unforeseen error must not lose the partial state
+            log.error("handing on %d batch(es) failed: %s: %s", len(batches), type(exc).__name__, exc)
+            return [False] * len(batches)
+
+    def _forget(self, key: Hashable) -> None:
+        self._unfinished.pop(key, None)
+        if self._unfinished_room is not None and len(self._unfinished) < MAX_UNFINISHED_CHUNKS:
+            self._unfinished_room.set()
+
+    async def _room_for_unfinished(self) -> None:
+        """Wait until fewer than MAX_UNFINISHED_CHUNKS chunks are unfinished.
+
+        Back-pressure, not eviction: dropping the memory of a partly handed-on chunk would
+        make its resend decide and hand on its records twice. Only a chunk whose sender has
+        not resent it for UNFINISHED_MAX_AGE seconds (it gave up) is let go, with a warning.
+        """
+        if self._unfinished_room is None:
+            self._unfinished_room = asyncio.Event()
+        room = self._unfinished_room
+        while len(self._unfinished) >= MAX_UNFINISHED_CHUNKS:
+            room.clear()
+            self._expire_unfinished()
+            if len(self._unfinished) < MAX_UNFINISHED_CHUNKS:
+                break
+            try:
+                await asyncio.wait_for(room.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    def _expire_unfinished(self) -> None:
+        now = time.monotonic()
+        stale = [key for key, u in self._unfinished.items()
+                 if not u.active and now - u.touched >= UNFINISHED_MAX_AGE]
+        for key in stale:
+            records = sum(b.count for b in self._unfinished[key].batches)
+            log.warning("forgetting chunk %r: partly handed on, %d records still missing, and not resent by its "
+                        "sender for %d s", key, records, UNFINISHED_MAX_AGE)
+            self._forget(key)
+
+    async def _route(self, tag: str, entries: List[Entry]) -> Sequence[Batch]:
+        route = self.router.route
+        if len(entries) <= ROUTE_SLICE:
+            return route(tag, entries)
+        groups: Dict[Tuple[str, str], List[Entry]] = {}
+        for start in range(0, len(entries), ROUTE_SLICE):
+            for batch in route(tag, entries[start:start + ROUTE_SLICE]):
+                groups.setdefault((batch.route, batch.tag), []).extend(batch.entries)
+            await asyncio.sleep(0)
+        return [RoutedBatch(route_name, out_tag, group) for (route_name, out_tag), group in groups.items()]
+
+    def on_sighup(self) -> None:
+        """SIGHUP: reload the tuning file (if there is one) and reopen the record files of the
+        files destination, so that after logrotate moved them new records go to new files."""
+        request_reload = getattr(self.event_filter, "request_reload", None)
+        if request_reload is not None:
+            request_reload()
+        if isinstance(self.destination, FileDestination):
+            self.destination.store.reopen()
+        done = (["reloading the tuning file"] if request_reload is not None else []) + (
+            ["reopening the record files"] if isinstance(self.destination, FileDestination) else [])
+        log.info("SIGHUP: %s", " and ".join(done) or "nothing to reload or reopen")
+
+    async def _pass_reloads_to_workers(self) -> None:
+        """The relay's filter reloaded (SIGHUP or a file change): have the workers follow."""
+        assert self.pool is not None
+        seen = self.event_filter.reloads
+        while True:
+            await asyncio.sleep(0.5)
+            if self.event_filter.reloads != seen:
+                seen = self.event_filter.reloads
+                self.pool.request_reload()
+
+    async def _emit_stats_record(self, tag: str, timestamp: float, record: Dict[str, Any]) -> None:
+        assert self.destination is not None
+        seconds = int(timestamp)
+        when = EventTime(seconds, int((timestamp - seconds) * 1e9))
+        results = await self.destination.deliver([RoutedBatch(STATS_ROUTE, tag, [Entry(when, record)])])
+        if not all(results):
+            log.warning("stats record not delivered (downstream and spool unavailable)")
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _schemas_loaded(self) -> int:
+        event_filter = self.event_filter
+        rules = getattr(event_filter, "rules", None) if event_filter is not None else None
+        return len(rules.services) if rules is not None else 0
+
+    def readiness(self) -> Tuple[bool, str]:
+        """Ready: schemas loaded (unless the filter is off) and records have somewhere to go."""
+        if self.settings["filter"] and self._schemas_loaded() == 0:
+            return False, "no schemas loaded"
+        if self.destination is None:
+            return False, "starting"
+        if len(self._unfinished) >= MAX_UNFINISHED_CHUNKS:
+            return False, f"{len(self._unfinished)} chunks are partly handed on; new chunks wait for them"
+        return self.destination.readiness()
+
+    def describe(self) -> str:
+        """One line: where the relay listens and where records go."""
+        settings = self.settings
+        listening = ", ".join(_show(a) for a in self.server.addresses)
+        if settings["forward"]:
+            where = f"forwarding with acks to {', '.join(settings['forward'])}"
+            if settings["rejected_forward"]:
+                where += f" (rejected records to {', '.join(settings['rejected_forward'])})"
+            where += f", spooling to {settings['spool_path']} while the downstream is away"
+        else:
+            directory = settings["data_dir"]
+            where = (f"writing records to {os.path.join(directory, 'accepted.jsonl')}, rejected.jsonl "
+                     f"and passed.jsonl (synced before each ack)")
+        mode = "filter on" if self.router.decide is not None else "filter off, records pass through unchanged"
+        if self.pool is not None:
+            mode += f" in {self.pool.workers} worker processes"
+        tuning = getattr(self.event_filter, "tuning_path", None)
+        if tuning and self.router.decide is not None:
+            mode += f" with tuning {tuning} (SIGHUP or a change reloads it)"
+        metrics = f"; metrics on {self.metrics.url}/metrics" if self.metrics is not None else ""
+        return f"listening on {listening} (forward protocol); {where}; {mode}{metrics}"
+
+    def summary(self) -> str:
+        stats = self.relay_stats
+        return (f"{self.filter_stats.summary_line()} acks_sent={stats.acks_sent} "
+                f"duplicate_chunks={stats.duplicate_chunks} spool_depth_records={stats.spool_depth_records}")
+
+
+class _Unfinished:
+    """A decided chunk whose batches are not all safe yet: the ones still to hand on."""
+
+    __slots__ = ("batches", "active", "touched", "hand_on")
+
+    def __init__(self) -> None:
+        self.batches: List[Batch] = []
+        self.hand_on: "Optional[asyncio.Future[List[bool]]]" = None
+        self.active = False
+        self.touched = time.monotonic()
+
+
+def _chunk_key(chunk: Chunk) -> Optional[Hashable]:
+    # Tag, id AND content: only a real resend may take the unfinished part of an earlier chunk.
+    return chunk.resend_key
+
+
+# --- the command -----------------------------------------------------------------------------
+
+async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -> None:
+    """Run `relay` until SIGTERM or SIGINT, then shut it down cleanly. SIGHUP never stops it:
+    it reloads the tuning file (if any) and reopens the record files (after logrotate)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    previous_sighup = signal.getsignal(signal.SIGHUP)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, relay.on_sighup)
+    await relay.start()
+    log.info("%s", relay.describe())
+    if ready is not None:
+        ready(relay)
+    try:
+        await stopping.wait()
+        log.info("stopping: no new connections; finishing chunks in flight")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        # remove_signal_handler restores SIGHUP's default action, which ends the process:
+        # a SIGHUP during shutdown must not cut the flush short.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            await relay.stop()
+        finally:
+            if previous_sighup is not None:  # None: set from outside Python, nothing to restore
+                signal.signal(signal.SIGHUP, previous_sighup)
+    log.info("stopped: %s", relay.summary())
+
+
+def run(args: argparse.Namespace) -> int:
+    """`atnorm serve`: load settings, build the filter, serve until told to stop."""
+    # Until `serve` handles it, SIGHUP's default action would end the process (exit 129):
+    # one that arrives while the schemas load is ignored (the files are read just now anyway).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    settings, file_values = load_settings(args)
+    configure_logging("serve", settings["log_level"], settings["log_format"])
+    filter_stats = FilterStats()
+    event_filter = (_build_event_filter(args, file_values, filter_stats, settings["drift_state"])
+                    if settings["filter"] else None)
+    relay = Relay(settings, event_filter, filter_stats, resolve(FILTER_OPTIONS, args, file_values))
+    asyncio.run(serve(relay))
+    return 0
