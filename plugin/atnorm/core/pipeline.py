@@ -229,11 +229,11 @@ class EventFilter:
             return Verdict(PASSED, record)
         work = self.normalizer.normalize(event, fixes)
 
-        failed: List[Tuple[Rule, Optional[str]]] = []
+        failed: List[Tuple[Rule, Optional[str], Optional[List[str]]]] = []
         warnings: List[str] = []
         for rule in self._envelope_enforce:
             if not rule.check(work):
-                failed.append((rule, None))
+                failed.append((rule, None, None))
         for rule in self._envelope_warn:
             warnings += rule.warning_kinds(work)
 
@@ -256,12 +256,13 @@ class EventFilter:
                 if policy == "pass":
                     return Verdict(PASSED, record, service=service, action=action)
                 if policy == "reject" and compiled.policy.mode == "enforce" and compiled.action_rule is not None:
-                    failed.append((compiled.action_rule, compiled.document.nearest_action(action)))
+                    nearest = compiled.document.nearest_actions(action)
+                    failed.append((compiled.action_rule, nearest[0] if nearest else None, nearest))
                 else:
                     warnings.append(UNKNOWN_ACTION)
             for rule in compiled.enforce:
                 if not rule.check(work):
-                    failed.append((rule, None))
+                    failed.append((rule, None, None))
             for rule in compiled.warn:
                 warnings += rule.warning_kinds(work)
             if compiled.ignored:
@@ -279,12 +280,12 @@ class EventFilter:
                        fixes=fixes, event_time=work.get("eventTime"))
 
     @staticmethod
-    def _rejected(record: Any, work: Dict[str, Any], failed: List[Tuple[Rule, Optional[str]]],
+    def _rejected(record: Any, work: Dict[str, Any], failed: List[Tuple[Rule, Optional[str], Optional[List[str]]]],
                   reasons: List[RejectReason], service: Optional[str], warnings: List[str],
                   fixes: List[str]) -> Verdict:
         """The rejection of `record`: reasons from the reference validator, on the normalized form."""
-        for rule, suggestion in failed:
-            reasons += rule.reasons(work, suggestion) or [
+        for rule, suggestion, nearest in failed:
+            reasons += rule.reasons(work, suggestion, nearest) or [
                 RejectReason("", rule.name, f"does not satisfy {rule.name}", suggestion)]
         action = work.get("action")
         return Verdict(REJECTED, record, service=service, action=action if isinstance(action, str) else None,
