@@ -13,12 +13,13 @@ from typing import Any, Dict, List, Tuple
 import msgpack
 import pytest
 
+from atnorm.cli.serve import configure_parser
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.forward import codec as forward_codec
 from atnorm.forward.codec import EventTime, FrameReader, ProtocolError, inflate_gzip, inflate_zstd, parse_frame
 from atnorm.model.encodable import encodable
-from atnorm.relay.service import Relay, configure_parser, load_settings
+from atnorm.relay.service import Relay, load_settings
 from forward_frames import Time, fluentd_entries, fluentd_packed_forward, gzip_members, mp, str32
 from forward_receiver import EventTime as ReceivedTime
 from forward_receiver import ForwardReceiver, _unpacker

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 import pytest
 
+from atnorm.cli.serve import configure_parser
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import (
@@ -33,7 +34,7 @@ from atnorm.forward.codec import (
     pong_frame,
     unpackb,
 )
-from atnorm.relay.service import Relay, configure_parser, load_settings
+from atnorm.relay.service import Relay, load_settings
 from forward_receiver import ForwardReceiver, _unpacker
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"

@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import yaml
 
+from atnorm.cli.serve import configure_parser
 from atnorm.config.options import host_port
-from atnorm.relay.service import configure_parser, load_settings
+from atnorm.relay.service import load_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -9,11 +9,12 @@ from typing import Any, Dict, List
 
 import msgpack
 
+from atnorm.cli.serve import configure_parser
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, FrameReader, parse_frame
 from atnorm.relay.routing import RoutedBatch
-from atnorm.relay.service import Relay, _chunk_key, configure_parser, load_settings
+from atnorm.relay.service import Relay, _chunk_key, load_settings
 from forward_frames import Time, fluentbit_entry, fluentbit_forward, fluentd_entries, fluentd_packed_forward, gzip_members, mp
 from forward_receiver import ForwardReceiver
 

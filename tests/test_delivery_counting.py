@@ -21,11 +21,12 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from atnorm.cli.serve import configure_parser
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender
-from atnorm.relay.service import MAX_UNFINISHED_CHUNKS, Relay, configure_parser, load_settings
+from atnorm.relay.service import MAX_UNFINISHED_CHUNKS, Relay, load_settings
 from forward_receiver import ForwardReceiver
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"

@@ -15,9 +15,10 @@ from typing import Any, Dict, List
 import msgpack
 import pytest
 
+from atnorm.cli.serve import configure_parser
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import plain_entries
-from atnorm.relay.service import Relay, configure_parser, load_settings
+from atnorm.relay.service import Relay, load_settings
 from forward_receiver import ForwardReceiver
 
 CAPTURES = Path(__file__).parent / "fixtures" / "wire" / "metadata"

@@ -16,12 +16,13 @@ from typing import Any, Dict
 
 import msgpack
 
+from atnorm.cli.serve import configure_parser
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender
 from atnorm.monitoring.relaystats import RelayStats
 from atnorm.relay.localstore import LocalStore
 from atnorm.relay.routing import RoutedBatch
-from atnorm.relay.service import Relay, configure_parser, load_settings
+from atnorm.relay.service import Relay, load_settings
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import ForwardReceiver
 

@@ -563,7 +563,7 @@ def test_fluentd_conf_is_balanced_and_agrees_with_its_command_line():
     argv = shlex.split(node["params"]["command"])
     assert argv[:2] == ["atnorm", "exec-filter"]
     args = cli.build_parser().parse_args(argv[1:])  # atnorm's own parser takes it
-    assert args.run.__module__ == "atnorm.execfilter.loop"
+    assert args.run.__module__ == "atnorm.cli.exec_filter"
 
     (_, fmt), = sections(node, "format")
     (_, parse), = sections(node, "parse")

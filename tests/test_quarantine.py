@@ -22,12 +22,13 @@ from typing import Any, Dict, List, Optional
 import msgpack
 from prometheus_client import generate_latest
 
+from atnorm.cli.serve import configure_parser
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender, Refused
 from atnorm.monitoring.metrics import build_registry
 from atnorm.monitoring.relaystats import RelayStats
 from atnorm.relay.delivery import Delivery
-from atnorm.relay.service import Relay, configure_parser, load_settings
+from atnorm.relay.service import Relay, load_settings
 from atnorm.relay.spool import Spool
 
 

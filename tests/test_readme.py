@@ -40,7 +40,9 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     commands = [line for line in ci if line and not line.startswith((" ", "#", "\t"))
                 and not line.startswith(("set ", "cd ", "if ", "fi"))]
-    assert commands[-1] == test_command
+    assert commands[0] == test_command
+    # What else CI runs uses the venv the README's command made, never the system Python.
+    assert all(command.startswith(".venv/bin/") for command in commands[1:])
 
 
 def test_the_option_tables_are_the_declarations():

@@ -17,13 +17,14 @@ import pytest
 from fluent.sender import FluentSender
 from relay_process import RelayProcess
 
+from atnorm.cli.serve import configure_parser
 from atnorm.config.options import ConfigError, resolve
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.settings import FILTER_OPTIONS
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender
-from atnorm.relay.service import Relay, configure_parser, load_settings
+from atnorm.relay.service import Relay, load_settings
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import EventTime as ReceivedTime
 from forward_receiver import ForwardReceiver

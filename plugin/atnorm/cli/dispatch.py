@@ -12,25 +12,21 @@ import importlib.util
 import sys
 from typing import List, NoReturn, Optional
 
-from .. import __version__
-from ..config.options import ConfigError
+from ..errors import ConfigError, UsageError
+from ..version import __version__
 
 # name → (module, one-line help)
 COMMANDS = {
     "filter": ("atnorm.cli.filter", "filter JSON-lines files: accepted to stdout, rejected to a file"),
     "explain": ("atnorm.cli.explain", "show the verdict for one event: fixes, failures, suggestions"),
-    "schemas": ("atnorm.schemagen.documents", "build JSON Schemas from Activity Tracker docs pages"),
-    "serve": ("atnorm.relay.service", "run the forward-protocol relay (Fluent Bit / Fluentd hop)"),
-    "exec-filter": ("atnorm.execfilter.loop", "run as a child of Fluentd's out_exec_filter"),
-    "config": ("atnorm.core.tuning", "check a tuning file without running"),
-    "drift": ("atnorm.core.drift", "report actions seen in traffic that no table declares"),
+    "schemas": ("atnorm.cli.schemas", "build JSON Schemas from Activity Tracker docs pages"),
+    "serve": ("atnorm.cli.serve", "run the forward-protocol relay (Fluent Bit / Fluentd hop)"),
+    "exec-filter": ("atnorm.cli.exec_filter", "run as a child of Fluentd's out_exec_filter"),
+    "config": ("atnorm.cli.config", "check a tuning file without running"),
+    "drift": ("atnorm.cli.drift", "report actions seen in traffic that no table declares"),
     "quarantine": ("atnorm.cli.quarantine", "list, re-send or drop chunks the downstream kept refusing"),
-    "bench": ("atnorm.bench.core", "measure throughput against the reference validator"),
+    "bench": ("atnorm.cli.bench", "measure throughput against the reference validator"),
 }
-
-
-class UsageError(Exception):
-    """A mistake in how the command was called; reported without a traceback, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -23,7 +23,8 @@ import os
 import sys
 from typing import List, Optional
 
-from ..config.options import ConfigError, load_config_file
+from ..config.options import load_config_file
+from ..errors import ConfigError
 from ..relay.spool import QuarantineAccess, SpoolError
 
 

@@ -13,18 +13,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import yaml
 
-
-class ConfigError(Exception):
-    """A mistake in a config file or flag, told as file, line, key and what was expected."""
-
-    def __init__(self, message: str, *, file: Optional[str] = None, line: Optional[int] = None,
-                 key: Optional[str] = None) -> None:
-        self.file, self.line, self.key, self.detail = file, line, key, message
-        where = ""
-        if file is not None:
-            where = f"{file}:{line}: " if line is not None else f"{file}: "
-        keypart = f"key '{key}': " if key else ""
-        super().__init__(f"{where}{keypart}{message}")
+from ..errors import ConfigError
 
 
 def host_port(text: str) -> Tuple[str, int]:

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..model.encodable import describe_error, encodable, is_encodable, json_text
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
+from ..resources import bundled_schema_dir
 from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event, make_wrapper_step
 from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
@@ -73,10 +74,6 @@ class FilterSettings:
     wrapper_clash: str = "event"
 
 
-def bundled_schema_dir() -> Path:
-    from ..schemagen.documents import bundled_dir
-
-    return bundled_dir() / "generated"
 
 
 @dataclass

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..config.options import ConfigError, resolve
+from ..config.options import resolve
+from ..errors import ConfigError
 from ..model.verdict import Verdict
 from .drift import DriftLog
 from .pipeline import EventFilter, FilterSettings

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
 
-from ..config.options import ConfigError
+from ..errors import ConfigError
 from ..model.verdict import RejectReason
 from .compiled import Predicate, SchemaCompiler
 
@@ -58,10 +58,12 @@ class Rule:
                 if name in record and not check(record[name]):
                     for error in reference.iter_errors(record[name]):
                         error.path.appendleft(name)
+                        error.schema_path.extendleft([name, "properties"])  # as if checked whole
                         errors.append(error)
         else:
             errors = list(self.reference.iter_errors(record))
-        errors.sort(key=relevance)
+        # Most relevant first, as python-jsonschema's `best_match` ranks them (it takes the max).
+        errors.sort(key=relevance, reverse=True)
         return [to_reason(error, self.name, suggestion, nearest) for error in errors]
 
     def warning_kinds(self, record: Any) -> List[str]:
@@ -164,7 +166,8 @@ def to_reason(error: ValidationError, rule: str, suggestion: Optional[str] = Non
         if missing:
             path.append(missing[0])
     message, best = _message(error, rule, nearest)
-    return RejectReason(json_pointer(path), rule, message, suggestion if suggestion is not None else best)
+    return RejectReason(json_pointer(path), rule, message, suggestion if suggestion is not None else best,
+                        validator=str(error.validator), schema_path=json_pointer(error.relative_schema_path))
 
 
 @dataclass

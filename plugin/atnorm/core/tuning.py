@@ -14,10 +14,8 @@ rules compiled by the pipeline like the generated ones.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import re
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -26,16 +24,15 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from ..config.options import ConfigError
+from ..errors import ConfigError
+from ..resources import bundled_schema_dir
 from .normalize import DERIVED_FIELDS
 from .pipeline import (
     MODES,
     UNKNOWN_ACTION_POLICIES,
     UNKNOWN_SERVICE_POLICIES,
-    EventFilter,
     FilterSettings,
     ServicePolicy,
-    bundled_schema_dir,
 )
 from .rules import LEVELS, RuleSet
 
@@ -561,37 +558,3 @@ def load_tuning(path: str, base_schema_dirs: Sequence[Path] = ()) -> Tuning:
 def apply_tuning_file(path: str, settings: FilterSettings) -> FilterSettings:
     """`settings` with the tuning file at `path` applied (its keys win over the flags')."""
     return load_tuning(path, settings.schema_dirs).apply(settings)
-
-
-# ---------------------------------------------------------------------------------------
-# `atnorm config check FILE`
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="config_command", metavar="ACTION")
-    sub.required = True
-    check = sub.add_parser("check", help="validate a tuning file without running the filter",
-                           description="Validate a tuning file against its schema and the loaded "
-                                       "service schemas. Exit 0 with a one-line summary, or 2 with "
-                                       "one line per mistake.")
-    check.add_argument("file", metavar="FILE", help="the tuning file (YAML)")
-    check.add_argument("--schemas", action="append", default=[], metavar="DIR",
-                       help="extra directory of generated schemas, as given to the filter")
-
-
-def run(args: argparse.Namespace) -> int:
-    """`atnorm config check FILE`: 0 and a summary, or 2 and the mistakes."""
-    try:
-        tuning = load_tuning(args.file, [Path(d) for d in args.schemas])
-        # Building the filter compiles every extra rule, as start-up would.
-        EventFilter.from_schemas(settings=tuning.apply(FilterSettings(schema_dirs=[Path(d) for d in args.schemas])))
-    except TuningError as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
-        print(f"atnorm config check: {_count(len(exc.errors), 'mistake')} in {args.file}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(f"{args.file}: OK: {tuning.summary()}")
-    return 0

@@ -34,10 +34,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import msgpack
 
 from ..config.logs import LOG_OPTIONS
-from ..config.options import ConfigError, Option, add_arguments, boolean, host_port, load_config_file, resolve, size_bytes, text
+from ..config.options import Option, boolean, host_port, load_config_file, resolve, size_bytes, text
 from ..core.reload import ReloadingFilter
-from ..core.settings import FILTER_OPTIONS, add_filter_arguments
+from ..core.settings import FILTER_OPTIONS
 from ..core.stats import FilterStats
+from ..errors import ConfigError
 from ..model.encodable import encodable, json_text
 from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
 from ..monitoring.metrics import start_metrics_server
@@ -106,18 +107,6 @@ OPTIONS = (
            metavar="FILE"),
     *LOG_OPTIONS,
 )
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Flags for `atnorm exec-filter` and the shared filter options, plus `--config FILE`."""
-    # `--quiet` is a switch, not `--quiet VALUE`; the config file takes `quiet: true`.
-    add_arguments(parser, [option for option in OPTIONS if option.key != "quiet"])
-    quiet = next(option for option in OPTIONS if option.key == "quiet")
-    parser.add_argument(quiet.flag, dest=quiet.key, action="store_const", const=True,
-                        default=None, help=quiet.help)
-    add_filter_arguments(parser)
-    parser.add_argument("--config", metavar="FILE",
-                        help="YAML file with the same keys as the flags (flags win)")
 
 
 def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any]]:

@@ -19,18 +19,26 @@ class RejectReason:
 
     `path` is a JSON pointer into the (normalized) record, `rule` names the schema rule
     that failed (e.g. `envelope.required`, `vmware-solutions.action`), `message` is the
-    python-jsonschema message, `suggestion` is offered where one is obvious.
+    python-jsonschema message, `suggestion` is offered where one is obvious. For a schema
+    failure, `validator` is the keyword that failed (`required`, `enum`, ...) and
+    `schema_path` a JSON pointer to it within the rule's schema, as python-jsonschema's
+    `ValidationError` has them; checks outside a schema (record size, encoding) have neither.
     """
 
     path: str
     rule: str
     message: str
     suggestion: Optional[str] = None
+    validator: Optional[str] = None
+    schema_path: Optional[str] = None
 
     def as_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"path": self.path, "rule": self.rule, "message": self.message}
         if self.suggestion is not None:
             out["suggestion"] = self.suggestion
+        if self.validator is not None:
+            out["validator"] = self.validator
+            out["schema_path"] = self.schema_path
         return out
 
 

@@ -24,10 +24,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .. import __version__
-from ..config.options import ConfigError
 from ..core.stats import FilterStats
+from ..errors import ConfigError
 from ..model.verdict import OUTCOMES
+from ..version import __version__
 from .relaystats import LATENCY_BUCKETS, RelayStats
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 For applications that emit Activity Tracker events themselves and want the same rules
 without running a relay:
 
-    from atnorm.handler import AuditSender
+    from atnorm import AuditSender
 
     audit = AuditSender("app.audit", host="fluent-bit.local", port=24224)
     audit.emit("iam", event)          # True once fluent-logger has sent it

@@ -24,11 +24,10 @@ import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
-from ..config.logs import LOG_OPTIONS, configure_logging
+from ..config.logs import LOG_OPTIONS
 from ..config.options import (
     ConfigError,
     Option,
-    add_arguments,
     boolean,
     host_port,
     load_config_file,
@@ -39,7 +38,7 @@ from ..config.options import (
     text,
 )
 from ..core.reload import ReloadingFilter
-from ..core.settings import FILTER_OPTIONS, add_filter_arguments, build_filter
+from ..core.settings import FILTER_OPTIONS, build_filter
 from ..core.stats import FilterStats
 from ..forward.codec import Chunk, Entry, EventTime, pack_entries
 from ..forward.sender import ENTRY_FORMS, ForwardSender, plain_entries
@@ -168,14 +167,6 @@ OPTIONS = (
 ALL_OPTIONS: Tuple[Option, ...] = OPTIONS + tuple(STATS_OPTIONS) + tuple(FILTER_OPTIONS)
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Flags for `atnorm serve`: relay, stats record and filter options, plus `--config FILE`."""
-    parser.add_argument("--config", metavar="FILE", help="YAML file with the same keys as the flags (flags win)")
-    add_arguments(parser, OPTIONS)
-    add_arguments(parser, STATS_OPTIONS)
-    add_filter_arguments(parser)
-
-
 def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(relay settings, raw config-file values): defaults < `--config` file < flags, checked."""
     config_path = getattr(args, "config", None)
@@ -224,7 +215,7 @@ def _rejected_spool_path(spool_path: str) -> str:
     return f"{base}-rejected{extension or '.db'}"
 
 
-def _build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats,
+def build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats,
                         drift_state: Optional[str] = None) -> Any:
     """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or
     change; with a drift state file, one that keeps the drift log there."""
@@ -743,17 +734,3 @@ async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -
                 signal.signal(signal.SIGHUP, previous_sighup)
     log.info("stopped: %s", relay.summary())
 
-
-def run(args: argparse.Namespace) -> int:
-    """`atnorm serve`: load settings, build the filter, serve until told to stop."""
-    # Until `serve` handles it, SIGHUP's default action would end the process (exit 129):
-    # one that arrives while the schemas load is ignored (the files are read just now anyway).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    settings, file_values = load_settings(args)
-    configure_logging("serve", settings["log_level"], settings["log_format"])
-    filter_stats = FilterStats()
-    event_filter = (_build_event_filter(args, file_values, filter_stats, settings["drift_state"])
-                    if settings["filter"] else None)
-    relay = Relay(settings, event_filter, filter_stats, resolve(FILTER_OPTIONS, args, file_values))
-    asyncio.run(serve(relay))
-    return 0

@@ -1,0 +1,66 @@
+"""Rules: compiled checks agree with python-jsonschema, and reasons read as it shapes them."""
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match, relevance
+
+from atnorm.core.compiled import SchemaCompiler
+from atnorm.core.rules import json_pointer, standalone_rule
+
+SCHEMA = {
+    "type": "object",
+    "required": ["id", "kind"],
+    "properties": {
+        "count": {"type": "integer", "minimum": 0},
+        "kind": {"enum": ["a", "b"]},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+}
+INSTANCES = [
+    {"id": 1, "kind": "a"},
+    {"id": 1, "kind": "c"},
+    {"kind": "a", "count": -1},
+    {"count": "x", "kind": 3, "tags": [1, "ok", None]},
+    {"id": 1, "kind": "b", "tags": []},
+    {"id": True, "kind": "b", "count": 1.0},
+    [],
+    "text",
+    None,
+]
+
+
+def test_a_compiled_check_gives_the_reference_verdict_on_each_instance():
+    check = SchemaCompiler(SCHEMA).compile(SCHEMA)
+    reference = Draft202012Validator(SCHEMA)
+    assert [check(value) for value in INSTANCES] == [reference.is_valid(value) for value in INSTANCES]
+    assert any(reference.is_valid(value) for value in INSTANCES)
+    assert not all(reference.is_valid(value) for value in INSTANCES)
+
+
+def test_reasons_come_most_relevant_first_like_best_match():
+    rule = standalone_rule("demo.record", "enforce", SCHEMA)
+    record = {"count": "x", "kind": 3, "tags": [1, "ok", None]}
+    errors = list(Draft202012Validator(SCHEMA).iter_errors(record))
+    assert len(errors) > 2
+
+    reasons = rule.reasons(record)
+
+    assert reasons[0].message == best_match(errors).message
+    expected = sorted(errors, key=relevance, reverse=True)
+    assert [r.message for r in reasons] == [e.message for e in expected]
+
+
+def test_each_reason_keeps_the_failing_keyword_and_its_schema_path():
+    rule = standalone_rule("demo.record", "enforce", SCHEMA)
+    record = {"id": 1, "kind": "c", "tags": ["ok", 2]}
+    errors = list(Draft202012Validator(SCHEMA).iter_errors(record))
+
+    reasons = rule.reasons(record)
+
+    # A rule checks only the failing properties, yet reports them as the whole schema would.
+    assert sorted((r.validator, r.schema_path) for r in reasons) == sorted(
+        (e.validator, json_pointer(e.relative_schema_path)) for e in errors)
+    assert {(r.path, r.validator, r.schema_path) for r in reasons} == {
+        ("/kind", "enum", "/properties/kind/enum"),
+        ("/tags/1", "type", "/properties/tags/items/type"),
+    }
+    assert all(set(r.as_dict()) >= {"path", "rule", "message", "validator", "schema_path"} for r in reasons)
