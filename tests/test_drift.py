@@ -238,3 +238,35 @@ def test_the_watcher_saves_the_drift_state_only_when_it_changed(tmp_path):
     holder.process(event("vsi-provision.json", action="audit-log.vsi.teleport"))
     holder.save_drift()
     assert DriftLog.load(str(state)).entries["audit-log.vsi.teleport"].count == 1
+
+
+def test_the_relay_keeps_a_drift_state_that_atnorm_drift_reads(tmp_path, capsys):
+    import time
+
+    from fluent.sender import FluentSender
+
+    from relay_process import RelayProcess
+
+    state = tmp_path / "drift.json"
+    data = tmp_path / "data"
+    with RelayProcess("--listen", "127.0.0.1:0", "--data-dir", str(data), "--drift-state", str(state)) as relay:
+        sender = FluentSender("app", host="127.0.0.1", port=relay.port)
+        for _ in range(2):
+            assert sender.emit("audit", event("vsi-provision.json", action="audit-log.vsi.teleport"))
+        sender.close()
+        deadline = time.monotonic() + 30
+        while not (data / "rejected.jsonl").exists() or len((data / "rejected.jsonl").read_text().splitlines()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert relay.stop() == 0
+    assert DriftLog.load(str(state)).entries["audit-log.vsi.teleport"].count == 2
+    assert cli.main(["drift", "--state", str(state), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    [group] = report["services"]
+    assert group["service"] == "audit-log"
+
+
+def test_drift_state_and_filter_workers_do_not_go_together(tmp_path, capsys):
+    assert cli.main(["serve", "--data-dir", str(tmp_path), "--drift-state", str(tmp_path / "d.json"),
+                     "--filter-workers", "2"]) == 2
+    assert "drift_state needs filter_workers 1" in capsys.readouterr().err

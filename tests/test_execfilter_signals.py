@@ -107,6 +107,8 @@ def test_sighup_with_tuning_reloads_it(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--in-format", "xml"], "expected one of json, msgpack, tsv"),
     (["--metrics-listen", "not-a-port"], "cannot start"),
+    (["--in-fromat", "json"], "unrecognized arguments: --in-fromat"),
+    (["--schemas", "/nonexistent-schema-dir"], "schema directory does not exist"),
 ])
 def test_startup_errors_reach_the_log_file_too(tmp_path, args, message):
     log = tmp_path / "exec-filter.log"

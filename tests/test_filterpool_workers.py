@@ -161,3 +161,25 @@ def test_worker_packs_a_record_msgpack_cannot_hold_through_encodable():
     entries = [Entry(1700000000, {"n": 2 ** 70, "ok": 1}), Entry(1700000001, {"fine": True})]
     decoded = unpack_entries(_packed(entries))[0]
     assert [e.record for e in decoded] == [{"n": str(2 ** 70), "ok": 1}, {"fine": True}]
+
+
+def test_service_names_from_workers_share_the_relays_bound():
+    from atnorm.core.pipeline import EventFilter
+    from atnorm.core.stats import MAX_TRACKED_UNSCHEMED_SERVICES, OTHER
+    from atnorm.relay.filterpool import add_counts
+
+    relay_stats = FilterStats()
+    # Two workers, each within its own bound, together over the relay's.
+    for first in (0, MAX_TRACKED_UNSCHEMED_SERVICES):
+        worker = EventFilter.from_schemas(stats=FilterStats())
+        for i in range(first, first + MAX_TRACKED_UNSCHEMED_SERVICES):
+            event = load_event("vsi-provision.json")
+            event["action"] = f"svc{i}.thing.create"
+            worker.process(event)
+        stats = worker.stats
+        add_counts(relay_stats, (stats.outcomes, stats.by_service, stats.rejections, stats.warnings,
+                                 stats.fixes, stats.unknown_actions, stats.unschemed))
+    services = {service for _, service in relay_stats.by_service}
+    assert len(services) == MAX_TRACKED_UNSCHEMED_SERVICES + 1
+    assert relay_stats.by_service[("accepted", OTHER)] == MAX_TRACKED_UNSCHEMED_SERVICES
+    assert relay_stats.received == 2 * MAX_TRACKED_UNSCHEMED_SERVICES

@@ -292,6 +292,11 @@ def test_filter_off_passes_every_record_through_unchanged(tmp_path):
                 await relay.stop()
         assert receiver.events == [("audit.at", ReceivedTime(1700000000, 0), valid_event()),
                                    ("audit.at", ReceivedTime(1700000001, 0), invalid_event())]
+        # received = accepted + rejected + passed holds without the filter too, so a healthy
+        # pass-through relay does not look idle to the no-records alert.
+        counts = relay.filter_stats.snapshot()
+        assert (counts["received"], counts["accepted"], counts["rejected"], counts["passed"]) == (2, 0, 0, 2)
+        assert counts["by_service"] == {"passed:": 2}
     run(scenario())
 
 

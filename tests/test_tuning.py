@@ -140,7 +140,11 @@ def test_regions_level(tmp_path, level, outcome, warnings):
     assert verdict.warnings == warnings
     if outcome == "rejected":
         assert [(r.path, r.rule) for r in verdict.reasons] == [("/logSourceCRN", "vmware-solutions.regions")]
-        assert "does not match" in verdict.reasons[0].message
+        # Which location was found and which regions the table allows, not the rule's regex.
+        assert verdict.reasons[0].message == (
+            "the CRN location 'au-syd' is not a region where vmware-solutions generates events "
+            "(its table allows: ca-tor, eu-de, jp-tok, us-east, us-south)")
+        assert verdict.reasons[0].suggestion is None
 
 
 def test_regions_in_defaults_reach_every_service_with_a_region_rule(tmp_path):

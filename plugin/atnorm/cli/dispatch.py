@@ -10,7 +10,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 from ..errors import ConfigError, UsageError
 from ..version import __version__
@@ -29,8 +29,28 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, remembering its last usage error so it can reach a log file too."""
+
+    last_error: Optional[str] = None
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        _Parser.last_error = f"{self.prog}: error: {message}"
+        super().error(message)
+
+
+def _log_file_in(argv: List[str]) -> Optional[str]:
+    """The `--log-file` an exec-filter command line names, read without argparse."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-file" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--log-file="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atnorm", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="atnorm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"atnorm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
@@ -45,7 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        words = list(sys.argv[1:] if argv is None else argv)
+        if exc.code == 2 and words[:1] == ["exec-filter"] and _Parser.last_error:
+            # Fluentd keeps the child's stderr nowhere a person looks: say it in the log file too.
+            from ..execfilter.loop import startup_error
+
+            startup_error(_log_file_in(words), _Parser.last_error)
+        raise
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return 2

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
-import sys
 
+from ..config.logs import configure_logging
 from ..config.options import add_arguments, resolve
 from ..core.settings import FILTER_OPTIONS, add_filter_arguments
 from ..core.stats import FilterStats
@@ -29,10 +28,10 @@ def run(args: argparse.Namespace) -> int:
     # one that arrives while the schemas load is ignored (the files are read just now anyway).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings, file_values = load_settings(args)
-    logging.basicConfig(stream=sys.stderr, level=settings["log_level"].upper(),
-                        format="%(asctime)s %(levelname)s atnorm serve: %(message)s")
+    configure_logging("serve", settings["log_level"], settings["log_format"])
     filter_stats = FilterStats()
-    event_filter = build_event_filter(args, file_values, filter_stats) if settings["filter"] else None
+    event_filter = (build_event_filter(args, file_values, filter_stats, settings["drift_state"])
+                    if settings["filter"] else None)
     relay = Relay(settings, event_filter, filter_stats, resolve(FILTER_OPTIONS, args, file_values))
     asyncio.run(serve(relay))
     return 0

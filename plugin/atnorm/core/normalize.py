@@ -235,8 +235,14 @@ def unflatten(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return result
 
 
-def find_event(record: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
-    """The event a record carries: itself, or what an envelope holds. `record` is not changed."""
+def find_event(record: Dict[str, Any], fixes: Fixes,
+               wrapper: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The event a record carries: itself, or what an envelope holds. `record` is not changed.
+
+    With `wrapper`, the envelope's other fields are gathered there (an outer envelope's
+    first): `kubernetes`, `stream`, `time` beside a `log` string, or a field beside a
+    `payload` that the payload also holds, so that nothing of the record need be lost.
+    """
     event = record
     for _ in range(MAX_UNWRAP_DEPTH):
         if "action" in event:
@@ -244,6 +250,8 @@ def find_event(record: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
         for fix, unwrap in UNWRAPPERS:
             inner = unwrap(event)
             if inner is not None and (is_event(inner) or _unwrappable(inner)):
+                if wrapper is not None:
+                    _gather_wrapper(event, fix, inner, wrapper)
                 event = inner
                 fixes.append(fix)
                 break
@@ -254,6 +262,68 @@ def find_event(record: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
         fixes.append("unflatten")
         event = flat
     return event
+
+
+def _gather_wrapper(envelope: Dict[str, Any], fix: str, inner: Dict[str, Any],
+                    wrapper: Dict[str, Any]) -> None:
+    field = fix[len("unwrap:"):]
+    if field == "payload":
+        # The legacy envelope's own fields are already beside the event; only the ones the
+        # payload also holds would be lost.
+        for key, value in envelope.items():
+            if key != field and key in inner and inner[key] is not value:
+                wrapper.setdefault(key, value)
+        return
+    for key, value in envelope.items():
+        if key != field:
+            wrapper.setdefault(key, value)
+
+
+WRAPPER_MODES = ("merge", "nest", "drop")
+WRAPPER_CLASH = ("event", "wrapper")
+WrapperStep = Callable[[Dict[str, Any], Dict[str, Any]], None]
+
+
+def _free_key(work: Dict[str, Any], key: str) -> str:
+    # A field of the event already named like the wrapper key is the event's: never replaced.
+    while key in work:
+        key = "_" + key
+    return key
+
+
+def make_wrapper_step(mode: str, key: str, clash: str) -> Optional[WrapperStep]:
+    """Where an envelope's other fields go on the accepted event; None for `drop`.
+
+    - merge: beside the event's fields (as Fluent Bit's `Merge_Log` does); on a name
+      clash `clash` says which value keeps the name (`event` or `wrapper`), and the other
+      one is kept under `key`;
+    - nest: all of them under `key`.
+    """
+    if mode not in WRAPPER_MODES:
+        raise ValueError(f"wrapper_fields must be one of {', '.join(WRAPPER_MODES)}, got {mode!r}")
+    if clash not in WRAPPER_CLASH:
+        raise ValueError(f"wrapper_clash must be one of {', '.join(WRAPPER_CLASH)}, got {clash!r}")
+    if mode == "drop":
+        return None
+    if mode == "nest":
+        def nest(work: Dict[str, Any], wrapper: Dict[str, Any]) -> None:
+            work[_free_key(work, key)] = wrapper
+        return nest
+    wrapper_wins = clash == "wrapper"
+
+    def merge(work: Dict[str, Any], wrapper: Dict[str, Any]) -> None:
+        displaced: Dict[str, Any] = {}
+        for name, value in wrapper.items():
+            if name not in work:
+                work[name] = value
+            elif wrapper_wins:
+                displaced[name] = work[name]
+                work[name] = value
+            else:
+                displaced[name] = value
+        if displaced:
+            work[_free_key(work, key)] = displaced
+    return merge
 
 
 def _unwrappable(inner: Dict[str, Any]) -> bool:

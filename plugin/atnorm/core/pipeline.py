@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from ..model.encodable import describe_error, encodable, is_encodable, json_text
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 from ..resources import bundled_schema_dir
-from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event
+from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event, make_wrapper_step
 from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
 
@@ -67,9 +67,15 @@ class FilterSettings:
     extra_rules: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     # Warning kinds left unreported, by scope ("*" or a service name).
     ignored_warnings: Dict[str, List[str]] = field(default_factory=dict)
+    # An envelope's other fields (`kubernetes`, `stream` beside a `log` string): merged
+    # beside the event's, nested under `wrapper_key`, or dropped; see make_wrapper_step.
+    wrapper_fields: str = "merge"
+    wrapper_key: str = "wrapper"
+    wrapper_clash: str = "event"
 
 
-Failed = List[Tuple[Rule, Optional[str]]]  # failed rules, each with a suggestion or None
+# Failed rules, each with a suggestion (or None) and the nearest allowed values (or None).
+Failed = List[Tuple[Rule, Optional[str], Optional[List[str]]]]
 # What to do with an action its service does not declare, chosen per service at start-up:
 # add to `failed` or `warnings`, or return True to pass the record through unchecked.
 UnknownActionPolicy = Callable[[str, Failed, List[str]], bool]
@@ -86,7 +92,8 @@ def _warn_unknown_action(action: str, failed: Failed, warnings: List[str]) -> bo
 
 def _reject_unknown_action(document: SchemaDocument, action_rule: Rule) -> UnknownActionPolicy:
     def reject(action: str, failed: Failed, warnings: List[str]) -> bool:
-        failed.append((action_rule, document.nearest_action(action)))
+        nearest = document.nearest_actions(action)
+        failed.append((action_rule, nearest[0] if nearest else None, nearest))
         return False
     return reject
 
@@ -146,6 +153,7 @@ class EventFilter:
         self._on_unknown_service = {"pass": self._pass_unknown_service,
                                     "reject": self._reject_unknown_service,
                                     }.get(s.unknown_service, self._warn_unknown_service)
+        self._place_wrapper = make_wrapper_step(s.wrapper_fields, s.wrapper_key, s.wrapper_clash)
 
     @classmethod
     def from_schemas(cls, schema_dirs: Optional[Sequence[Path]] = None,
@@ -248,16 +256,17 @@ class EventFilter:
             return Verdict(REJECTED, record,
                            reasons=[_record_error("record.type", f"a record must be a JSON object, not {kind}")])
         fixes: List[str] = []
-        event = find_event(record, fixes)
+        wrapper: Optional[Dict[str, Any]] = {} if self._place_wrapper is not None else None
+        event = find_event(record, fixes, wrapper)
         if not is_event(event):
             return Verdict(PASSED, record)
         work = self.normalizer.normalize(event, fixes)
 
-        failed: List[Tuple[Rule, Optional[str]]] = []
+        failed: Failed = []
         warnings: List[str] = []
         for rule in self._envelope_enforce:
             if not rule.check(work):
-                failed.append((rule, None))
+                failed.append((rule, None, None))
         for rule in self._envelope_warn:
             warnings += rule.warning_kinds(work)
 
@@ -276,7 +285,7 @@ class EventFilter:
                     return Verdict(PASSED, record, service=service, action=action)
             for rule in compiled.enforce:
                 if not rule.check(work):
-                    failed.append((rule, None))
+                    failed.append((rule, None, None))
             for rule in compiled.warn:
                 warnings += rule.warning_kinds(work)
             if compiled.ignored:
@@ -284,7 +293,12 @@ class EventFilter:
 
         if failed:
             return self._rejected(record, work, failed, [], service, warnings, fixes)
-        self.normalizer.annotate(work, service, fixes)
+        if wrapper:
+            fixes.append("wrapper")
+            self.normalizer.annotate(work, service, fixes)
+            self._place_wrapper(work, wrapper)  # type: ignore[misc]  # set whenever wrapper is
+        else:
+            self.normalizer.annotate(work, service, fixes)
         return Verdict(ACCEPTED, work, service=service, action=action, warnings=warnings,
                        fixes=fixes, event_time=work.get("eventTime"))
 
@@ -308,12 +322,12 @@ class EventFilter:
         return None
 
     @staticmethod
-    def _rejected(record: Any, work: Dict[str, Any], failed: List[Tuple[Rule, Optional[str]]],
+    def _rejected(record: Any, work: Dict[str, Any], failed: Failed,
                   reasons: List[RejectReason], service: Optional[str], warnings: List[str],
                   fixes: List[str]) -> Verdict:
         """The rejection of `record`: reasons from the reference validator, on the normalized form."""
-        for rule, suggestion in failed:
-            reasons += rule.reasons(work, suggestion) or [
+        for rule, suggestion, nearest in failed:
+            reasons += rule.reasons(work, suggestion, nearest) or [
                 RejectReason("", rule.name, f"does not satisfy {rule.name}", suggestion)]
         action = work.get("action")
         return Verdict(REJECTED, record, service=service, action=action if isinstance(action, str) else None,

@@ -87,6 +87,8 @@ class ReloadingFilter:
         self.last_error: Optional[str] = None
         self._make_settings = make_settings
         self._log = log or _LOG.warning
+        # A reload that worked is news, not a problem: INFO where the log has levels.
+        self._log_success = log or _LOG.info
         self._lock = threading.Lock()
         self._requested = threading.Event()
         self._wake = threading.Event()
@@ -171,7 +173,7 @@ class ReloadingFilter:
                 self._schema_dirs = list(settings.schema_dirs)
                 signature = files_signature(self.tuning_path, self._schema_dirs)
             self._signature = signature
-        self._log(f"reloaded ({why}): {self.tuning_path or 'no tuning file'}; {self.stats.summary_line()}")
+        self._log_success(f"reloaded ({why}): {self.tuning_path or 'no tuning file'}; {self.stats.summary_line()}")
         return True
 
     def _failed(self, signature: Signature, why: str, message: str) -> bool:

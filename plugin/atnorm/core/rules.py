@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -46,8 +47,10 @@ class Rule:
     # properties only (the same errors, for a fraction of the work).
     narrowed: Optional[Tuple[Draft202012Validator, List[Tuple[str, Predicate, Draft202012Validator]]]] = None
 
-    def reasons(self, record: Any, suggestion: Optional[str] = None) -> List[RejectReason]:
-        """Why `record` fails this rule, in python-jsonschema's words."""
+    def reasons(self, record: Any, suggestion: Optional[str] = None,
+                nearest: Optional[List[str]] = None) -> List[RejectReason]:
+        """Why `record` fails this rule, in python-jsonschema's words (told in the table's
+        terms where those say more; `nearest` names the closest allowed values, if known)."""
         if self.narrowed is not None and isinstance(record, dict):
             rest, properties = self.narrowed
             errors = list(rest.iter_errors(record))
@@ -61,7 +64,7 @@ class Rule:
             errors = list(self.reference.iter_errors(record))
         # Most relevant first, as python-jsonschema's `best_match` ranks them (it takes the max).
         errors.sort(key=relevance, reverse=True)
-        return [to_reason(error, self.name, suggestion) for error in errors]
+        return [to_reason(error, self.name, suggestion, nearest) for error in errors]
 
     def warning_kinds(self, record: Any) -> List[str]:
         if self.items:
@@ -69,14 +72,101 @@ class Rule:
         return [] if self.check(record) else [self.name]
 
 
-def to_reason(error: ValidationError, rule: str, suggestion: Optional[str] = None) -> RejectReason:
+# An enumeration longer than this is not listed in a reason: its nearest values are.
+MAX_LISTED_VALUES = 6
+NEAREST_SHOWN = 3
+# Words senders use for a documented value that no spelling distance finds.
+SYNONYMS = {
+    "ok": "success", "succeeded": "success", "successful": "success", "passed": "success",
+    "true": "success", "fail": "failure", "failed": "failure", "error": "failure", "false": "failure",
+    "denied": "failure", "in-progress": "pending", "started": "pending",
+    "info": "normal", "information": "normal", "low": "normal", "warn": "warning", "medium": "warning",
+    "high": "critical", "error-severity": "critical", "severe": "critical",
+}
+# The CRN location alternatives of a generated region rule: `...:(au\-syd|eu\-de)(-[0-9]+)?:`.
+_REGION_ALTERNATIVES = re.compile(r":\(([^()]*)\)\(-\[0-9\]\+\)\?:")
+
+
+# Text longer than this is not a misspelling of a documented value: not compared.
+MAX_COMPARED_LENGTH = 80
+_nearest_cache: Dict[Tuple[str, Tuple[str, ...], int, float], List[str]] = {}
+
+
+def nearest_values(value: Any, allowed: Sequence[Any], count: int = NEAREST_SHOWN,
+                   cutoff: float = 0.5) -> List[str]:
+    """The allowed values closest to `value` (a known synonym first), best first.
+
+    Values come from traffic and comparing is quadratic in their length, so long ones are
+    not compared and answers are cached (bounded) per value and list of allowed values.
+    """
+    if not isinstance(value, str) or len(value) > MAX_COMPARED_LENGTH:
+        return []
+    texts = tuple(str(a) for a in allowed)
+    key = (value, texts, count, cutoff)
+    cached = _nearest_cache.get(key)
+    if cached is not None:
+        return cached
+    if len(_nearest_cache) >= 4096:
+        _nearest_cache.clear()
+    found = _nearest_cache[key] = _nearest(value, list(texts), count, cutoff)
+    return found
+
+
+def _nearest(value: str, texts: List[str], count: int, cutoff: float) -> List[str]:
+    folded = value.strip().lower()
+    found: List[str] = []
+    synonym = SYNONYMS.get(folded)
+    if synonym in texts:
+        found.append(synonym)  # type: ignore[arg-type]
+    for match in difflib.get_close_matches(folded, texts, n=count, cutoff=cutoff):
+        if match not in found:
+            found.append(match)
+    return found[:count]
+
+
+def _message(error: ValidationError, rule: str, nearest: Optional[List[str]] = None) -> Tuple[str, Optional[str]]:
+    """python-jsonschema's message, told in the terms of the table behind it where that helps,
+    and the nearest allowed value as a suggestion."""
+    if error.validator == "enum" and isinstance(error.validator_value, list):
+        allowed = error.validator_value
+        if nearest is None:
+            # An action list is long, and the filter names its nearest actions itself (cached
+            # per document); other lists are short enough to compare here.
+            long_actions = rule.endswith(".action") and len(allowed) > MAX_LISTED_VALUES
+            nearest = [] if long_actions else nearest_values(error.instance, allowed)
+        suggestion = nearest[0] if nearest else None
+        if len(allowed) <= MAX_LISTED_VALUES:
+            return error.message, suggestion
+        near = f"; nearest: {', '.join(nearest)}" if nearest else ""
+        if rule.endswith(".action"):
+            what = f"the {len(allowed)} actions the {rule[:-len('.action')]} tables declare"
+        else:
+            what = f"the {len(allowed)} values {rule} allows"
+        return f"{error.instance!r} is not one of {what}{near}", suggestion
+    if error.validator == "pattern" and rule.endswith(".regions") and isinstance(error.instance, str):
+        match = _REGION_ALTERNATIVES.search(str(error.validator_value))
+        parts = error.instance.split(":")
+        if match and len(parts) > 5:
+            regions = [r.replace("\\", "") for r in match.group(1).split("|")]
+            found = parts[5]
+            service = rule[:-len(".regions")]
+            # Only a near miss is a suggestion (`us-soth`); another region is not a typo of it.
+            nearest = nearest_values(re.sub(r"-[0-9]+$", "", found), regions, 1, cutoff=0.8)
+            return (f"the CRN location {found!r} is not a region where {service} generates events "
+                    f"(its table allows: {', '.join(regions)})", nearest[0] if nearest else None)
+    return error.message, None
+
+
+def to_reason(error: ValidationError, rule: str, suggestion: Optional[str] = None,
+              nearest: Optional[List[str]] = None) -> RejectReason:
     path = list(error.absolute_path)
     if error.validator == "required" and isinstance(error.instance, dict):
         # Point at the missing field itself, not at its parent.
         missing = [n for n in error.validator_value if n not in error.instance]
         if missing:
             path.append(missing[0])
-    return RejectReason(json_pointer(path), rule, error.message, suggestion,
+    message, best = _message(error, rule, nearest)
+    return RejectReason(json_pointer(path), rule, message, suggestion if suggestion is not None else best,
                         validator=str(error.validator), schema_path=json_pointer(error.relative_schema_path))
 
 
@@ -100,19 +190,27 @@ class SchemaDocument:
 
     def nearest_action(self, action: str) -> Optional[str]:
         """The declared action closest to an unknown one (a renamed one first)."""
-        if action in self.renames:
-            return self.renames[action]
+        nearest = self.nearest_actions(action)
+        return nearest[0] if nearest else None
+
+    def nearest_actions(self, action: str, count: int = NEAREST_SHOWN) -> List[str]:
+        """The few declared actions closest to an unknown one, best first; for the legacy
+        name of a renamed action, its current name comes first."""
         if action in self._nearest:
-            return self._nearest[action]
-        matches = difflib.get_close_matches(action, self._sorted_actions, n=1, cutoff=0.6)
+            return self._nearest[action][:count]
+        matches = (difflib.get_close_matches(action, self._sorted_actions, n=NEAREST_SHOWN, cutoff=0.6)
+                   if len(action) <= MAX_COMPARED_LENGTH else [])
+        renamed = self.renames.get(action)
+        if renamed is not None:
+            matches = [renamed] + [m for m in matches if m != renamed]
         if len(self._nearest) >= 4096:  # unknown actions come from traffic: stay bounded
             self._nearest.clear()
-        self._nearest[action] = matches[0] if matches else None
-        return self._nearest[action]
+        self._nearest[action] = matches
+        return matches[:count]
 
     def __post_init__(self) -> None:
         self._sorted_actions = sorted(self.actions)
-        self._nearest: Dict[str, Optional[str]] = {}
+        self._nearest: Dict[str, List[str]] = {}
 
 
 # Compiled rule sets by the schema files they came from (path, inode, size, mtime), as the

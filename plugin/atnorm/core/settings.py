@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..config.options import Option, add_arguments, resolve, size_bytes, text
+from .normalize import WRAPPER_CLASH, WRAPPER_MODES
 from .pipeline import EventFilter, FilterSettings
 from .stats import FilterStats
 
@@ -31,6 +32,14 @@ FILTER_OPTIONS = [
            metavar="SIZE"),
     Option("annotate", text, "atnorm", "key under which derived fields and fixes are added ('' for none)",
            metavar="KEY"),
+    Option("wrapper_fields", text, "merge",
+           "an envelope's other fields (kubernetes, stream beside a log string) on the accepted event: "
+           "merge (beside its fields), nest (under --wrapper-key) or drop", choices=WRAPPER_MODES),
+    Option("wrapper_key", text, "wrapper",
+           "key for the nested envelope fields, and for the value that loses a name clash", metavar="KEY"),
+    Option("wrapper_clash", text, "event",
+           "which value keeps a name both the event and its envelope use: event or wrapper",
+           choices=WRAPPER_CLASH),
 ]
 
 
@@ -45,6 +54,9 @@ def filter_settings(values: Dict[str, Any]) -> FilterSettings:
         fraction_digits=values.get("time_fraction_digits", 3),
         max_record_bytes=values.get("max_record_size", 1 << 20),
         annotation_key=values.get("annotate") or None,
+        wrapper_fields=values.get("wrapper_fields", "merge"),
+        wrapper_key=values.get("wrapper_key") or "wrapper",
+        wrapper_clash=values.get("wrapper_clash", "event"),
     )
     if values.get("tuning"):
         from .tuning import apply_tuning_file  # only when asked for

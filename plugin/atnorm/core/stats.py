@@ -6,14 +6,28 @@ path only increments dict entries.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 from ..model.verdict import ACCEPTED, PASSED, REJECTED, Verdict
 
 # Unknown actions come from traffic, so their label set must stay bounded.
 MAX_TRACKED_UNKNOWN_ACTIONS = 100
 OTHER = "_other"
+# Services no schema declares are counted by name too (so per-service alerts see them), but
+# their names come from traffic: past this many distinct names they are counted as `_other`.
+MAX_TRACKED_UNSCHEMED_SERVICES = 50
+# What may serve as a service label: the first segment of an action, as IBM names services.
+_SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def unschemed_service(action: Optional[str]) -> str:
+    """The service an action names (its first segment), or "" when it names none plausibly."""
+    if type(action) is not str:
+        return ""
+    name = action.partition(".")[0]
+    return name if _SERVICE_NAME.fullmatch(name) else ""
 
 
 class FilterStats:
@@ -27,6 +41,8 @@ class FilterStats:
         self.fixes: Counter[str] = Counter()
         self.unknown_actions: Counter[Tuple[str, str]] = Counter()
         self._max_unknown_actions = max_unknown_actions
+        # Labels given to services no schema declares (bounded, see service_label).
+        self.unschemed: Set[str] = set()
 
     @property
     def received(self) -> int:
@@ -35,7 +51,8 @@ class FilterStats:
     def count(self, verdict: Verdict) -> None:
         """Add one verdict to the counts."""
         outcome = verdict.outcome
-        service = verdict.service or ""
+        service = verdict.service or (self.unschemed_label(unschemed_service(verdict.action))
+                                      if verdict.action is not None else "")
         self.outcomes[outcome] += 1
         self.by_service[(outcome, service)] += 1
         for reason in verdict.reasons:
@@ -44,6 +61,20 @@ class FilterStats:
             self.warnings[warning] += 1
         for fix in verdict.fixes:
             self.fixes[fix] += 1
+
+    def count_passed(self, records: int) -> None:
+        """Count records passed on without being decided (a relay with the filter off)."""
+        self.outcomes[PASSED] += records
+        self.by_service[(PASSED, "")] += records
+
+    def unschemed_label(self, service: str) -> str:
+        """The label of a service no schema declares: its name, or `_other` past the bound."""
+        if not service or service in self.unschemed:
+            return service
+        if len(self.unschemed) >= MAX_TRACKED_UNSCHEMED_SERVICES:
+            return OTHER
+        self.unschemed.add(service)
+        return service
 
     def count_unknown_action(self, service: str, action: str, count: int = 1) -> None:
         """Count an undeclared action; past the tracking bound it is counted as `_other`."""

@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import msgpack
 
+from ..config.logs import LOG_OPTIONS
 from ..config.options import Option, boolean, host_port, load_config_file, resolve, size_bytes, text
 from ..core.interfaces import Filter
 from ..core.reload import ReloadingFilter
@@ -105,6 +106,7 @@ OPTIONS = (
     Option("drift_state", text, None,
            "keep the actions no table declares in this JSON file (read it with `atnorm drift --state`)",
            metavar="FILE"),
+    *LOG_OPTIONS,
 )
 
 
@@ -271,7 +273,7 @@ class RecordRouter:
         message = (f"internal error while encoding the output: {type(exc).__name__}: {exc}; "
                    "original holds the record as JSON text")
         if self._log is not None:
-            self._log.write(message)
+            self._log.write(message, problem=True)
         verdict = input_rejected(json_text(output, self.max_record_bytes), "internal.error", message)
         if outcome is not None and outcome != REJECTED:
             # It was counted under its first outcome; it leaves as a rejection.
@@ -286,7 +288,7 @@ class RecordRouter:
     def _failed(self, original: Any, exc: Exception) -> Verdict:
         message = f"internal error while filtering: {type(exc).__name__}: {exc}"
         if self._log is not None:
-            self._log.write(message)
+            self._log.write(message, problem=True)
         verdict = input_rejected(original, "internal.error", message)
         self.stats.count(verdict)
         return verdict
@@ -857,7 +859,7 @@ class MsgpackInput:
         message = (f"msgpack object of {used} bytes cannot be decoded as a record "
                    f"({_describe(exc)}); original holds it with strings undecoded")
         if self._log is not None:
-            self._log.write(message)
+            self._log.write(message, problem=True)
         outputs.append(self.router.unreadable(self._keep_raw(raw_obj), "input.msgpack", message))
         return end
 
@@ -910,7 +912,7 @@ class MsgpackInput:
         if why:
             message += f" ({why})"
         if self._log is not None:
-            self._log.write(message)
+            self._log.write(message, problem=True)
         tag = self._tag_in(head)
         if tag is None and walker is not None and self._tag_key:
             tag = walker.top_text.get(self._tag_key.encode("utf-8"))
@@ -948,7 +950,7 @@ class MsgpackInput:
         if size > len(kept):
             message += f"; original holds the first {len(kept)}"
         if self._log is not None:
-            self._log.write(f"{message}; first bytes: {kept[:LOG_PREVIEW_BYTES].hex()}")
+            self._log.write(f"{message}; first bytes: {kept[:LOG_PREVIEW_BYTES].hex()}", problem=True)
         return self.router.unreadable(self._keep_raw(kept), "input.msgpack", message)
 
     def _internal_error(self, pos: int, end: int, exc: Exception) -> Any:
@@ -956,7 +958,7 @@ class MsgpackInput:
         message = (f"internal error while reading {len(data)} bytes at input offset "
                    f"{self._offset + pos}: {type(exc).__name__}: {exc}")
         if self._log is not None:
-            self._log.write(message)
+            self._log.write(message, problem=True)
         return self.router.unreadable(self._keep_raw(data[:KEPT_BYTES]), "internal.error", message)
 
 
@@ -1047,8 +1049,13 @@ class DiagnosticLog:
     children (`num_children`), share the file safely.
     """
 
-    def __init__(self, path: Optional[str], quiet: bool = False) -> None:
+    def __init__(self, path: Optional[str], quiet: bool = False, level: str = "info",
+                 log_format: str = "text") -> None:
         self._quiet = quiet
+        self._debug = level == "debug"
+        # warning / error keep the lines that report trouble (write(..., problem=True)).
+        self._routine = level in ("debug", "info")
+        self._json = log_format == "json"
         self._path = path
         self._handle = None
         if path:
@@ -1074,21 +1081,31 @@ class DiagnosticLog:
         except OSError:
             pass
 
-    def write(self, message: str) -> None:
-        """A diagnostic line (dropped with `--quiet`)."""
-        if not self._quiet:
-            self._line(message)
+    def write(self, message: str, problem: bool = False) -> None:
+        """A diagnostic line (dropped with `--quiet`; routine lines also below log_level info)."""
+        if not self._quiet and (problem or self._routine):
+            self._line(message, "warning" if problem else "info")
+
+    def debug(self, message: str) -> None:
+        """A line only `--log-level debug` writes."""
+        if self._debug and not self._quiet:
+            self._line(message, "debug")
 
     def summary(self, message: str) -> None:
         """The line written at exit, even with `--quiet`."""
-        self._line(message)
+        self._line(message, "info")
 
-    def _line(self, message: str) -> None:
+    def _line(self, message: str, level: str) -> None:
         if self._handle is None:
             return
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if self._json:
+            line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level,
+                               "command": "exec-filter", "pid": os.getpid(), "message": message},
+                              ensure_ascii=False)
+        else:
+            line = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} atnorm exec-filter[{os.getpid()}]: {message}"
         try:
-            self._handle.write(f"{stamp} atnorm exec-filter[{os.getpid()}]: {message}\n")
+            self._handle.write(line + "\n")
         except (OSError, ValueError):
             pass  # a full disk must not stop the records
 
@@ -1192,6 +1209,8 @@ def pump(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd: int, 
             how = "eof"
             break
         outputs = feed_safely(reader, chunk, log)
+        if log is not None:
+            log.debug(f"read {len(chunk)} bytes: {len(outputs)} records out")
         if outputs:
             write_all(out_fd, encode(outputs))
     if how == "signal":
@@ -1216,7 +1235,7 @@ def feed_safely(reader: RecordInput, chunk: bytes,
         message = (f"internal error while reading {len(chunk)} bytes of input: "
                    f"{type(exc).__name__}: {exc}")
         if log is not None:
-            log.write(message)
+            log.write(message, problem=True)
         router = reader.router
         return [router.unreadable(encodable(chunk[:router.max_record_bytes]), "internal.error",
                                   message)]
@@ -1269,9 +1288,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings, file_values = load_settings(args)
     except ConfigError as exc:
-        _startup_error(getattr(args, "log_file", None), exc)
+        startup_error(getattr(args, "log_file", None), exc)
         raise
-    log = DiagnosticLog(settings["log_file"], settings["quiet"])
+    log = DiagnosticLog(settings["log_file"], settings["quiet"], settings["log_level"], settings["log_format"])
     metrics = None
     event_filter = None
     try:
@@ -1332,7 +1351,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _startup_error(path: Any, exc: Exception) -> None:
+def startup_error(path: Any, exc: Any) -> None:
     """Put a start-up error in the log file as well (Fluentd keeps the child's stderr
     only in its own log, if at all)."""
     if not isinstance(path, str) or not path:

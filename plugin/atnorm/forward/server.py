@@ -453,11 +453,13 @@ class ForwardServer:
         self._tasks.add(task)
         self.stats.connections_opened += 1
         self.stats.connections_active += 1
+        log.debug("connection from %s opened (%d open)", peer, self.stats.connections_active)
         try:
             if self._tls is not None and not await connection.start_tls(self._tls):
                 return
             await connection.run()
         finally:
+            log.debug("connection from %s closed", peer)
             self._forget(connection)
             self._tasks.discard(task)
             connection.release_memory()

@@ -30,7 +30,7 @@ from .routing import PackedBatch, Router
 
 log = logging.getLogger("atnorm.relay")
 
-Counts = Tuple[Dict[Any, int], ...]
+Counts = Tuple[Any, ...]  # the FilterStats counters of one chunk, and its unschemed labels
 RoutedPayload = Tuple[str, str, bytes, int]
 
 
@@ -63,7 +63,7 @@ class _Worker:
         entries: List[Entry] = unpack_entries(payload)[0]
         routed = [(b.route, b.tag, _packed(b.entries), len(b.entries)) for b in self.router.route(tag, entries)]
         counts = (stats.outcomes, stats.by_service, stats.rejections, stats.warnings, stats.fixes,
-                  stats.unknown_actions)
+                  stats.unknown_actions, stats.unschemed)
         return routed, counts
 
 
@@ -100,10 +100,13 @@ def _ready() -> bool:
 
 def add_counts(stats: FilterStats, counts: Counts) -> None:
     """Add one chunk's counts from a worker to the relay's counters."""
-    outcomes, by_service, rejections, warnings, fixes, unknown = counts
+    outcomes, by_service, rejections, warnings, fixes, unknown, unschemed = counts
     stats.outcomes.update(outcomes)
-    stats.by_service.update(by_service)
-    stats.rejections.update(rejections)
+    # A worker names services without schemas within its own bound; the relay's bound decides.
+    for (outcome, service), count in by_service.items():
+        stats.by_service[(outcome, stats.unschemed_label(service) if service in unschemed else service)] += count
+    for (rule, service), count in rejections.items():
+        stats.rejections[(rule, stats.unschemed_label(service) if service in unschemed else service)] += count
     stats.warnings.update(warnings)
     stats.fixes.update(fixes)
     for (service, action), count in unknown.items():

@@ -165,7 +165,8 @@ class Router:
 
     def __init__(self, decide: Optional[Callable[[Any], Verdict]], *, accepted_tag: str = TAG_PLACEHOLDER,
                  rejected_tag: str = TAG_PLACEHOLDER + ".rejected", passed_tag: str = TAG_PLACEHOLDER,
-                 time_source: str = "event", count: Optional[Callable[[Verdict], None]] = None) -> None:
+                 time_source: str = "event", count: Optional[Callable[[Verdict], None]] = None,
+                 count_passed: Optional[Callable[[int], None]] = None) -> None:
         if time_source not in TIME_SOURCES:
             raise ValueError(f"time_source must be one of {', '.join(TIME_SOURCES)}, got {time_source!r}")
         self.decide = decide
@@ -176,6 +177,8 @@ class Router:
         # Counts the verdicts made here, not by `decide` (entries with a problem); by default
         # into the stats of the filter `decide` belongs to, if it has any.
         self.count = count if count is not None else _stats_counter(decide)
+        # Records a pass-through relay hands on undecided still count as received and passed.
+        self.count_passed = count_passed
 
     def unusable(self, entry: Entry) -> Entry:
         """The dead-letter entry for an entry with a `problem`, counted as a rejection."""
@@ -215,6 +218,8 @@ class Router:
         if self.decide is None:
             if any(entry.problem is not None for entry in entries):
                 return self._route_unfiltered(tag, entries)
+            if self.count_passed is not None and entries:
+                self.count_passed(len(entries))
             return [RoutedBatch(PASSED, self.passed_tag(tag), list(entries))] if entries else []
         decide = self.decide
         event_time = parse_event_time if self.time_source == "event" else None
@@ -251,6 +256,8 @@ class Router:
     def _route_unfiltered(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
         rejected = [self.unusable(entry) for entry in entries if entry.problem is not None]
         passed = [entry for entry in entries if entry.problem is None]
+        if self.count_passed is not None and passed:
+            self.count_passed(len(passed))
         batches = [RoutedBatch(REJECTED, self.rejected_tag(tag), rejected)]
         if passed:
             batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))

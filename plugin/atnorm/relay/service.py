@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Protocol, Sequence, Tuple, Union
 
+from ..config.logs import LOG_OPTIONS
 from ..config.options import (
     ConfigError,
     Option,
@@ -158,8 +159,10 @@ OPTIONS = (
            metavar="HOST:PORT"),
     Option("shutdown_timeout", positive_float, "10", "on SIGTERM, how long chunks in flight may take to "
            "finish", metavar="SECONDS"),
-    Option("log_level", text, "info", "log level", choices=("debug", "info", "warning", "error"),
-           metavar="LEVEL"),
+    *LOG_OPTIONS,
+    Option("drift_state", text, None,
+           "keep the actions no table declares in this JSON file (read it with `atnorm drift --state`)",
+           metavar="FILE"),
 )
 
 ALL_OPTIONS: Tuple[Option, ...] = OPTIONS + tuple(STATS_OPTIONS) + tuple(FILTER_OPTIONS)
@@ -182,9 +185,18 @@ def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, A
     if settings["rejected_forward"] and not settings["forward"]:
         raise ConfigError("rejected_forward needs forward too (without a downstream, records go to "
                           "files in data_dir)", key="rejected_forward")
+    if settings["drift_state"] and settings["filter_workers"] > 1:
+        raise ConfigError("drift_state needs filter_workers 1: the workers' verdicts do not reach "
+                          "the drift log", key="drift_state")
     if settings["spool_path"] is None:
         settings["spool_path"] = os.path.join(settings["data_dir"], "spool.db")
     return settings, file_values
+
+
+def _chunk_id_text(chunk_id: Any) -> str:
+    if chunk_id is None:
+        return "none, no ack"
+    return chunk_id if isinstance(chunk_id, str) else repr(chunk_id)
 
 
 def _listen_address(text_address: str) -> Union[Tuple[str, int], str]:
@@ -204,11 +216,13 @@ def _rejected_spool_path(spool_path: str) -> str:
     return f"{base}-rejected{extension or '.db'}"
 
 
-def build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats) -> Filter:
-    """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or change."""
+def build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats,
+                       drift_state: Optional[str] = None) -> Filter:
+    """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or
+    change; with a drift state file, one that keeps the drift log there."""
     values = resolve(FILTER_OPTIONS, args, file_values)
-    if values.get("tuning"):
-        return ReloadingFilter.from_options(values, stats=stats)
+    if values.get("tuning") or drift_state:
+        return ReloadingFilter.from_options(values, stats=stats, drift_state=drift_state)
     return build_filter(args, file_values, stats)
 
 
@@ -373,7 +387,8 @@ class Relay:
         self.relay_stats = RelayStats()
         router_options = dict(accepted_tag=settings["accepted_tag"], rejected_tag=settings["rejected_tag"],
                               time_source=settings["time_source"])
-        self.router = Router(self._decide_function(), count=self.filter_stats.count, **router_options)
+        self.router = Router(self._decide_function(), count=self.filter_stats.count,
+                             count_passed=self.filter_stats.count_passed, **router_options)
         self.pool: Optional[FilterPool] = None
         if self.router.decide is not None and settings.get("filter_workers", 1) > 1:
             # Workers build their filters from the option values the relay's filter was built from.
@@ -548,9 +563,16 @@ class Relay:
         return all(results)
 
     async def _decide(self, chunk: Chunk) -> Sequence[Batch]:
+        batches: Sequence[Batch]
         if self.pool is not None:
-            return await self.pool.route(chunk.tag, chunk.entries)
-        return await self._route(chunk.tag, chunk.entries)
+            batches = await self.pool.route(chunk.tag, chunk.entries)
+        else:
+            batches = await self._route(chunk.tag, chunk.entries)
+        if log.isEnabledFor(logging.DEBUG):
+            routes = " ".join(f"{batch.route}={batch.count}" for batch in batches) or "nothing"
+            log.debug("chunk from %s: tag %s, %d records (%s mode, chunk id %s): %s", chunk.peer or "-",
+                      chunk.tag, len(chunk.entries), chunk.mode, _chunk_id_text(chunk.chunk_id), routes)
+        return batches
 
     async def _deliver(self, batches: Sequence[Batch]) -> List[bool]:
         """One result per batch; a failure of the destination is a False, never an exception."""
@@ -731,3 +753,4 @@ async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -
             if previous_sighup is not None:  # None: set from outside Python, nothing to restore
                 signal.signal(signal.SIGHUP, previous_sighup)
     log.info("stopped: %s", relay.summary())
+
