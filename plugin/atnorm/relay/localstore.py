@@ -150,6 +150,8 @@ class LocalStore:
         sizes: Dict[int, int] = {}
         try:
             for route, texts in lines.items():
+                if not texts:  # every record of it went to the rejected file: no blank line
+                    continue
                 fd = self._file(route)
                 sizes[fd] = os.fstat(fd).st_size
                 view = memoryview(_encode("\n".join(texts) + "\n"))
