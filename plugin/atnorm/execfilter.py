@@ -313,6 +313,9 @@ class LineInput:
         self._partial_size = 0
         self._oversize: Optional[bytes] = None  # head of a line being skipped for its size
         self._oversize_bytes = 0
+        # Whether the line being skipped is whitespace so far: a blank line is no record,
+        # however long, just as when it arrives in one read.
+        self._oversize_blank = False
 
     def line(self, line: bytes) -> Any:
         raise NotImplementedError
@@ -328,7 +331,8 @@ class LineInput:
         if self._oversize is not None:
             first, _, head = head.partition(b"\n")
             self._oversize_bytes += len(first)
-            outputs.append(self._too_large())
+            self._oversize_blank = self._oversize_blank and (not first or first.isspace())
+            outputs.extend(self._too_large())
         elif self._parts:
             self._parts.append(head)
             head = b"".join(self._parts)
@@ -343,7 +347,7 @@ class LineInput:
     def close(self) -> List[Any]:
         """Outputs for what is left when the input ends (a last line without newline)."""
         if self._oversize is not None:
-            return [self._too_large()]
+            return self._too_large()
         data = b"".join(self._parts)
         self._parts, self._partial_size = [], 0
         if not data or data.isspace():
@@ -355,21 +359,26 @@ class LineInput:
             return
         if self._oversize is not None:
             self._oversize_bytes += len(data)
+            self._oversize_blank = self._oversize_blank and data.isspace()
             return
         self._parts.append(data)
         self._partial_size += len(data)
         if self._partial_size > self.router.max_record_bytes:
             joined = b"".join(self._parts)
             self._oversize, self._oversize_bytes = joined[:1024], len(joined)
+            self._oversize_blank = joined.isspace()
             self._parts, self._partial_size = [], 0
 
-    def _too_large(self) -> Any:
-        head, size = self._oversize or b"", self._oversize_bytes
-        self._oversize, self._oversize_bytes = None, 0
-        return self.router.unreadable(
+    def _too_large(self) -> List[Any]:
+        """The rejection of the line skipped for its size (none for a blank one)."""
+        head, size, blank = self._oversize or b"", self._oversize_bytes, self._oversize_blank
+        self._oversize, self._oversize_bytes, self._oversize_blank = None, 0, False
+        if blank:
+            return []
+        return [self.router.unreadable(
             head.decode("utf-8", "backslashreplace"), "record.size",
             f"record of {size} bytes is over the {self.router.max_record_bytes}-byte limit; "
-            "original holds its first 1024 bytes")
+            "original holds its first 1024 bytes")]
 
 
 class JsonLinesInput(LineInput):

@@ -17,11 +17,10 @@ import sys
 from typing import Any, List, Tuple
 
 import msgpack
-
-from atnorm.execfilter import JsonLinesInput, MsgpackInput, OutputEncoder, RecordRouter, TsvInput, _keep_bytes
-from atnorm.encodable import encodable
-
 from fuzzlib import Bytes, check_counted, counts, event_filter, mutate, sample_events, value
+
+from atnorm.encodable import encodable
+from atnorm.execfilter import JsonLinesInput, MsgpackInput, OutputEncoder, RecordRouter, TsvInput, _keep_bytes
 
 TSV_KEYS = ["action", "outcome", "message"]
 _SAMPLES = sample_events()

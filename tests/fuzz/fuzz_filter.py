@@ -15,7 +15,6 @@ import sys
 from typing import Any
 
 import msgpack
-
 from fuzzlib import Bytes, check_counted, check_verdict, counts, event_filter, mutate, sample_events, value
 
 _SAMPLES = sample_events()

@@ -17,13 +17,20 @@ import zlib
 from typing import Any, List
 
 import msgpack
+from fuzzlib import Bytes, check_counted, counts, event_filter, value
 
-from atnorm.forward_codec import (EventTime, FrameReader, ProtocolError, _ext_hook, inflate_zstd, pack_entries,
-                                  parse_frame, unpack_entries)
+from atnorm.forward_codec import (
+    EventTime,
+    FrameReader,
+    ProtocolError,
+    _ext_hook,
+    inflate_zstd,
+    pack_entries,
+    parse_frame,
+    unpack_entries,
+)
 from atnorm.routing import Router
 from atnorm.verdict import ACCEPTED, PASSED, REJECTED
-
-from fuzzlib import Bytes, check_counted, counts, event_filter, value
 
 MAX_FRAME = 1 << 16
 MAX_INFLATED = 1 << 18

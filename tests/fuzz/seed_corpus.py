@@ -10,11 +10,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from pathlib import Path
 from typing import Dict, List
 
 import msgpack
-
 from fuzzlib import CORPUS, FIXTURES, sample_events
 
 WIRE = FIXTURES / "wire"
