@@ -122,7 +122,9 @@ def _input(src: Bytes) -> Tuple[str, bytes, int]:
                                         unicode_errors="surrogateescape"))
         except Exception:
             packed.append(msgpack.packb({"unpackable": repr(record)}))
-    plain = all(type(r) is dict and r for r in records)
+    # Only records Fluentd's formatter could write (non-empty maps with text keys) are
+    # promised one output each; anything else is damage, which may take a neighbour with it.
+    plain = all(type(r) is dict and r and all(type(k) in (str, bytes) for k in r) for r in records)
     return "msgpack", b"".join(packed), len(records) if plain else -1
 
 
