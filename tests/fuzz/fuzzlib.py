@@ -120,7 +120,7 @@ def key(src: Bytes) -> Any:
     if choice < 12:
         return _KEYS[src.below(len(_KEYS))]
     if choice == 12:
-        return _KEYS[src.below(len(_KEYS))].encode()
+        return _KEYS[src.below(len(_KEYS))].encode("utf-8", "surrogatepass")
     if choice == 13:
         return [0, -1, 2**64, 1.5, None, True][src.below(6)]
     return src.take(src.below(8)).decode("utf-8", "surrogateescape")
