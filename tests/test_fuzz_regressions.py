@@ -12,7 +12,7 @@ import math
 import msgpack
 import pytest
 
-from atnorm.execfilter import JsonLinesInput, RecordRouter
+from atnorm.execfilter import JsonLinesInput, MsgpackInput, RecordRouter
 from atnorm.forward_codec import EventTime, pack_entries, parse_frame, unpack_entries
 from atnorm.pipeline import EventFilter, FilterSettings
 from atnorm.routing import Router
@@ -114,3 +114,39 @@ def test_an_oversized_line_with_text_after_blanks_is_still_one_rejection(small_f
     outputs = _read(small_filter, data, step)
     assert len(outputs) == 2 and outputs[1] == {"b": 2}
     assert outputs[0]["reasons"][0]["rule"] == "record.size"
+
+
+# --- exec-filter msgpack: a record whose text is not UTF-8 is one record, alone ---------------
+
+def _not_utf8(value: bytes, key: bytes = b"k") -> bytes:
+    """A one-key map whose str value is not UTF-8 (as a parser that left text binary writes it)."""
+    return bytes([0x81, 0xa0 | len(key)]) + key + bytes([0xa0 | len(value)]) + value
+
+
+def _read_msgpack(small_filter, data, step):
+    router = RecordRouter(small_filter)
+    reader = MsgpackInput(router, lambda value: value)
+    outputs = []
+    for start in range(0, len(data), step):
+        outputs += reader.feed(data[start:start + step])
+    return outputs + reader.close()
+
+
+@pytest.mark.parametrize("step", [1, 5, 1000])
+def test_consecutive_records_that_are_not_utf8_stay_one_rejection_each(small_filter, step):
+    good = msgpack.packb({"k": "v"})
+    data = _not_utf8(b"\xff1") + _not_utf8(b"\xfe2") + good + _not_utf8(b"\xfd3")
+    outputs = _read_msgpack(small_filter, data, step)
+    assert [out.get("original") for out in outputs] == [{b"k": b"\xff1"}, {b"k": b"\xfe2"}, None, {b"k": b"\xfd3"}]
+    assert outputs[2] == {"k": "v"}
+    assert small_filter.stats.received == 4
+
+
+@pytest.mark.parametrize("step", [1, 1000])
+def test_a_map_value_inside_a_record_that_is_not_utf8_does_not_split_it(small_filter, step):
+    # {"action": {"": nil}, "0": "\x80"}: the inner {"": nil} looks like a record start.
+    data = b"\x82\xa6action\x81\xa0\xc0\xa10\xa1\x80"
+    outputs = _read_msgpack(small_filter, data, step)
+    assert len(outputs) == 1
+    assert outputs[0]["original"] == {b"action": {b"": None}, b"0": b"\x80"}
+    assert outputs[0]["reasons"][0]["rule"] == "input.msgpack"

@@ -620,11 +620,13 @@ def _bounded_unpacker(limit: int, raw: bool = False) -> msgpack.Unpacker:
 
 
 def record_at(data: Any, offset: int, limit: int,
-              required_key: Optional[str] = None) -> Optional[bool]:
+              required_key: Optional[str] = None, raw: bool = False) -> Optional[bool]:
     """Whether a plausible record decodes completely at `offset` of `data`: True, False,
-    or None when it is cut off by the end of `data` without a decoding error so far."""
+    or None when it is cut off by the end of `data` without a decoding error so far.
+    A map that frames as a record but holds text that is not UTF-8 starts a record too
+    (it is rejected alone), so two such records in a row stay two."""
     view = memoryview(data)
-    unpacker = _bounded_unpacker(limit)
+    unpacker = _bounded_unpacker(limit, raw)
     position = offset
     while True:
         if position >= len(view):
@@ -637,6 +639,8 @@ def record_at(data: Any, offset: int, limit: int,
             if position - offset > limit:
                 return False
             continue
+        except UnicodeDecodeError:
+            return False if raw else record_at(data, offset, limit, required_key, raw=True)
         except Exception:  # a decoding error: not a record boundary
             return False
         return plausible_record(obj, required_key)
@@ -865,8 +869,10 @@ class MsgpackInput:
         if type(raw_obj) is not dict:
             return self._damage(pos, eof, outputs)
         # Alone only if a record (or the end of input) follows; else it is part of damage.
+        # The search starts after the map: a map inside it is one of its values (as for a
+        # record that decodes), not a record of its own.
         overflowing = self._overflowing(pos)
-        found = self._next_record(pos, eof or overflowing)
+        found = self._next_record(end - 1, eof or overflowing)
         if found == -1 or (found is None and not (eof or overflowing)):
             return None
         if found is not None and found != end or found is None and end != len(buf):

@@ -60,6 +60,8 @@ def execfilter_seeds(events: List[dict]) -> List[bytes]:
             # Damage between records, and a non-UTF-8 str right before another record.
             bytes([out, _NO_KEYS, 1, _RAW_MSGPACK]) + packed_text[:40] + b"\xc1\xc1" + packed_text,
             bytes([out, _NO_KEYS, 9, _RAW_MSGPACK]) + b"\x81\xa1k\xa2\xff\xfe" + b"\x81\xa1k\xa1v" * 2,
+            bytes([out, _NO_KEYS, 2, _RAW_MSGPACK]) + b"\x81\xa1k\xa2\xff1\x81\xa1k\xa2\xfe2",
+            bytes([out, _NO_KEYS, 3, _RAW_MSGPACK]) + b"\x82\xa6action\x81\xa0\xc0\xa10\xa1\x80",
             bytes([out, _NO_KEYS, 4, _RAW_JSON]) + b"{}\n   \n" + b" " * 9000 + b"\n{\"a\":1}\n",
         ]
     return seeds
