@@ -150,3 +150,28 @@ def test_a_map_value_inside_a_record_that_is_not_utf8_does_not_split_it(small_fi
     assert len(outputs) == 1
     assert outputs[0]["original"] == {b"action": {b"": None}, b"0": b"\x80"}
     assert outputs[0]["reasons"][0]["rule"] == "input.msgpack"
+
+
+# --- local store: a route with no records writes nothing ---------------------------------------
+
+def test_an_empty_batch_writes_no_line_to_its_route_file(tmp_path):
+    import asyncio
+
+    from atnorm.forward_codec import Entry
+    from atnorm.localstore import LocalStore
+    from atnorm.routing import RoutedBatch
+
+    async def scenario():
+        store = LocalStore(str(tmp_path))
+        try:
+            assert await store.store([RoutedBatch("passed", "t", []), RoutedBatch("accepted", "t", [Entry(1, {"a": 1})])])
+            assert await store.store([RoutedBatch("rejected", "t", [])])
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    assert (tmp_path / "accepted.jsonl").read_text(encoding="utf-8") == '{"a":1}\n'
+    # Every line of a route file is one JSON document: no blank line for an empty batch.
+    for route in ("passed", "rejected"):
+        path = tmp_path / f"{route}.jsonl"
+        assert not path.exists() or path.read_text(encoding="utf-8") == ""
