@@ -1,5 +1,5 @@
 """Fuzz target: the forward codec (frames, Forward entries, PackedForward and
-CompressedPackedForward payloads) and the relay's routing of what it decodes.
+CompressedPackedForward payloads, handshake messages) and the relay's routing of what it decodes.
 
 Invariants checked for every input:
 - a byte stream gives frames or a ProtocolError, never another exception;
@@ -24,9 +24,13 @@ from atnorm.forward_codec import (
     FrameReader,
     ProtocolError,
     _ext_hook,
+    ack_chunk_id,
+    check_ping,
+    check_pong,
     inflate_zstd,
     pack_entries,
     parse_frame,
+    parse_helo,
     unpack_entries,
 )
 from atnorm.routing import Router
@@ -142,8 +146,23 @@ def test_one_input(data: bytes) -> None:
         check_chunk(frame, b"")
         return
     for frame, raw in _frames(data):
+        check_handshake(frame)
         if type(frame) is list and len(frame) >= 2:
             check_chunk(frame, raw)
+
+
+def check_handshake(message: Any) -> None:
+    """The server's and the client's handshake checks decide any message, never raise."""
+    try:
+        helo = parse_helo(message)
+        assert type(helo.nonce) is bytes and type(helo.auth_salt) is bytes
+    except ProtocolError as exc:
+        assert exc.kind == "auth"
+    ping = check_ping(message, nonce=b"n" * 16, shared_key="s3cret", auth_salt=b"a" * 16, users={"u": "p"})
+    assert isinstance(ping.ok, bool) and (ping.ok or ping.reason)
+    pong = check_pong(message, shared_key_salt=b"s" * 16, nonce=b"n" * 16, shared_key="s3cret")
+    assert isinstance(pong.ok, bool) and (pong.ok or pong.reason)
+    ack_chunk_id(message)
 
 
 def main(argv: list) -> None:

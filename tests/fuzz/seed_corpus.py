@@ -27,7 +27,8 @@ def _event_time(seconds: int, nanoseconds: int = 0) -> msgpack.ExtType:
 
 
 def forward_seeds(events: List[dict]) -> List[bytes]:
-    seeds = [b"\x00" + path.read_bytes() for path in sorted(WIRE.glob("*.c2s.bin")) if path.stat().st_size]
+    # Both directions: c2s holds PING and data frames, s2c the HELO, PONG and acks.
+    seeds = [b"\x00" + path.read_bytes() for path in sorted(WIRE.glob("*.bin")) if path.stat().st_size]
     pack = msgpack.Packer(use_bin_type=True).pack
     entries = [[_event_time(1741064767, 123000000), events[0]], [1741064767, events[1]]]
     payload = b"".join(pack(entry) for entry in entries)
