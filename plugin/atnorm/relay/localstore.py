@@ -150,7 +150,7 @@ class LocalStore:
         sizes: Dict[int, int] = {}
         try:
             for route, texts in lines.items():
-                if not texts:  # every record of it went to the rejected file: no blank line
+                if not texts:  # no records for it (none given, or all went to the rejected file)
                     continue
                 fd = self._file(route)
                 sizes[fd] = os.fstat(fd).st_size
