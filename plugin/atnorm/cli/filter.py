@@ -200,8 +200,8 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         raise  # the reader of stdout went away (`| head`): the dispatcher ends quietly
     except OSError as exc:
-        where = exc.filename or (current.name if current is not None else "input")
-        print(f"atnorm filter: error: {where}: {exc.strerror}", file=sys.stderr)
+        failed = exc.filename or (current.name if current is not None else "input")
+        print(f"atnorm filter: error: {failed}: {exc.strerror}", file=sys.stderr)
         return 1
     finally:
         for handle in (rejected_out, passed_out):
