@@ -101,7 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ConfigError, UsageError) as exc:
-        print(f"atnorm {args.command}: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # several mistakes: one line each
+            print(f"atnorm {args.command}: error: {line}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (e.g. `| head`); not an error of ours to report. What is left

@@ -302,9 +302,13 @@ class RuleSet:
             directory = Path(directory)
             if not directory.is_dir():
                 raise ConfigError("schema directory does not exist", file=str(directory))
+            found = sorted((directory / "services").glob("*.json"))
             if (directory / "envelope.json").is_file():
                 envelope = load_document(directory / "envelope.json", levels.get("envelope"))
-            for path in sorted((directory / "services").glob("*.json")):
+            elif not found:
+                raise ConfigError("holds no schema (no envelope.json, no services/*.json); build one with "
+                                  "`atnorm schemas build PAGE --out DIR`", file=str(directory))
+            for path in found:
                 raw_name = path.stem
                 document = load_document(path, levels.get(raw_name))
                 services[document.name] = document

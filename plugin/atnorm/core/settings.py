@@ -16,7 +16,12 @@ from .stats import FilterStats
 
 
 def fraction_digits(value: Any) -> int:
-    number = int(value)
+    try:
+        if isinstance(value, (bool, float)):
+            raise ValueError
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise ValueError(f"expected 0 to 9 fractional digits, got {value!r}") from None
     if not 0 <= number <= 9:
         raise ValueError(f"expected 0 to 9 fractional digits, got {value!r}")
     return number
