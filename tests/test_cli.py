@@ -4,21 +4,17 @@ import json
 import subprocess
 import sys
 
-from conftest import FIXTURES
+from support import load_event
 
 ATNORM = [sys.executable, "-m", "atnorm"]
 
 
-def _event(name):
-    return json.loads((FIXTURES / "events" / name).read_text())
-
-
 def test_filter_routes_each_line_and_summarises(tmp_path):
-    bad_action = _event("vmware-kmip-create.json")
+    bad_action = load_event("vmware-kmip-create.json")
     bad_action["action"] = "vmware-solutions.kmip-key.craete"
     lines = [
-        json.dumps(_event("vsi-provision.json")),
-        json.dumps(_event("platform-log-not-an-event.json")),
+        json.dumps(load_event("vsi-provision.json")),
+        json.dumps(load_event("platform-log-not-an-event.json")),
         json.dumps(bad_action),
         "{not json",
         "",
@@ -42,7 +38,7 @@ def test_filter_routes_each_line_and_summarises(tmp_path):
 
 def test_filter_reads_stdin_and_separates_passed_records(tmp_path):
     passed = tmp_path / "passed.jsonl"
-    lines = json.dumps(_event("platform-log-not-an-event.json")) + "\n" + json.dumps(_event("vsi-provision.json")) + "\n"
+    lines = json.dumps(load_event("platform-log-not-an-event.json")) + "\n" + json.dumps(load_event("vsi-provision.json")) + "\n"
     result = subprocess.run(ATNORM + ["filter", "-", "--passed", str(passed), "--rejected", str(tmp_path / "r"),
                                       "--summary-format", "json"],
                             input=lines, capture_output=True, text=True)
@@ -66,7 +62,7 @@ def test_filter_bad_option_value_is_a_usage_error(tmp_path):
 
 
 def test_explain_shows_fixes_failures_and_suggestion(tmp_path):
-    event = _event("cos-drifted-types.json")
+    event = load_event("cos-drifted-types.json")
     event["action"] = "audit-log.vsi.reboto"
     path = tmp_path / "e.json"
     path.write_text(json.dumps(event, indent=2))
@@ -96,13 +92,13 @@ def explain(tmp_path, event) -> subprocess.CompletedProcess:
 
 
 def test_explain_exits_0_for_an_accepted_event_and_2_for_a_file_it_cannot_read(tmp_path):
-    assert explain(tmp_path, _event("vmware-kmip-create.json")).returncode == 0
+    assert explain(tmp_path, load_event("vmware-kmip-create.json")).returncode == 0
     missing = subprocess.run(ATNORM + ["explain", str(tmp_path / "absent.json")], capture_output=True, text=True)
     assert missing.returncode == 2 and "absent.json: No such file or directory" in missing.stderr
 
 
 def test_explain_shows_each_fix_as_before_and_after(tmp_path):
-    event = _event("vmware-kmip-create.json")
+    event = load_event("vmware-kmip-create.json")
     event["outcome"] = " Success"
     event["eventTime"] = "2025-01-02T03:04:05+01:00"
     text = explain(tmp_path, event).stdout
@@ -111,7 +107,7 @@ def test_explain_shows_each_fix_as_before_and_after(tmp_path):
 
 
 def test_explain_shows_each_warning_with_its_value_and_why(tmp_path):
-    event = _event("vmware-kmip-create.json")
+    event = load_event("vmware-kmip-create.json")
     event["initiator"]["typeURI"] = "service/security/account/usr"
     event["logSourceCRN"] = event["logSourceCRN"].replace("us-south", "au-syd")
     del event["message"]
@@ -129,14 +125,14 @@ def test_explain_shows_each_warning_with_its_value_and_why(tmp_path):
 
 
 def test_explain_suggests_the_nearest_allowed_value_of_an_enumeration(tmp_path):
-    event = _event("vmware-kmip-create.json")
+    event = load_event("vmware-kmip-create.json")
     event["outcome"] = "OK"
     text = explain(tmp_path, event).stdout
     assert "/outcome [envelope.required]" in text and "did you mean: success" in text
 
 
 def test_an_unknown_action_names_a_few_nearest_actions_not_the_whole_table(tmp_path):
-    event = _event("vmware-kmip-create.json")
+    event = load_event("vmware-kmip-create.json")
     event["action"] = "vmware-solutions.kmip-key.craete"
     text = explain(tmp_path, event).stdout
     [line] = [line for line in text.splitlines() if "[vmware-solutions.action]" in line]

@@ -8,7 +8,7 @@ import pty
 import subprocess
 import sys
 
-from conftest import FIXTURES
+from support import FIXTURES
 
 ATNORM = [sys.executable, "-m", "atnorm"]
 

@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import time
 import zlib
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import msgpack
 import pytest
@@ -19,10 +19,11 @@ from atnorm.core.stats import FilterStats
 from atnorm.forward import codec as forward_codec
 from atnorm.forward.codec import EventTime, FrameReader, ProtocolError, inflate_gzip, inflate_zstd, parse_frame
 from atnorm.model.encodable import encodable
-from atnorm.relay.service import Relay, load_settings
+from atnorm.relay.service import Relay
 from forward_frames import Time, fluentd_entries, fluentd_packed_forward, gzip_members, mp, str32
 from forward_receiver import EventTime as ReceivedTime
 from forward_receiver import ForwardReceiver, _unpacker
+from support import relay_settings, run
 
 LIMIT = 1 << 20
 RECORD = {"msg": "hello"}
@@ -47,17 +48,6 @@ UNUSABLE: List[Tuple[Any, str, str]] = [
     ([1714557600, "a string record"], "entry.record", "/1"),
     ([1714557600, [1, 2]], "entry.record", "/1"),
 ]
-
-
-def settings_for(*argv: str) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(list(argv)))
-    return settings
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 90))
 
 
 async def exchange(port: int, frames: List[bytes], replies: int) -> Tuple[List[Any], bool]:
@@ -158,7 +148,7 @@ def test_every_unusable_entry_is_acked_and_rejected_once_with_its_reason(tmp_pat
                 from atnorm.config.options import resolve
                 from atnorm.core.settings import FILTER_OPTIONS
                 values = resolve(FILTER_OPTIONS, parser.parse_args(flags))
-            relay = Relay(settings_for(*flags), event_filter, filter_values=values)
+            relay = Relay(relay_settings(*flags), event_filter, filter_values=values)
             await relay.start()
             try:
                 answers, closed = await exchange(relay.server.port, frames, 3)
@@ -192,7 +182,7 @@ def test_unusable_entries_land_in_the_rejected_file_without_a_downstream(tmp_pat
     frames, unusable = bad_chunk_frames()
 
     async def scenario() -> None:
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)),
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)),
                       EventFilter.from_schemas(stats=FilterStats()))
         await relay.start()
         try:
@@ -268,7 +258,7 @@ def test_truncated_compressed_chunk_is_refused_not_acked(tmp_path, compression):
 
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path)), EventFilter.from_schemas(stats=FilterStats()))
             await relay.start()
             try:
@@ -298,7 +288,7 @@ def test_a_bin_tag_is_text(tmp_path, mode):
 
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path)), EventFilter.from_schemas(stats=FilterStats()))
             await relay.start()
             try:
@@ -325,7 +315,7 @@ def test_an_unusable_entry_with_bin_keys_is_written_to_the_rejected_file_and_ack
         mp({"chunk": "binkeys"})
 
     async def scenario() -> None:
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)),
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)),
                       EventFilter.from_schemas(stats=FilterStats()))
         await relay.start()
         try:
@@ -364,7 +354,7 @@ def test_a_chunk_with_a_tag_that_is_not_utf8_is_spooled_and_acked_while_the_down
     frame = b"\x93" + b"\xc4" + bytes([len(tag)]) + tag + mp([[1714557600, RECORD]]) + mp({"chunk": "spool-me"})
 
     async def scenario() -> None:
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{closed_port}",
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{closed_port}",
                                    "--data-dir", str(tmp_path), "--retry-max-wait", "1"),
                       EventFilter.from_schemas(stats=FilterStats()))
         await relay.start()

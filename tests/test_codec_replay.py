@@ -10,7 +10,6 @@ against our digest functions in both directions, and the data that followed is r
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gzip
 import socket
@@ -21,7 +20,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 import pytest
 
-from atnorm.cli.serve import configure_parser
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import (
@@ -34,8 +32,9 @@ from atnorm.forward.codec import (
     pong_frame,
     unpackb,
 )
-from atnorm.relay.service import Relay, load_settings
+from atnorm.relay.service import Relay
 from forward_receiver import ForwardReceiver, _unpacker
+from support import relay_settings, run
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
 SHARED_KEY = "s3cret"
@@ -129,17 +128,6 @@ def canonical(entries: List[Tuple[str, Any, Any]]) -> Counter:
 
 # --- a real relay on loopback ----------------------------------------------------------------
 
-def settings_for(*argv: str) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(list(argv)))
-    return settings
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
 async def replay(port: int, frames: List[bytes], expected_reply_size: int) -> bytes:
     """Send `frames` on one connection, read until the expected answer size, then close our
     side and read whatever else the relay says until it closes."""
@@ -169,7 +157,7 @@ async def relay_with_receiver(tmp_path: Path, *, filter_on: bool) -> Tuple[Relay
     if not filter_on:
         # Unchanged means metadata entries too: keep them (the default sends plain entries).
         flags += ["--filter", "off", "--forward-entry-form", "metadata"]
-    relay = Relay(settings_for(*flags), EventFilter.from_schemas(stats=FilterStats()) if filter_on else None)
+    relay = Relay(relay_settings(*flags), EventFilter.from_schemas(stats=FilterStats()) if filter_on else None)
     await relay.start()
     return relay, receiver
 
@@ -378,7 +366,7 @@ def test_recorded_handshake_replayed_against_the_relay_with_the_recorded_nonce(t
 
     async def scenario() -> Tuple[bytes, Relay, ForwardReceiver]:
         receiver = await ForwardReceiver().start()
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                    "--data-dir", str(tmp_path), "--filter", "off", "--shared-key", SHARED_KEY,
                                    "--self-hostname", handshake_server_hostname(name)))
         await relay.start()

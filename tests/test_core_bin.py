@@ -11,7 +11,7 @@ import pytest
 
 from atnorm.forward.codec import FrameReader, pack_entries, packb, parse_frame, unpack_entries
 from atnorm.relay.routing import Router
-from conftest import FIXTURES
+from support import FIXTURES
 
 WIRE = FIXTURES / "wire"
 

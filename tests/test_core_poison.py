@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from atnorm.forward.codec import packb
-from conftest import load_event
+from support import load_event
 
 ATNORM = [sys.executable, "-m", "atnorm"]
 

@@ -3,20 +3,19 @@ same id is never dropped (Fluent Bit's Message mode sends one constant id on eve
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Any, Dict, List
 
 import msgpack
 
-from atnorm.cli.serve import configure_parser
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, FrameReader, parse_frame
 from atnorm.relay.routing import RoutedBatch
-from atnorm.relay.service import Relay, _chunk_key, load_settings
+from atnorm.relay.service import Relay, _chunk_key
 from forward_frames import Time, fluentbit_entry, fluentbit_forward, fluentd_entries, fluentd_packed_forward, gzip_members, mp
 from forward_receiver import ForwardReceiver
+from support import relay_settings, run
 
 # base64 of the first 16 bytes of SHA-512 of nothing: Fluent Bit's Message-mode chunk id.
 FLUENT_BIT_MESSAGE_ID = "z4PhNX7vuL3xVChQ1m2ABw=="
@@ -34,17 +33,6 @@ def decode(frame: bytes) -> Any:
     reader.feed(frame)
     [obj] = list(reader)
     return parse_frame(obj, max_decompressed_size=LIMIT)
-
-
-def settings_for(*argv: str) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(list(argv)))
-    return settings
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 60))
 
 
 async def exchange(port: int, frames: List[bytes], replies: int) -> List[Any]:
@@ -66,7 +54,7 @@ async def exchange(port: int, frames: List[bytes], replies: int) -> List[Any]:
 
 
 async def started_relay(tmp_path: Any, receiver: ForwardReceiver) -> Relay:
-    relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+    relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                "--data-dir", str(tmp_path)), EventFilter.from_schemas(stats=FilterStats()))
     await relay.start()
     return relay

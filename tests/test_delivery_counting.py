@@ -14,20 +14,19 @@ ATNORM_COUNTING_SCALE=10 runs the sizes of the original report (20,000 and 4,000
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from atnorm.cli.serve import configure_parser
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender
-from atnorm.relay.service import MAX_UNFINISHED_CHUNKS, Relay, load_settings
+from atnorm.relay.service import MAX_UNFINISHED_CHUNKS, Relay
 from forward_receiver import ForwardReceiver
+from support import relay_settings, run
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 VALID = json.loads((EVENTS / "vsi-provision.json").read_text(encoding="utf-8"))
@@ -56,13 +55,6 @@ def chunks(total: int, per_chunk: int) -> List[Tuple[bytes, int]]:
     return out
 
 
-def settings_for(*argv: str) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(list(argv)))
-    return settings
-
-
 async def send_until_acked(port: int, batches: List[Tuple[bytes, int]]) -> None:
     """What Fluent Bit does: resend each chunk (same id) until it is acked."""
     sender = ForwardSender([("127.0.0.1", port)], batch_max_records=1, flush_interval=0.001,
@@ -84,17 +76,13 @@ def tally(receiver: ForwardReceiver, relay: Relay, total: int) -> Dict[str, int]
             "dup": len(seqs) - len(set(seqs))}
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 280))
-
-
 def test_a_disk_full_spool_neither_counts_nor_delivers_a_record_twice(tmp_path):
     total = 2000 * SCALE
 
     async def scenario() -> Dict[str, int]:
         receiver = await ForwardReceiver().start()
         await receiver.go_down()
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                    "--data-dir", str(tmp_path), "--retry-max-wait", "0.2"),
                       EventFilter.from_schemas(stats=FilterStats()))
         await relay.start()
@@ -124,7 +112,7 @@ def test_more_unfinished_chunks_than_remembered_back_pressure_instead_of_replayi
     async def scenario() -> Dict[str, int]:
         receiver = await ForwardReceiver().start()
         await receiver.go_down()
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                    "--data-dir", str(tmp_path), "--spool-max-size", "40k",
                                    "--retry-max-wait", "0.2"),
                       EventFilter.from_schemas(stats=FilterStats()))

@@ -7,28 +7,20 @@ Fluentd 1.16 resets the connection on them, so by default they leave the relay p
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, List
 
 import msgpack
 import pytest
 
-from atnorm.cli.serve import configure_parser
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import plain_entries
-from atnorm.relay.service import Relay, load_settings
+from atnorm.relay.service import Relay
 from forward_receiver import ForwardReceiver
+from support import relay_settings
 
 CAPTURES = Path(__file__).parent / "fixtures" / "wire" / "metadata"
-
-
-def settings_for(*argv: str) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(list(argv)))
-    return settings
 
 
 async def replay(port: int, capture: str) -> Any:
@@ -61,7 +53,7 @@ def test_entries_leave_in_the_configured_form(tmp_path, capture, form):
                     "--data-dir", str(tmp_path), "--filter", "off"]
             if form is not None:
                 argv += ["--forward-entry-form", form]
-            relay = Relay(settings_for(*argv))
+            relay = Relay(relay_settings(*argv))
             await relay.start()
             try:
                 reply = await replay(relay.server.port, capture)
@@ -95,4 +87,4 @@ def test_an_unknown_entry_form_is_a_clear_config_error():
     from atnorm.config.options import ConfigError
 
     with pytest.raises((ConfigError, SystemExit)):
-        settings_for("--forward", "127.0.0.1:1", "--forward-entry-form", "fancy")
+        relay_settings("--forward", "127.0.0.1:1", "--forward-entry-form", "fancy")

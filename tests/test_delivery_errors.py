@@ -9,33 +9,21 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-from typing import Any, Dict
+from typing import Any
 
 import msgpack
 
-from atnorm.cli.serve import configure_parser
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender
 from atnorm.monitoring.relaystats import RelayStats
 from atnorm.relay.localstore import LocalStore
 from atnorm.relay.routing import RoutedBatch
-from atnorm.relay.service import Relay, load_settings
+from atnorm.relay.service import Relay
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import ForwardReceiver
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
-def settings_for(*argv: str) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(list(argv)))
-    return settings
+from support import relay_settings, run
 
 
 def test_a_record_json_cannot_hold_is_not_reported_as_a_disk_error_and_does_not_block_others(tmp_path, caplog):
@@ -121,7 +109,7 @@ def test_readyz_is_false_while_the_spool_cannot_take_a_chunk_and_the_downstream_
     async def scenario() -> None:
         receiver = await ForwardReceiver().start()
         await receiver.go_down()
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                    "--data-dir", str(tmp_path), "--filter", "off", "--spool-max-size", "4k",
                                    "--retry-max-wait", "0.1"))
         await relay.start()
@@ -151,7 +139,7 @@ def test_readyz_is_false_while_sqlite_reports_the_disk_full(tmp_path):
     async def scenario() -> None:
         receiver = await ForwardReceiver().start()
         await receiver.go_down()
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                    "--data-dir", str(tmp_path), "--filter", "off", "--retry-max-wait", "0.1"))
         await relay.start()
         spool = relay.destination.main.spool  # type: ignore[union-attr]

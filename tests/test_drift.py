@@ -10,7 +10,7 @@ from atnorm.core.drift import DriftLog, build_report, format_report
 from atnorm.core.pipeline import EventFilter, FilterSettings, ServicePolicy
 from atnorm.core.reload import ReloadingFilter
 from atnorm.core.settings import FILTER_OPTIONS
-from conftest import load_event
+from support import load_event
 
 
 def event(name, **changes):
@@ -244,6 +244,7 @@ def test_the_relay_keeps_a_drift_state_that_atnorm_drift_reads(tmp_path, capsys)
     import time
 
     from fluent.sender import FluentSender
+
     from relay_process import RelayProcess
 
     state = tmp_path / "drift.json"

@@ -10,7 +10,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 from test_execfilter import read_json_record
 
-from conftest import load_event
+from support import load_event
 
 
 def _free_port():

@@ -14,7 +14,6 @@ import threading
 import time
 
 from fluent.sender import FluentSender
-from relay_process import RelayProcess
 
 from atnorm.cli.serve import configure_parser
 from atnorm.config.options import resolve
@@ -22,7 +21,8 @@ from atnorm.core.settings import FILTER_OPTIONS
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry
 from atnorm.relay.filterpool import FilterPool
-from conftest import load_event
+from relay_process import RelayProcess
+from support import load_event
 
 ROUTER_OPTIONS = dict(accepted_tag="{tag}", rejected_tag="{tag}.rejected", time_source="event")
 

@@ -39,14 +39,10 @@ from forward_frames import (
     gzip_members,
     mp,
 )
+from support import run
 
 EVENT = {"action": "iam-identity.apikey.create", "outcome": "success", "eventTime": "2024-05-01T10:00:00.00+0000"}
 _sequence = itertools.count()
-
-
-def run(coro: Any) -> Any:
-    """Run one test scenario; the generous cap only turns a hang into a failure."""
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 async def until(predicate: Any) -> None:

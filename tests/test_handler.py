@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-from typing import Any, Dict
 
 import pytest
 
@@ -13,18 +10,12 @@ from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.relay.handler import AuditHandler, AuditSender
 from forward_receiver import EventTime, ReceiverThread
-
-EVENTS = Path(__file__).parent / "fixtures" / "events"
-
-
-def event(name: str) -> Dict[str, Any]:
-    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
-
+from support import load_event
 
 # eventTime 2021-06-01T12:00:00Z; an action the Key Protect tables declare
-VALID = dict(event("kms-cadf-zulu-no-source.json"), action="kms.secrets.delete")
+VALID = dict(load_event("kms-cadf-zulu-no-source.json"), action="kms.secrets.delete")
 INVALID = {k: v for k, v in VALID.items() if k != "action"}
-OTHER = event("platform-log-not-an-event.json")
+OTHER = load_event("platform-log-not-an-event.json")
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 from fluent.sender import FluentSender
-from relay_process import RelayProcess
 
 from atnorm.core.reload import ReloadingFilter
 from atnorm.core.settings import FILTER_OPTIONS
-from conftest import load_event
+from relay_process import RelayProcess
+from support import load_event
 
 
 def wait_until(predicate, timeout=30.0):

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from conftest import load_event
+from support import load_event
 
 # fixture → (outcome, warnings that must be there)
 SAMPLES = {

@@ -9,7 +9,6 @@ and log it, and let `atnorm quarantine` list and re-send it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -22,14 +21,14 @@ from typing import Any, Dict, List, Optional
 import msgpack
 from prometheus_client import generate_latest
 
-from atnorm.cli.serve import configure_parser
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender, Refused
 from atnorm.monitoring.metrics import build_registry
 from atnorm.monitoring.relaystats import RelayStats
 from atnorm.relay.delivery import Delivery
-from atnorm.relay.service import Relay, load_settings
+from atnorm.relay.service import Relay
 from atnorm.relay.spool import Spool
+from support import relay_settings, run
 
 
 class PickyDownstream:
@@ -94,10 +93,6 @@ class PickyDownstream:
 
 def payload(records: List[Dict[str, Any]]) -> bytes:
     return pack_entries(Entry(EventTime(1700000000 + i), r) for i, r in enumerate(records))
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
 def test_the_sender_gives_up_on_a_chunk_after_retry_max_times_and_only_that_chunk():
@@ -192,13 +187,6 @@ def test_a_refused_spooled_batch_moves_to_the_quarantine_and_the_rest_drains(tmp
     run(scenario())
 
 
-def settings_for(*argv: str) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(list(argv)))
-    return settings
-
-
 def atnorm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "atnorm", *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -209,7 +197,7 @@ def test_the_relay_quarantines_acks_upstream_keeps_flowing_and_the_cli_resends(t
 
     async def scenario() -> None:
         async with PickyDownstream() as downstream:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{downstream.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{downstream.port}",
                                        "--data-dir", data_dir, "--filter", "off", "--retry-max-times", "3",
                                        "--retry-max-wait", "0.1", "--forward-ack-timeout", "5"))
             await relay.start()

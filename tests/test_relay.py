@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 import pytest
 from fluent.sender import FluentSender
-from relay_process import RelayProcess
 
 from atnorm.cli.serve import configure_parser
 from atnorm.config.options import ConfigError, resolve
@@ -24,21 +23,17 @@ from atnorm.core.settings import FILTER_OPTIONS
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender
-from atnorm.relay.service import Relay, load_settings
+from atnorm.relay.service import Relay
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import EventTime as ReceivedTime
 from forward_receiver import ForwardReceiver
-
-EVENTS = Path(__file__).parent / "fixtures" / "events"
-
-
-def event(name: str) -> Dict[str, Any]:
-    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
+from relay_process import RelayProcess
+from support import load_event, relay_settings, run
 
 
 def valid_event() -> Dict[str, Any]:
     """An audit event the bundled schemas accept (its eventTime needs normalizing)."""
-    return event("vsi-provision.json")
+    return load_event("vsi-provision.json")
 
 
 def invalid_event() -> Dict[str, Any]:
@@ -50,23 +45,12 @@ def invalid_event() -> Dict[str, Any]:
 
 def other_record() -> Dict[str, Any]:
     """A platform log line: not an audit event, so it passes through."""
-    return event("platform-log-not-an-event.json")
+    return load_event("platform-log-not-an-event.json")
 
 
 # The valid event's eventTime, 2021-05-19T10:11:12.5+0000, normalized and as an EventTime.
 NORMALIZED_TIME = "2021-05-19T10:11:12.500+0000"
 NORMALIZED_EVENT_TIME = ReceivedTime(1621419072, 500_000_000)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
-def settings_for(*argv: str) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(list(argv)))
-    return settings
 
 
 def filter_values(*argv: str) -> Dict[str, Any]:
@@ -161,7 +145,7 @@ def test_the_console_command_starts_with_only_a_data_dir(tmp_path):
 
 def test_chunks_are_acked_only_after_their_records_are_in_the_files(tmp_path):
     async def scenario() -> None:
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)), new_filter())
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)), new_filter())
         await relay.start()
         try:
             entries = [fluentbit_entry(Time(1700000000), valid_event(), {"source": "node-1"}),
@@ -196,7 +180,7 @@ def by_tag(receiver: ForwardReceiver) -> Dict[str, List[Tuple[Any, Any]]]:
 def test_forwarded_records_take_their_route_tag_time_and_metadata(tmp_path):
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path), "--forward-entry-form", "metadata"),
                           new_filter())
             await relay.start()
@@ -232,7 +216,7 @@ def test_forwarded_records_take_their_route_tag_time_and_metadata(tmp_path):
 def test_tags_and_time_source_follow_the_settings(tmp_path):
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path), "--accepted-tag", "clean.{tag}",
                                        "--rejected-tag", "deadletter", "--time-source", "original"),
                           new_filter())
@@ -255,7 +239,7 @@ def test_tags_and_time_source_follow_the_settings(tmp_path):
 def test_a_resent_chunk_is_acked_again_but_forwarded_once_and_counted(tmp_path):
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path)), new_filter())
             await relay.start()
             try:
@@ -274,7 +258,7 @@ def test_a_resent_chunk_is_acked_again_but_forwarded_once_and_counted(tmp_path):
 def test_rejected_records_can_have_their_own_downstream(tmp_path):
     async def scenario() -> None:
         async with ForwardReceiver() as main, ForwardReceiver() as dead_letters:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{main.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{main.port}",
                                        "--rejected-forward", f"127.0.0.1:{dead_letters.port}",
                                        "--data-dir", str(tmp_path)), new_filter())
             await relay.start()
@@ -295,7 +279,7 @@ def test_rejected_records_can_have_their_own_downstream(tmp_path):
 def test_filter_off_passes_every_record_through_unchanged(tmp_path):
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path), "--filter", "off"), None)
             await relay.start()
             try:
@@ -318,7 +302,7 @@ def test_filter_off_passes_every_record_through_unchanged(tmp_path):
 
 def test_a_shared_key_is_required_from_senders(tmp_path):
     async def scenario() -> None:
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
                                    "--shared-key", "s3cret"), new_filter())
         await relay.start()
         try:
@@ -338,7 +322,7 @@ def test_a_shared_key_is_required_from_senders(tmp_path):
 def test_stats_records_and_metrics_are_served_while_relaying(tmp_path):
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path), "--metrics-listen", "127.0.0.1:0",
                                        "--stats-interval", "0.05", "--stats-tag", "relay.stats"), new_filter())
             await relay.start()
@@ -369,7 +353,7 @@ def test_flags_win_over_the_config_file_which_wins_over_defaults(tmp_path):
                       "rejected_tag: 'dlq.{tag}'\n"
                       "spool_max_size: 64M\n"
                       "time_fraction_digits: 6\n", encoding="utf-8")
-    settings = settings_for("--config", str(config), "--rejected-tag", "{tag}.bad")
+    settings = relay_settings("--config", str(config), "--rejected-tag", "{tag}.bad")
     assert settings["listen"] == ["127.0.0.1:25000", "127.0.0.1:25001"]
     assert settings["rejected_tag"] == "{tag}.bad"          # flag over file
     assert settings["spool_max_size"] == 64 << 20             # file over default
@@ -381,7 +365,7 @@ def test_a_mistake_in_the_config_file_names_file_line_and_key(tmp_path):
     config = tmp_path / "atnorm.yaml"
     config.write_text("listen: 127.0.0.1:24224\n\nspool_max_size: lots\n", encoding="utf-8")
     with pytest.raises(ConfigError) as raised:
-        settings_for("--config", str(config))
+        relay_settings("--config", str(config))
     assert str(raised.value).startswith(f"{config}:3: key 'spool_max_size': ")
 
 
@@ -432,7 +416,7 @@ def test_sighup_reloads_the_tuning_file_between_records(tmp_path):
 def test_filter_workers_decide_like_the_relay_and_count_into_one_set_of_counters(tmp_path):
     async def scenario() -> None:
         async with ForwardReceiver() as receiver:
-            relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path), "--filter-workers", "2",
                                        "--forward-entry-form", "metadata"),
                           new_filter(), filter_values=filter_values())

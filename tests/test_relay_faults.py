@@ -7,35 +7,25 @@ counts reconcile, and one bad peer costs only its own connection.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
 import urllib.request
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from relay_process import RelayProcess
-
-from atnorm.cli.serve import configure_parser
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender
-from atnorm.relay.service import Relay, load_settings
+from atnorm.relay.service import Relay
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import ForwardReceiver, ReceiverThread
+from relay_process import RelayProcess
+from support import load_event, relay_settings, run
 
-EVENTS = Path(__file__).parent / "fixtures" / "events"
-
-
-def _event(name: str) -> Dict[str, Any]:
-    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
-
-
-VALID = _event("vsi-provision.json")
+VALID = load_event("vsi-provision.json")
 INVALID = {k: v for k, v in VALID.items() if k != "outcome"}
-OTHER = _event("platform-log-not-an-event.json")
+OTHER = load_event("platform-log-not-an-event.json")
 
 
 def record(seq: int) -> Dict[str, Any]:
@@ -71,10 +61,6 @@ def upstream(port: int, **options: Any) -> ForwardSender:
 
 def received_seqs(receiver: ForwardReceiver) -> List[int]:
     return [seq_of(tag, rec) for tag, _, rec in receiver.events if not tag.startswith("atnorm.")]
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 120))
 
 
 def test_an_outage_downstream_loses_nothing_and_the_counts_reconcile(tmp_path):
@@ -159,18 +145,11 @@ def test_a_relay_killed_mid_stream_keeps_every_acked_chunk_in_its_spool(tmp_path
             assert restarted.stop() == 0
 
 
-def settings_for(*argv: str) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    settings, _ = load_settings(parser.parse_args(list(argv)))
-    return settings
-
-
 def test_a_full_spool_leaves_the_chunk_unacked_until_there_is_room(tmp_path):
     async def scenario() -> None:
         receiver = await ForwardReceiver().start()
         await receiver.go_down()
-        relay = Relay(settings_for("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                    "--data-dir", str(tmp_path), "--spool-max-size", "30k",
                                    "--retry-max-wait", "0.2"),
                       EventFilter.from_schemas(stats=FilterStats()))

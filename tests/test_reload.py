@@ -14,7 +14,7 @@ import pytest
 
 from atnorm.core.reload import ReloadingFilter
 from atnorm.core.settings import FILTER_OPTIONS
-from conftest import REPO, load_event
+from support import REPO, load_event
 
 REJECT = "services:\n  vmware-solutions:\n    unknown_action: reject\n"
 WARN = "services:\n  vmware-solutions:\n    unknown_action: warn   # accept, counted\n"
@@ -171,7 +171,7 @@ def test_the_watcher_thread_notices_a_change(tuning):
 
 def test_a_change_in_an_extra_schema_dir_is_picked_up(tmp_path):
     from atnorm import cli
-    from conftest import FIXTURES
+    from support import FIXTURES
 
     generated = tmp_path / "gen"
     page = FIXTURES / "tuning" / "object-store-events.md"

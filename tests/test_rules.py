@@ -1,10 +1,15 @@
 """Rules: compiled checks agree with python-jsonschema, and reasons read as it shapes them."""
 
+import shutil
+
+import pytest
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match, relevance
 
 from atnorm.core.compiled import SchemaCompiler
-from atnorm.core.rules import json_pointer, standalone_rule
+from atnorm.core.rules import RuleSet, json_pointer, standalone_rule
+from atnorm.errors import ConfigError
+from support import REPO
 
 SCHEMA = {
     "type": "object",
@@ -64,3 +69,41 @@ def test_each_reason_keeps_the_failing_keyword_and_its_schema_path():
         ("/tags/1", "type", "/properties/tags/items/type"),
     }
     assert all(set(r.as_dict()) >= {"path", "rule", "message", "validator", "schema_path"} for r in reasons)
+
+
+def _schema_copy(tmp_path, services=("appid", "billing")):
+    generated = REPO / "schemas" / "generated"
+    target = tmp_path / "schemas"
+    (target / "services").mkdir(parents=True)
+    shutil.copy(generated / "envelope.json", target / "envelope.json")
+    for name in services:
+        shutil.copy(generated / "services" / f"{name}.json", target / "services" / f"{name}.json")
+    return target
+
+
+def test_the_same_schema_files_are_compiled_once_and_levels_reuse_the_compiled_rules(tmp_path):
+    schemas = _schema_copy(tmp_path)
+    first = RuleSet.load([schemas])
+    assert RuleSet.load([schemas]) is first
+
+    leveled = RuleSet.load([schemas], {"envelope": {"expected": "enforce"}})
+    before, after = first.envelope.rule("expected"), leveled.envelope.rule("expected")
+    assert (before.level, after.level) == ("warn", "enforce")
+    assert after.check is before.check  # the compiled predicate is shared, not rebuilt
+    assert first.envelope.rule("expected").level == "warn"  # the compiled set is untouched
+
+
+def test_a_changed_schema_file_is_compiled_again(tmp_path):
+    schemas = _schema_copy(tmp_path)
+    first = RuleSet.load([schemas])
+    (schemas / "services" / "billing.json").unlink()
+    shutil.copy(REPO / "schemas" / "generated" / "services" / "appid.json", schemas / "services" / "extra.json")
+    again = RuleSet.load([schemas])
+    assert again is not first
+    assert sorted(again.services) == ["appid"]  # extra.json declares appid again
+
+
+def test_a_level_outside_the_known_ones_is_a_config_error(tmp_path):
+    schemas = _schema_copy(tmp_path)
+    with pytest.raises(ConfigError, match="rule level must be one of"):
+        RuleSet.load([schemas], {"envelope": {"expected": "loud"}})

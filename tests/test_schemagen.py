@@ -9,7 +9,7 @@ import sys
 from jsonschema import Draft202012Validator
 
 from atnorm.schemagen.documents import build_documents
-from conftest import REPO
+from support import REPO
 
 PAGES = sorted(str(p) for p in (REPO / "schemas" / "pages").glob("*.md"))
 OVERLAYS = [REPO / "schemas" / "overlays"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from atnorm.schemagen.tables import read_file
-from conftest import REPO, load_event
+from support import REPO, load_event
 
 PAGES = REPO / "schemas" / "pages"
 GENERATED = REPO / "schemas" / "generated"

@@ -10,9 +10,9 @@ import urllib.request
 from typing import Dict, List
 
 from prometheus_client.parser import text_string_to_metric_families
-from relay_process import RelayProcess
 
 from atnorm.forward.codec import EventTime, packb
+from relay_process import RelayProcess
 
 BUDGET_MB = 64
 OVERHEAD_MB = 100  # what the README states on top of max_input_memory and the idle process

@@ -10,6 +10,7 @@ import time
 
 import pytest
 from faults.harness import chunks, file_seqs, send_all
+
 from relay_process import RelayProcess
 
 

@@ -12,7 +12,7 @@ from atnorm.config.options import ConfigError
 from atnorm.core.pipeline import EventFilter, FilterSettings
 from atnorm.core.settings import filter_settings
 from atnorm.core.tuning import TuningError, apply_tuning_file, load_tuning
-from conftest import FIXTURES, REPO, load_event
+from support import FIXTURES, REPO, load_event
 
 
 def tuning_file(tmp_path, text, name="tuning.yaml"):

@@ -8,7 +8,7 @@ from typing import Any, Dict
 import pytest
 
 from atnorm.core.pipeline import EventFilter, FilterSettings
-from conftest import load_event
+from support import load_event
 
 KUBERNETES = {"pod_name": "audit-7f9c", "namespace_name": "audit", "labels": {"app": "at"}}
 

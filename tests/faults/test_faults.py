@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
-from relay_process import RelayProcess
 
 from atnorm.relay.service import OPTIONS as relay_options_table
 from faults.harness import chunks, file_seqs, metric, metrics_url, receiver_seqs, scale, send_all, send_until_acked
 from forward_receiver import ReceiverThread
+from relay_process import RelayProcess
 
 HERE = Path(__file__).resolve().parent
 STALLED = 120.0  # seconds after which a good sender's chunk counts as stalled

@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, List, Sequence, Tuple
 
-from relay_process import RelayProcess
-
 from faults.harness import chunks, receiver_seqs, scale, sender
 from faults.test_faults import STALLED, free_port, relay_args, run, watch_rss
 from forward_receiver import ReceiverThread
+from relay_process import RelayProcess
 
 RELAYS = 3
 

@@ -679,9 +679,11 @@ class Normalizer:
         self.steps += [trim_whitespace, make_event_time_step(fraction_digits), coerce_types,
                        casefold_enums, fix_type_uris]
         self.derived_fields = tuple(derived_fields)
-        self._some_derived_fields = set(derived_fields) != set(DERIVED_FIELDS)
         self.annotation_key = annotation_key
         self.record_fixes = record_fixes
+        # annotate(work, service, fixes): derived fields (and the fixes) under the annotation
+        # key, if it is free; specialised to these settings here, not checked per record.
+        self.annotate: Annotate = make_annotator(annotation_key, self.derived_fields, record_fixes)
 
     def normalize(self, event: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
         """A normalized copy of `event`; the names of the changes are appended to `fixes`."""
@@ -690,20 +692,52 @@ class Normalizer:
             step(work, event, fixes)
         return work
 
-    def annotate(self, work: Dict[str, Any], service: Optional[str], fixes: Fixes) -> None:
-        """Add derived fields (and the fixes) under the annotation key, if it is free."""
-        key = self.annotation_key
-        if key is None or key in work:
-            return
-        annotation: Dict[str, Any] = {}
-        if self.derived_fields:
-            annotation = derive(work, service)  # a fresh dict
-            if self._some_derived_fields:
-                annotation = {k: annotation[k] for k in self.derived_fields if k in annotation}
-        if self.record_fixes and fixes:
-            annotation["fixes"] = list(fixes)
-        if annotation:
-            work[key] = annotation
+
+
+Annotate = Callable[[Dict[str, Any], Optional[str], Fixes], None]
+
+
+def _no_annotation(work: Dict[str, Any], service: Optional[str], fixes: Fixes) -> None:
+    return None
+
+
+def _no_derived_fields(work: Dict[str, Any], service: Optional[str]) -> Dict[str, Any]:
+    return {}
+
+
+def make_annotator(key: Optional[str], derived_fields: Sequence[str], record_fixes: bool) -> Annotate:
+    """The annotate function for these settings: adds the derived fields (and the fixes)
+    under `key` when the event does not use that key itself; `key` None adds nothing."""
+    if key is None:
+        return _no_annotation
+    chosen = tuple(derived_fields)
+    derived: Callable[[Dict[str, Any], Optional[str]], Dict[str, Any]]
+    if not chosen:
+        derived = _no_derived_fields
+    elif set(chosen) == set(DERIVED_FIELDS):
+        derived = derive  # a fresh dict
+    else:
+        def derived(work: Dict[str, Any], service: Optional[str]) -> Dict[str, Any]:
+            annotation = derive(work, service)
+            return {k: annotation[k] for k in chosen if k in annotation}
+
+    if record_fixes:
+        def annotate(work: Dict[str, Any], service: Optional[str], fixes: Fixes) -> None:
+            if key in work:
+                return
+            annotation: Dict[str, Any] = derived(work, service)
+            if fixes:
+                annotation["fixes"] = list(fixes)
+            if annotation:
+                work[key] = annotation
+    else:
+        def annotate(work: Dict[str, Any], service: Optional[str], fixes: Fixes) -> None:
+            if key in work:
+                return
+            annotation: Dict[str, Any] = derived(work, service)
+            if annotation:
+                work[key] = annotation
+    return annotate
 
 
 def _writable_parent(work: Dict[str, Any], path: Tuple[str, ...], create: bool) -> Optional[Dict[str, Any]]:

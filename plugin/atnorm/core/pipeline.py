@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..model.encodable import describe_error, encodable, is_encodable, json_text
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
@@ -74,6 +74,28 @@ class FilterSettings:
     wrapper_clash: str = "event"
 
 
+# Failed rules, each with a suggestion (or None) and the nearest allowed values (or None).
+Failed = List[Tuple[Rule, Optional[str], Optional[List[str]]]]
+# What to do with an action its service does not declare, chosen per service at start-up:
+# add to `failed` or `warnings`, or return True to pass the record through unchecked.
+UnknownActionPolicy = Callable[[str, Failed, List[str]], bool]
+
+
+def _pass_unknown_action(action: str, failed: Failed, warnings: List[str]) -> bool:
+    return True
+
+
+def _warn_unknown_action(action: str, failed: Failed, warnings: List[str]) -> bool:
+    warnings.append(UNKNOWN_ACTION)
+    return False
+
+
+def _reject_unknown_action(document: SchemaDocument, action_rule: Rule) -> UnknownActionPolicy:
+    def reject(action: str, failed: Failed, warnings: List[str]) -> bool:
+        nearest = document.nearest_actions(action)
+        failed.append((action_rule, nearest[0] if nearest else None, nearest))
+        return False
+    return reject
 
 
 @dataclass
@@ -84,6 +106,8 @@ class _CompiledService:
     warn: List[Rule]
     action_rule: Optional[Rule]
     ignored: frozenset = frozenset()
+    # None when the service's mode is off (its actions are not checked).
+    on_unknown_action: Optional[UnknownActionPolicy] = None
 
 
 def _record_error(rule: str, message: str) -> RejectReason:
@@ -125,6 +149,10 @@ class EventFilter:
             name: self._compile_service(document) for name, document in rules.services.items()
         }
         self._service_cache: Dict[str, Optional[str]] = {}
+        # What an event whose action no service declares gets, chosen once.
+        self._on_unknown_service = {"pass": self._pass_unknown_service,
+                                    "reject": self._reject_unknown_service,
+                                    }.get(s.unknown_service, self._warn_unknown_service)
         self._place_wrapper = make_wrapper_step(s.wrapper_fields, s.wrapper_key, s.wrapper_clash)
 
     @classmethod
@@ -153,7 +181,15 @@ class EventFilter:
                 else:
                     warn.append(rule)
         ignored = frozenset(self.settings.ignored_warnings.get(document.name, ()))
-        return _CompiledService(document, policy, enforce, warn, action_rule, ignored)
+        on_unknown_action: Optional[UnknownActionPolicy] = None
+        if policy.mode != "off":
+            if policy.unknown_action == "pass":
+                on_unknown_action = _pass_unknown_action
+            elif policy.unknown_action == "reject" and policy.mode == "enforce" and action_rule is not None:
+                on_unknown_action = _reject_unknown_action(document, action_rule)
+            else:
+                on_unknown_action = _warn_unknown_action
+        return _CompiledService(document, policy, enforce, warn, action_rule, ignored, on_unknown_action)
 
     def _extra_rules(self, scope: str) -> List[Rule]:
         return [standalone_rule(spec["name"], spec["level"], spec["schema"])
@@ -226,7 +262,7 @@ class EventFilter:
             return Verdict(PASSED, record)
         work = self.normalizer.normalize(event, fixes)
 
-        failed: List[Tuple[Rule, Optional[str], Optional[List[str]]]] = []
+        failed: Failed = []
         warnings: List[str] = []
         for rule in self._envelope_enforce:
             if not rule.check(work):
@@ -237,26 +273,16 @@ class EventFilter:
         action = work.get("action")
         service = self._service_of(action)  # a str action, or None
         if service is None:
-            if self.settings.unknown_service == "pass":
-                return Verdict(PASSED, record, action=action if isinstance(action, str) else None)
-            if self.settings.unknown_service == "reject":
-                unknown = RejectReason("/action", "unknown_service",
-                                       f"no schema declares the service of {action!r}")
-                return self._rejected(record, work, failed, [unknown], None, warnings, fixes)
-            warnings.append(UNKNOWN_SERVICE)
+            unknown_service = self._on_unknown_service(record, work, action, failed, warnings, fixes)
+            if unknown_service is not None:
+                return unknown_service
         else:
             compiled = self._services[service]
             assert isinstance(action, str)  # a service was found for it
-            if compiled.policy.mode != "off" and action not in compiled.document.actions:
+            if compiled.on_unknown_action is not None and action not in compiled.document.actions:
                 self.stats.count_unknown_action(service, action)
-                policy = compiled.policy.unknown_action
-                if policy == "pass":
+                if compiled.on_unknown_action(action, failed, warnings):
                     return Verdict(PASSED, record, service=service, action=action)
-                if policy == "reject" and compiled.policy.mode == "enforce" and compiled.action_rule is not None:
-                    nearest = compiled.document.nearest_actions(action)
-                    failed.append((compiled.action_rule, nearest[0] if nearest else None, nearest))
-                else:
-                    warnings.append(UNKNOWN_ACTION)
             for rule in compiled.enforce:
                 if not rule.check(work):
                     failed.append((rule, None, None))
@@ -276,8 +302,27 @@ class EventFilter:
         return Verdict(ACCEPTED, work, service=service, action=action, warnings=warnings,
                        fixes=fixes, event_time=work.get("eventTime"))
 
+    # -- unknown service policies: (record, work, action, failed, warnings, fixes) → a verdict
+    # that ends the decision, or None to go on with the envelope's checks only.
+
     @staticmethod
-    def _rejected(record: Any, work: Dict[str, Any], failed: List[Tuple[Rule, Optional[str], Optional[List[str]]]],
+    def _pass_unknown_service(record: Any, work: Dict[str, Any], action: Any, failed: Failed,
+                              warnings: List[str], fixes: List[str]) -> Optional[Verdict]:
+        return Verdict(PASSED, record, action=action if isinstance(action, str) else None)
+
+    def _reject_unknown_service(self, record: Any, work: Dict[str, Any], action: Any, failed: Failed,
+                                warnings: List[str], fixes: List[str]) -> Optional[Verdict]:
+        unknown = RejectReason("/action", "unknown_service", f"no schema declares the service of {action!r}")
+        return self._rejected(record, work, failed, [unknown], None, warnings, fixes)
+
+    @staticmethod
+    def _warn_unknown_service(record: Any, work: Dict[str, Any], action: Any, failed: Failed,
+                              warnings: List[str], fixes: List[str]) -> Optional[Verdict]:
+        warnings.append(UNKNOWN_SERVICE)
+        return None
+
+    @staticmethod
+    def _rejected(record: Any, work: Dict[str, Any], failed: Failed,
                   reasons: List[RejectReason], service: Optional[str], warnings: List[str],
                   fixes: List[str]) -> Verdict:
         """The rejection of `record`: reasons from the reference validator, on the normalized form."""

@@ -77,6 +77,10 @@ class ReloadingFilter:
         if drift is None and drift_state:
             drift = DriftLog.load(drift_state) if os.path.exists(drift_state) else DriftLog()
         self.drift: Optional[DriftLog] = drift
+        if drift is not None:  # decided once: the per-record path does not ask
+            self._drift_observe = drift.observe
+            self.process = self._process_observed  # type: ignore[method-assign]
+            self.process_json = self._process_json_observed  # type: ignore[method-assign]
         self.drift_state = drift_state
         self.reloads = 0
         self.failed_reloads = 0
@@ -127,20 +131,26 @@ class ReloadingFilter:
 
     # -- the per-record path ---------------------------------------------------------
 
+    # With a drift log, __init__ puts the observing versions in place of these two.
+
     def process(self, record: Any) -> Verdict:
         """Decide one parsed record with the current configuration."""
-        event_filter = self.filter  # one read: the record is decided by this filter only
-        verdict = event_filter.process(record)
-        if self.drift is not None:
-            self.drift.observe(verdict, event_filter.rules)
-        return verdict
+        return self.filter.process(record)
 
     def process_json(self, line: Any) -> Verdict:
         """Decide one JSON document (bytes or text) with the current configuration."""
+        return self.filter.process_json(line)
+
+    def _process_observed(self, record: Any) -> Verdict:
+        event_filter = self.filter  # one read: the record is decided by this filter only
+        verdict = event_filter.process(record)
+        self._drift_observe(verdict, event_filter.rules)
+        return verdict
+
+    def _process_json_observed(self, line: Any) -> Verdict:
         event_filter = self.filter
         verdict = event_filter.process_json(line)
-        if self.drift is not None:
-            self.drift.observe(verdict, event_filter.rules)
+        self._drift_observe(verdict, event_filter.rules)
         return verdict
 
     # -- reloading -------------------------------------------------------------------

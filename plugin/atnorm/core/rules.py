@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -213,6 +213,55 @@ class SchemaDocument:
         self._nearest: Dict[str, List[str]] = {}
 
 
+# Compiled rule sets by the schema files they came from (path, inode, size, mtime), as the
+# reloading filter tells a changed file; a few only.
+_COMPILED: Dict[Tuple[Tuple[str, Tuple[int, int, int]], ...], "RuleSet"] = {}
+_COMPILED_KEPT = 2
+
+
+def _stat(path: Path) -> Tuple[int, int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (-1, -1, -1)  # gone since listed: loading it reports the error
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _schema_files(directories: Sequence[Path]) -> List[Tuple[bool, Path]]:
+    """(is the envelope, path) of each directory's `envelope.json` and `services/*.json`,
+    in load order."""
+    files: List[Tuple[bool, Path]] = []
+    for directory in directories:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ConfigError("schema directory does not exist", file=str(directory))
+        services = sorted((directory / "services").glob("*.json"))
+        if (directory / "envelope.json").is_file():
+            files.append((True, directory / "envelope.json"))
+        elif not services:
+            raise ConfigError("holds no schema (no envelope.json, no services/*.json); build one with "
+                              "`atnorm schemas build PAGE --out DIR`", file=str(directory))
+        files.extend((False, path) for path in services)
+    return files
+
+
+def _with_levels(document: SchemaDocument, levels: Optional[Dict[str, str]]) -> SchemaDocument:
+    """`document` with its rules' levels overridden by short rule name (as `load_document`)."""
+    if not levels:
+        return document
+    rules = []
+    for rule in document.rules:
+        short = rule.name[len(document.name) + 1:]
+        level = levels.get(short)
+        if level is None or level == rule.level:
+            rules.append(rule)
+            continue
+        if level not in LEVELS:
+            raise ConfigError(f"rule level must be one of {', '.join(LEVELS)}", file=document.path, key=short)
+        rules.append(replace(rule, level=level))
+    return replace(document, rules=rules)
+
+
 def load_document(path: Path, levels: Optional[Dict[str, str]] = None) -> SchemaDocument:
     """Load one generated document; `levels` overrides rule levels by short rule name."""
     try:
@@ -295,27 +344,41 @@ class RuleSet:
 
         `levels` maps a document name (`envelope` or a service) to rule-level overrides.
         """
-        levels = levels or {}
+        files = _schema_files(directories)
+        # Compiling is the costly part: a tuning file's check, the filter built from it and
+        # a reload that changed no schema file all use the rules compiled once here.
+        signature = tuple((str(path), _stat(path)) for _, path in files)
+        compiled = _COMPILED.get(signature)
+        if compiled is None:
+            compiled = cls._compile(files, directories)
+            if len(_COMPILED) >= _COMPILED_KEPT:
+                _COMPILED.pop(next(iter(_COMPILED)))
+            _COMPILED[signature] = compiled
+        return compiled.with_levels(levels or {})
+
+    @classmethod
+    def _compile(cls, files: List[Tuple[bool, Path]], directories: Sequence[Path]) -> "RuleSet":
         envelope: Optional[SchemaDocument] = None
         services: Dict[str, SchemaDocument] = {}
-        for directory in directories:
-            directory = Path(directory)
-            if not directory.is_dir():
-                raise ConfigError("schema directory does not exist", file=str(directory))
-            found = sorted((directory / "services").glob("*.json"))
-            if (directory / "envelope.json").is_file():
-                envelope = load_document(directory / "envelope.json", levels.get("envelope"))
-            elif not found:
-                raise ConfigError("holds no schema (no envelope.json, no services/*.json); build one with "
-                                  "`atnorm schemas build PAGE --out DIR`", file=str(directory))
-            for path in found:
-                raw_name = path.stem
-                document = load_document(path, levels.get(raw_name))
+        for is_envelope, path in files:
+            if is_envelope:
+                envelope = load_document(path)
+            else:
+                document = load_document(path)
                 services[document.name] = document
         if envelope is None:
             raise ConfigError("no envelope.json in the schema directories",
                               file=", ".join(str(d) for d in directories))
         return cls(envelope, services)
+
+    def with_levels(self, levels: Dict[str, Dict[str, str]]) -> "RuleSet":
+        """This rule set with rule levels overridden: `levels` maps `envelope` or a service's
+        file name to {short rule name: level}. Rules are shared, not compiled again."""
+        if not any(levels.values()):
+            return self
+        return RuleSet(_with_levels(self.envelope, levels.get("envelope")),
+                       {name: _with_levels(document, levels.get(Path(document.path).stem))
+                        for name, document in self.services.items()})
 
     def service_for(self, action: str) -> Optional[str]:
         """The declared service whose name is the longest dotted prefix of `action`."""

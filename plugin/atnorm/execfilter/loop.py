@@ -35,6 +35,7 @@ import msgpack
 
 from ..config.logs import LOG_OPTIONS
 from ..config.options import Option, boolean, host_port, load_config_file, resolve, size_bytes, text
+from ..core.interfaces import Filter
 from ..core.reload import ReloadingFilter
 from ..core.settings import FILTER_OPTIONS
 from ..core.stats import FilterStats
@@ -159,7 +160,7 @@ class RecordRouter:
     flight.
     """
 
-    def __init__(self, event_filter: Any, tag_key: Optional[str] = None,
+    def __init__(self, event_filter: Filter, tag_key: Optional[str] = None,
                  rejected_tag_suffix: str = ".rejected", default_tag: str = "atnorm",
                  time_key: Optional[str] = None, log: Optional["DiagnosticLog"] = None) -> None:
         self.event_filter = event_filter

@@ -28,7 +28,7 @@ from ..core.stats import FilterStats
 from ..errors import ConfigError
 from ..model.verdict import OUTCOMES
 from ..version import __version__
-from .relaystats import LATENCY_BUCKETS, RelayStats
+from .relaystats import LATENCY_BUCKETS, RELAY_COUNTS, RelayStats
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 NO_SERVICE = "_none"
 
 # Frame modes of the forward protocol, exported at zero so rates exist from the start.
-FRAME_MODES = ("message", "forward", "packed_forward", "compressed_packed_forward", "heartbeat")
-EVICTION_REASONS = ("input_memory", "max_connections")
 
 # A readiness check answers True, False, or (False, "why not").
 Readiness = Callable[[], Union[bool, Tuple[bool, str]]]
@@ -146,93 +144,20 @@ class AtnormCollector(Collector):
 
     @staticmethod
     def _relay_metrics(stats: RelayStats) -> Iterator[Metric]:
-        def counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(name, help_text, value=value)
-
-        def gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, help_text, value=value)
-
-        # inbound
-        yield counter("atnorm_connections", "Forward connections accepted.",
-                      stats.connections_opened)
-        yield gauge("atnorm_connections_active", "Forward connections open now.",
-                    stats.connections_active)
-        yield counter("atnorm_connections_rejected",
-                      "Forward connections refused (over max_connections or max_connections_per_peer).",
-                      stats.connections_rejected)
-        evicted = CounterMetricFamily(
-            "atnorm_connections_evicted",
-            "Forward connections closed to make room, by reason (max_connections, input_memory).",
-            labels=["reason"])
-        evicted_counts = _copy(stats.connections_evicted)
-        for reason in EVICTION_REASONS:
-            evicted_counts.setdefault(reason, 0)
-        for reason, count in sorted(evicted_counts.items()):
-            evicted.add_metric([reason], count)
-        yield evicted
-        yield counter("atnorm_input_paused",
-                      "Times a connection's reading paused because max_input_memory was in use.",
-                      stats.input_paused)
-        yield gauge("atnorm_input_memory_bytes",
-                    "Bytes buffered from forward connections now (counted against max_input_memory).",
-                    stats.input_memory_bytes)
-        yield counter("atnorm_received_bytes", "Bytes read from forward connections.",
-                      stats.bytes_received)
-        yield counter("atnorm_received_records", "Records read from forward connections.",
-                      stats.records_received)
-        frames = CounterMetricFamily("atnorm_frames", "Forward frames received, by mode.",
-                                     labels=["mode"])
-        frame_counts = _copy(stats.frames)
-        for mode in FRAME_MODES:
-            frame_counts.setdefault(mode, 0)
-        for mode, count in sorted(frame_counts.items()):
-            frames.add_metric([mode], count)
-        yield frames
-        errors = CounterMetricFamily(
-            "atnorm_protocol_errors", "Forward protocol errors, by kind.", labels=["kind"])
-        for kind, count in sorted(_copy(stats.protocol_errors).items()):
-            errors.add_metric([kind], count)
-        yield errors
-        yield counter("atnorm_acks_sent", "Acks sent to forward clients.", stats.acks_sent)
-        yield counter("atnorm_duplicate_chunks",
-                      "Chunks received again after they had been handed on (not re-sent).",
-                      stats.duplicate_chunks)
-        yield counter("atnorm_handoff_failures",
-                      "Chunks that could not be handed on (spool full or failing), left unacked "
-                      "so the sender resends.",
-                      stats.handler_failures)
-
-        # outbound
-        yield counter("atnorm_sent_bytes", "Bytes written to the downstream aggregator.",
-                      stats.bytes_sent)
-        yield counter("atnorm_sent_chunks", "Chunks written to the downstream aggregator.",
-                      stats.chunks_sent)
-        yield counter("atnorm_acked_chunks", "Chunks the downstream aggregator acked.",
-                      stats.chunks_acked)
-        yield counter("atnorm_retries", "Chunk sends retried.", stats.retries)
-        yield counter("atnorm_failovers", "Switches to another downstream server.",
-                      stats.failovers)
-        yield counter("atnorm_downstream_handshake_failures",
-                      "Shared-key handshakes with the downstream that failed (refused, wrong key).",
-                      stats.handshake_failures)
-        yield counter("atnorm_downstream_unknown_acks",
-                      "Acks from the downstream for a chunk id that was not waiting for one.",
-                      stats.unknown_acks)
-        yield counter("atnorm_quarantined_chunks",
-                      "Chunks the downstream kept refusing, moved to the spool's quarantine.",
-                      stats.chunks_quarantined)
-        yield counter("atnorm_quarantined_records", "Records in chunks moved to the quarantine.",
-                      stats.records_quarantined)
+        for count in RELAY_COUNTS:
+            family = GaugeMetricFamily if count.gauge else CounterMetricFamily
+            value = getattr(stats, count.name)
+            if count.label is None:
+                yield family(count.metric, count.help, value=value)
+                continue
+            labelled = family(count.metric, count.help, labels=[count.label])
+            per_label = _copy(value)
+            for label_value in count.label_values:
+                per_label.setdefault(label_value, 0)
+            for label_value, number in sorted(per_label.items()):
+                labelled.add_metric([label_value], number)
+            yield labelled
         yield _ack_latency_histogram(stats)
-
-        # spool
-        yield gauge("atnorm_spool_depth_records", "Records waiting in the durable spool.",
-                    stats.spool_depth_records)
-        yield gauge("atnorm_spool_depth_bytes", "Bytes waiting in the durable spool.",
-                    stats.spool_depth_bytes)
-        yield gauge("atnorm_spool_oldest_age_seconds",
-                    "Age of the oldest record in the spool (0 when empty).",
-                    stats.spool_oldest_age_seconds)
 
 
 def _ack_latency_histogram(stats: RelayStats) -> HistogramMetricFamily:

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional, Union
 
 from ..config.options import Option, positive_float, text
 from ..core.stats import FilterStats
-from .relaystats import LATENCY_BUCKETS, RelayStats
+from .relaystats import LATENCY_BUCKETS, RELAY_COUNTS, RelayStats
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,7 @@ DEFAULT_TAG = "atnorm.stats"
 
 # Cumulative counts whose growth since the previous record is worth stating.
 FILTER_DELTAS = ("received", "accepted", "rejected", "passed", "warnings")
-RELAY_DELTAS = ("bytes_received", "acks_sent", "bytes_sent", "chunks_sent", "retries",
-                "failovers")
+RELAY_DELTAS = tuple(count.name for count in RELAY_COUNTS if count.delta)
 
 # emit(tag, unix_time, record); may return an awaitable when run from the asyncio loop.
 Emit = Callable[[str, float, Dict[str, Any]], Union[None, Awaitable[None]]]
@@ -58,7 +57,6 @@ def build_stats_record(filter_stats: FilterStats, relay_stats: Optional[RelaySta
     }
     if relay_stats is not None:
         relay = relay_stats.snapshot()
-        relay["spool_depth_bytes"] = relay_stats.spool_depth_bytes
         relay["downstream_ack_latency"] = _latency_summary(relay_stats)
         record["relay"] = relay
     return record

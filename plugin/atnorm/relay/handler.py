@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional
 
 from fluent import sender as fluent_sender
 
+from ..core.interfaces import Filter
 from ..forward.codec import Entry, EventTime
 from ..model.verdict import Verdict
 from .routing import TAG_PLACEHOLDER, Router
@@ -52,7 +53,7 @@ class AuditSender:
     """
 
     def __init__(self, tag: str, host: str = "localhost", port: int = 24224, *,
-                 event_filter: Any = None, rejected_tag: str = TAG_PLACEHOLDER + ".rejected",
+                 event_filter: Optional[Filter] = None, rejected_tag: str = TAG_PLACEHOLDER + ".rejected",
                  accepted_tag: str = TAG_PLACEHOLDER, time_source: str = "event",
                  sender: Optional[fluent_sender.FluentSender] = None, **sender_options: Any) -> None:
         if event_filter is None:

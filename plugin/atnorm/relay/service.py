@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from ..config.logs import LOG_OPTIONS
 from ..config.options import (
@@ -37,6 +37,7 @@ from ..config.options import (
     size_bytes,
     text,
 )
+from ..core.interfaces import Filter, ReloadableFilter
 from ..core.reload import ReloadingFilter
 from ..core.settings import FILTER_OPTIONS, build_filter
 from ..core.stats import FilterStats
@@ -229,7 +230,7 @@ def _rejected_spool_path(spool_path: str) -> str:
 
 
 def build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], stats: FilterStats,
-                        drift_state: Optional[str] = None) -> Any:
+                       drift_state: Optional[str] = None) -> Filter:
     """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or
     change; with a drift state file, one that keeps the drift log there."""
     values = resolve(FILTER_OPTIONS, args, file_values)
@@ -282,6 +283,26 @@ class _SpoolGauges:
     def spool_oldest_age_seconds(self, value: float) -> None:
         self.age = value
         self._sum()
+
+
+class Destination(Protocol):
+    """Where routed batches go: downstream with acks (and a spool), or local files."""
+
+    async def start(self) -> None:
+        """Open connections or files; before the first batch."""
+        ...
+
+    async def deliver(self, batches: Sequence[Batch]) -> List[bool]:
+        """Per batch, True once it is safe (acked downstream, spooled or synced)."""
+        ...
+
+    def readiness(self) -> Tuple[bool, str]:
+        """Whether records can be taken now, and why not."""
+        ...
+
+    async def close(self, timeout: float) -> None:
+        """Hand on or keep what is in flight, within `timeout` seconds."""
+        ...
 
 
 class ForwardDestination:
@@ -363,7 +384,6 @@ class FileDestination:
         await self.store.close()
 
 
-Destination = Union[ForwardDestination, FileDestination]
 
 
 # --- the relay -------------------------------------------------------------------------------
@@ -371,7 +391,7 @@ Destination = Union[ForwardDestination, FileDestination]
 class Relay:
     """Forward server → router → destination, with metrics and the periodic stats record."""
 
-    def __init__(self, settings: Dict[str, Any], event_filter: Any = None,
+    def __init__(self, settings: Dict[str, Any], event_filter: Optional[Filter] = None,
                  filter_stats: Optional[FilterStats] = None,
                  filter_values: Optional[Dict[str, Any]] = None) -> None:
         self.settings = settings
@@ -427,7 +447,7 @@ class Relay:
                 raise ConfigError(exc.strerror or str(exc)) from None
             if self.settings["metrics_listen"]:
                 host, port = host_port(self.settings["metrics_listen"])
-                reloads = self.event_filter if isinstance(self.event_filter, ReloadingFilter) else None
+                reloads = self.event_filter if isinstance(self.event_filter, ReloadableFilter) else None
                 registry = build_registry(self.filter_stats, self.relay_stats, self._schemas_loaded,
                                           reload_counts=reloads)
                 self.metrics = MetricsServer(registry, host, port, readiness=self.readiness)
@@ -435,7 +455,7 @@ class Relay:
         except BaseException:
             await self._close(grace=0)
             raise
-        if hasattr(self.event_filter, "start_watching"):
+        if isinstance(self.event_filter, ReloadableFilter):
             self.event_filter.start_watching()  # a changed tuning file is picked up between records
             if self.pool is not None:
                 self._reload_task = asyncio.ensure_future(self._pass_reloads_to_workers())
@@ -502,7 +522,7 @@ class Relay:
             await self.destination.close(grace)
         if self.metrics is not None:
             self.metrics.stop()
-        if hasattr(self.event_filter, "close"):
+        if isinstance(self.event_filter, ReloadableFilter):
             self.event_filter.close()
 
     # --- per chunk ---------------------------------------------------------------------------
@@ -627,23 +647,25 @@ class Relay:
     def on_sighup(self) -> None:
         """SIGHUP: reload the tuning file (if there is one) and reopen the record files of the
         files destination, so that after logrotate moved them new records go to new files."""
-        request_reload = getattr(self.event_filter, "request_reload", None)
-        if request_reload is not None:
-            request_reload()
+        reloading = self.event_filter if isinstance(self.event_filter, ReloadableFilter) else None
+        if reloading is not None:
+            reloading.request_reload()
         if isinstance(self.destination, FileDestination):
             self.destination.store.reopen()
-        done = (["reloading the tuning file"] if request_reload is not None else []) + (
+        done = (["reloading the tuning file"] if reloading is not None else []) + (
             ["reopening the record files"] if isinstance(self.destination, FileDestination) else [])
         log.info("SIGHUP: %s", " and ".join(done) or "nothing to reload or reopen")
 
     async def _pass_reloads_to_workers(self) -> None:
         """The relay's filter reloaded (SIGHUP or a file change): have the workers follow."""
         assert self.pool is not None
-        seen = self.event_filter.reloads
+        event_filter = self.event_filter
+        assert isinstance(event_filter, ReloadableFilter)
+        seen = event_filter.reloads
         while True:
             await asyncio.sleep(0.5)
-            if self.event_filter.reloads != seen:
-                seen = self.event_filter.reloads
+            if event_filter.reloads != seen:
+                seen = event_filter.reloads
                 self.pool.request_reload()
 
     async def _emit_stats_record(self, tag: str, timestamp: float, record: Dict[str, Any]) -> None:
@@ -657,9 +679,7 @@ class Relay:
     # --- state -------------------------------------------------------------------------------
 
     def _schemas_loaded(self) -> int:
-        event_filter = self.event_filter
-        rules = getattr(event_filter, "rules", None) if event_filter is not None else None
-        return len(rules.services) if rules is not None else 0
+        return len(self.event_filter.rules.services) if self.event_filter is not None else 0
 
     def readiness(self) -> Tuple[bool, str]:
         """Ready: schemas loaded (unless the filter is off) and records have somewhere to go."""
@@ -692,7 +712,7 @@ class Relay:
             mode = "filter on" + loaded
         if self.pool is not None:
             mode += f" in {self.pool.workers} worker processes"
-        tuning = getattr(self.event_filter, "tuning_path", None)
+        tuning = self.event_filter.tuning_path if isinstance(self.event_filter, ReloadableFilter) else None
         if tuning and self.router.decide is not None:
             mode += f" with tuning {tuning} (SIGHUP or a change reloads it)"
         metrics = f"; metrics on {self.metrics.url}/metrics" if self.metrics is not None else ""

@@ -1,0 +1,40 @@
+"""Helpers shared by the tests: fixtures, events, relay settings, running a coroutine.
+
+Imported as `from support import ...` (pytest puts this folder on the path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+
+# Longest a test's coroutine may run before it is cancelled: a hang guard, under pytest-timeout's
+# 300 s so a stuck test fails with the coroutine's own traceback.
+HANG_GUARD_SECONDS = 280
+
+
+def load_event(name: str) -> Dict[str, Any]:
+    """A fresh copy of the event fixture `tests/fixtures/events/<name>`."""
+    return json.loads((FIXTURES / "events" / name).read_text(encoding="utf-8"))
+
+
+def run(coro: Any, limit: float = HANG_GUARD_SECONDS) -> Any:
+    """Run a coroutine to its end on a new event loop (cancelled after `limit` seconds)."""
+    return asyncio.run(asyncio.wait_for(coro, limit))
+
+
+def relay_settings(*argv: str) -> Dict[str, Any]:
+    """The relay settings `atnorm serve ARGV` would run with."""
+    from atnorm.cli.serve import configure_parser
+    from atnorm.relay.service import load_settings
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    settings, _ = load_settings(parser.parse_args(list(argv)))
+    return settings
