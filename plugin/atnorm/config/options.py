@@ -43,16 +43,22 @@ def boolean(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def positive_int(value: Any) -> int:
+def whole_number(value: Any, low: int, high: Optional[int], expected: str) -> int:
+    """`value` as an int from `low` to `high` (None: no limit); else a ValueError saying
+    `expected` in the user's words (never Python's `invalid literal for int()`)."""
     try:
         if isinstance(value, (bool, float)):
             raise ValueError
         number = int(str(value).strip())
     except (TypeError, ValueError):
-        raise ValueError(f"expected a positive whole number such as 256, got {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"expected a positive whole number such as 256, got {value!r}")
+        raise ValueError(f"expected {expected}, got {value!r}") from None
+    if number < low or (high is not None and number > high):
+        raise ValueError(f"expected {expected}, got {value!r}")
     return number
+
+
+def positive_int(value: Any) -> int:
+    return whole_number(value, 1, None, "a positive whole number such as 256")
 
 
 def positive_float(value: Any) -> float:
