@@ -63,11 +63,13 @@ def test_json_output_is_strict(tmp_path):
 
     outputs = [json.loads(line, parse_constant=no_constants) for line in text.splitlines()
                if line.strip()]
-    # A lone surrogate is not text any agent can carry: that record is rejected (record.encoding)
-    # and its original written with the surrogate escaped.
-    assert [o["tag"] for o in outputs] == ["app.1", "app.2.rejected", "app.3"]
+    # NaN and a lone surrogate are not values any agent can carry: those records are
+    # rejected (record.encoding) with their originals spelled out, not passed on changed.
+    assert [o["tag"] for o in outputs] == ["app.1.rejected", "app.2.rejected", "app.3"]
     for output in outputs:
         json.dumps(output, ensure_ascii=False).encode("utf-8")  # no lone surrogate survived
+    assert [r["rule"] for r in outputs[0]["reasons"]] == ["record.encoding"]
+    assert outputs[0]["original"] == {"x": "NaN", "y": "-Infinity"}
     assert [r["rule"] for r in outputs[1]["reasons"]] == ["record.encoding"]
     assert outputs[1]["original"]["text"].startswith("half a pair: ")
 

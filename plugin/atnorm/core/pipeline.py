@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..model.encodable import describe_error, encodable, is_encodable, json_text
+from ..model.encodable import describe_error, encodable, first_unencodable, is_encodable, json_text
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 from ..resources import bundled_schema_dir
 from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event, make_wrapper_step
@@ -219,14 +219,27 @@ class EventFilter:
         try:
             text = record if _text else self._as_text(record)
             verdict = text if type(text) is Verdict else self._decide(text)
-            if verdict.outcome == REJECTED and not is_encodable(verdict.record):
-                # The dead letter must reach its file or downstream: NaN, integers past 64
-                # bits, lone surrogates, too deep nesting become text saying what they were.
-                verdict.record = encodable(verdict.record)
+            if verdict.outcome == REJECTED:
+                if not is_encodable(verdict.record):
+                    # The dead letter must reach its file or downstream: NaN, integers past 64
+                    # bits, lone surrogates, too deep nesting become text saying what they were.
+                    verdict.record = encodable(verdict.record)
+            elif not is_encodable(verdict.record):
+                # What goes on must go as it is: a writer that had to change it (or failed
+                # on it) would lose the record or hand on something else under its outcome.
+                verdict = self._unwritable(record, verdict.record)
         except Exception as exc:  # RecursionError included; the one place that catches all
             verdict = self._internal_error(record, exc)
         self.stats.count(verdict)
         return verdict
+
+    @staticmethod
+    def _unwritable(record: Any, output: Any) -> Verdict:
+        path, what = first_unencodable(output)
+        return Verdict(REJECTED, encodable(record),
+                       reasons=[RejectReason(path, "record.encoding",
+                                             f"{what} cannot be sent on as it is (msgpack holds 64-bit "
+                                             "integers, strict JSON no NaN or infinity, text must be UTF-8)")])
 
     @staticmethod
     def _internal_error(record: Any, exc: BaseException) -> Verdict:

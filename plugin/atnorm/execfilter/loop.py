@@ -305,6 +305,9 @@ class LineInput:
         self._partial_size = 0
         self._oversize: Optional[bytes] = None  # head of a line being skipped for its size
         self._oversize_bytes = 0
+        # Whether the line being skipped is whitespace so far: a blank line is no record,
+        # however long, just as when it arrives in one read.
+        self._oversize_blank = False
 
     def line(self, line: bytes) -> Any:
         raise NotImplementedError
@@ -320,7 +323,8 @@ class LineInput:
         if self._oversize is not None:
             first, _, head = head.partition(b"\n")
             self._oversize_bytes += len(first)
-            outputs.append(self._too_large())
+            self._oversize_blank = self._oversize_blank and (not first or first.isspace())
+            outputs.extend(self._too_large())
         elif self._parts:
             self._parts.append(head)
             head = b"".join(self._parts)
@@ -335,7 +339,7 @@ class LineInput:
     def close(self) -> List[Any]:
         """Outputs for what is left when the input ends (a last line without newline)."""
         if self._oversize is not None:
-            return [self._too_large()]
+            return self._too_large()
         data = b"".join(self._parts)
         self._parts, self._partial_size = [], 0
         if not data or data.isspace():
@@ -347,21 +351,26 @@ class LineInput:
             return
         if self._oversize is not None:
             self._oversize_bytes += len(data)
+            self._oversize_blank = self._oversize_blank and data.isspace()
             return
         self._parts.append(data)
         self._partial_size += len(data)
         if self._partial_size > self.router.max_record_bytes:
             joined = b"".join(self._parts)
             self._oversize, self._oversize_bytes = joined[:1024], len(joined)
+            self._oversize_blank = joined.isspace()
             self._parts, self._partial_size = [], 0
 
-    def _too_large(self) -> Any:
-        head, size = self._oversize or b"", self._oversize_bytes
-        self._oversize, self._oversize_bytes = None, 0
-        return self.router.unreadable(
+    def _too_large(self) -> List[Any]:
+        """The rejection of the line skipped for its size (none for a blank one)."""
+        head, size, blank = self._oversize or b"", self._oversize_bytes, self._oversize_blank
+        self._oversize, self._oversize_bytes, self._oversize_blank = None, 0, False
+        if blank:
+            return []
+        return [self.router.unreadable(
             head.decode("utf-8", "backslashreplace"), "record.size",
             f"record of {size} bytes is over the {self.router.max_record_bytes}-byte limit; "
-            "original holds its first 1024 bytes")
+            "original holds its first 1024 bytes")]
 
 
 class JsonLinesInput(LineInput):
@@ -603,11 +612,13 @@ def _bounded_unpacker(limit: int, raw: bool = False) -> msgpack.Unpacker:
 
 
 def record_at(data: Any, offset: int, limit: int,
-              required_key: Optional[str] = None) -> Optional[bool]:
+              required_key: Optional[str] = None, raw: bool = False) -> Optional[bool]:
     """Whether a plausible record decodes completely at `offset` of `data`: True, False,
-    or None when it is cut off by the end of `data` without a decoding error so far."""
+    or None when it is cut off by the end of `data` without a decoding error so far.
+    A map that frames as a record but holds text that is not UTF-8 starts a record too
+    (it is rejected alone), so two such records in a row stay two."""
     view = memoryview(data)
-    unpacker = _bounded_unpacker(limit)
+    unpacker = _bounded_unpacker(limit, raw)
     position = offset
     while True:
         if position >= len(view):
@@ -620,6 +631,8 @@ def record_at(data: Any, offset: int, limit: int,
             if position - offset > limit:
                 return False
             continue
+        except UnicodeDecodeError:
+            return False if raw else record_at(data, offset, limit, required_key, raw=True)
         except Exception:  # a decoding error: not a record boundary
             return False
         return plausible_record(obj, required_key)
@@ -848,8 +861,10 @@ class MsgpackInput:
         if type(raw_obj) is not dict:
             return self._damage(pos, eof, outputs)
         # Alone only if a record (or the end of input) follows; else it is part of damage.
+        # The search starts after the map: a map inside it is one of its values (as for a
+        # record that decodes), not a record of its own.
         overflowing = self._overflowing(pos)
-        found = self._next_record(pos, eof or overflowing)
+        found = self._next_record(end - 1, eof or overflowing)
         if found == -1 or (found is None and not (eof or overflowing)):
             return None
         if found is not None and found != end or found is None and end != len(buf):

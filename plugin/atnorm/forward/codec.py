@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import math
 import os
 import struct
 import time as _time
@@ -300,6 +299,9 @@ def inflate_zstd(data: bytes, limit: int) -> bytearray:
 
 
 _NANOSECONDS = 1_000_000_000
+# Entry times are uint32 seconds on the wire (EventTime holds 4 bytes of them); a time at
+# or past 2**32 cannot be sent on as one, so it is a rejection, not a record to relay.
+_TIME_LIMIT = 1 << 32
 
 
 def _time_problem(value: Any) -> str:
@@ -313,9 +315,9 @@ def _time_problem(value: Any) -> str:
     if isinstance(value, EventTime):
         return f"EventTime nanoseconds {value.nanoseconds} out of range"
     if type(value) is int:
-        return f"negative time {value}"
+        return f"time {value} is outside [0, 2**32) seconds"
     if type(value) is float:
-        return f"time {value!r} is not a finite, non-negative number"
+        return f"time {value!r} is not a finite number in [0, 2**32) seconds"
     kind = "nil" if value is None else "bool" if type(value) is bool else type(value).__name__
     return f"time is a {kind}, not an integer or EventTime"
 
@@ -329,11 +331,11 @@ def _valid_time(value: Any) -> Optional[Time]:
             return None
         return value if value.seconds != 0 else EventTime.now()
     if kind is int:
-        if value > 0:
+        if 0 < value < _TIME_LIMIT:
             return value
         return EventTime.now() if value == 0 else None
     if kind is float:
-        if value > 0 and value != math.inf:
+        if 0 < value < _TIME_LIMIT:  # NaN and infinities compare False
             return value
         return EventTime.now() if value == 0 else None  # NaN and negatives compare False
     if value is None:
@@ -381,7 +383,7 @@ def entries_from_list(items: Iterable[Any]) -> Tuple[List[Entry], int]:
             stamp, record = item
             kind = type(stamp)
             if type(record) is dict and ((kind is EventTime and stamp.seconds and stamp.nanoseconds < _NANOSECONDS)
-                                         or (kind is int and stamp > 0)):
+                                         or (kind is int and 0 < stamp < _TIME_LIMIT)):
                 append(Entry(stamp, record))
                 continue
         entry = _check_item(item)

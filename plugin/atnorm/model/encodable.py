@@ -17,7 +17,7 @@ import base64
 import json
 import math
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import msgpack
 
@@ -215,6 +215,32 @@ def _fine(value: Any, depth: int) -> bool:
     if kind is float:
         return math.isfinite(value)
     return value is None or kind is bool
+
+
+def first_unencodable(value: Any, max_depth: int = MAX_DEPTH) -> Tuple[str, str]:
+    """(JSON pointer, what it is) of the first part of `value` that `is_encodable` refuses;
+    ("", ...) when none is found (call it only for a value that is not encodable)."""
+    stack: List[Tuple[str, Any, int]] = [("", value, max_depth)]
+    while stack:
+        path, item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict or kind is list:
+            if depth <= 0:
+                return path, f"nesting deeper than {max_depth} levels"
+            if kind is list:
+                pairs = [(str(i), child) for i, child in enumerate(item)]
+            else:
+                pairs = []
+                for key, child in item.items():
+                    if type(key) is not str or not _fine(key, 1):
+                        return path, f"a key that is not text: {_key(key)!r}"
+                    pairs.append((key.replace("~", "~0").replace("/", "~1"), child))
+            stack.extend((f"{path}/{name}", child, depth - 1) for name, child in reversed(pairs))
+        elif not _fine(item, 1):
+            leaf = _leaf(item)
+            shown = leaf if isinstance(leaf, str) else repr(item)
+            return path, f"a {kind.__name__} value {shown[:80]!r}"
+    return "", "a value that cannot be written"
 
 
 def describe_error(exc: BaseException, limit: int = 500) -> str:

@@ -150,6 +150,8 @@ class LocalStore:
         sizes: Dict[int, int] = {}
         try:
             for route, texts in lines.items():
+                if not texts:  # a batch without records: an empty line would not be a JSON document
+                    continue
                 fd = self._file(route)
                 sizes[fd] = os.fstat(fd).st_size
                 view = memoryview(_encode("\n".join(texts) + "\n"))
