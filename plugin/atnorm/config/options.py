@@ -1,21 +1,26 @@
-"""Options declared once: each drives its CLI flag, its config-file key, and the README table.
+"""Options declared once: each drives its CLI flag, its config-file key, the README table
+and a typed field of its command's settings object.
 
-A command lists its `Option`s; `add_arguments` builds the argparse flags,
-`load_config_file` reads the same keys from YAML (reporting file, line and key on a
-mistake), and `resolve` merges default < file < environment < command line.
+A command declares a frozen dataclass whose fields are `setting(...)`s (or `shared(option)`
+for an option several commands take); `options_of` lists its `Option`s, `add_arguments`
+builds the argparse flags (grouped in `--help`), `load_config_file` reads the same keys
+from YAML (reporting file, line and key on a mistake), `resolve` merges default < file <
+environment < command line, and `settings_from` makes the frozen settings object.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
 from ..errors import ConfigError, ConfigErrors
+from .yamlfile import read_yaml
 
 
 def host_port(text: str) -> Tuple[str, int]:
@@ -107,6 +112,7 @@ class Option:
     choices: Optional[Sequence[str]] = None
     metavar: Optional[str] = None
     cli: bool = True
+    group: str = ""
 
     @property
     def flag(self) -> str:
@@ -138,13 +144,65 @@ class Option:
             raise ValueError(f"expected {self.metavar or 'a value for ' + self.key}, got {value!r}") from None
 
 
+_OPTION = "atnorm.option"
+Settings = TypeVar("Settings")
+
+
+def setting(parse: Callable[[Any], Any], default: Any, help: str, *, multiple: bool = False,
+            choices: Optional[Sequence[str]] = None, metavar: Optional[str] = None,
+            cli: bool = True, group: str = "") -> Any:
+    """A field of a settings class that declares its option; the field's name is the key.
+
+    `default` is written as a user would write it ("16M", "on"): the README and
+    conf/atnorm.yaml show it so, and the option's parser turns it into the field's type."""
+    return dataclasses.field(metadata={_OPTION: dict(
+        parse=parse, default=default, help=help, multiple=multiple, choices=choices,
+        metavar=metavar, cli=cli, group=group)})
+
+
+def shared(option: Option) -> Any:
+    """A field for an option declared once elsewhere and taken by several commands."""
+    return dataclasses.field(metadata={_OPTION: option})
+
+
+def options_of(cls: type) -> Tuple[Option, ...]:
+    """The options a settings class declares, in field order."""
+    options: List[Option] = []
+    for item in dataclasses.fields(cls):
+        spec = item.metadata.get(_OPTION)
+        if isinstance(spec, Option):
+            if spec.key != item.name:
+                raise TypeError(f"{cls.__name__}.{item.name} shares the option {spec.key!r}")
+            options.append(spec)
+        elif spec is not None:
+            options.append(Option(item.name, **spec))
+    return tuple(options)
+
+
+def settings_from(cls: Type[Settings], values: Mapping[str, Any], **derived: Any) -> Settings:
+    """The frozen settings object of resolved option values (lists become tuples);
+    `derived` gives the fields that are not options themselves."""
+    given: Dict[str, Any] = dict(derived)
+    for option in options_of(cls):
+        value = values[option.key]
+        given.setdefault(option.key, tuple(value) if isinstance(value, list) else value)
+    return cls(**given)
+
+
 def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
-    """Add one flag per option; defaults stay None so `resolve` can tell what was given."""
+    """Add one flag per option, in a `--help` section per group; defaults stay None so
+    `resolve` can tell what was given."""
+    groups: Dict[str, Any] = {}
     for option in options:
         if not option.cli:
             continue
         default_text = "" if option.default in (None, [], "") else f" (default: {option.default})"
-        parser.add_argument(
+        target: Any = parser
+        if option.group:
+            if option.group not in groups:
+                groups[option.group] = parser.add_argument_group(f"{option.group} options")
+            target = groups[option.group]
+        target.add_argument(
             option.flag,
             dest=option.key,
             action="append" if option.multiple else "store",
@@ -164,19 +222,7 @@ def _key_lines(node: yaml.Node) -> Dict[str, int]:
 
 def load_yaml_mapping(path: str) -> Tuple[Dict[str, Any], Dict[str, int]]:
     """Read a YAML mapping; returns (values, line of each top-level key)."""
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            source = handle.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
-    try:
-        node = yaml.compose(source, Loader=yaml.SafeLoader)
-        values = yaml.safe_load(source)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"not valid YAML: {problem}", file=path, line=line) from None
+    values, node = read_yaml(path)
     if values is None:
         return {}, {}
     if not isinstance(values, dict):
@@ -253,8 +299,11 @@ def resolve(options: Iterable[Option], args: argparse.Namespace,
                 raise ConfigError(str(exc), key=option.env) from None
         elif option.key in file_values:
             resolved[option.key] = file_values[option.key]
+        elif option.default is None:
+            resolved[option.key] = None
         else:
-            resolved[option.key] = list(option.default) if option.multiple else option.default
+            # Declared as a user writes it ("16M", "on"): the option's own parser reads it.
+            resolved[option.key] = option.convert(option.default)
     return resolved
 
 

@@ -24,6 +24,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from ..config.yamlfile import read_yaml
 from ..errors import ConfigError
 from ..resources import bundled_schema_dir
 from .normalize import DERIVED_FIELDS
@@ -121,41 +122,7 @@ class TuningError(ConfigError):
 
 
 # ---------------------------------------------------------------------------------------
-# Reading YAML with the position of every node
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false, so `mode: off` is the string "off", not False."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
-
-
-def _parse_yaml(path: str) -> Tuple[Any, Optional[yaml.Node]]:
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            source = handle.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=path) from None
-    loader = _Loader(source)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"not valid YAML: {problem}", file=path, line=line) from None
-    finally:
-        loader.dispose()
-    return data, node
+# Where in the YAML file each key is
 
 
 def _key_path(parts: Sequence[Any]) -> str:
@@ -532,7 +499,7 @@ class _Checker:
 def load_tuning(path: str, base_schema_dirs: Sequence[Path] = ()) -> Tuning:
     """Read and check a tuning file; raises TuningError (a ConfigError) listing every mistake."""
     path = str(path)
-    data, node = _parse_yaml(path)
+    data, node = read_yaml(path)
     if data is None:
         data = {}
     located = _Located(path, node)
