@@ -29,7 +29,7 @@ def run(coro: Any, limit: float = HANG_GUARD_SECONDS) -> Any:
     return asyncio.run(asyncio.wait_for(coro, limit))
 
 
-def relay_settings(*argv: str) -> Dict[str, Any]:
+def relay_settings(*argv: str) -> Any:
     """The relay settings `atnorm serve ARGV` would run with."""
     from atnorm.cli.serve import configure_parser
     from atnorm.relay.service import load_settings

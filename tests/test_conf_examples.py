@@ -19,7 +19,7 @@ from atnorm.relay.service import load_settings
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def atnorm_settings(path: Path = CONF / "atnorm.yaml") -> Dict[str, Any]:
+def atnorm_settings(path: Path = CONF / "atnorm.yaml") -> Any:
     parser = argparse.ArgumentParser()
     configure_parser(parser)
     settings, _ = load_settings(parser.parse_args(["--config", str(path)]))
@@ -27,11 +27,11 @@ def atnorm_settings(path: Path = CONF / "atnorm.yaml") -> Dict[str, Any]:
 
 
 def listen_port() -> int:
-    return host_port(atnorm_settings()["listen"][0])[1]
+    return host_port(atnorm_settings().listen[0])[1]
 
 
 def forward_port() -> int:
-    return host_port(atnorm_settings()["forward"][0])[1]
+    return host_port(atnorm_settings().forward[0])[1]
 
 
 # --- Fluent Bit classic: [SECTION] headers and `Key Value` lines -----------------------------
@@ -69,9 +69,9 @@ def only(sections: List[Section], kind: str, **match: str) -> Dict[str, str]:
 
 def test_atnorm_yaml_parses_with_atnorms_own_loader():
     settings = atnorm_settings()
-    assert settings["listen"] and settings["forward"]
-    assert settings["rejected_tag"] == "{tag}.rejected"
-    assert settings["spool_path"].startswith(settings["data_dir"])
+    assert settings.listen and settings.forward
+    assert settings.rejected_tag == "{tag}.rejected"
+    assert settings.spool_path.startswith(settings.data_dir)
 
 
 def test_classic_shipper_forwards_to_atnorm_with_acks():
@@ -366,8 +366,8 @@ def test_kubernetes_config_map_is_a_valid_atnorm_config(tmp_path):
     config = tmp_path / "atnorm.yaml"
     config.write_text(kubernetes_objects()["ConfigMap"]["data"]["atnorm.yaml"], encoding="utf-8")
     settings = atnorm_settings(config)
-    assert host_port(settings["listen"][0]) == ("0.0.0.0", 24224)
-    assert settings["forward"] and settings["metrics_listen"]
+    assert host_port(settings.listen[0]) == ("0.0.0.0", 24224)
+    assert settings.forward and settings.metrics_listen
 
 
 def test_kubernetes_deployment_serves_the_config_map_and_drains_before_it_is_killed(tmp_path):
@@ -378,13 +378,13 @@ def test_kubernetes_deployment_serves_the_config_map_and_drains_before_it_is_kil
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     [container] = pod["containers"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports["forward"] == host_port(settings["listen"][0])[1]
-    assert ports["metrics"] == host_port(settings["metrics_listen"])[1]
+    assert ports["forward"] == host_port(settings.listen[0])[1]
+    assert ports["metrics"] == host_port(settings.metrics_listen)[1]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert pod["terminationGracePeriodSeconds"] > settings["shutdown_timeout"]
+    assert pod["terminationGracePeriodSeconds"] > settings.shutdown_timeout
     mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
-    assert mounts["spool"] == settings["data_dir"]
+    assert mounts["spool"] == settings.data_dir
     assert container["args"][:3] == ["serve", "--config", f"{mounts['config']}/atnorm.yaml"]
     service = objects["Service"]["spec"]
     assert service["selector"] == objects["Deployment"]["spec"]["selector"]["matchLabels"]

@@ -354,11 +354,11 @@ def test_flags_win_over_the_config_file_which_wins_over_defaults(tmp_path):
                       "spool_max_size: 64M\n"
                       "time_fraction_digits: 6\n", encoding="utf-8")
     settings = relay_settings("--config", str(config), "--rejected-tag", "{tag}.bad")
-    assert settings["listen"] == ["127.0.0.1:25000", "127.0.0.1:25001"]
-    assert settings["rejected_tag"] == "{tag}.bad"          # flag over file
-    assert settings["spool_max_size"] == 64 << 20             # file over default
-    assert settings["accepted_tag"] == "{tag}"                # default
-    assert settings["spool_path"] == "atnorm-data/spool.db"   # derived from data_dir
+    assert list(settings.listen) == ["127.0.0.1:25000", "127.0.0.1:25001"]
+    assert settings.rejected_tag == "{tag}.bad"          # flag over file
+    assert settings.spool_max_size == 64 << 20             # file over default
+    assert settings.accepted_tag == "{tag}"                # default
+    assert settings.spool_path == "atnorm-data/spool.db"   # derived from data_dir
 
 
 def test_a_mistake_in_the_config_file_names_file_line_and_key(tmp_path):

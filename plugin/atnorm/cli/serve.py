@@ -16,8 +16,7 @@ from ..core.pipeline import EventFilter
 from ..core.settings import FILTER_OPTIONS, add_filter_arguments, filter_settings
 from ..core.stats import FilterStats
 from ..errors import ConfigError, ConfigErrors
-from ..monitoring.stats_record import STATS_OPTIONS
-from ..relay.service import OPTIONS, Relay, build_event_filter, load_settings, serve
+from ..relay.service import OPTIONS, Relay, RelaySettings, build_event_filter, load_settings, serve
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +26,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="check the whole start-up (config, schemas, tuning, TLS files, data "
                              "directory, ports) and exit: 0 if it would start, 2 with every problem")
     add_arguments(parser, OPTIONS)
-    add_arguments(parser, STATS_OPTIONS)
     add_filter_arguments(parser)
 
 
@@ -66,7 +64,7 @@ def _bind_problem(text: str) -> str:
     return ""
 
 
-def startup_problems(settings: Dict[str, Any], filter_values: Dict[str, Any],
+def startup_problems(settings: RelaySettings, filter_values: Dict[str, Any],
                      bind: bool = True) -> List[ConfigError]:
     """Every reason start-up would fail with these settings, found without starting: schemas
     and tuning, TLS files, the data directory and (with `bind`) the addresses to listen on."""
@@ -77,39 +75,40 @@ def startup_problems(settings: Dict[str, Any], filter_values: Dict[str, Any],
         problems += exc.errors
     except ConfigError as exc:
         problems.append(exc)
-    if settings.get("tls_cert"):
+    if settings.tls_cert:
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings["tls_cert"], settings.get("tls_key"))
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.tls_cert, settings.tls_key)
         except (OSError, ssl.SSLError) as exc:
             problems.append(ConfigError(f"cannot load the certificate and key: {exc.strerror or exc}",
                                         key="tls_cert"))
-    if settings.get("forward_tls_ca"):
+    if settings.forward_tls_ca:
         try:
-            ssl.create_default_context(cafile=settings["forward_tls_ca"])
+            ssl.create_default_context(cafile=settings.forward_tls_ca)
         except (OSError, ssl.SSLError) as exc:
             problems.append(ConfigError(f"cannot load the CA bundle: {exc.strerror or exc}", key="forward_tls_ca"))
-    why = _writable_directory(settings["data_dir"])
+    why = _writable_directory(settings.data_dir)
     if why:
-        problems.append(ConfigError(f"{settings['data_dir']} {why}", key="data_dir"))
+        problems.append(ConfigError(f"{settings.data_dir} {why}", key="data_dir"))
     if bind:
-        for key in ("listen", "metrics_listen"):
-            addresses = settings.get(key) or []
-            for address in [addresses] if isinstance(addresses, str) else addresses:
-                why = _bind_problem(address)
-                if why:
-                    problems.append(ConfigError(f"{address}: {why}", key=key))
+        wanted = [("listen", address) for address in settings.listen]
+        if settings.metrics_listen:
+            wanted.append(("metrics_listen", settings.metrics_listen))
+        for key, address in wanted:
+            why = _bind_problem(address)
+            if why:
+                problems.append(ConfigError(f"{address}: {why}", key=key))
     return problems
 
 
-def dry_run(settings: Dict[str, Any], filter_values: Dict[str, Any]) -> int:
+def dry_run(settings: RelaySettings, filter_values: Dict[str, Any]) -> int:
     problems = startup_problems(settings, filter_values)
     if problems:
         raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
     rules = EventFilter.from_schemas(settings=filter_settings(filter_values)).rules
     actions = sum(len(document.actions) for document in rules.services.values())
-    where = (f"forwarding to {', '.join(settings['forward'])}" if settings["forward"]
-             else f"writing records to {settings['data_dir']}")
-    print(f"atnorm serve: dry run OK: would listen on {', '.join(settings['listen'])}; {where}; "
+    where = (f"forwarding to {', '.join(settings.forward)}" if settings.forward
+             else f"writing records to {settings.data_dir}")
+    print(f"atnorm serve: dry run OK: would listen on {', '.join(settings.listen)}; {where}; "
           f"{len(rules.services)} services, {actions} actions loaded")
     return 0
 
@@ -122,10 +121,10 @@ def run(args: argparse.Namespace) -> int:
     settings, file_values = load_settings(args)
     if args.dry_run:
         return dry_run(settings, resolve(FILTER_OPTIONS, args, file_values))
-    configure_logging("serve", settings["log_level"], settings["log_format"])
+    configure_logging("serve", settings.log_level, settings.log_format)
     filter_stats = FilterStats()
-    event_filter = (build_event_filter(args, file_values, filter_stats, settings["drift_state"])
-                    if settings["filter"] else None)
+    event_filter = (build_event_filter(args, file_values, filter_stats, settings.drift_state)
+                    if settings.filter else None)
     relay = Relay(settings, event_filter, filter_stats, resolve(FILTER_OPTIONS, args, file_values))
     asyncio.run(serve(relay))
     return 0

@@ -18,12 +18,11 @@ from .options import Option, text
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
-LOG_OPTIONS = (
-    Option("log_level", text, "info", "log level: debug adds one line per connection and chunk",
-           choices=LOG_LEVELS, metavar="LEVEL"),
-    Option("log_format", text, "text", "log lines as text or as one JSON object each",
-           choices=LOG_FORMATS, metavar="text|json"),
-)
+LOG_LEVEL = Option("log_level", text, "info", "log level: debug adds one line per connection and chunk",
+                   choices=LOG_LEVELS, metavar="LEVEL", group="logging")
+LOG_FORMAT = Option("log_format", text, "text", "log lines as text or as one JSON object each",
+                    choices=LOG_FORMATS, metavar="text|json", group="logging")
+LOG_OPTIONS = (LOG_LEVEL, LOG_FORMAT)
 
 
 class JsonFormatter(logging.Formatter):

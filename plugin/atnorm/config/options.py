@@ -37,6 +37,12 @@ def host_port(text: str) -> Tuple[str, int]:
     return host, int(port)
 
 
+def address(value: Any) -> str:
+    """`HOST:PORT`, `[v6]:PORT` or `unix:///path`, checked and kept as text."""
+    host_port(text(value))
+    return str(value).strip()
+
+
 def boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value

@@ -19,24 +19,29 @@ def fraction_digits(value: Any) -> int:
     return whole_number(value, 0, 9, "0 to 9 fractional digits")
 
 
+# Both long-running commands can keep the drift log.
+DRIFT_STATE = Option("drift_state", text, None,
+                     "keep the actions no table declares in this JSON file (read it with `atnorm drift --state`)",
+                     metavar="FILE", group="operations")
+
 FILTER_OPTIONS = [
     Option("schemas", text, [], "extra directory of generated schemas (adds or replaces services)",
-           multiple=True, metavar="DIR"),
-    Option("tuning", text, None, "per-service tuning file (YAML)", metavar="FILE"),
+           multiple=True, metavar="DIR", group="filter"),
+    Option("tuning", text, None, "per-service tuning file (YAML)", metavar="FILE", group="filter"),
     Option("time_fraction_digits", fraction_digits, 3,
-           "fractional digits of the canonical eventTime (0 to 9)", metavar="N"),
+           "fractional digits of the canonical eventTime (0 to 9)", metavar="N", group="filter"),
     Option("max_record_size", size_bytes, 1 << 20, "largest record accepted for parsing, in bytes (e.g. 1M)",
-           metavar="SIZE"),
+           metavar="SIZE", group="filter"),
     Option("annotate", text, "atnorm", "key under which derived fields and fixes are added ('' for none)",
-           metavar="KEY"),
+           metavar="KEY", group="filter"),
     Option("wrapper_fields", text, "merge",
            "an envelope's other fields (kubernetes, stream beside a log string) on the accepted event: "
-           "merge (beside its fields), nest (under --wrapper-key) or drop", choices=WRAPPER_MODES),
+           "merge (beside its fields), nest (under --wrapper-key) or drop", choices=WRAPPER_MODES, group="filter"),
     Option("wrapper_key", text, "wrapper",
-           "key for the nested envelope fields, and for the value that loses a name clash", metavar="KEY"),
+           "key for the nested envelope fields, and for the value that loses a name clash", metavar="KEY", group="filter"),
     Option("wrapper_clash", text, "event",
            "which value keeps a name both the event and its envelope use: event or wrapper",
-           choices=WRAPPER_CLASH),
+           choices=WRAPPER_CLASH, group="filter"),
 ]
 
 

@@ -24,6 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..config.options import Option, address
 from ..core.stats import FilterStats
 from ..errors import ConfigError
 from ..model.verdict import OUTCOMES
@@ -31,6 +32,10 @@ from ..version import __version__
 from .relaystats import LATENCY_BUCKETS, RELAY_COUNTS, RelayStats
 
 log = logging.getLogger(__name__)
+
+# Both long-running commands serve metrics; one declaration, one parser for the address.
+METRICS_LISTEN = Option("metrics_listen", address, None, "serve Prometheus /metrics, /healthz and /readyz here",
+                        metavar="HOST:PORT", group="operations")
 
 # Label value for records that carry no service (passed-through traffic, unparseable input).
 NO_SERVICE = "_none"

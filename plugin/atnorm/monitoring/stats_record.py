@@ -32,11 +32,11 @@ RELAY_DELTAS = tuple(count.name for count in RELAY_COUNTS if count.delta)
 # emit(tag, unix_time, record); may return an awaitable when run from the asyncio loop.
 Emit = Callable[[str, float, Dict[str, Any]], Union[None, Awaitable[None]]]
 
-STATS_OPTIONS = (
-    Option("stats_interval", positive_float, None,
-           "emit a stats record every SECONDS (off when unset)", metavar="SECONDS"),
-    Option("stats_tag", text, DEFAULT_TAG, "tag of the periodic stats records"),
-)
+STATS_INTERVAL = Option("stats_interval", positive_float, None,
+                        "emit a stats record every SECONDS (off when unset)", metavar="SECONDS",
+                        group="stats record")
+STATS_TAG = Option("stats_tag", text, DEFAULT_TAG, "tag of the periodic stats records", group="stats record")
+STATS_OPTIONS = (STATS_INTERVAL, STATS_TAG)
 
 
 def format_time(timestamp: float) -> str:

@@ -22,33 +22,39 @@ import os
 import signal
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Optional, Protocol, Sequence, Tuple, Union
 
-from ..config.logs import LOG_OPTIONS
+from ..config.logs import LOG_FORMAT, LOG_LEVEL
 from ..config.options import (
     ConfigError,
     Option,
+    address,
     boolean,
     host_port,
     load_config_file,
+    options_of,
     positive_float,
     positive_int,
     resolve,
+    setting,
+    settings_from,
+    shared,
     size_bytes,
     text,
 )
 from ..core.interfaces import Filter, ReloadableFilter
 from ..core.reload import ReloadingFilter
-from ..core.settings import FILTER_OPTIONS, build_filter
+from ..core.settings import DRIFT_STATE, FILTER_OPTIONS, build_filter
 from ..core.stats import FilterStats
 from ..errors import ConfigErrors
 from ..forward.codec import Chunk, Entry, EventTime, pack_entries
 from ..forward.sender import ENTRY_FORMS, ForwardSender, plain_entries
 from ..forward.server import MIN_INPUT_MEMORY, ForwardServer
 from ..model.verdict import REJECTED
-from ..monitoring.metrics import MetricsServer, build_registry
+from ..monitoring.metrics import METRICS_LISTEN, MetricsServer, build_registry
 from ..monitoring.relaystats import RelayStats
-from ..monitoring.stats_record import STATS_OPTIONS, StatsRecorder
+from ..monitoring.stats_record import STATS_INTERVAL, STATS_TAG, StatsRecorder
 from .delivery import Delivery
 from .filterpool import FilterPool
 from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
@@ -69,12 +75,6 @@ MAX_UNFINISHED_CHUNKS = 256
 UNFINISHED_MAX_AGE = 900
 
 
-def address(value: Any) -> str:
-    """`HOST:PORT`, `[v6]:PORT` or `unix:///path`, checked and kept as text."""
-    host_port(text(value))
-    return str(value).strip()
-
-
 def input_memory(value: Any) -> int:
     """A size, at least four reads' worth (each connection reserves one read before reading)."""
     number = size_bytes(value)
@@ -87,101 +87,105 @@ def tag_template(value: Any) -> str:
     return check_tag_template(text(value))
 
 
-OPTIONS = (
+@dataclass(frozen=True)
+class RelaySettings:
+    """What `atnorm serve` runs with: one typed field per option, each declared here once
+    (the flag, the config key, `--help`, the README table and conf/atnorm.yaml follow)."""
+
     # upstream: where shippers connect
-    Option("listen", address, [DEFAULT_LISTEN], "forward-protocol address to listen on (repeatable)",
-           multiple=True, metavar="HOST:PORT"),
-    Option("shared_key", text, None, "require this shared key from senders (forward-protocol handshake)",
-           metavar="KEY"),
-    Option("self_hostname", text, None, "hostname this relay gives in handshakes (default: the host's name)",
-           metavar="NAME"),
-    Option("tls_cert", text, None, "serve TLS with this certificate (PEM)", metavar="FILE"),
-    Option("tls_key", text, None, "private key of tls_cert (PEM; omit if it is in the certificate file)",
-           metavar="FILE"),
-    Option("max_frame_size", size_bytes, "16M", "largest forward frame accepted from a sender",
-           metavar="SIZE"),
-    Option("max_decompressed_size", size_bytes, "64M", "largest size a compressed chunk may inflate to",
-           metavar="SIZE"),
-    Option("idle_timeout", positive_float, "120", "close a sender's connection that completes no forward "
-           "message (heartbeats do not count) within this many seconds", metavar="SECONDS"),
-    Option("max_connections", positive_int, 256, "most sender connections open at once", metavar="N"),
-    Option("max_connections_per_peer", positive_int, 32, "most connections open at once from one sender host",
-           metavar="N"),
-    Option("max_input_memory", input_memory, "256M", "most bytes buffered from senders at once (partial frames, "
-           "chunks being inflated or handed on); beyond it reading pauses", metavar="SIZE"),
+    listen: Tuple[str, ...] = setting(address, [DEFAULT_LISTEN], "forward-protocol address to listen on (repeatable)",
+           multiple=True, metavar="HOST:PORT", group="upstream")
+    shared_key: Optional[str] = setting(text, None, "require this shared key from senders (forward-protocol handshake)",
+           metavar="KEY", group="upstream")
+    self_hostname: Optional[str] = setting(text, None, "hostname this relay gives in handshakes (default: the host's name)",
+           metavar="NAME", group="upstream")
+    tls_cert: Optional[str] = setting(text, None, "serve TLS with this certificate (PEM)", metavar="FILE", group="upstream")
+    tls_key: Optional[str] = setting(text, None, "private key of tls_cert (PEM; omit if it is in the certificate file)",
+           metavar="FILE", group="upstream")
+    max_frame_size: int = setting(size_bytes, "16M", "largest forward frame accepted from a sender",
+           metavar="SIZE", group="upstream")
+    max_decompressed_size: int = setting(size_bytes, "64M", "largest size a compressed chunk may inflate to",
+           metavar="SIZE", group="upstream")
+    idle_timeout: float = setting(positive_float, "120", "close a sender's connection that completes no forward "
+           "message (heartbeats do not count) within this many seconds", metavar="SECONDS", group="upstream")
+    max_connections: int = setting(positive_int, 256, "most sender connections open at once", metavar="N", group="upstream")
+    max_connections_per_peer: int = setting(positive_int, 32, "most connections open at once from one sender host",
+           metavar="N", group="upstream")
+    max_input_memory: int = setting(input_memory, "256M", "most bytes buffered from senders at once (partial frames, "
+           "chunks being inflated or handed on); beyond it reading pauses", metavar="SIZE", group="upstream")
     # downstream: where records go
-    Option("forward", address, [], "downstream aggregator (repeatable: the next one is the failover); "
-           "unset: write JSON-lines files in data_dir", multiple=True, metavar="HOST:PORT"),
-    Option("rejected_forward", address, [], "separate downstream for rejected records (repeatable; "
-           "default: the forward servers)", multiple=True, metavar="HOST:PORT"),
-    Option("forward_shared_key", text, None, "shared key for the downstream handshake", metavar="KEY"),
-    Option("forward_username", text, "", "username for the downstream handshake, if it authenticates users "
-           "(sent with forward_shared_key)", metavar="NAME"),
-    Option("forward_password", text, "", "password of forward_username", metavar="PASSWORD"),
-    Option("forward_tls", boolean, "off", "connect to the downstream with TLS", metavar="BOOL"),
-    Option("forward_tls_verify", boolean, "on", "verify the downstream's TLS certificate", metavar="BOOL"),
-    Option("forward_tls_ca", text, None, "CA bundle for the downstream's certificate (default: system store)",
-           metavar="FILE"),
-    Option("forward_compress", text, "none", "compress chunks sent downstream", choices=("none", "gzip"),
-           metavar="none|gzip"),
-    Option("forward_entry_form", text, "plain", "entry form sent downstream: plain [time, record] (every "
+    forward: Tuple[str, ...] = setting(address, [], "downstream aggregator (repeatable: the next one is the failover); "
+           "unset: write JSON-lines files in data_dir", multiple=True, metavar="HOST:PORT", group="downstream")
+    rejected_forward: Tuple[str, ...] = setting(address, [], "separate downstream for rejected records (repeatable; "
+           "default: the forward servers)", multiple=True, metavar="HOST:PORT", group="downstream")
+    forward_shared_key: Optional[str] = setting(text, None, "shared key for the downstream handshake", metavar="KEY",
+                                                group="downstream")
+    forward_username: str = setting(text, "", "username for the downstream handshake, if it authenticates users "
+           "(sent with forward_shared_key)", metavar="NAME", group="downstream")
+    forward_password: str = setting(text, "", "password of forward_username", metavar="PASSWORD", group="downstream")
+    forward_tls: bool = setting(boolean, "off", "connect to the downstream with TLS", metavar="BOOL",
+                                group="downstream")
+    forward_tls_verify: bool = setting(boolean, "on", "verify the downstream's TLS certificate", metavar="BOOL",
+                                       group="downstream")
+    forward_tls_ca: Optional[str] = setting(text, None, "CA bundle for the downstream's certificate (default: "
+                                            "system store)", metavar="FILE", group="downstream")
+    forward_compress: str = setting(text, "none", "compress chunks sent downstream", choices=("none", "gzip"),
+           metavar="none|gzip", group="downstream")
+    forward_entry_form: str = setting(text, "plain", "entry form sent downstream: plain [time, record] (every "
            "Fluentd accepts it) or metadata (keep Fluent Bit's [[time, metadata], record], for Fluent Bit "
-           "aggregators)", choices=ENTRY_FORMS, metavar="plain|metadata"),
-    Option("forward_ack_timeout", positive_float, "30", "resend a downstream chunk not acked within this time",
-           metavar="SECONDS"),
-    Option("retry_max_wait", positive_float, "10", "longest wait between attempts to reach the downstream",
-           metavar="SECONDS"),
-    Option("retry_timeout", positive_float, "60", "how long a chunk is retried in memory before it is "
-           "spooled (the upstream waits meanwhile)", metavar="SECONDS"),
-    Option("retry_max_times", positive_int, 5, "a chunk the downstream refuses this many times (connection "
-           "reset or no ack while it was the oldest waiting) is quarantined in the spool", metavar="N"),
+           "aggregators)", choices=ENTRY_FORMS, metavar="plain|metadata", group="downstream")
+    forward_ack_timeout: float = setting(positive_float, "30", "resend a downstream chunk not acked within this time",
+           metavar="SECONDS", group="downstream")
+    retry_max_wait: float = setting(positive_float, "10", "longest wait between attempts to reach the downstream",
+           metavar="SECONDS", group="downstream")
+    retry_timeout: float = setting(positive_float, "60", "how long a chunk is retried in memory before it is "
+           "spooled (the upstream waits meanwhile)", metavar="SECONDS", group="downstream")
+    retry_max_times: int = setting(positive_int, 5, "a chunk the downstream refuses this many times (connection "
+           "reset or no ack while it was the oldest waiting) is quarantined in the spool", metavar="N", group="downstream")
     # what the records look like on the way out
-    Option("accepted_tag", tag_template, "{tag}", "tag of accepted records ({tag} is the incoming tag)",
-           metavar="TEMPLATE"),
-    Option("rejected_tag", tag_template, "{tag}.rejected",
-           "dead-letter tag of rejected records, sent as {original, reasons}", metavar="TEMPLATE"),
-    Option("time_source", text, "event", "time sent on with accepted records: the normalized eventTime "
+    accepted_tag: str = setting(tag_template, "{tag}", "tag of accepted records ({tag} is the incoming tag)",
+           metavar="TEMPLATE", group="output")
+    rejected_tag: str = setting(tag_template, "{tag}.rejected",
+           "dead-letter tag of rejected records, sent as {original, reasons}", metavar="TEMPLATE", group="output")
+    time_source: str = setting(text, "event", "time sent on with accepted records: the normalized eventTime "
            "(event) or the time the record arrived with (original)", choices=TIME_SOURCES,
-           metavar="event|original"),
-    Option("filter", boolean, "on", "validate and normalize (off: pass every record through unchanged)",
-           metavar="on|off"),
-    Option("filter_workers", positive_int, 1, "processes that decide records; more than 1 lets the filter "
-           "use more cores (e.g. the number of cores)", metavar="N"),
+           metavar="event|original", group="output")
+    filter: bool = setting(boolean, "on", "validate and normalize (off: pass every record through unchanged)",
+           metavar="on|off", group="output")
+    filter_workers: int = setting(positive_int, 1, "processes that decide records; more than 1 lets the filter "
+           "use more cores (e.g. the number of cores)", metavar="N", group="output")
     # local state
-    Option("data_dir", text, "atnorm-data", "directory for the spool, and for the record files when no "
-           "downstream is set", metavar="DIR"),
-    Option("spool_path", text, None, "spool file (default: DATA_DIR/spool.db)", metavar="FILE"),
-    Option("spool_max_size", size_bytes, "1G", "most bytes the spool holds; when full, chunks are "
-           "not acked and senders keep them", metavar="SIZE"),
-    Option("spool_sync", text, "normal", "spool durability: normal survives a crash of the process, full "
-           "also a power loss", choices=("normal", "full"), metavar="normal|full"),
+    data_dir: str = setting(text, "atnorm-data", "directory for the spool, and for the record files when no "
+           "downstream is set", metavar="DIR", group="local state")
+    spool_path: str = setting(text, None, "spool file (default: DATA_DIR/spool.db)", metavar="FILE", group="local state")
+    spool_max_size: int = setting(size_bytes, "1G", "most bytes the spool holds; when full, chunks are "
+           "not acked and senders keep them", metavar="SIZE", group="local state")
+    spool_sync: str = setting(text, "normal", "spool durability: normal survives a crash of the process, full "
+           "also a power loss", choices=("normal", "full"), metavar="normal|full", group="local state")
     # operations
-    Option("metrics_listen", address, None, "serve Prometheus /metrics, /healthz and /readyz here",
-           metavar="HOST:PORT"),
-    Option("shutdown_timeout", positive_float, "10", "on SIGTERM, how long chunks in flight may take to "
-           "finish", metavar="SECONDS"),
-    *LOG_OPTIONS,
-    Option("drift_state", text, None,
-           "keep the actions no table declares in this JSON file (read it with `atnorm drift --state`)",
-           metavar="FILE"),
-)
-
-ALL_OPTIONS: Tuple[Option, ...] = OPTIONS + tuple(STATS_OPTIONS) + tuple(FILTER_OPTIONS)
+    metrics_listen: Optional[str] = shared(METRICS_LISTEN)
+    shutdown_timeout: float = setting(positive_float, "10", "on SIGTERM, how long chunks in flight may take to "
+           "finish", metavar="SECONDS", group="operations")
+    log_level: str = shared(LOG_LEVEL)
+    log_format: str = shared(LOG_FORMAT)
+    drift_state: Optional[str] = shared(DRIFT_STATE)
+    # the periodic stats record
+    stats_interval: Optional[float] = shared(STATS_INTERVAL)
+    stats_tag: str = shared(STATS_TAG)
 
 
-def load_settings(args: argparse.Namespace, check: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+OPTIONS: Tuple[Option, ...] = options_of(RelaySettings)
+ALL_OPTIONS: Tuple[Option, ...] = OPTIONS + tuple(FILTER_OPTIONS)
+
+
+def load_settings(args: argparse.Namespace, check: bool = True) -> Tuple[RelaySettings, Dict[str, Any]]:
     """(relay settings, raw config-file values): defaults < `--config` file < environment <
     flags; with `check`, combinations that cannot work raise (every one of them at once)."""
     config_path = getattr(args, "config", None)
     file_values = load_config_file(config_path, ALL_OPTIONS) if config_path else {}
-    options = OPTIONS + tuple(STATS_OPTIONS)
-    settings = resolve(options, args, file_values)
-    for option in options:
-        # Defaults are declared as a user would write them ("16M", "on") for the README table.
-        if not option.multiple and isinstance(option.default, str) and settings[option.key] is option.default:
-            settings[option.key] = option.convert(option.default)
-    if settings["spool_path"] is None:
-        settings["spool_path"] = os.path.join(settings["data_dir"], "spool.db")
+    values = resolve(OPTIONS, args, file_values)
+    settings = settings_from(RelaySettings, values,
+                             spool_path=values["spool_path"] or os.path.join(values["data_dir"], "spool.db"))
     problems = settings_problems(settings) if check else []
     if len(problems) == 1:
         raise problems[0]
@@ -190,17 +194,17 @@ def load_settings(args: argparse.Namespace, check: bool = True) -> Tuple[Dict[st
     return settings, file_values
 
 
-def settings_problems(settings: Dict[str, Any]) -> List[ConfigError]:
+def settings_problems(settings: RelaySettings) -> List[ConfigError]:
     """The combinations of relay settings that cannot work, each as a ConfigError."""
     problems: List[ConfigError] = []
-    if settings["tls_key"] and not settings["tls_cert"]:
+    if settings.tls_key and not settings.tls_cert:
         problems.append(ConfigError("tls_key needs tls_cert too", key="tls_key"))
-    if not settings["listen"]:
+    if not settings.listen:
         problems.append(ConfigError("at least one listen address is needed", key="listen"))
-    if settings["rejected_forward"] and not settings["forward"]:
+    if settings.rejected_forward and not settings.forward:
         problems.append(ConfigError("rejected_forward needs forward too (without a downstream, records go "
                                     "to files in data_dir)", key="rejected_forward"))
-    if settings["drift_state"] and settings["filter_workers"] > 1:
+    if settings.drift_state and settings.filter_workers > 1:
         problems.append(ConfigError("drift_state needs filter_workers 1: the workers' verdicts do not "
                                     "reach the drift log", key="drift_state"))
     return problems
@@ -391,34 +395,34 @@ class FileDestination:
 class Relay:
     """Forward server → router → destination, with metrics and the periodic stats record."""
 
-    def __init__(self, settings: Dict[str, Any], event_filter: Optional[Filter] = None,
+    def __init__(self, settings: RelaySettings, event_filter: Optional[Filter] = None,
                  filter_stats: Optional[FilterStats] = None,
                  filter_values: Optional[Dict[str, Any]] = None) -> None:
         self.settings = settings
         self.event_filter = event_filter
         self.filter_stats = filter_stats or (event_filter.stats if event_filter is not None else FilterStats())
         self.relay_stats = RelayStats()
-        router_options = dict(accepted_tag=settings["accepted_tag"], rejected_tag=settings["rejected_tag"],
-                              time_source=settings["time_source"])
+        router_options = dict(accepted_tag=settings.accepted_tag, rejected_tag=settings.rejected_tag,
+                              time_source=settings.time_source)
         self.router = Router(self._decide_function(), count=self.filter_stats.count,
                              count_passed=self.filter_stats.count_passed, **router_options)
         self.pool: Optional[FilterPool] = None
-        if self.router.decide is not None and settings.get("filter_workers", 1) > 1:
+        if self.router.decide is not None and settings.filter_workers > 1:
             # Workers build their filters from the option values the relay's filter was built from.
             if filter_values is None:
                 raise ValueError("filter workers need the filter option values")
-            self.pool = FilterPool(settings["filter_workers"], filter_values, router_options, self.filter_stats)
+            self.pool = FilterPool(settings.filter_workers, filter_values, router_options, self.filter_stats)
         self._reload_task: Optional["asyncio.Task[None]"] = None
         self.server = ForwardServer(
             self.handle_chunk,
-            listen=[_listen_address(a) for a in settings["listen"]],
-            tls_cert=settings["tls_cert"], tls_key=settings["tls_key"],
-            shared_key=settings["shared_key"], self_hostname=settings["self_hostname"],
-            max_frame_size=settings["max_frame_size"],
-            max_decompressed_size=settings["max_decompressed_size"],
-            idle_timeout=settings["idle_timeout"], max_connections=settings["max_connections"],
-            max_connections_per_peer=settings["max_connections_per_peer"],
-            max_input_memory=settings["max_input_memory"],
+            listen=[_listen_address(a) for a in settings.listen],
+            tls_cert=settings.tls_cert, tls_key=settings.tls_key,
+            shared_key=settings.shared_key, self_hostname=settings.self_hostname,
+            max_frame_size=settings.max_frame_size,
+            max_decompressed_size=settings.max_decompressed_size,
+            idle_timeout=settings.idle_timeout, max_connections=settings.max_connections,
+            max_connections_per_peer=settings.max_connections_per_peer,
+            max_input_memory=settings.max_input_memory,
             stats=self.relay_stats)
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None
@@ -427,7 +431,7 @@ class Relay:
         self._unfinished_room: Optional[asyncio.Event] = None
 
     def _decide_function(self) -> Optional[Callable[[Any], Any]]:
-        if not self.settings["filter"] or self.event_filter is None:
+        if not self.settings.filter or self.event_filter is None:
             return None
         return self.event_filter.process
 
@@ -445,8 +449,8 @@ class Relay:
                 await self.server.start()
             except OSError as exc:
                 raise ConfigError(exc.strerror or str(exc)) from None
-            if self.settings["metrics_listen"]:
-                host, port = host_port(self.settings["metrics_listen"])
+            if self.settings.metrics_listen:
+                host, port = host_port(self.settings.metrics_listen)
                 reloads = self.event_filter if isinstance(self.event_filter, ReloadableFilter) else None
                 registry = build_registry(self.filter_stats, self.relay_stats, self._schemas_loaded,
                                           reload_counts=reloads)
@@ -459,56 +463,56 @@ class Relay:
             self.event_filter.start_watching()  # a changed tuning file is picked up between records
             if self.pool is not None:
                 self._reload_task = asyncio.ensure_future(self._pass_reloads_to_workers())
-        if self.settings.get("stats_interval"):
+        if self.settings.stats_interval:
             recorder = StatsRecorder(self.filter_stats, self._emit_stats_record, self.relay_stats,
-                                     tag=self.settings["stats_tag"])
-            self._stats_task = recorder.start_task(self.settings["stats_interval"])
+                                     tag=self.settings.stats_tag)
+            self._stats_task = recorder.start_task(self.settings.stats_interval)
 
     def _open_destination(self) -> Destination:
         settings = self.settings
-        if not settings["forward"]:
+        if not settings.forward:
             try:
-                return FileDestination(LocalStore(settings["data_dir"]))
+                return FileDestination(LocalStore(settings.data_dir))
             except LocalStoreError as exc:
                 raise ConfigError(str(exc), key="data_dir") from None
         shares: List[_SpoolGauges] = []
-        main = self._delivery(settings["forward"], settings["spool_path"], _SpoolGauges(self.relay_stats, shares))
+        main = self._delivery(settings.forward, settings.spool_path, _SpoolGauges(self.relay_stats, shares))
         rejected = None
-        if settings["rejected_forward"]:
+        if settings.rejected_forward:
             try:
-                rejected = self._delivery(settings["rejected_forward"], _rejected_spool_path(settings["spool_path"]),
+                rejected = self._delivery(settings.rejected_forward, _rejected_spool_path(settings.spool_path),
                                           _SpoolGauges(self.relay_stats, shares))
             except ConfigError:
                 main.spool.close()
                 raise
-        return ForwardDestination(main, rejected, entry_form=settings["forward_entry_form"])
+        return ForwardDestination(main, rejected, entry_form=settings.forward_entry_form)
 
     def _delivery(self, servers: Sequence[str], spool_path: str, gauges: _SpoolGauges) -> Delivery:
         settings = self.settings
         try:
-            spool = Spool(spool_path, max_bytes=settings["spool_max_size"], sync=settings["spool_sync"],
+            spool = Spool(spool_path, max_bytes=settings.spool_max_size, sync=settings.spool_sync,
                           stats=gauges)
         except SpoolError as exc:
             raise ConfigError(str(exc), key="spool_path") from None
         try:
             sender = ForwardSender(
                 [host_port(s) for s in servers],
-                tls=settings["forward_tls"], tls_verify=settings["forward_tls_verify"],
-                tls_ca_file=settings["forward_tls_ca"], shared_key=settings["forward_shared_key"],
-                username=settings["forward_username"], password=settings["forward_password"],
-                self_hostname=settings["self_hostname"], ack_timeout=settings["forward_ack_timeout"],
-                retry_max_wait=settings["retry_max_wait"], retry_deadline=settings["retry_timeout"],
-                retry_max_times=settings["retry_max_times"],
-                compress=None if settings["forward_compress"] == "none" else settings["forward_compress"],
+                tls=settings.forward_tls, tls_verify=settings.forward_tls_verify,
+                tls_ca_file=settings.forward_tls_ca, shared_key=settings.forward_shared_key,
+                username=settings.forward_username, password=settings.forward_password,
+                self_hostname=settings.self_hostname, ack_timeout=settings.forward_ack_timeout,
+                retry_max_wait=settings.retry_max_wait, retry_deadline=settings.retry_timeout,
+                retry_max_times=settings.retry_max_times,
+                compress=None if settings.forward_compress == "none" else settings.forward_compress,
                 stats=self.relay_stats)
         except (OSError, ValueError) as exc:
             spool.close()
             raise ConfigError(f"downstream: {exc}", key="forward") from None
-        return Delivery(sender, spool, stats=self.relay_stats, retry_max_wait=settings["retry_max_wait"])
+        return Delivery(sender, spool, stats=self.relay_stats, retry_max_wait=settings.retry_max_wait)
 
     async def stop(self) -> None:
         """Stop accepting, let chunks in flight finish, flush and close the destination."""
-        await self._close(grace=self.settings["shutdown_timeout"])
+        await self._close(grace=self.settings.shutdown_timeout)
 
     async def _close(self, grace: float) -> None:
         await self.server.stop(grace=grace)
@@ -683,7 +687,7 @@ class Relay:
 
     def readiness(self) -> Tuple[bool, str]:
         """Ready: schemas loaded (unless the filter is off) and records have somewhere to go."""
-        if self.settings["filter"] and self._schemas_loaded() == 0:
+        if self.settings.filter and self._schemas_loaded() == 0:
             return False, "no schemas loaded"
         if self.destination is None:
             return False, "starting"
@@ -695,13 +699,13 @@ class Relay:
         """One line: where the relay listens and where records go."""
         settings = self.settings
         listening = ", ".join(_show(a) for a in self.server.addresses)
-        if settings["forward"]:
-            where = f"forwarding with acks to {', '.join(settings['forward'])}"
-            if settings["rejected_forward"]:
-                where += f" (rejected records to {', '.join(settings['rejected_forward'])})"
-            where += f", spooling to {settings['spool_path']} while the downstream is away"
+        if settings.forward:
+            where = f"forwarding with acks to {', '.join(settings.forward)}"
+            if settings.rejected_forward:
+                where += f" (rejected records to {', '.join(settings.rejected_forward)})"
+            where += f", spooling to {settings.spool_path} while the downstream is away"
         else:
-            directory = settings["data_dir"]
+            directory = settings.data_dir
             where = (f"writing records to {os.path.join(directory, 'accepted.jsonl')}, rejected.jsonl "
                      f"and passed.jsonl (synced before each ack)")
         mode = "filter off, records pass through unchanged"
