@@ -106,7 +106,7 @@ def test_sighup_with_tuning_reloads_it(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--in-format", "xml"], "expected one of json, msgpack, tsv"),
-    (["--metrics-listen", "not-a-port"], "cannot start"),
+    (["--metrics-listen", "not-a-port"], "expected HOST:PORT"),
     (["--in-fromat", "json"], "unrecognized arguments: --in-fromat"),
     (["--schemas", "/nonexistent-schema-dir"], "schema directory does not exist"),
 ])

@@ -29,20 +29,33 @@ import select
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import msgpack
 
-from ..config.logs import LOG_OPTIONS
-from ..config.options import Option, boolean, host_port, load_config_file, resolve, size_bytes, text
+from ..config.logs import LOG_FORMAT, LOG_LEVEL
+from ..config.options import (
+    Option,
+    boolean,
+    host_port,
+    load_config_file,
+    options_of,
+    resolve,
+    setting,
+    settings_from,
+    shared,
+    size_bytes,
+    text,
+)
 from ..core.interfaces import Filter
 from ..core.reload import ReloadingFilter
-from ..core.settings import FILTER_OPTIONS
+from ..core.settings import DRIFT_STATE, FILTER_OPTIONS
 from ..core.stats import FilterStats
 from ..errors import ConfigError
 from ..model.encodable import encodable, json_text
 from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
-from ..monitoring.metrics import start_metrics_server
+from ..monitoring.metrics import METRICS_LISTEN, start_metrics_server
 
 # One os.read per batch; a pipe rarely holds more than 64 KiB, a file gives big batches.
 READ_SIZE = 1 << 20
@@ -69,60 +82,63 @@ def block_size(value: Any) -> int:
 # See OutputEncoder: Fluentd's Yajl reads the child's JSON output in blocks of this size.
 JSON_BLOCK_SIZE = 8192
 
-OPTIONS = (
-    Option("in_format", text, "json",
-           "what Fluentd writes to stdin (its <format> @type)", choices=("json", "msgpack", "tsv"),
-           metavar="json|msgpack|tsv"),
-    Option("out_format", text, "msgpack",
-           "what to write to stdout for Fluentd's <parse> (msgpack: Fluentd reads it as it "
-           "comes; json: padded to json_block_size blocks)", choices=("json", "msgpack"),
-           metavar="json|msgpack"),
-    Option("json_block_size", block_size, JSON_BLOCK_SIZE,
-           "with out_format json, pad the output after each batch to a multiple of this many "
-           "bytes: Fluentd's <parse> stream_buffer_size (0: no padding)", metavar="BYTES"),
-    Option("tag_key", text, None,
-           "record key that carries the tag (Fluentd <inject>/<extract> tag_key); removed before "
-           "filtering, put back on every output record", metavar="KEY"),
-    Option("rejected_tag_suffix", text, ".rejected",
-           "appended to the tag of rejected records (needs tag_key)", metavar="SUFFIX"),
-    Option("default_tag", text, "atnorm",
-           "tag for records that arrive without one, and for input that cannot be parsed "
-           "(needs tag_key)", metavar="TAG"),
-    Option("time_key", text, None,
-           "record key for the event time, for Fluentd's <extract> time_key with time_type "
-           "string: the normalized eventTime (2024-05-01T10:00:00.000+0000) on accepted "
-           "records, the incoming value otherwise", metavar="KEY"),
-    Option("tsv_keys", key_list, None,
-           "field names of the TSV columns, in order (required with in_format tsv)",
-           metavar="K1,K2,..."),
-    Option("log_file", text, None,
-           "append diagnostics, start-up errors and the summary line at exit to FILE "
-           "(stderr stays silent); reopened on SIGHUP",
-           metavar="FILE"),
-    Option("quiet", boolean, False,
-           "write only the summary line at exit to the log file"),
-    Option("metrics_listen", text, None,
-           "serve Prometheus /metrics, /healthz and /readyz on HOST:PORT", metavar="HOST:PORT"),
-    Option("drift_state", text, None,
-           "keep the actions no table declares in this JSON file (read it with `atnorm drift --state`)",
-           metavar="FILE"),
-    *LOG_OPTIONS,
-)
+@dataclass(frozen=True)
+class ExecFilterSettings:
+    """What `atnorm exec-filter` runs with: one typed field per option, declared here once
+    (the filter's own options are FILTER_OPTIONS, shared with the other commands)."""
+
+    in_format: str = setting(text, "json", "what Fluentd writes to stdin (its <format> @type)",
+                             choices=("json", "msgpack", "tsv"), metavar="json|msgpack|tsv", group="input and output")
+    out_format: str = setting(text, "msgpack",
+                              "what to write to stdout for Fluentd's <parse> (msgpack: Fluentd reads it as it "
+                              "comes; json: padded to json_block_size blocks)", choices=("json", "msgpack"),
+                              metavar="json|msgpack", group="input and output")
+    json_block_size: int = setting(block_size, JSON_BLOCK_SIZE,
+                                   "with out_format json, pad the output after each batch to a multiple of this "
+                                   "many bytes: Fluentd's <parse> stream_buffer_size (0: no padding)",
+                                   metavar="BYTES", group="input and output")
+    tag_key: Optional[str] = setting(text, None,
+                                     "record key that carries the tag (Fluentd <inject>/<extract> tag_key); removed "
+                                     "before filtering, put back on every output record", metavar="KEY",
+                                     group="tag and time")
+    rejected_tag_suffix: str = setting(text, ".rejected", "appended to the tag of rejected records (needs tag_key)",
+                                       metavar="SUFFIX", group="tag and time")
+    default_tag: str = setting(text, "atnorm", "tag for records that arrive without one, and for input that cannot "
+                               "be parsed (needs tag_key)", metavar="TAG", group="tag and time")
+    time_key: Optional[str] = setting(text, None,
+                                      "record key for the event time, for Fluentd's <extract> time_key with "
+                                      "time_type string: the normalized eventTime (2024-05-01T10:00:00.000+0000) on "
+                                      "accepted records, the incoming value otherwise", metavar="KEY",
+                                      group="tag and time")
+    tsv_keys: Optional[Tuple[str, ...]] = setting(key_list, None, "field names of the TSV columns, in order "
+                                                  "(required with in_format tsv)", metavar="K1,K2,...",
+                                                  group="input and output")
+    log_file: Optional[str] = setting(text, None, "append diagnostics, start-up errors and the summary line at exit "
+                                      "to FILE (stderr stays silent); reopened on SIGHUP", metavar="FILE",
+                                      group="logging")
+    quiet: bool = setting(boolean, False, "write only the summary line at exit to the log file", group="logging")
+    metrics_listen: Optional[str] = shared(METRICS_LISTEN)
+    drift_state: Optional[str] = shared(DRIFT_STATE)
+    log_level: str = shared(LOG_LEVEL)
+    log_format: str = shared(LOG_FORMAT)
 
 
-def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+OPTIONS: Tuple[Option, ...] = options_of(ExecFilterSettings)
+
+
+def load_settings(args: argparse.Namespace) -> Tuple[ExecFilterSettings, Dict[str, Any]]:
     """(exec-filter settings, raw config file values): defaults < `--config` file < flags,
     checked for combinations that cannot work."""
     config_path = getattr(args, "config", None)
     file_values = (load_config_file(config_path, list(OPTIONS) + list(FILTER_OPTIONS))
                    if config_path else {})
-    settings = resolve(OPTIONS, args, file_values)
-    if settings["in_format"] == "tsv":
-        if not settings["tsv_keys"]:
+    settings = settings_from(ExecFilterSettings, resolve(OPTIONS, args, file_values))
+    if settings.in_format == "tsv":
+        if not settings.tsv_keys:
             raise ConfigError("in_format tsv needs tsv_keys (the column names, in order)",
                               key="tsv_keys")
-        if settings["tag_key"] and settings["tag_key"] not in settings["tsv_keys"]:
-            raise ConfigError(f"tag_key {settings['tag_key']!r} is not one of the tsv_keys, so "
+        if settings.tag_key and settings.tag_key not in settings.tsv_keys:
+            raise ConfigError(f"tag_key {settings.tag_key!r} is not one of the tsv_keys, so "
                               "no tag would ever arrive", key="tag_key")
     return settings, file_values
 
@@ -1286,14 +1302,14 @@ def drain_input(reader: RecordInput, encode: Callable[[List[Any]], bytes], in_fd
     return drained, written
 
 
-def build_reader(settings: Dict[str, Any], router: RecordRouter,
+def build_reader(settings: ExecFilterSettings, router: RecordRouter,
                  log: Optional[DiagnosticLog] = None) -> RecordInput:
     """The input decoder named by `in_format`."""
-    if settings["in_format"] == "msgpack":
-        keep = _keep_bytes if settings["out_format"] == "msgpack" else encodable
+    if settings.in_format == "msgpack":
+        keep = _keep_bytes if settings.out_format == "msgpack" else encodable
         return MsgpackInput(router, keep, log)
-    if settings["in_format"] == "tsv":
-        return TsvInput(router, settings["tsv_keys"])
+    if settings.in_format == "tsv":
+        return TsvInput(router, settings.tsv_keys or ())
     return JsonLinesInput(router)
 
 
@@ -1305,7 +1321,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         startup_error(getattr(args, "log_file", None), exc)
         raise
-    log = DiagnosticLog(settings["log_file"], settings["quiet"], settings["log_level"], settings["log_format"])
+    log = DiagnosticLog(settings.log_file, settings.quiet, settings.log_level, settings.log_format)
     metrics = None
     event_filter = None
     try:
@@ -1313,12 +1329,12 @@ def run(args: argparse.Namespace) -> int:
             # The holder swaps in a rebuilt filter on SIGHUP or a tuning-file change,
             # between records; its one FilterStats is what monitoring reads.
             event_filter = ReloadingFilter.from_args(args, file_values, log=log.write,
-                                                     drift_state=settings["drift_state"])
+                                                     drift_state=settings.drift_state)
             tuning = getattr(args, "tuning", None) or file_values.get("tuning")
             if tuning:
                 event_filter.start_watching()
-            if settings["metrics_listen"]:
-                metrics = start_metrics_server(host_port(settings["metrics_listen"]),
+            if settings.metrics_listen:
+                metrics = start_metrics_server(host_port(settings.metrics_listen),
                                                event_filter.stats,
                                                schemas_loaded=lambda: len(event_filter.rules.services),
                                                reload_counts=event_filter)
@@ -1328,12 +1344,12 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             log.summary(f"cannot start: {exc}")
             raise ConfigError(f"cannot start: {exc}") from None
-        router = RecordRouter(event_filter, settings["tag_key"], settings["rejected_tag_suffix"],
-                              settings["default_tag"], settings["time_key"], log)
+        router = RecordRouter(event_filter, settings.tag_key, settings.rejected_tag_suffix,
+                              settings.default_tag, settings.time_key, log)
         reader = build_reader(settings, router, log)
-        encode = OutputEncoder(router, settings["out_format"], settings["json_block_size"], log)
+        encode = OutputEncoder(router, settings.out_format, settings.json_block_size, log)
         services = event_filter.rules.services
-        log.write(f"started: {settings['in_format']} in, {settings['out_format']} out; {len(services)} "
+        log.write(f"started: {settings.in_format} in, {settings.out_format} out; {len(services)} "
                   f"services, {sum(len(d.actions) for d in services.values())} actions loaded")
 
         reloading = event_filter
