@@ -174,6 +174,8 @@ class Router:
         self.rejected_tag = tag_function(check_tag_template(rejected_tag))
         self.passed_tag = tag_function(check_tag_template(passed_tag))
         self.time_source = time_source
+        # Chosen once: which time an accepted record leaves with.
+        self.accepted_time: Callable[[Verdict, Entry], Time] = _ACCEPTED_TIME[time_source]
         # Counts the verdicts made here, not by `decide` (entries with a problem); by default
         # into the stats of the filter `decide` belongs to, if it has any.
         self.count = count if count is not None else _stats_counter(decide)
@@ -204,9 +206,8 @@ class Router:
             return REJECTED, self.rejected_tag(tag), self.unusable(entry)
         outcome = verdict.outcome
         if outcome == ACCEPTED:
-            when = parse_event_time(verdict.event_time) if self.time_source == "event" else None
-            return ACCEPTED, self.accepted_tag(tag), Entry(when if when is not None else entry.time,
-                                                           verdict.record, entry.metadata)
+            return ACCEPTED, self.accepted_tag(tag), Entry(self.accepted_time(verdict, entry), verdict.record,
+                                                           entry.metadata)
         if outcome == REJECTED:
             return REJECTED, self.rejected_tag(tag), Entry(entry.time, verdict.dead_letter(), entry.metadata)
         # The filter hands back bin (bytes) strings as str: pass on its record, not the raw one.
@@ -222,7 +223,7 @@ class Router:
                 self.count_passed(len(entries))
             return [RoutedBatch(PASSED, self.passed_tag(tag), list(entries))] if entries else []
         decide = self.decide
-        event_time = parse_event_time if self.time_source == "event" else None
+        accepted_time = self.accepted_time
         accepted: List[Entry] = []
         rejected: List[Entry] = []
         passed: List[Entry] = []
@@ -237,8 +238,7 @@ class Router:
                 continue
             outcome = verdict.outcome
             if outcome == ACCEPTED:
-                when: Optional[Time] = event_time(verdict.event_time) if event_time is not None else None
-                accepted.append(Entry(when if when is not None else entry.time, verdict.record, entry.metadata))
+                accepted.append(Entry(accepted_time(verdict, entry), verdict.record, entry.metadata))
             elif outcome == REJECTED:
                 rejected.append(Entry(entry.time, verdict.dead_letter(), entry.metadata))
             else:
@@ -262,6 +262,19 @@ class Router:
         if passed:
             batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))
         return batches
+
+
+def _event_time(verdict: Verdict, entry: Entry) -> Time:
+    """The normalized eventTime, or the arrival time if the event has none."""
+    when = parse_event_time(verdict.event_time)
+    return when if when is not None else entry.time
+
+
+def _arrival_time(verdict: Verdict, entry: Entry) -> Time:
+    return entry.time
+
+
+_ACCEPTED_TIME: Dict[str, Callable[[Verdict, Entry], Time]] = {"event": _event_time, "original": _arrival_time}
 
 
 def _stats_counter(decide: Optional[Callable[[Any], Verdict]]) -> Optional[Callable[[Verdict], None]]:
