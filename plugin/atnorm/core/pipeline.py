@@ -108,6 +108,25 @@ class _CompiledService:
     ignored: frozenset = frozenset()
     # None when the service's mode is off (its actions are not checked).
     on_unknown_action: Optional[UnknownActionPolicy] = None
+    # Adds the service's warnings to the event's and drops the ignored kinds: (work, warnings) → warnings.
+    add_warnings: Callable[[Dict[str, Any], List[str]], List[str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.add_warnings = _warning_step(self.warn, self.ignored)
+
+
+def _warning_step(warn: List[Rule], ignored: frozenset) -> Callable[[Dict[str, Any], List[str]], List[str]]:
+    """The service's warning checks, chosen once: with ignored kinds, they are taken out of
+    every warning of the event (the envelope's and the unknown action's too)."""
+    def add(work: Dict[str, Any], warnings: List[str]) -> List[str]:
+        for rule in warn:
+            warnings += rule.warning_kinds(work)
+        return warnings
+
+    def add_and_drop_ignored(work: Dict[str, Any], warnings: List[str]) -> List[str]:
+        return [kind for kind in add(work, warnings) if kind not in ignored]
+
+    return add_and_drop_ignored if ignored else add
 
 
 def _record_error(rule: str, message: str) -> RejectReason:
@@ -299,10 +318,7 @@ class EventFilter:
             for rule in compiled.enforce:
                 if not rule.check(work):
                     failed.append((rule, None, None))
-            for rule in compiled.warn:
-                warnings += rule.warning_kinds(work)
-            if compiled.ignored:
-                warnings = [w for w in warnings if w not in compiled.ignored]
+            warnings = compiled.add_warnings(work, warnings)
 
         if failed:
             return self._rejected(record, work, failed, [], service, warnings, fixes)
