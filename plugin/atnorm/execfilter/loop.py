@@ -187,6 +187,12 @@ class RecordRouter:
         self._default_tag = default_tag
         self._time_key = time_key
         self._transport_keys = bool(tag_key or time_key)
+        # Which transport keys are put back on the output, chosen once.
+        self._put_keys: List[Callable[[Dict[str, Any], Verdict, Any, Any], None]] = []
+        if tag_key:
+            self._put_keys.append(self._put_tag)
+        if time_key:
+            self._put_keys.append(self._put_time)
         self._log = log
         self._process = event_filter.process
         self._process_json = event_filter.process_json
@@ -256,21 +262,26 @@ class RecordRouter:
         """The output of `verdict` with the transport keys put back."""
         out = verdict.output()
         self._outcomes.append(verdict.outcome)
-        if not self._transport_keys:
+        put_keys = self._put_keys
+        if not put_keys:
             return out
         if type(out) is not dict:
             # Only maps can carry a tag back to Fluentd.
             out = {"original": out, "reasons": []}
-        if self._tag_key:
-            if not isinstance(tag, str) or not tag:
-                tag = self._default_tag
-            out[self._tag_key] = tag + self._suffix if verdict.outcome == REJECTED else tag
-        if self._time_key:
-            if verdict.outcome == ACCEPTED and verdict.event_time is not None:
-                out[self._time_key] = verdict.event_time
-            elif when is not _MISSING:
-                out[self._time_key] = when
+        for put in put_keys:
+            put(out, verdict, tag, when)
         return out
+
+    def _put_tag(self, out: Dict[str, Any], verdict: Verdict, tag: Any, when: Any) -> None:
+        if not isinstance(tag, str) or not tag:
+            tag = self._default_tag
+        out[self._tag_key] = tag + self._suffix if verdict.outcome == REJECTED else tag  # type: ignore[index]
+
+    def _put_time(self, out: Dict[str, Any], verdict: Verdict, tag: Any, when: Any) -> None:
+        if verdict.outcome == ACCEPTED and verdict.event_time is not None:
+            out[self._time_key] = verdict.event_time  # type: ignore[index]
+        elif when is not _MISSING:
+            out[self._time_key] = when  # type: ignore[index]
 
     def encode_failed(self, output: Any, outcome: Optional[str], exc: Exception) -> Any:
         """An output that cannot be encoded at all → a rejected record whose original is
