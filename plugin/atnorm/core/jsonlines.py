@@ -8,10 +8,10 @@ through `encodable` (see there for what each value becomes); the rest cost one e
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from ..model.encodable import encodable
+from ..model.jsoncodec import Dumps
 
 
 def _fallback(value: Any) -> Any:
@@ -27,7 +27,8 @@ def _fallback(value: Any) -> Any:
     return repr(value)
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_fallback, allow_nan=False)
+# msgspec writes the line when it is the standard encoder's line (see jsoncodec).
+_encode = Dumps(default=_fallback)
 
 
 UNWRITABLE = (ValueError, TypeError, RecursionError, UnicodeEncodeError)
@@ -36,7 +37,7 @@ UNWRITABLE = (ValueError, TypeError, RecursionError, UnicodeEncodeError)
 def dumps_as_is(record: Any) -> str:
     """One compact JSON line (no newline) holding `record` unchanged; raises one of
     UNWRITABLE when strict JSON in UTF-8 cannot hold it as it is."""
-    line = _encoder.encode(record)
+    line = _encode(record)
     if not line.isascii():
         line.encode("utf-8")  # a lone surrogate would fail only where the line is written
     return line
@@ -48,4 +49,4 @@ def dumps(record: Any) -> str:
     try:
         return dumps_as_is(record)
     except UNWRITABLE:
-        return _encoder.encode(encodable(record))
+        return _encode(encodable(record))

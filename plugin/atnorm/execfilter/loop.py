@@ -41,6 +41,7 @@ from ..core.settings import FILTER_OPTIONS
 from ..core.stats import FilterStats
 from ..errors import ConfigError
 from ..model.encodable import encodable, json_text
+from ..model.jsoncodec import Dumps, loads
 from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
 from ..monitoring.metrics import start_metrics_server
 
@@ -210,7 +211,7 @@ class RecordRouter:
         """One JSON document (bytes) → its output record; unreadable ones are rejected."""
         if self._transport_keys and len(line) <= self.max_record_bytes:
             try:
-                record = json.loads(line)
+                record = loads(line)
             except (ValueError, RecursionError):
                 pass  # the filter core words the reason below; the tag is unknowable
             else:
@@ -1010,20 +1011,19 @@ class OutputEncoder:
         self._json = out_format == "json"
         self._block = block_size if self._json else 0
         self._written = 0
-        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
-                                       allow_nan=False).encode
+        self._dumps = Dumps()
         self._one: Callable[[Any], bytes] = (
             self._json_bytes if self._json else msgpack.Packer(use_bin_type=True).pack)
 
     def _json_bytes(self, output: Any) -> bytes:
         # Strict UTF-8: a lone surrogate raises here instead of leaving as "\ud800".
-        return self._dumps(output).encode("utf-8")
+        return self._dumps.to_bytes(output)
 
     def __call__(self, outputs: List[Any]) -> bytes:
         outcomes = self.router.take_outcomes()
         try:
             if self._json:
-                data = ("\n".join(map(self._dumps, outputs)) + "\n").encode("utf-8")
+                data = b"\n".join(map(self._dumps.to_bytes, outputs)) + b"\n"
             else:
                 pack = self._one
                 data = b"".join([pack(output) for output in outputs])
