@@ -8,6 +8,7 @@ through `encodable` (see there for what each value becomes); the rest cost one e
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from ..model.encodable import encodable
@@ -27,9 +28,10 @@ def _fallback(value: Any) -> Any:
     return repr(value)
 
 
-# msgspec writes the line when it is the standard encoder's line (see jsoncodec).
-_encode = Dumps(default=_fallback)
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_fallback, allow_nan=False)
 
+
+_fast = Dumps.fast
 
 UNWRITABLE = (ValueError, TypeError, RecursionError, UnicodeEncodeError)
 
@@ -37,7 +39,11 @@ UNWRITABLE = (ValueError, TypeError, RecursionError, UnicodeEncodeError)
 def dumps_as_is(record: Any) -> str:
     """One compact JSON line (no newline) holding `record` unchanged; raises one of
     UNWRITABLE when strict JSON in UTF-8 cannot hold it as it is."""
-    line = _encode(record)
+    # msgspec's line when it is this encoder's line (see jsoncodec), else this encoder's.
+    fast = _fast(record)
+    if fast is not None:
+        return fast.decode("utf-8")
+    line = _encoder.encode(record)
     if not line.isascii():
         line.encode("utf-8")  # a lone surrogate would fail only where the line is written
     return line
@@ -49,4 +55,4 @@ def dumps(record: Any) -> str:
     try:
         return dumps_as_is(record)
     except UNWRITABLE:
-        return _encode(encodable(record))
+        return _encoder.encode(encodable(record))

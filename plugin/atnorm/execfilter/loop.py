@@ -35,6 +35,7 @@ import msgpack
 
 from ..config.logs import LOG_OPTIONS
 from ..config.options import Option, boolean, host_port, load_config_file, resolve, size_bytes, text
+from ..core.heap import settle_after_start
 from ..core.interfaces import Filter
 from ..core.reload import ReloadingFilter
 from ..core.settings import FILTER_OPTIONS
@@ -1011,19 +1012,16 @@ class OutputEncoder:
         self._json = out_format == "json"
         self._block = block_size if self._json else 0
         self._written = 0
-        self._dumps = Dumps()
-        self._one: Callable[[Any], bytes] = (
-            self._json_bytes if self._json else msgpack.Packer(use_bin_type=True).pack)
-
-    def _json_bytes(self, output: Any) -> bytes:
         # Strict UTF-8: a lone surrogate raises here instead of leaving as "\ud800".
-        return self._dumps.to_bytes(output)
+        self._to_bytes = Dumps().to_bytes
+        self._one: Callable[[Any], bytes] = (
+            self._to_bytes if self._json else msgpack.Packer(use_bin_type=True).pack)
 
     def __call__(self, outputs: List[Any]) -> bytes:
         outcomes = self.router.take_outcomes()
         try:
             if self._json:
-                data = b"\n".join(map(self._dumps.to_bytes, outputs)) + b"\n"
+                data = b"\n".join(map(self._to_bytes, outputs)) + b"\n"
             else:
                 pack = self._one
                 data = b"".join([pack(output) for output in outputs])
@@ -1332,6 +1330,7 @@ def run(args: argparse.Namespace) -> int:
                               settings["default_tag"], settings["time_key"], log)
         reader = build_reader(settings, router, log)
         encode = OutputEncoder(router, settings["out_format"], settings["json_block_size"], log)
+        settle_after_start()  # schemas loaded: keep them out of every later collection
         log.write(f"started: {settings['in_format']} in, {settings['out_format']} out")
 
         reloading = event_filter

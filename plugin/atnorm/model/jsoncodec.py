@@ -66,14 +66,16 @@ _read_back = msgspec.json.Decoder(float_hook=_float_as_repr).decode
 
 
 class Dumps:
-    """A compact strict JSON encoder: `Dumps()(value)` is the `str` the reference encoder
-    (compact separators, ``ensure_ascii=False``, ``allow_nan=False``, `default`) returns."""
+    """A compact strict JSON encoder: `Dumps().encode(value)` is the `str` the reference
+    encoder (compact separators, ``ensure_ascii=False``, ``allow_nan=False``, `default`)
+    returns. Methods, not ``__call__``: calling an instance costs an extra recursion level,
+    and the reference must hit its nesting limit at the same depth as before."""
 
     def __init__(self, default: Optional[Callable[[Any], Any]] = None) -> None:
         self._reference = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
                                            allow_nan=False, default=default).encode
 
-    def __call__(self, value: Any) -> str:
+    def encode(self, value: Any) -> str:
         encoded = self.fast(value)
         return self._reference(value) if encoded is None else encoded.decode("utf-8")
 
