@@ -8,6 +8,7 @@ import signal
 
 from ..config.logs import configure_logging
 from ..config.options import add_arguments, resolve
+from ..core.heap import settle_after_start
 from ..core.settings import FILTER_OPTIONS, add_filter_arguments
 from ..core.stats import FilterStats
 from ..monitoring.stats_record import STATS_OPTIONS
@@ -33,5 +34,6 @@ def run(args: argparse.Namespace) -> int:
     event_filter = (build_event_filter(args, file_values, filter_stats, settings["drift_state"])
                     if settings["filter"] else None)
     relay = Relay(settings, event_filter, filter_stats, resolve(FILTER_OPTIONS, args, file_values))
+    settle_after_start()  # schemas loaded: keep them out of every later collection
     asyncio.run(serve(relay))
     return 0
