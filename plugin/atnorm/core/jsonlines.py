@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 from ..model.encodable import encodable
-from ..model.jsoncodec import Dumps
 
 
 def _fallback(value: Any) -> Any:
@@ -31,18 +30,12 @@ def _fallback(value: Any) -> Any:
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_fallback, allow_nan=False)
 
 
-_fast = Dumps.fast
-
 UNWRITABLE = (ValueError, TypeError, RecursionError, UnicodeEncodeError)
 
 
 def dumps_as_is(record: Any) -> str:
     """One compact JSON line (no newline) holding `record` unchanged; raises one of
     UNWRITABLE when strict JSON in UTF-8 cannot hold it as it is."""
-    # msgspec's line when it is this encoder's line (see jsoncodec), else this encoder's.
-    fast = _fast(record)
-    if fast is not None:
-        return fast.decode("utf-8")
     line = _encoder.encode(record)
     if not line.isascii():
         line.encode("utf-8")  # a lone surrogate would fail only where the line is written

@@ -42,7 +42,7 @@ from ..core.settings import FILTER_OPTIONS
 from ..core.stats import FilterStats
 from ..errors import ConfigError
 from ..model.encodable import encodable, json_text
-from ..model.jsoncodec import Dumps, loads
+from ..model.jsoncodec import loads
 from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
 from ..monitoring.metrics import start_metrics_server
 
@@ -1012,16 +1012,20 @@ class OutputEncoder:
         self._json = out_format == "json"
         self._block = block_size if self._json else 0
         self._written = 0
-        # Strict UTF-8: a lone surrogate raises here instead of leaving as "\ud800".
-        self._to_bytes = Dumps().to_bytes
+        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                                       allow_nan=False).encode
         self._one: Callable[[Any], bytes] = (
-            self._to_bytes if self._json else msgpack.Packer(use_bin_type=True).pack)
+            self._json_bytes if self._json else msgpack.Packer(use_bin_type=True).pack)
+
+    def _json_bytes(self, output: Any) -> bytes:
+        # Strict UTF-8: a lone surrogate raises here instead of leaving as "\ud800".
+        return self._dumps(output).encode("utf-8")
 
     def __call__(self, outputs: List[Any]) -> bytes:
         outcomes = self.router.take_outcomes()
         try:
             if self._json:
-                data = b"\n".join(map(self._to_bytes, outputs)) + b"\n"
+                data = ("\n".join(map(self._dumps, outputs)) + "\n").encode("utf-8")
             else:
                 pack = self._one
                 data = b"".join([pack(output) for output in outputs])
