@@ -5,7 +5,7 @@ Importable from every layer; nothing here imports the rest of atnorm.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 
 class AtnormError(Exception):
@@ -23,6 +23,16 @@ class ConfigError(AtnormError):
             where = f"{file}:{line}: " if line is not None else f"{file}: "
         keypart = f"key '{key}': " if key else ""
         super().__init__(f"{where}{keypart}{message}")
+
+
+class ConfigErrors(ConfigError):
+    """Every mistake found in one file at once, one line each (what an agent's check prints)."""
+
+    def __init__(self, errors: List[ConfigError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0]
+        AtnormError.__init__(self, "\n".join(str(e) for e in self.errors))
+        self.file, self.line, self.key, self.detail = first.file, first.line, first.key, first.detail
 
 
 class UsageError(AtnormError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from typing import List, NoReturn, Optional
 
@@ -49,10 +50,29 @@ def _log_file_in(argv: List[str]) -> Optional[str]:
     return None
 
 
+DESCRIPTION = """\
+Check IBM Cloud Activity Tracker audit events against the action tables of IBM's docs
+and normalize them, in a Fluent Bit / Fluentd forwarding chain or on files. Every record
+comes out exactly once: accepted (normalized), rejected (with the reasons) or passed
+(not an audit event)."""
+
+EPILOG = """\
+examples:
+  atnorm serve --data-dir ./atnorm-data          relay on 127.0.0.1:24224, records to files
+  atnorm serve --config /etc/atnorm/atnorm.yaml  relay with every option in one file
+  atnorm filter events.jsonl > accepted.jsonl    rejected records go to rejected.jsonl
+  atnorm explain event.json                      what was fixed, what failed and why
+  atnorm config check /etc/atnorm/atnorm.yaml    check a config file without running
+
+Run `atnorm COMMAND --help` for the options of a command."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="atnorm", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"atnorm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="atnorm", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"atnorm {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (module_name, help_text) in COMMANDS.items():
         if importlib.util.find_spec(module_name) is None:
             continue
@@ -81,11 +101,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ConfigError, UsageError) as exc:
-        print(f"atnorm {args.command}: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # several mistakes: one line each
+            print(f"atnorm {args.command}: error: {line}", file=sys.stderr)
         return 2
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`); not an error of ours to report.
-        sys.stderr.close()
+        # The reader went away (e.g. `| head`); not an error of ours to report. What is left
+        # in stdout's buffer goes nowhere, so the flush at exit cannot fail (exit 120).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 0
     except KeyboardInterrupt:
         return 130

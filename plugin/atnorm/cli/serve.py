@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import socket
+import ssl
+from typing import Any, Dict, List
 
 from ..config.logs import configure_logging
-from ..config.options import add_arguments, resolve
+from ..config.options import add_arguments, host_port, resolve
 from ..core.heap import settle_after_start
-from ..core.settings import FILTER_OPTIONS, add_filter_arguments
+from ..core.pipeline import EventFilter
+from ..core.settings import FILTER_OPTIONS, add_filter_arguments, filter_settings
 from ..core.stats import FilterStats
+from ..errors import ConfigError, ConfigErrors
 from ..monitoring.stats_record import STATS_OPTIONS
 from ..relay.service import OPTIONS, Relay, build_event_filter, load_settings, serve
 
@@ -18,9 +24,95 @@ from ..relay.service import OPTIONS, Relay, build_event_filter, load_settings, s
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Flags for `atnorm serve`: relay, stats record and filter options, plus `--config FILE`."""
     parser.add_argument("--config", metavar="FILE", help="YAML file with the same keys as the flags (flags win)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the whole start-up (config, schemas, tuning, TLS files, data "
+                             "directory, ports) and exit: 0 if it would start, 2 with every problem")
     add_arguments(parser, OPTIONS)
     add_arguments(parser, STATS_OPTIONS)
     add_filter_arguments(parser)
+
+
+def _writable_directory(path: str) -> str:
+    """Why `path` cannot be the data directory ("" if it can: it exists and is writable, or
+    its nearest existing parent is, so start-up can create it)."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            return "exists and is not a directory"
+        return "" if os.access(path, os.W_OK | os.X_OK) else "is not writable"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        return f"does not exist, and {parent} is not a writable directory to create it in"
+    return ""
+
+
+def _bind_problem(text: str) -> str:
+    """Why the relay could not listen on `text` now ("" if it could)."""
+    host, port = host_port(text)
+    if host.startswith("unix://"):
+        directory = os.path.dirname(host[len("unix://"):]) or "."
+        return "" if os.access(directory, os.W_OK) else f"{directory} is not writable"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen there: {exc.strerror}"
+    return ""
+
+
+def startup_problems(settings: Dict[str, Any], filter_values: Dict[str, Any],
+                     bind: bool = True) -> List[ConfigError]:
+    """Every reason start-up would fail with these settings, found without starting: schemas
+    and tuning, TLS files, the data directory and (with `bind`) the addresses to listen on."""
+    problems: List[ConfigError] = []
+    try:
+        EventFilter.from_schemas(settings=filter_settings(filter_values))
+    except ConfigErrors as exc:
+        problems += exc.errors
+    except ConfigError as exc:
+        problems.append(exc)
+    if settings.get("tls_cert"):
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings["tls_cert"], settings.get("tls_key"))
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(ConfigError(f"cannot load the certificate and key: {exc.strerror or exc}",
+                                        key="tls_cert"))
+    if settings.get("forward_tls_ca"):
+        try:
+            ssl.create_default_context(cafile=settings["forward_tls_ca"])
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(ConfigError(f"cannot load the CA bundle: {exc.strerror or exc}", key="forward_tls_ca"))
+    why = _writable_directory(settings["data_dir"])
+    if why:
+        problems.append(ConfigError(f"{settings['data_dir']} {why}", key="data_dir"))
+    if bind:
+        for key in ("listen", "metrics_listen"):
+            addresses = settings.get(key) or []
+            for address in [addresses] if isinstance(addresses, str) else addresses:
+                why = _bind_problem(address)
+                if why:
+                    problems.append(ConfigError(f"{address}: {why}", key=key))
+    return problems
+
+
+def dry_run(settings: Dict[str, Any], filter_values: Dict[str, Any]) -> int:
+    problems = startup_problems(settings, filter_values)
+    if problems:
+        raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
+    rules = EventFilter.from_schemas(settings=filter_settings(filter_values)).rules
+    actions = sum(len(document.actions) for document in rules.services.values())
+    where = (f"forwarding to {', '.join(settings['forward'])}" if settings["forward"]
+             else f"writing records to {settings['data_dir']}")
+    print(f"atnorm serve: dry run OK: would listen on {', '.join(settings['listen'])}; {where}; "
+          f"{len(rules.services)} services, {actions} actions loaded")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     # one that arrives while the schemas load is ignored (the files are read just now anyway).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings, file_values = load_settings(args)
+    if args.dry_run:
+        return dry_run(settings, resolve(FILTER_OPTIONS, args, file_values))
     configure_logging("serve", settings["log_level"], settings["log_format"])
     filter_stats = FilterStats()
     event_filter = (build_event_filter(args, file_values, filter_stats, settings["drift_state"])

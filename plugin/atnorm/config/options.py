@@ -2,18 +2,20 @@
 
 A command lists its `Option`s; `add_arguments` builds the argparse flags,
 `load_config_file` reads the same keys from YAML (reporting file, line and key on a
-mistake), and `resolve` merges default < file < command line.
+mistake), and `resolve` merges default < file < environment < command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigErrors
 
 
 def host_port(text: str) -> Tuple[str, int]:
@@ -41,21 +43,33 @@ def boolean(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def positive_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a positive integer, got {value!r}")
-    number = int(value)
-    if number <= 0:
-        raise ValueError(f"expected a positive integer, got {value!r}")
+def whole_number(value: Any, low: int, high: Optional[int], expected: str) -> int:
+    """`value` as an int from `low` to `high` (None: no limit); else a ValueError saying
+    `expected` in the user's words (never Python's `invalid literal for int()`)."""
+    try:
+        if isinstance(value, (bool, float)):
+            raise ValueError
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise ValueError(f"expected {expected}, got {value!r}") from None
+    if number < low or (high is not None and number > high):
+        raise ValueError(f"expected {expected}, got {value!r}")
     return number
 
 
+def positive_int(value: Any) -> int:
+    return whole_number(value, 1, None, "a positive whole number such as 256")
+
+
 def positive_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a positive number, got {value!r}")
-    number = float(value)
-    if number <= 0:
-        raise ValueError(f"expected a positive number, got {value!r}")
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(str(value).strip())
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a positive number of seconds such as 10 or 0.5, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"expected a positive number of seconds such as 10 or 0.5, got {value!r}")
     return number
 
 
@@ -98,6 +112,11 @@ class Option:
     def flag(self) -> str:
         return "--" + self.key.replace("_", "-")
 
+    @property
+    def env(self) -> str:
+        """The environment variable that sets it (containers): ATNORM_ and the key in capitals."""
+        return "ATNORM_" + self.key.upper()
+
     def convert(self, value: Any) -> Any:
         if self.multiple:
             values = value if isinstance(value, list) else [value]
@@ -106,8 +125,17 @@ class Option:
 
     def _convert_one(self, value: Any) -> Any:
         if self.choices is not None and str(value) not in self.choices:
-            raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
-        return self.parse(value)
+            nearest = difflib.get_close_matches(str(value), list(self.choices), n=1, cutoff=0.6)
+            hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+            raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}{hint}")
+        try:
+            return self.parse(value)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            if message.startswith("expected") or message.startswith("at least") or " expected " in message:
+                raise
+            # A parser's own words (`invalid literal for int()`) are not the user's: say what fits.
+            raise ValueError(f"expected {self.metavar or 'a value for ' + self.key}, got {value!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
@@ -156,12 +184,22 @@ def load_yaml_mapping(path: str) -> Tuple[Dict[str, Any], Dict[str, int]]:
     return values, _key_lines(node) if node is not None else {}
 
 
-def load_config_file(path: str, options: Iterable[Option],
-                     sections: Sequence[str] = ()) -> Dict[str, Any]:
-    """Read and check the option keys of a YAML file. Keys in `sections` are returned raw."""
+def unknown_key(key: str, known: Iterable[str]) -> str:
+    """What to say of a key no option has: the nearest known one, if it looks misspelt."""
+    names = sorted(known)
+    nearest = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.6)
+    if nearest:
+        return f"unknown option; did you mean '{nearest[0]}'?"
+    return f"unknown option (known: {', '.join(names)})"
+
+
+def check_config_values(path: str, values: Dict[str, Any], lines: Dict[str, int],
+                        options: Iterable[Option], sections: Sequence[str] = ()
+                        ) -> Tuple[Dict[str, Any], List[ConfigError]]:
+    """(the converted values, every mistake): each key checked, none left out after the first."""
     by_key = {o.key: o for o in options}
-    values, lines = load_yaml_mapping(path)
     result: Dict[str, Any] = {}
+    errors: List[ConfigError] = []
     for key, raw in values.items():
         line = lines.get(str(key))
         if key in sections:
@@ -169,27 +207,50 @@ def load_config_file(path: str, options: Iterable[Option],
             continue
         option = by_key.get(str(key).replace("-", "_"))
         if option is None:
-            known = ", ".join(sorted(list(by_key) + list(sections)))
-            raise ConfigError(f"unknown option (known: {known})", file=path, line=line, key=str(key))
+            errors.append(ConfigError(unknown_key(str(key), list(by_key) + list(sections)),
+                                      file=path, line=line, key=str(key)))
+            continue
         try:
             result[option.key] = option.convert(raw)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(str(exc), file=path, line=line, key=str(key)) from None
+            errors.append(ConfigError(str(exc), file=path, line=line, key=str(key)))
+    return result, errors
+
+
+def load_config_file(path: str, options: Iterable[Option],
+                     sections: Sequence[str] = ()) -> Dict[str, Any]:
+    """Read and check the option keys of a YAML file. Keys in `sections` are returned raw.
+
+    Every mistake is reported at once (ConfigErrors), each with file, line and key."""
+    values, lines = load_yaml_mapping(path)
+    result, errors = check_config_values(path, values, lines, options, sections)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
     return result
 
 
 def resolve(options: Iterable[Option], args: argparse.Namespace,
             file_values: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Merge default < config file < command line into one dict keyed by option key."""
+    """Merge default < config file < environment (ATNORM_KEY) < command line into one dict
+    keyed by option key."""
     file_values = file_values or {}
     resolved: Dict[str, Any] = {}
     for option in options:
         given = getattr(args, option.key, None) if option.cli else None
+        from_env = os.environ.get(option.env)
         if given is not None:
             try:
                 resolved[option.key] = option.convert(given)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc), key=option.flag) from None
+        elif from_env is not None:
+            try:
+                value: Any = [v.strip() for v in from_env.split(",") if v.strip()] if option.multiple else from_env
+                resolved[option.key] = option.convert(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(str(exc), key=option.env) from None
         elif option.key in file_values:
             resolved[option.key] = file_values[option.key]
         else:

@@ -235,9 +235,13 @@ def _schema_files(directories: Sequence[Path]) -> List[Tuple[bool, Path]]:
         directory = Path(directory)
         if not directory.is_dir():
             raise ConfigError("schema directory does not exist", file=str(directory))
+        services = sorted((directory / "services").glob("*.json"))
         if (directory / "envelope.json").is_file():
             files.append((True, directory / "envelope.json"))
-        files.extend((False, path) for path in sorted((directory / "services").glob("*.json")))
+        elif not services:
+            raise ConfigError("holds no schema (no envelope.json, no services/*.json); build one with "
+                              "`atnorm schemas build PAGE --out DIR`", file=str(directory))
+        files.extend((False, path) for path in services)
     return files
 
 

@@ -9,17 +9,14 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..config.options import Option, add_arguments, resolve, size_bytes, text
+from ..config.options import Option, add_arguments, resolve, size_bytes, text, whole_number
 from .normalize import WRAPPER_CLASH, WRAPPER_MODES
 from .pipeline import EventFilter, FilterSettings
 from .stats import FilterStats
 
 
 def fraction_digits(value: Any) -> int:
-    number = int(value)
-    if not 0 <= number <= 9:
-        raise ValueError(f"expected 0 to 9 fractional digits, got {value!r}")
-    return number
+    return whole_number(value, 0, 9, "0 to 9 fractional digits")
 
 
 FILTER_OPTIONS = [

@@ -1335,7 +1335,9 @@ def run(args: argparse.Namespace) -> int:
         reader = build_reader(settings, router, log)
         encode = OutputEncoder(router, settings["out_format"], settings["json_block_size"], log)
         settle_after_start()  # schemas loaded: keep them out of every later collection
-        log.write(f"started: {settings['in_format']} in, {settings['out_format']} out")
+        services = event_filter.rules.services
+        log.write(f"started: {settings['in_format']} in, {settings['out_format']} out; {len(services)} "
+                  f"services, {sum(len(d.actions) for d in services.values())} actions loaded")
 
         reloading = event_filter
 

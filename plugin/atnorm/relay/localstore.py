@@ -150,7 +150,7 @@ class LocalStore:
         sizes: Dict[int, int] = {}
         try:
             for route, texts in lines.items():
-                if not texts:  # a batch without records: an empty line would not be a JSON document
+                if not texts:  # no records for it (none given, or all went to the rejected file)
                     continue
                 fd = self._file(route)
                 sizes[fd] = os.fstat(fd).st_size

@@ -41,6 +41,7 @@ from ..core.interfaces import Filter, ReloadableFilter
 from ..core.reload import ReloadingFilter
 from ..core.settings import FILTER_OPTIONS, build_filter
 from ..core.stats import FilterStats
+from ..errors import ConfigErrors
 from ..forward.codec import Chunk, Entry, EventTime, pack_entries
 from ..forward.sender import ENTRY_FORMS, ForwardSender, plain_entries
 from ..forward.server import MIN_INPUT_MEMORY, ForwardServer
@@ -168,8 +169,9 @@ OPTIONS = (
 ALL_OPTIONS: Tuple[Option, ...] = OPTIONS + tuple(STATS_OPTIONS) + tuple(FILTER_OPTIONS)
 
 
-def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """(relay settings, raw config-file values): defaults < `--config` file < flags, checked."""
+def load_settings(args: argparse.Namespace, check: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(relay settings, raw config-file values): defaults < `--config` file < environment <
+    flags; with `check`, combinations that cannot work raise (every one of them at once)."""
     config_path = getattr(args, "config", None)
     file_values = load_config_file(config_path, ALL_OPTIONS) if config_path else {}
     options = OPTIONS + tuple(STATS_OPTIONS)
@@ -178,19 +180,30 @@ def load_settings(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, A
         # Defaults are declared as a user would write them ("16M", "on") for the README table.
         if not option.multiple and isinstance(option.default, str) and settings[option.key] is option.default:
             settings[option.key] = option.convert(option.default)
-    if settings["tls_key"] and not settings["tls_cert"]:
-        raise ConfigError("tls_key needs tls_cert too", key="tls_key")
-    if not settings["listen"]:
-        raise ConfigError("at least one listen address is needed", key="listen")
-    if settings["rejected_forward"] and not settings["forward"]:
-        raise ConfigError("rejected_forward needs forward too (without a downstream, records go to "
-                          "files in data_dir)", key="rejected_forward")
-    if settings["drift_state"] and settings["filter_workers"] > 1:
-        raise ConfigError("drift_state needs filter_workers 1: the workers' verdicts do not reach "
-                          "the drift log", key="drift_state")
     if settings["spool_path"] is None:
         settings["spool_path"] = os.path.join(settings["data_dir"], "spool.db")
+    problems = settings_problems(settings) if check else []
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigErrors(problems)
     return settings, file_values
+
+
+def settings_problems(settings: Dict[str, Any]) -> List[ConfigError]:
+    """The combinations of relay settings that cannot work, each as a ConfigError."""
+    problems: List[ConfigError] = []
+    if settings["tls_key"] and not settings["tls_cert"]:
+        problems.append(ConfigError("tls_key needs tls_cert too", key="tls_key"))
+    if not settings["listen"]:
+        problems.append(ConfigError("at least one listen address is needed", key="listen"))
+    if settings["rejected_forward"] and not settings["forward"]:
+        problems.append(ConfigError("rejected_forward needs forward too (without a downstream, records go "
+                                    "to files in data_dir)", key="rejected_forward"))
+    if settings["drift_state"] and settings["filter_workers"] > 1:
+        problems.append(ConfigError("drift_state needs filter_workers 1: the workers' verdicts do not "
+                                    "reach the drift log", key="drift_state"))
+    return problems
 
 
 def _chunk_id_text(chunk_id: Any) -> str:
@@ -691,7 +704,12 @@ class Relay:
             directory = settings["data_dir"]
             where = (f"writing records to {os.path.join(directory, 'accepted.jsonl')}, rejected.jsonl "
                      f"and passed.jsonl (synced before each ack)")
-        mode = "filter on" if self.router.decide is not None else "filter off, records pass through unchanged"
+        mode = "filter off, records pass through unchanged"
+        if self.router.decide is not None:
+            rules = getattr(self.event_filter, "rules", None)
+            loaded = (f" ({len(rules.services)} services, "
+                      f"{sum(len(d.actions) for d in rules.services.values())} actions)") if rules is not None else ""
+            mode = "filter on" + loaded
         if self.pool is not None:
             mode += f" in {self.pool.workers} worker processes"
         tuning = self.event_filter.tuning_path if isinstance(self.event_filter, ReloadableFilter) else None
