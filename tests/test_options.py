@@ -83,6 +83,11 @@ def test_an_unknown_key_is_named_with_its_file_and_line(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config_file(str(config), OPTIONS)
     assert (caught.value.file, caught.value.line, caught.value.key) == (str(config), 2, "listen_on")
+    # A misspelt key gets the nearest one; a key like no other gets the list of known ones.
+    assert str(caught.value).endswith("unknown option; did you mean 'listen'?")
+    config.write_text("log_level: info\nzzz: 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(str(config), OPTIONS)
     assert "known: filter, listen, log_level, spool_max_size" in str(caught.value)
 
 
