@@ -15,7 +15,7 @@ from ..bench.core import filter_core_figure
 from ..errors import UsageError
 
 # Other ways of running the filter add figures by providing `bench_figures(records, invalid_ratio)`.
-EXTRA_FIGURES = ("atnorm.bench.execfilter", "atnorm.bench.relay")
+EXTRA_FIGURES = ("atnorm.bench.filemode", "atnorm.bench.execfilter", "atnorm.bench.relay")
 
 
 def machine() -> str:

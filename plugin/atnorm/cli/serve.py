@@ -12,6 +12,7 @@ from typing import Any, Dict, List
 
 from ..config.logs import configure_logging
 from ..config.options import add_arguments, host_port, resolve
+from ..core.heap import settle_after_start
 from ..core.pipeline import EventFilter
 from ..core.settings import FILTER_OPTIONS, add_filter_arguments, filter_settings
 from ..core.stats import FilterStats
@@ -126,5 +127,6 @@ def run(args: argparse.Namespace) -> int:
     event_filter = (build_event_filter(args, file_values, filter_stats, settings.drift_state)
                     if settings.filter else None)
     relay = Relay(settings, event_filter, filter_stats, resolve(FILTER_OPTIONS, args, file_values))
+    settle_after_start()  # schemas loaded: keep them out of every later collection
     asyncio.run(serve(relay))
     return 0

@@ -13,13 +13,13 @@ The reference validator (python-jsonschema) is asked only to explain a rejection
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..model.encodable import describe_error, encodable, first_unencodable, is_encodable, json_text
+from ..model.jsoncodec import loads as json_loads
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 from ..resources import bundled_schema_dir
 from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event, make_wrapper_step
@@ -390,7 +390,7 @@ class EventFilter:
                 return self._count(self._unreadable(text, "record.size",
                                                     f"record of {len(text)} characters is over the {limit}-byte limit"))
         try:
-            record = json.loads(text)
+            record = json_loads(text)
         except (ValueError, RecursionError) as exc:  # nesting deeper than the parser goes: unreadable too
             return self._count(self._unreadable(text, "record.json", f"not JSON: {exc}"))
         # Parsed JSON holds no bytes and only str keys; a lone surrogate can only come from

@@ -48,12 +48,14 @@ from ..config.options import (
     size_bytes,
     text,
 )
+from ..core.heap import settle_after_start
 from ..core.interfaces import Filter
 from ..core.reload import ReloadingFilter
 from ..core.settings import DRIFT_STATE, FILTER_OPTIONS
 from ..core.stats import FilterStats
 from ..errors import ConfigError
 from ..model.encodable import encodable, json_text
+from ..model.jsoncodec import loads
 from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
 from ..monitoring.metrics import METRICS_LISTEN, start_metrics_server
 
@@ -232,7 +234,7 @@ class RecordRouter:
         """One JSON document (bytes) → its output record; unreadable ones are rejected."""
         if self._transport_keys and len(line) <= self.max_record_bytes:
             try:
-                record = json.loads(line)
+                record = loads(line)
             except (ValueError, RecursionError):
                 pass  # the filter core words the reason below; the tag is unknowable
             else:
@@ -1359,6 +1361,7 @@ def run(args: argparse.Namespace) -> int:
                               settings.default_tag, settings.time_key, log)
         reader = build_reader(settings, router, log)
         encode = OutputEncoder(router, settings.out_format, settings.json_block_size, log)
+        settle_after_start()  # schemas loaded: keep them out of every later collection
         services = event_filter.rules.services
         log.write(f"started: {settings.in_format} in, {settings.out_format} out; {len(services)} "
                   f"services, {sum(len(d.actions) for d in services.values())} actions loaded")

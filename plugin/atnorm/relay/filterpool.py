@@ -21,6 +21,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..core.heap import settle_after_start
 from ..core.pipeline import EventFilter
 from ..core.settings import filter_settings
 from ..core.stats import FilterStats
@@ -87,6 +88,7 @@ def _start_worker(filter_values: Dict[str, Any], router_options: Dict[str, Any],
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker = _Worker(filter_values, router_options, generation)
+    settle_after_start()  # schemas loaded: keep them out of every later collection
 
 
 def _route_in_worker(tag: str, payload: bytes) -> Tuple[List[RoutedPayload], Counts]:
