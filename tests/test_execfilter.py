@@ -21,7 +21,7 @@ import msgpack
 import pytest
 
 from atnorm import cli
-from atnorm.execfilter.loop import READ_SIZE, resync_offset
+from atnorm.execfilter.readers import READ_SIZE, resync_offset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "execfilter"
 CONF = Path(__file__).resolve().parents[1] / "conf" / "fluentd" / "exec-filter.conf"

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from test_execfilter import Child, msgpack_outputs, run_child
 
 from atnorm.core.pipeline import EventFilter
-from atnorm.execfilter.loop import MsgpackInput, RecordRouter, _keep_bytes
+from atnorm.execfilter.readers import MsgpackInput
+from atnorm.execfilter.shaping import RecordRouter
+from atnorm.execfilter.writers import _keep_bytes
 
 ARGS = ["--in-format", "msgpack", "--tag-key", "tag"]
 

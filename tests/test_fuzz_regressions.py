@@ -13,7 +13,8 @@ import msgpack
 import pytest
 
 from atnorm.core.pipeline import EventFilter, FilterSettings
-from atnorm.execfilter.loop import JsonLinesInput, MsgpackInput, RecordRouter
+from atnorm.execfilter.readers import JsonLinesInput, MsgpackInput
+from atnorm.execfilter.shaping import RecordRouter
 from atnorm.forward.codec import EventTime, pack_entries, parse_frame, unpack_entries
 from atnorm.relay.routing import Router
 

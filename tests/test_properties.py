@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atnorm.core.pipeline import EventFilter, FilterSettings
-from atnorm.execfilter.loop import JsonLinesInput, MsgpackInput, RecordRouter, _keep_bytes
+from atnorm.execfilter.readers import JsonLinesInput, MsgpackInput
+from atnorm.execfilter.shaping import RecordRouter
+from atnorm.execfilter.writers import _keep_bytes
 from atnorm.forward.codec import EventTime, parse_frame
 from atnorm.model.verdict import ACCEPTED, OUTCOMES, PASSED, REJECTED
 from atnorm.relay.service import Relay

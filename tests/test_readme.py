@@ -47,12 +47,12 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_the_option_tables_are_the_declarations():
     from atnorm.config.options import markdown_table
-    from atnorm.execfilter import loop
+    from atnorm.execfilter import settings
     from atnorm.relay import service
 
     text = README.read_text(encoding="utf-8")
     assert markdown_table(service.ALL_OPTIONS) in text
-    assert markdown_table(loop.OPTIONS) in text
+    assert markdown_table(settings.OPTIONS) in text
 
 
 def test_the_example_config_shows_every_relay_option_and_nothing_else():

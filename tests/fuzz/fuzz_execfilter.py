@@ -19,7 +19,9 @@ from typing import Any, List, Tuple
 import msgpack
 from fuzzlib import Bytes, check_counted, counts, event_filter, mutate, sample_events, value
 
-from atnorm.execfilter.loop import JsonLinesInput, MsgpackInput, OutputEncoder, RecordRouter, TsvInput, _keep_bytes
+from atnorm.execfilter.readers import JsonLinesInput, MsgpackInput, TsvInput
+from atnorm.execfilter.shaping import RecordRouter
+from atnorm.execfilter.writers import OutputEncoder, _keep_bytes
 from atnorm.model.encodable import encodable
 
 TSV_KEYS = ["action", "outcome", "message"]

@@ -18,7 +18,7 @@ from ..core.settings import FILTER_OPTIONS, filter_settings
 from ..core.tuning import TUNING_SCHEMA, TuningError, load_tuning
 from ..core.tuning import _count as count_of
 from ..errors import ConfigError, ConfigErrors
-from ..execfilter import loop as exec_filter
+from ..execfilter import settings as exec_filter
 from ..relay import service as relay
 from .serve import startup_problems
 

@@ -7,7 +7,7 @@ import argparse
 from ..config.options import add_arguments
 from ..core.settings import add_filter_arguments
 from ..execfilter import loop
-from ..execfilter.loop import OPTIONS
+from ..execfilter.settings import OPTIONS
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

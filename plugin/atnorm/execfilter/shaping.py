@@ -1,0 +1,187 @@
+"""One record in, one record out: the tag and time keys, the filter's verdict, the output record Fluentd routes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..core.interfaces import Filter
+from ..core.stats import FilterStats
+from ..model.encodable import json_text
+from ..model.jsoncodec import loads
+from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
+from .diagnostics import DiagnosticLog
+
+_MISSING = object()
+
+
+def _pop_text_key(record: Dict[Any, Any], key: str, default: Any) -> Any:
+    """Take `key` off `record`, whether it arrived as str or as bin (bytes)."""
+    if key in record:
+        return record.pop(key)
+    return record.pop(key.encode("utf-8"), default)
+
+
+def _utf8_or_none(value: bytes) -> Optional[str]:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def input_rejected(original: Any, rule: str, message: str) -> Verdict:
+    """A rejected verdict for input that could not be read as a record at all."""
+    return Verdict(REJECTED, original, reasons=[RejectReason(path="", rule=rule, message=message)])
+
+
+class RecordRouter:
+    """Filters one input record and shapes the output record Fluentd will route.
+
+    The tag and time keys are transport, not event: they are taken off before filtering
+    and put back on the output. An exception inside the filter becomes a rejected record
+    (and a log line) instead of a dead child, since a dying child loses every record in
+    flight.
+    """
+
+    def __init__(self, event_filter: Filter, tag_key: Optional[str] = None,
+                 rejected_tag_suffix: str = ".rejected", default_tag: str = "atnorm",
+                 time_key: Optional[str] = None, log: Optional["DiagnosticLog"] = None) -> None:
+        self.event_filter = event_filter
+        self.stats: FilterStats = event_filter.stats
+        self.max_record_bytes: int = event_filter.settings.max_record_bytes
+        self.tag_key = self._tag_key = tag_key
+        self._suffix = rejected_tag_suffix
+        self._default_tag = default_tag
+        self._time_key = time_key
+        self._transport_keys = bool(tag_key or time_key)
+        # Which transport keys are put back on the output, chosen once.
+        self._put_keys: List[Callable[[Dict[str, Any], Verdict, Any, Any], None]] = []
+        if tag_key:
+            self._put_keys.append(self._put_tag)
+        if time_key:
+            self._put_keys.append(self._put_time)
+        self._log = log
+        self._process = event_filter.process
+        self._process_json = event_filter.process_json
+        self._outcomes: List[str] = []  # outcome of each output shaped since the last take
+
+    def take_outcomes(self) -> List[str]:
+        """The outcomes of the outputs shaped since the last call, in order."""
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
+
+    def _take_transport_keys(self, record: Any) -> Tuple[Any, Any]:
+        tag: Any = None
+        when: Any = _MISSING
+        if self._transport_keys and type(record) is dict:
+            # msgpack from Fluentd's ltsv/none parsers carries text as bin: the keys and
+            # the tag may arrive as bytes.
+            if self._tag_key:
+                tag = _pop_text_key(record, self._tag_key, None)
+                if type(tag) is bytes:
+                    tag = _utf8_or_none(tag)
+            if self._time_key:
+                when = _pop_text_key(record, self._time_key, _MISSING)
+                if type(when) is bytes:
+                    when = _utf8_or_none(when) or when
+        return tag, when
+
+    def record(self, record: Any) -> Any:
+        """A parsed input record → its output record."""
+        tag, when = self._take_transport_keys(record)
+        try:
+            verdict = self._process(record)
+            return self.shape(verdict, tag, when)
+        except Exception as exc:  # a filter bug must not take the whole stream down
+            return self.shape(self._failed(record, exc), tag, when)
+
+    def json_line(self, line: bytes) -> Any:
+        """One JSON document (bytes) → its output record; unreadable ones are rejected."""
+        if self._transport_keys and len(line) <= self.max_record_bytes:
+            try:
+                record = loads(line)
+            except (ValueError, RecursionError):
+                pass  # the filter core words the reason below; the tag is unknowable
+            else:
+                return self.record(record)
+        try:
+            return self.shape(self._process_json(line), None, _MISSING)
+        except Exception as exc:
+            return self.shape(self._failed(line.decode("utf-8", "backslashreplace"), exc),
+                              None, _MISSING)
+
+    def reject(self, record: Any, rule: str, message: str, unwrap: Optional[str] = None) -> Any:
+        """A parsed record refused before filtering (e.g. too large) → its rejected output,
+        under its own tag. With `unwrap`, the original is `record[unwrap]` (what is left
+        once the transport keys are taken)."""
+        tag, when = self._take_transport_keys(record)
+        verdict = input_rejected(record[unwrap] if unwrap else record, rule, message)
+        self.stats.count(verdict)
+        return self.shape(verdict, tag, when)
+
+    def unreadable(self, original: Any, rule: str, message: str) -> Any:
+        """Input that is not a record at all → one counted, rejected output record."""
+        verdict = input_rejected(original, rule, message)
+        self.stats.count(verdict)
+        return self.shape(verdict, None, _MISSING)
+
+    def shape(self, verdict: Verdict, tag: Any, when: Any) -> Any:
+        """The output of `verdict` with the transport keys put back."""
+        out = verdict.output()
+        self._outcomes.append(verdict.outcome)
+        put_keys = self._put_keys
+        if not put_keys:
+            return out
+        if type(out) is not dict:
+            # Only maps can carry a tag back to Fluentd.
+            out = {"original": out, "reasons": []}
+        for put in put_keys:
+            put(out, verdict, tag, when)
+        return out
+
+    def _put_tag(self, out: Dict[str, Any], verdict: Verdict, tag: Any, when: Any) -> None:
+        if not isinstance(tag, str) or not tag:
+            tag = self._default_tag
+        out[self._tag_key] = tag + self._suffix if verdict.outcome == REJECTED else tag  # type: ignore[index]
+
+    def _put_time(self, out: Dict[str, Any], verdict: Verdict, tag: Any, when: Any) -> None:
+        if verdict.outcome == ACCEPTED and verdict.event_time is not None:
+            out[self._time_key] = verdict.event_time  # type: ignore[index]
+        elif when is not _MISSING:
+            out[self._time_key] = when  # type: ignore[index]
+
+    def encode_failed(self, output: Any, outcome: Optional[str], exc: Exception) -> Any:
+        """An output that cannot be encoded at all → a rejected record whose original is
+        the output (without transport keys) as JSON text; counted as a rejection."""
+        tag: Any = None
+        when: Any = _MISSING
+        if type(output) is dict and self._transport_keys:
+            output = dict(output)
+            tag = output.pop(self._tag_key, None) if self._tag_key else None
+            if self._time_key:
+                when = output.pop(self._time_key, _MISSING)
+            if outcome == REJECTED and isinstance(tag, str) and tag.endswith(self._suffix):
+                tag = tag[:-len(self._suffix)] if self._suffix else tag
+        if type(output) is dict and outcome == REJECTED and "original" in output:
+            output = output["original"]
+        message = (f"internal error while encoding the output: {type(exc).__name__}: {exc}; "
+                   "original holds the record as JSON text")
+        if self._log is not None:
+            self._log.write(message, problem=True)
+        verdict = input_rejected(json_text(output, self.max_record_bytes), "internal.error", message)
+        if outcome is not None and outcome != REJECTED:
+            # It was counted under its first outcome; it leaves as a rejection.
+            self.stats.outcomes[outcome] -= 1
+            self.stats.outcomes[REJECTED] += 1
+            self.stats.rejections[("internal.error", "")] += 1
+        out = self.shape(verdict, tag if isinstance(tag, str) else None,
+                         when if isinstance(when, str) else _MISSING)
+        self._outcomes.pop()
+        return out
+
+    def _failed(self, original: Any, exc: Exception) -> Verdict:
+        message = f"internal error while filtering: {type(exc).__name__}: {exc}"
+        if self._log is not None:
+            self._log.write(message, problem=True)
+        verdict = input_rejected(original, "internal.error", message)
+        self.stats.count(verdict)
+        return verdict
