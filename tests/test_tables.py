@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from atnorm.schemagen.tables import (
-    DATA,
-    MANAGEMENT,
-    UNSPECIFIED,
-    names_in_cell,
-    read_file,
-    read_page,
-    service_of,
-)
+from atnorm.schemagen.cells import names_in_cell
+from atnorm.schemagen.pagedata import DATA, MANAGEMENT, UNSPECIFIED, service_of
+from atnorm.schemagen.tables import read_file, read_page
 
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures" / "pages"

@@ -11,7 +11,8 @@ from typing import Dict, List, Sequence
 from ..errors import UsageError
 from ..resources import bundled_dir
 from ..schemagen.documents import documents_from_pages
-from ..schemagen.tables import PageTables, read_page
+from ..schemagen.pagedata import PageTables
+from ..schemagen.tables import read_page
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

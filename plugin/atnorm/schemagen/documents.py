@@ -22,7 +22,8 @@ import yaml
 
 from ..errors import ConfigError
 from ..model import event as eventmodel
-from .tables import PageTables, read_file, service_of
+from .pagedata import PageTables, service_of
+from .tables import read_file
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 LEVELS = ("enforce", "warn", "off")
