@@ -482,8 +482,8 @@ class ForwardServer:
                                        "connections from that host are open and busy (max_connections_per_peer)",
                                        peer, mine)
                 return False
-            victim = min(idle, key=lambda c: c.progress)
-            self.evict(victim, "max_connections_per_peer",
+            idlest = min(idle, key=lambda c: c.progress)
+            self.evict(idlest, "max_connections_per_peer",
                        f"closed to make room for {peer} ({mine} connections from {host}: max_connections_per_peer)")
             return True
         if len(self._connections) < self.max_connections:
