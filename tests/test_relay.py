@@ -17,9 +17,9 @@ import pytest
 from fluent.sender import FluentSender
 
 from atnorm.cli.serve import configure_parser
-from atnorm.config.options import ConfigError, resolve
+from atnorm.config.options import ConfigError
 from atnorm.core.pipeline import EventFilter
-from atnorm.core.settings import FILTER_OPTIONS
+from atnorm.core.settings import FilterOptions, resolve_filter_options
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender
@@ -53,10 +53,10 @@ NORMALIZED_TIME = "2021-05-19T10:11:12.500+0000"
 NORMALIZED_EVENT_TIME = ReceivedTime(1621419072, 500_000_000)
 
 
-def filter_values(*argv: str) -> Dict[str, Any]:
+def filter_options(*argv: str) -> FilterOptions:
     parser = argparse.ArgumentParser()
     configure_parser(parser)
-    return resolve(FILTER_OPTIONS, parser.parse_args(list(argv)))
+    return resolve_filter_options(parser.parse_args(list(argv)))
 
 
 def new_filter() -> EventFilter:
@@ -419,7 +419,7 @@ def test_filter_workers_decide_like_the_relay_and_count_into_one_set_of_counters
             relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path), "--filter-workers", "2",
                                        "--forward-entry-form", "metadata"),
-                          new_filter(), filter_values=filter_values())
+                          new_filter(), filter_options=filter_options())
             await relay.start()
             try:
                 frames = []

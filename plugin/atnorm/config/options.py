@@ -195,6 +195,13 @@ def settings_from(cls: Type[Settings], values: Mapping[str, Any], **derived: Any
     return cls(**given)
 
 
+def defaults_of(cls: Type[Settings], **changes: Any) -> Settings:
+    """The settings object with every option at its default, but for `changes`."""
+    values = {option.key: None if option.default is None else option.convert(option.default)
+              for option in options_of(cls)}
+    return settings_from(cls, values, **changes)
+
+
 def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
     """Add one flag per option, in a `--help` section per group; defaults stay None so
     `resolve` can tell what was given."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -45,7 +46,7 @@ from ..config.options import (
 )
 from ..core.interfaces import Filter, ReloadableFilter
 from ..core.reload import ReloadingFilter
-from ..core.settings import DRIFT_STATE, FILTER_OPTIONS, build_filter
+from ..core.settings import DRIFT_STATE, FILTER_OPTIONS, FilterOptions, build_filter, resolve_filter_options
 from ..core.stats import FilterStats
 from ..errors import ConfigErrors
 from ..forward.codec import Chunk, Entry, EventTime, pack_entries
@@ -58,7 +59,7 @@ from ..monitoring.stats_record import STATS_INTERVAL, STATS_TAG, StatsRecorder
 from .delivery import Delivery
 from .filterpool import FilterPool
 from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
-from .routing import TIME_SOURCES, Batch, RoutedBatch, Router, check_tag_template
+from .routing import TIME_SOURCES, Batch, RoutedBatch, Router, RouteSettings, check_tag_template
 from .spool import Spool, SpoolError
 
 log = logging.getLogger("atnorm.relay")
@@ -184,8 +185,9 @@ def load_settings(args: argparse.Namespace, check: bool = True) -> Tuple[RelaySe
     config_path = getattr(args, "config", None)
     file_values = load_config_file(config_path, ALL_OPTIONS) if config_path else {}
     values = resolve(OPTIONS, args, file_values)
-    settings = settings_from(RelaySettings, values,
-                             spool_path=values["spool_path"] or os.path.join(values["data_dir"], "spool.db"))
+    settings = settings_from(RelaySettings, values)
+    if settings.spool_path is None:  # its default depends on another option
+        settings = dataclasses.replace(settings, spool_path=os.path.join(settings.data_dir, "spool.db"))
     problems = settings_problems(settings) if check else []
     if len(problems) == 1:
         raise problems[0]
@@ -237,9 +239,9 @@ def build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], st
                        drift_state: Optional[str] = None) -> Filter:
     """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or
     change; with a drift state file, one that keeps the drift log there."""
-    values = resolve(FILTER_OPTIONS, args, file_values)
-    if values.get("tuning") or drift_state:
-        return ReloadingFilter.from_options(values, stats=stats, drift_state=drift_state)
+    options = resolve_filter_options(args, file_values)
+    if options.tuning or drift_state:
+        return ReloadingFilter.from_options(options, stats=stats, drift_state=drift_state)
     return build_filter(args, file_values, stats)
 
 
@@ -397,21 +399,21 @@ class Relay:
 
     def __init__(self, settings: RelaySettings, event_filter: Optional[Filter] = None,
                  filter_stats: Optional[FilterStats] = None,
-                 filter_values: Optional[Dict[str, Any]] = None) -> None:
+                 filter_options: Optional[FilterOptions] = None) -> None:
         self.settings = settings
         self.event_filter = event_filter
         self.filter_stats = filter_stats or (event_filter.stats if event_filter is not None else FilterStats())
         self.relay_stats = RelayStats()
-        router_options = dict(accepted_tag=settings.accepted_tag, rejected_tag=settings.rejected_tag,
-                              time_source=settings.time_source)
-        self.router = Router(self._decide_function(), count=self.filter_stats.count,
-                             count_passed=self.filter_stats.count_passed, **router_options)
+        routes = RouteSettings(accepted_tag=settings.accepted_tag, rejected_tag=settings.rejected_tag,
+                               time_source=settings.time_source)
+        self.router = Router.with_settings(self._decide_function(), routes, count=self.filter_stats.count,
+                                           count_passed=self.filter_stats.count_passed)
         self.pool: Optional[FilterPool] = None
         if self.router.decide is not None and settings.filter_workers > 1:
-            # Workers build their filters from the option values the relay's filter was built from.
-            if filter_values is None:
-                raise ValueError("filter workers need the filter option values")
-            self.pool = FilterPool(settings.filter_workers, filter_values, router_options, self.filter_stats)
+            # Workers build their filters from the options the relay's filter was built from.
+            if filter_options is None:
+                raise ValueError("filter workers need the filter options")
+            self.pool = FilterPool(settings.filter_workers, filter_options, routes, self.filter_stats)
         self._reload_task: Optional["asyncio.Task[None]"] = None
         self.server = ForwardServer(
             self.handle_chunk,
