@@ -100,6 +100,19 @@ def size_bytes(value: Any) -> int:
     return number
 
 
+def size_text(number: int) -> str:
+    """Bytes as a user writes them, in the largest whole unit: 16777216 → "16M"."""
+    for unit, shift in (("G", 30), ("M", 20), ("k", 10)):
+        if number and number % (1 << shift) == 0:
+            return f"{number >> shift}{unit}"
+    return str(number)
+
+
+def seconds_text(seconds: float) -> str:
+    """Seconds as a user writes them: 120.0 → "120", 0.5 → "0.5"."""
+    return f"{seconds:g}"
+
+
 def text(value: Any) -> str:
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise ValueError(f"expected a string, got {value!r}")
