@@ -20,8 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atnorm.bench.eventgen import EventGenerator
-from atnorm.core import jsonlines
-from atnorm.core import pipeline
+from atnorm.core import jsonlines, pipeline
 from atnorm.core.pipeline import EventFilter
 from atnorm.model.jsoncodec import loads
 

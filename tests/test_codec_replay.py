@@ -15,7 +15,7 @@ import gzip
 import socket
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import msgpack
 import pytest
@@ -52,9 +52,6 @@ EXPECTED_S2C = {"fb-in-ack-bin": "fd-in-ack-bin"}
 # entries (fb-meta-*) pass these checks as they are: every record is decided exactly once
 # (bin strings are read as text, none is an internal.error). Were one to fail
 # for a reason outside the codec, it would be listed here with that reason.
-NEEDS_OTHER_FIXES: Dict[str, str] = {}
-
-
 def test_all_31_captures_are_here():
     assert len(ALL_CAPTURES) == 31
     for name in ALL_CAPTURES:  # fluent-logger-python has no config file
@@ -166,14 +163,9 @@ def downstream_entries(receiver: ForwardReceiver) -> List[Tuple[str, Any, Any]]:
     return [(tag, when, record) for tag, when, record in receiver.events]
 
 
-def xfail_if_needed(name: str) -> Any:
-    reason: Optional[str] = NEEDS_OTHER_FIXES.get(name)
-    return pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=reason)) if reason else name
-
-
 # --- data captures ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", [xfail_if_needed(n) for n in DATA_CAPTURES])
+@pytest.mark.parametrize("name", DATA_CAPTURES)
 def test_replayed_capture_is_passed_on_exactly_once_with_the_real_servers_acks(tmp_path, name):
     """Filter off: every entry comes out downstream unchanged (tag, time, metadata, record),
     each exactly once, and the relay's answer is byte for byte the real server's."""
@@ -198,7 +190,7 @@ def test_replayed_capture_is_passed_on_exactly_once_with_the_real_servers_acks(t
     run(scenario())
 
 
-@pytest.mark.parametrize("name", [xfail_if_needed(n) for n in DATA_CAPTURES if n != "fd-heartbeat-tcp"])
+@pytest.mark.parametrize("name", [n for n in DATA_CAPTURES if n != "fd-heartbeat-tcp"])
 def test_replayed_capture_is_decided_once_per_record(tmp_path, name):
     """Filter on: every record is decided once and leaves on exactly one route."""
     frames = data_frames(name)
