@@ -38,3 +38,17 @@ def relay_settings(*argv: str) -> Any:
     configure_parser(parser)
     settings, _ = load_settings(parser.parse_args(list(argv)))
     return settings
+
+
+def forward_sender(servers: Any, stats: Any = None, **settings: Any) -> Any:
+    """A ForwardSender to `servers` with SenderSettings(**settings)."""
+    from atnorm.forward.sender import ForwardSender, SenderSettings
+
+    return ForwardSender(servers, SenderSettings(**settings), stats=stats)
+
+
+def forward_server(handler: Any, stats: Any = None, **settings: Any) -> Any:
+    """A ForwardServer calling `handler`, with ServerSettings(**settings)."""
+    from atnorm.forward.server import ForwardServer, ServerSettings
+
+    return ForwardServer(handler, ServerSettings(**settings), stats=stats)

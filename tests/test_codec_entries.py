@@ -145,10 +145,9 @@ def test_every_unusable_entry_is_acked_and_rejected_once_with_its_reason(tmp_pat
                 flags += ["--filter-workers", "2"]
                 parser = argparse.ArgumentParser()
                 configure_parser(parser)
-                from atnorm.config.options import resolve
-                from atnorm.core.settings import FILTER_OPTIONS
-                values = resolve(FILTER_OPTIONS, parser.parse_args(flags))
-            relay = Relay(relay_settings(*flags), event_filter, filter_values=values)
+                from atnorm.core.settings import resolve_filter_options
+                values = resolve_filter_options(parser.parse_args(flags))
+            relay = Relay(relay_settings(*flags), event_filter, filter_options=values)
             await relay.start()
             try:
                 answers, closed = await exchange(relay.server.port, frames, 3)

@@ -13,6 +13,7 @@ from atnorm.monitoring.relaystats import RelayStats
 from atnorm.relay.delivery import Delivery, SpoolDrainer
 from atnorm.relay.spool import Spool
 from forward_receiver import ForwardReceiver
+from support import forward_sender
 
 
 def run(test: Callable[[], Awaitable[Any]]) -> Any:
@@ -31,7 +32,7 @@ def sender_for(port: int, stats: RelayStats, **options: Any) -> ForwardSender:
     settings = dict(ack_timeout=2.0, connect_timeout=2.0, retry_deadline=5.0, retry_wait=0.05,
                     retry_max_wait=0.1, flush_interval=0.01, stats=stats)
     settings.update(options)
-    return ForwardSender([("127.0.0.1", port)], **settings)
+    return forward_sender([("127.0.0.1", port)], **settings)
 
 
 def drain_options() -> dict:

@@ -23,10 +23,9 @@ from typing import Any, Dict, List, Tuple
 from atnorm.core.pipeline import EventFilter
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, pack_entries
-from atnorm.forward.sender import ForwardSender
 from atnorm.relay.service import MAX_UNFINISHED_CHUNKS, Relay
 from forward_receiver import ForwardReceiver
-from support import relay_settings, run
+from support import forward_sender, relay_settings, run
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 VALID = json.loads((EVENTS / "vsi-provision.json").read_text(encoding="utf-8"))
@@ -57,7 +56,7 @@ def chunks(total: int, per_chunk: int) -> List[Tuple[bytes, int]]:
 
 async def send_until_acked(port: int, batches: List[Tuple[bytes, int]]) -> None:
     """What Fluent Bit does: resend each chunk (same id) until it is acked."""
-    sender = ForwardSender([("127.0.0.1", port)], batch_max_records=1, flush_interval=0.001,
+    sender = forward_sender([("127.0.0.1", port)], batch_max_records=1, flush_interval=0.001,
                            ack_timeout=2.0, retry_deadline=4.0, retry_wait=0.05, retry_max_wait=0.2)
 
     async def one(payload: bytes, count: int) -> None:

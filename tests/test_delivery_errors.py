@@ -16,14 +16,13 @@ from typing import Any
 import msgpack
 
 from atnorm.forward.codec import Entry, EventTime, pack_entries
-from atnorm.forward.sender import ForwardSender
 from atnorm.monitoring.relaystats import RelayStats
 from atnorm.relay.localstore import LocalStore
 from atnorm.relay.routing import RoutedBatch
 from atnorm.relay.service import Relay
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import ForwardReceiver
-from support import relay_settings, run
+from support import forward_sender, relay_settings, run
 
 
 def test_a_record_json_cannot_hold_is_not_reported_as_a_disk_error_and_does_not_block_others(tmp_path, caplog):
@@ -82,7 +81,7 @@ def test_acks_with_a_wrong_chunk_id_are_counted_and_logged(caplog):
 
         server = await asyncio.start_server(liar, "127.0.0.1", 0)
         stats = RelayStats()
-        sender = ForwardSender([("127.0.0.1", server.sockets[0].getsockname()[1])], stats=stats,
+        sender = forward_sender([("127.0.0.1", server.sockets[0].getsockname()[1])], stats=stats,
                                flush_interval=0.01)
         payload = pack_entries([Entry(EventTime(1700000000), {"n": 1})])
         assert await sender.send("t", payload, 1) is True

@@ -21,6 +21,7 @@ from atnorm.forward.sender import ForwardSender
 from atnorm.monitoring.relaystats import RelayStats
 from atnorm.relay.delivery import Delivery
 from atnorm.relay.spool import Spool
+from support import forward_sender
 
 CAPTURES = Path(__file__).parent / "fixtures" / "wire" / "handshake"
 KEY = b"s3cret"
@@ -126,7 +127,7 @@ def sender_for(port: int, stats: RelayStats, **options: Any) -> ForwardSender:
                     retry_deadline=0.5, retry_wait=0.05, retry_max_wait=0.1, flush_interval=0.01,
                     stats=stats)
     settings.update(options)
-    return ForwardSender([("127.0.0.1", port)], **settings)
+    return forward_sender([("127.0.0.1", port)], **settings)
 
 
 @pytest.mark.parametrize("capture", ["fd-in-handshake-ok.s2c.bin", "fb-in-handshake-ok.s2c.bin"])

@@ -9,7 +9,7 @@ from atnorm.config.options import ConfigError
 from atnorm.core.drift import DriftLog, build_report, format_report
 from atnorm.core.pipeline import EventFilter, FilterSettings, ServicePolicy
 from atnorm.core.reload import ReloadingFilter
-from atnorm.core.settings import FILTER_OPTIONS
+from atnorm.core.settings import FilterOptions
 from support import load_event
 
 
@@ -214,7 +214,7 @@ def test_drift_command_mistakes_are_one_line_errors(tmp_path, capsys):
 
 def test_a_reloading_filter_keeps_a_drift_state_across_restarts(tmp_path):
     state = tmp_path / "drift.json"
-    values = {option.key: option.default for option in FILTER_OPTIONS}
+    values = FilterOptions.defaults()
     first = ReloadingFilter.from_options(values, drift_state=str(state), log=lambda line: None)
     for record in traffic():
         first.process(record)
@@ -231,7 +231,7 @@ def test_a_reloading_filter_keeps_a_drift_state_across_restarts(tmp_path):
 
 def test_the_watcher_saves_the_drift_state_only_when_it_changed(tmp_path):
     state = tmp_path / "drift.json"
-    values = {option.key: option.default for option in FILTER_OPTIONS}
+    values = FilterOptions.defaults()
     holder = ReloadingFilter.from_options(values, drift_state=str(state), log=lambda line: None)
     holder.save_drift()
     assert not state.exists(), "nothing seen yet"

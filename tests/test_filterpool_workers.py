@@ -16,15 +16,15 @@ import time
 from fluent.sender import FluentSender
 
 from atnorm.cli.serve import configure_parser
-from atnorm.config.options import resolve
-from atnorm.core.settings import FILTER_OPTIONS
+from atnorm.core.settings import resolve_filter_options
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry
 from atnorm.relay.filterpool import FilterPool
+from atnorm.relay.routing import RouteSettings
 from relay_process import RelayProcess
 from support import load_event
 
-ROUTER_OPTIONS = dict(accepted_tag="{tag}", rejected_tag="{tag}.rejected", time_source="event")
+ROUTES = RouteSettings(accepted_tag="{tag}", rejected_tag="{tag}.rejected", time_source="event")
 
 
 def wait_until(predicate, timeout=60.0):
@@ -59,10 +59,10 @@ def worker_pids(parent):
     return pids
 
 
-def filter_values():
+def filter_options():
     parser = argparse.ArgumentParser()
     configure_parser(parser)
-    return resolve(FILTER_OPTIONS, parser.parse_args([]))
+    return resolve_filter_options(parser.parse_args([]))
 
 
 def test_relay_redoes_the_chunk_of_a_killed_worker_and_stops_on_sigterm(tmp_path):
@@ -112,7 +112,7 @@ class Reaper(threading.Thread):
 
 def test_pool_redoes_a_chunk_once_then_decides_it_itself_and_always_closes():
     stats = FilterStats()
-    pool = FilterPool(2, filter_values(), ROUTER_OPTIONS, stats)
+    pool = FilterPool(2, filter_options(), ROUTES, stats)
     entries = [Entry(1700000000, load_event("vsi-provision.json")), Entry(1700000000, {"msg": "hello"})]
 
     async def scenario():
@@ -144,7 +144,7 @@ def test_pool_redoes_a_chunk_once_then_decides_it_itself_and_always_closes():
 
 
 def test_pool_close_returns_after_a_worker_was_killed():
-    pool = FilterPool(2, filter_values(), ROUTER_OPTIONS, FilterStats())
+    pool = FilterPool(2, filter_options(), ROUTES, FilterStats())
     asyncio.run(pool.start())
     os.kill(worker_pids(os.getpid())[0], signal.SIGKILL)
     closer = threading.Thread(target=pool.close, daemon=True)

@@ -14,6 +14,7 @@ from atnorm.forward.codec import Entry, encode_event_time, pack_entries
 from atnorm.forward.sender import ForwardSender, NotAcked, Refused, chunk_id
 from atnorm.monitoring.relaystats import RelayStats
 from forward_receiver import EventTime, ForwardReceiver
+from support import forward_sender
 
 
 def run(test: Callable[[], Awaitable[Any]]) -> Any:
@@ -33,7 +34,7 @@ def fast_sender(*servers: int, **options: Any) -> ForwardSender:
     settings = {"ack_timeout": 2.0, "connect_timeout": 2.0, "retry_deadline": 10.0, "retry_wait": 0.01,
                 "retry_max_wait": 0.05, "flush_interval": 0.01, "stats": RelayStats()}
     settings.update(options)
-    return ForwardSender([("127.0.0.1", port) for port in servers], **settings)
+    return forward_sender([("127.0.0.1", port) for port in servers], **settings)
 
 
 def test_a_batch_goes_out_as_packed_forward_with_chunk_and_size_and_is_acked():

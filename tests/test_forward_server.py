@@ -39,7 +39,7 @@ from forward_frames import (
     gzip_members,
     mp,
 )
-from support import run
+from support import forward_server, run
 
 EVENT = {"action": "iam-identity.apikey.create", "outcome": "success", "eventTime": "2024-05-01T10:00:00.00+0000"}
 _sequence = itertools.count()
@@ -78,7 +78,7 @@ class Recorder:
 @contextlib.asynccontextmanager
 async def serving(handler: Any = None, **options: Any):
     options.setdefault("listen", [("127.0.0.1", 0)])
-    server = ForwardServer(handler or Recorder(), stats=RelayStats(), **options)
+    server = forward_server(handler or Recorder(), stats=RelayStats(), **options)
     await server.start()
     try:
         yield server
@@ -725,7 +725,7 @@ def test_stop_lets_a_chunk_with_the_handler_finish_and_be_acked():
     async def scenario():
         recorder = Recorder()
         recorder.gate = asyncio.Event()
-        server = ForwardServer(recorder, listen=[("127.0.0.1", 0)], stats=RelayStats())
+        server = forward_server(recorder, listen=[("127.0.0.1", 0)], stats=RelayStats())
         await server.start()
         peer = await Peer.open(server)
         frame, chunk_id = good_chunk()

@@ -11,7 +11,7 @@ import pytest
 from fluent.sender import FluentSender
 
 from atnorm.core.reload import ReloadingFilter
-from atnorm.core.settings import FILTER_OPTIONS
+from atnorm.core.settings import FilterOptions
 from relay_process import RelayProcess
 from support import load_event
 
@@ -59,7 +59,7 @@ def test_serve_at_info_has_no_debug_lines(tmp_path):
 def test_a_successful_reload_is_logged_at_info_and_a_failed_one_at_warning(tmp_path, caplog):
     tuning = tmp_path / "tuning.yaml"
     tuning.write_text("defaults:\n  mode: enforce\n")
-    values = dict({option.key: option.default for option in FILTER_OPTIONS}, tuning=str(tuning))
+    values = FilterOptions.defaults(tuning=str(tuning))
     holder = ReloadingFilter.from_options(values)
     with caplog.at_level(logging.INFO, logger="atnorm.reload"):
         holder.request_reload()

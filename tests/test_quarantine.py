@@ -22,13 +22,13 @@ import msgpack
 from prometheus_client import generate_latest
 
 from atnorm.forward.codec import Entry, EventTime, pack_entries
-from atnorm.forward.sender import ForwardSender, Refused
+from atnorm.forward.sender import Refused
 from atnorm.monitoring.metrics import build_registry
 from atnorm.monitoring.relaystats import RelayStats
 from atnorm.relay.delivery import Delivery
 from atnorm.relay.service import Relay
 from atnorm.relay.spool import Spool
-from support import relay_settings, run
+from support import forward_sender, relay_settings, run
 
 
 class PickyDownstream:
@@ -99,7 +99,7 @@ def test_the_sender_gives_up_on_a_chunk_after_retry_max_times_and_only_that_chun
     async def scenario() -> None:
         async with PickyDownstream() as downstream:
             stats = RelayStats()
-            sender = ForwardSender([("127.0.0.1", downstream.port)], retry_max_times=3, retry_wait=0.01,
+            sender = forward_sender([("127.0.0.1", downstream.port)], retry_max_times=3, retry_wait=0.01,
                                    retry_max_wait=0.05, flush_interval=0.01, ack_timeout=5.0, stats=stats)
             poison = asyncio.ensure_future(sender.send("a", payload([{"poison": True, "n": 0}]), 1))
             await asyncio.sleep(0.05)
@@ -117,7 +117,7 @@ def test_the_sender_gives_up_on_a_chunk_after_retry_max_times_and_only_that_chun
 def test_a_refused_chunk_of_several_batches_is_split_so_only_the_bad_batch_is_given_up():
     async def scenario() -> None:
         async with PickyDownstream() as downstream:
-            sender = ForwardSender([("127.0.0.1", downstream.port)], retry_max_times=3, retry_wait=0.01,
+            sender = forward_sender([("127.0.0.1", downstream.port)], retry_max_times=3, retry_wait=0.01,
                                    retry_max_wait=0.05, flush_interval=0.01, ack_timeout=5.0)
             # Submitted together, these share one chunk until the downstream refuses it.
             futures = [sender.submit("a", payload([{"n": n, "poison": n == 2}]), 1) for n in range(5)]
@@ -135,7 +135,7 @@ def test_a_chunk_never_acked_is_quarantined_across_drain_rounds(tmp_path):
             stats = RelayStats()
             spool = Spool(str(tmp_path / "spool.db"), max_bytes=1 << 20)
             # Each round gives up after one missing ack: the count must carry across rounds.
-            sender = ForwardSender([("127.0.0.1", downstream.port)], retry_max_times=3, retry_wait=0.01,
+            sender = forward_sender([("127.0.0.1", downstream.port)], retry_max_times=3, retry_wait=0.01,
                                    retry_max_wait=0.05, flush_interval=0.01, ack_timeout=0.2,
                                    retry_deadline=0.3, stats=stats)
             delivery = Delivery(sender, spool, stats=stats, retry_wait=0.02, retry_max_wait=0.05,
@@ -162,7 +162,7 @@ def test_a_refused_spooled_batch_moves_to_the_quarantine_and_the_rest_drains(tmp
             spool.append("b", payload([{"poison": True, "n": 2}]), 1)
             spool.append("c", payload([{"n": 3}]), 1)
             stats = RelayStats()
-            sender = ForwardSender([("127.0.0.1", downstream.port)], retry_max_times=2, retry_wait=0.01,
+            sender = forward_sender([("127.0.0.1", downstream.port)], retry_max_times=2, retry_wait=0.01,
                                    retry_max_wait=0.05, flush_interval=0.01, stats=stats)
             delivery = Delivery(sender, spool, stats=stats, retry_wait=0.02, retry_max_wait=0.05,
                                 refresh_interval=0.05)
@@ -202,7 +202,7 @@ def test_the_relay_quarantines_acks_upstream_keeps_flowing_and_the_cli_resends(t
                                        "--retry-max-wait", "0.1", "--forward-ack-timeout", "5"))
             await relay.start()
             try:
-                upstream = ForwardSender([("127.0.0.1", relay.server.port)], batch_max_records=1,
+                upstream = forward_sender([("127.0.0.1", relay.server.port)], batch_max_records=1,
                                          flush_interval=0.001, ack_timeout=30.0, retry_deadline=60.0)
                 poison = asyncio.ensure_future(upstream.send("audit.at", payload([{"poison": True, "n": 0}]), 1))
                 await asyncio.sleep(0.05)

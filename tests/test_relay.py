@@ -17,18 +17,17 @@ import pytest
 from fluent.sender import FluentSender
 
 from atnorm.cli.serve import configure_parser
-from atnorm.config.options import ConfigError, resolve
+from atnorm.config.options import ConfigError
 from atnorm.core.pipeline import EventFilter
-from atnorm.core.settings import FILTER_OPTIONS
+from atnorm.core.settings import FilterOptions, resolve_filter_options
 from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, EventTime, pack_entries
-from atnorm.forward.sender import ForwardSender
 from atnorm.relay.service import Relay
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import EventTime as ReceivedTime
 from forward_receiver import ForwardReceiver
 from relay_process import RelayProcess
-from support import load_event, relay_settings, run
+from support import forward_sender, load_event, relay_settings, run
 
 
 def valid_event() -> Dict[str, Any]:
@@ -53,10 +52,10 @@ NORMALIZED_TIME = "2021-05-19T10:11:12.500+0000"
 NORMALIZED_EVENT_TIME = ReceivedTime(1621419072, 500_000_000)
 
 
-def filter_values(*argv: str) -> Dict[str, Any]:
+def filter_options(*argv: str) -> FilterOptions:
     parser = argparse.ArgumentParser()
     configure_parser(parser)
-    return resolve(FILTER_OPTIONS, parser.parse_args(list(argv)))
+    return resolve_filter_options(parser.parse_args(list(argv)))
 
 
 def new_filter() -> EventFilter:
@@ -283,7 +282,7 @@ def test_filter_off_passes_every_record_through_unchanged(tmp_path):
                                        "--data-dir", str(tmp_path), "--filter", "off"), None)
             await relay.start()
             try:
-                sender = ForwardSender([("127.0.0.1", relay.server.port)])
+                sender = forward_sender([("127.0.0.1", relay.server.port)])
                 entries = [Entry(EventTime(1700000000), valid_event()), Entry(EventTime(1700000001), invalid_event())]
                 assert await sender.send("audit.at", pack_entries(entries), 2)
                 await sender.close()
@@ -306,10 +305,10 @@ def test_a_shared_key_is_required_from_senders(tmp_path):
                                    "--shared-key", "s3cret"), new_filter())
         await relay.start()
         try:
-            good = ForwardSender([("127.0.0.1", relay.server.port)], shared_key="s3cret")
+            good = forward_sender([("127.0.0.1", relay.server.port)], shared_key="s3cret")
             assert await good.send("audit.at", pack_entries([Entry(1700000000, valid_event())]), 1)
             await good.close()
-            wrong = ForwardSender([("127.0.0.1", relay.server.port)], shared_key="guess", retry_deadline=0.5)
+            wrong = forward_sender([("127.0.0.1", relay.server.port)], shared_key="guess", retry_deadline=0.5)
             assert not await wrong.send("audit.at", pack_entries([Entry(1700000000, valid_event())]), 1)
             await wrong.close()
         finally:
@@ -419,7 +418,7 @@ def test_filter_workers_decide_like_the_relay_and_count_into_one_set_of_counters
             relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
                                        "--data-dir", str(tmp_path), "--filter-workers", "2",
                                        "--forward-entry-form", "metadata"),
-                          new_filter(), filter_values=filter_values())
+                          new_filter(), filter_options=filter_options())
             await relay.start()
             try:
                 frames = []
@@ -459,7 +458,7 @@ def test_sighup_reaches_the_filter_workers(tmp_path):
 
         async def send_until_the_new_rules_answer() -> None:
             # Workers pick the reload up before their next chunk once the relay has passed it on.
-            sender = ForwardSender([("127.0.0.1", relay.port)])
+            sender = forward_sender([("127.0.0.1", relay.port)])
             n = 0
             while not any("meta" in line for line in read_lines(data / "accepted.jsonl")):
                 assert await sender.send("audit.at", pack_entries([Entry(1700000000 + n, valid_event())]), 1)

@@ -21,7 +21,7 @@ from atnorm.relay.service import Relay
 from forward_frames import Time, fluentbit_entry, fluentbit_forward
 from forward_receiver import ForwardReceiver, ReceiverThread
 from relay_process import RelayProcess
-from support import load_event, relay_settings, run
+from support import forward_sender, load_event, relay_settings, run
 
 VALID = load_event("vsi-provision.json")
 INVALID = {k: v for k, v in VALID.items() if k != "outcome"}
@@ -56,7 +56,7 @@ def payloads(first: int, count: int, per_chunk: int) -> List[Tuple[bytes, int, r
 def upstream(port: int, **options: Any) -> ForwardSender:
     settings: Dict[str, Any] = dict(batch_max_records=1000, flush_interval=0.005, ack_timeout=20.0)
     settings.update(options)
-    return ForwardSender([("127.0.0.1", port)], **settings)
+    return forward_sender([("127.0.0.1", port)], **settings)
 
 
 def received_seqs(receiver: ForwardReceiver) -> List[int]:

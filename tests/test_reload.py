@@ -13,7 +13,7 @@ import time
 import pytest
 
 from atnorm.core.reload import ReloadingFilter
-from atnorm.core.settings import FILTER_OPTIONS
+from atnorm.core.settings import FilterOptions
 from support import REPO, load_event
 
 REJECT = "services:\n  vmware-solutions:\n    unknown_action: reject\n"
@@ -28,8 +28,7 @@ def unknown_action_event():
 
 
 def holder_for(path, **kwargs):
-    values = {option.key: option.default for option in FILTER_OPTIONS}
-    values["tuning"] = str(path)
+    values = FilterOptions.defaults(tuning=str(path))
     return ReloadingFilter.from_options(values, **kwargs)
 
 
@@ -240,9 +239,8 @@ def test_sighup_to_a_real_process_reloads_it(tuning, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys
         from atnorm.core.reload import ReloadingFilter
-        from atnorm.core.settings import FILTER_OPTIONS
-        values = {{o.key: o.default for o in FILTER_OPTIONS}}
-        values["tuning"] = {str(tuning)!r}
+        from atnorm.core.settings import FilterOptions
+        values = FilterOptions.defaults(tuning={str(tuning)!r})
         holder = ReloadingFilter.from_options(values, log=lambda line: print(line, file=sys.stderr, flush=True))
         holder.install_sighup()
         holder.start_watching(interval=3600)

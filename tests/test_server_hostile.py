@@ -13,9 +13,10 @@ from typing import Any, List
 from test_forward_server import Peer, Recorder, good_chunk, make_certificate, run, serving, until
 
 from atnorm.forward.codec import packb
-from atnorm.forward.server import EVICT_IDLE_AFTER, ForwardServer
+from atnorm.forward.server import EVICT_IDLE_AFTER
 from atnorm.monitoring.relaystats import RelayStats
 from forward_frames import ack_bytes, mp
+from support import forward_server
 
 GET = b"GET /metrics HTTP/1.1\r\nHost: relay:24224\r\nUser-Agent: probe\r\nAccept: */*\r\n\r\n"
 
@@ -325,7 +326,7 @@ def test_memory_is_given_back_when_stop_cuts_chunks_short():
     async def scenario():
         recorder = Recorder()
         recorder.gate = asyncio.Event()  # never opened: the chunks stay with the handler
-        server = ForwardServer(recorder, listen=[("127.0.0.1", 0)], stats=RelayStats())
+        server = forward_server(recorder, listen=[("127.0.0.1", 0)], stats=RelayStats())
         await server.start()
         peer = await Peer.open(server)
         for _ in range(3):

@@ -10,7 +10,7 @@ import pytest
 from atnorm import cli
 from atnorm.config.options import ConfigError
 from atnorm.core.pipeline import EventFilter, FilterSettings
-from atnorm.core.settings import filter_settings
+from atnorm.core.settings import FilterOptions, filter_settings
 from atnorm.core.tuning import TuningError, apply_tuning_file, load_tuning
 from support import FIXTURES, REPO, load_event
 
@@ -358,7 +358,7 @@ def test_schema_dirs_add_a_service_generated_from_a_page(tmp_path):
 
 def test_tuning_file_wins_over_the_flags(tmp_path):
     path = tuning_file(tmp_path, "defaults:\n  event_time: {fraction_digits: 0}\n")
-    settings = filter_settings({"time_fraction_digits": 6, "tuning": str(path), "annotate": "x"})
+    settings = filter_settings(FilterOptions.defaults(time_fraction_digits=6, tuning=str(path), annotate="x"))
     assert settings.fraction_digits == 0
     assert settings.annotation_key == "x", "keys the file does not set keep the flag's value"
 
@@ -603,7 +603,7 @@ def test_every_mistake_is_reported_at_once_in_line_order(tmp_path):
 def test_a_mistake_stops_start_up(tmp_path):
     path = tuning_file(tmp_path, "defaults:\n  mode: strict\n")
     with pytest.raises(ConfigError):
-        filter_settings({"tuning": str(path)})
+        filter_settings(FilterOptions.defaults(tuning=str(path)))
 
 
 # ---------------------------------------------------------------------------------------

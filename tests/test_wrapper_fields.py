@@ -100,14 +100,14 @@ def test_rejected_records_keep_the_whole_original():
 def test_the_options_reach_the_filter_from_the_command_line(tmp_path):
     import argparse
 
-    from atnorm.config.options import ConfigError, resolve
-    from atnorm.core.settings import FILTER_OPTIONS, add_filter_arguments, filter_settings
+    from atnorm.config.options import ConfigError
+    from atnorm.core.settings import add_filter_arguments, filter_settings, resolve_filter_options
 
     parser = argparse.ArgumentParser()
     add_filter_arguments(parser)
-    values = resolve(FILTER_OPTIONS, parser.parse_args(["--wrapper-fields", "nest", "--wrapper-key", "k8s",
-                                                        "--wrapper-clash", "wrapper"]))
-    settings = filter_settings(values)
+    options = resolve_filter_options(parser.parse_args(["--wrapper-fields", "nest", "--wrapper-key", "k8s",
+                                                     "--wrapper-clash", "wrapper"]))
+    settings = filter_settings(options)
     assert (settings.wrapper_fields, settings.wrapper_key, settings.wrapper_clash) == ("nest", "k8s", "wrapper")
     with pytest.raises(ConfigError, match="expected one of merge, nest, drop"):
-        resolve(FILTER_OPTIONS, parser.parse_args(["--wrapper-fields", "keep"]))
+        resolve_filter_options(parser.parse_args(["--wrapper-fields", "keep"]))

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.forward.sender import ForwardSender
+from support import forward_sender
 
 EVENTS = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 ROUTES = ("accepted", "rejected", "passed")
@@ -75,7 +76,7 @@ def sender(port: int, **options: Any) -> ForwardSender:
     as its own chunk, whose id stays the same on every resend (batch_max_records=1)."""
     settings: Dict[str, Any] = dict(batch_max_records=1, flush_interval=0.005, ack_timeout=20.0)
     settings.update(options)
-    return ForwardSender([("127.0.0.1", port)], **settings)
+    return forward_sender([("127.0.0.1", port)], **settings)
 
 
 async def send_all(port: int, payloads: Sequence[Tuple[bytes, int, Any]], tag: str = "audit.at",

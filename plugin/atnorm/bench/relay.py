@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.pipeline import EventFilter
 from ..forward.codec import Chunk, Entry, EventTime, pack_entries
-from ..forward.sender import ForwardSender
-from ..forward.server import ForwardServer
+from ..forward.sender import ForwardSender, SenderSettings
+from ..forward.server import ForwardServer, ServerSettings
 from .eventgen import EventGenerator
 
 CHUNK_RECORDS = 1000
@@ -119,12 +119,12 @@ async def _measure(payloads: List[Tuple[bytes, int]], flags: List[str]) -> Dict[
             done.set()
         return True
 
-    receiver = ForwardServer(count, listen=[("127.0.0.1", 0)], udp_heartbeat=False)
+    receiver = ForwardServer(count, ServerSettings(listen=[("127.0.0.1", 0)], udp_heartbeat=False))
     await receiver.start()
     with tempfile.TemporaryDirectory(prefix="atnorm-bench-") as data_dir:
         relay = _Relay(receiver.port, data_dir, flags)
-        sender = ForwardSender([("127.0.0.1", relay.port)], flush_interval=0.005,
-                               batch_max_records=CHUNK_RECORDS, max_buffer_bytes=16 << 20)
+        sender = ForwardSender([("127.0.0.1", relay.port)], SenderSettings(
+            flush_interval=0.005, batch_max_records=CHUNK_RECORDS, max_buffer_bytes=16 << 20))
         try:
             # A warm-up chunk: connections open and the relay's first-use costs are paid.
             assert await sender.send("bench.warmup", payloads[0][0], payloads[0][1])

@@ -8,13 +8,14 @@ line, exit 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from ..config.options import Option, check_config_values, load_yaml_mapping, resolve
+from ..config.options import Option, check_config_values, load_yaml_mapping
 from ..core.pipeline import EventFilter, FilterSettings
-from ..core.settings import FILTER_OPTIONS, filter_settings
+from ..core.settings import FILTER_OPTIONS, filter_settings, resolve_filter_options
 from ..core.tuning import TUNING_SCHEMA, TuningError, load_tuning
 from ..core.tuning import _count as count_of
 from ..errors import ConfigError, ConfigErrors
@@ -76,17 +77,17 @@ def _check_options(path: str, kind: str, values: Dict[Any, Any], lines: Dict[str
     if errors:
         return "", errors  # combinations of values wrong in themselves say nothing more
     args = argparse.Namespace(config=path)
-    filter_values = resolve(FILTER_OPTIONS, argparse.Namespace(), checked)
-    filter_values["schemas"] = [str(d) for d in schema_dirs] + list(filter_values["schemas"])
+    given = resolve_filter_options(argparse.Namespace(), checked)
+    filter_options = dataclasses.replace(given, schemas=tuple(str(d) for d in schema_dirs) + given.schemas)
     try:
         if kind == "relay":
             settings, _ = relay.load_settings(args, check=False)
             errors += relay.settings_problems(settings)
             # The checks `serve --dry-run` makes, listening aside (the relay may be running).
-            errors += startup_problems(settings, filter_values, bind=False)
+            errors += startup_problems(settings, filter_options, bind=False)
         else:
             exec_filter.load_settings(args)
-            EventFilter.from_schemas(settings=filter_settings(filter_values))
+            EventFilter.from_schemas(settings=filter_settings(filter_options))
     except ConfigErrors as exc:
         errors += exc.errors
     except ConfigError as exc:

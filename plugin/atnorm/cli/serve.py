@@ -8,13 +8,13 @@ import os
 import signal
 import socket
 import ssl
-from typing import Any, Dict, List
+from typing import List
 
 from ..config.logs import configure_logging
-from ..config.options import add_arguments, host_port, resolve
+from ..config.options import add_arguments, host_port
 from ..core.heap import settle_after_start
 from ..core.pipeline import EventFilter
-from ..core.settings import FILTER_OPTIONS, add_filter_arguments, filter_settings
+from ..core.settings import FilterOptions, add_filter_arguments, filter_settings, resolve_filter_options
 from ..core.stats import FilterStats
 from ..errors import ConfigError, ConfigErrors
 from ..relay.service import OPTIONS, Relay, RelaySettings, build_event_filter, load_settings, serve
@@ -65,13 +65,13 @@ def _bind_problem(text: str) -> str:
     return ""
 
 
-def startup_problems(settings: RelaySettings, filter_values: Dict[str, Any],
+def startup_problems(settings: RelaySettings, filter_options: FilterOptions,
                      bind: bool = True) -> List[ConfigError]:
     """Every reason start-up would fail with these settings, found without starting: schemas
     and tuning, TLS files, the data directory and (with `bind`) the addresses to listen on."""
     problems: List[ConfigError] = []
     try:
-        EventFilter.from_schemas(settings=filter_settings(filter_values))
+        EventFilter.from_schemas(settings=filter_settings(filter_options))
     except ConfigErrors as exc:
         problems += exc.errors
     except ConfigError as exc:
@@ -101,11 +101,11 @@ def startup_problems(settings: RelaySettings, filter_values: Dict[str, Any],
     return problems
 
 
-def dry_run(settings: RelaySettings, filter_values: Dict[str, Any]) -> int:
-    problems = startup_problems(settings, filter_values)
+def dry_run(settings: RelaySettings, filter_options: FilterOptions) -> int:
+    problems = startup_problems(settings, filter_options)
     if problems:
         raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
-    rules = EventFilter.from_schemas(settings=filter_settings(filter_values)).rules
+    rules = EventFilter.from_schemas(settings=filter_settings(filter_options)).rules
     actions = sum(len(document.actions) for document in rules.services.values())
     where = (f"forwarding to {', '.join(settings.forward)}" if settings.forward
              else f"writing records to {settings.data_dir}")
@@ -121,12 +121,12 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings, file_values = load_settings(args)
     if args.dry_run:
-        return dry_run(settings, resolve(FILTER_OPTIONS, args, file_values))
+        return dry_run(settings, resolve_filter_options(args, file_values))
     configure_logging("serve", settings.log_level, settings.log_format)
     filter_stats = FilterStats()
     event_filter = (build_event_filter(args, file_values, filter_stats, settings.drift_state)
                     if settings.filter else None)
-    relay = Relay(settings, event_filter, filter_stats, resolve(FILTER_OPTIONS, args, file_values))
+    relay = Relay(settings, event_filter, filter_stats, resolve_filter_options(args, file_values))
     settle_after_start()  # schemas loaded: keep them out of every later collection
     asyncio.run(serve(relay))
     return 0

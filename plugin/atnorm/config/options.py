@@ -100,6 +100,19 @@ def size_bytes(value: Any) -> int:
     return number
 
 
+def size_text(number: int) -> str:
+    """Bytes as a user writes them, in the largest whole unit: 16777216 → "16M"."""
+    for unit, shift in (("G", 30), ("M", 20), ("k", 10)):
+        if number and number % (1 << shift) == 0:
+            return f"{number >> shift}{unit}"
+    return str(number)
+
+
+def seconds_text(seconds: float) -> str:
+    """Seconds as a user writes them: 120.0 → "120", 0.5 → "0.5"."""
+    return f"{seconds:g}"
+
+
 def text(value: Any) -> str:
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise ValueError(f"expected a string, got {value!r}")
@@ -193,6 +206,13 @@ def settings_from(cls: Type[Settings], values: Mapping[str, Any], **derived: Any
         value = values[option.key]
         given.setdefault(option.key, tuple(value) if isinstance(value, list) else value)
     return cls(**given)
+
+
+def defaults_of(cls: Type[Settings], **changes: Any) -> Settings:
+    """The settings object with every option at its default, but for `changes`."""
+    values = {option.key: None if option.default is None else option.convert(option.default)
+              for option in options_of(cls)}
+    return settings_from(cls, values, **changes)
 
 
 def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:

@@ -25,13 +25,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..config.options import resolve
 from ..errors import ConfigError
 from ..model.verdict import Verdict
 from .drift import DriftLog
 from .pipeline import EventFilter, FilterSettings
 from .rules import RuleSet
-from .settings import FILTER_OPTIONS, filter_settings
+from .settings import FilterOptions, filter_settings, resolve_filter_options
 from .stats import FilterStats
 
 Signature = Tuple[Tuple[str, int, int, int], ...]
@@ -104,9 +103,9 @@ class ReloadingFilter:
         self._signature = signature[:1] + files_signature(None, self._schema_dirs)
 
     @classmethod
-    def from_options(cls, values: Dict[str, Any], **kwargs: Any) -> "ReloadingFilter":
-        """From resolved FILTER_OPTIONS values (as `settings.filter_settings` takes them)."""
-        return cls(lambda: filter_settings(values), values.get("tuning"), **kwargs)
+    def from_options(cls, options: FilterOptions, **kwargs: Any) -> "ReloadingFilter":
+        """From the filter options (as `settings.filter_settings` takes them)."""
+        return cls(lambda: filter_settings(options), options.tuning, **kwargs)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, file_values: Optional[Dict[str, Any]] = None,
@@ -117,7 +116,7 @@ class ReloadingFilter:
         `drift.DriftLog` fed with every verdict) and `drift_state` (a JSON file the drift
         log is loaded from now and saved to by the watcher and by `close`).
         """
-        return cls.from_options(resolve(FILTER_OPTIONS, args, file_values), **kwargs)
+        return cls.from_options(resolve_filter_options(args, file_values), **kwargs)
 
     @property
     def rules(self) -> RuleSet:

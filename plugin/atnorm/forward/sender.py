@@ -38,6 +38,7 @@ import os
 import socket
 import ssl as ssl_module
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import msgpack
@@ -186,56 +187,90 @@ class _Connection:
         self.lost = False
 
 
+# The sender's defaults, named once: the relay's option declarations show the same values.
+ACK_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+RETRY_DEADLINE = 60.0
+RETRY_WAIT = 0.1
+RETRY_MAX_WAIT = 10.0
+FAILBACK_AFTER = 60.0
+BATCH_MAX_RECORDS = 10000
+BATCH_MAX_BYTES = 4 << 20
+FLUSH_INTERVAL = 0.05
+MAX_BUFFER_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """How a `ForwardSender` reaches its servers, batches, waits for acks and retries.
+
+    `tls`: True for a context from `tls_verify` / `tls_ca_file`, or a ready SSLContext.
+    `retry_deadline`: how long a chunk is retried before `send` gives up on it;
+    `retry_max_times`: refusals (reset or no ack while oldest) before it is `Refused`."""
+
+    tls: Union[bool, ssl_module.SSLContext, None] = None
+    tls_verify: bool = True
+    tls_ca_file: Optional[str] = None
+    tls_server_hostname: Optional[str] = None
+    shared_key: Optional[str] = None
+    self_hostname: Optional[str] = None
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ack_timeout: float = ACK_TIMEOUT
+    connect_timeout: float = CONNECT_TIMEOUT
+    retry_deadline: float = RETRY_DEADLINE
+    retry_max_times: Optional[int] = None
+    retry_wait: float = RETRY_WAIT
+    retry_max_wait: float = RETRY_MAX_WAIT
+    failback_after: float = FAILBACK_AFTER
+    batch_max_records: int = BATCH_MAX_RECORDS
+    batch_max_bytes: int = BATCH_MAX_BYTES
+    flush_interval: float = FLUSH_INTERVAL
+    max_buffer_bytes: int = MAX_BUFFER_BYTES
+    compress: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.compress not in (None, "gzip"):
+            raise ValueError(f"compress must be None or 'gzip', got {self.compress!r}")
+        if self.retry_max_times is not None and self.retry_max_times < 1:
+            raise ValueError("retry_max_times must be at least 1")
+
+
 class ForwardSender:
     """Sends PackedForward chunks to the first working server and waits for their acks."""
 
-    def __init__(self, servers: Sequence[Server], *,
-                 tls: Union[bool, ssl_module.SSLContext, None] = None,
-                 tls_verify: bool = True, tls_ca_file: Optional[str] = None,
-                 tls_server_hostname: Optional[str] = None,
-                 shared_key: Optional[str] = None, self_hostname: Optional[str] = None,
-                 username: str = "", password: str = "",
-                 ack_timeout: float = 30.0, connect_timeout: float = 5.0,
-                 retry_deadline: float = 60.0, retry_max_times: Optional[int] = None,
-                 retry_wait: float = 0.1,
-                 retry_max_wait: float = 10.0, failback_after: float = 60.0,
-                 batch_max_records: int = 10000, batch_max_bytes: int = 4 << 20,
-                 flush_interval: float = 0.05, max_buffer_bytes: int = 64 << 20,
-                 compress: Optional[str] = None,
+    def __init__(self, servers: Sequence[Server], settings: SenderSettings = SenderSettings(), *,
                  stats: Optional[RelayStats] = None) -> None:
         if not servers:
             raise ValueError("at least one downstream server is needed")
-        if compress not in (None, "gzip"):
-            raise ValueError(f"compress must be None or 'gzip', got {compress!r}")
+        self.settings = settings
         self.servers: List[Server] = [(str(h), int(p)) for h, p in servers]
-        if isinstance(tls, ssl_module.SSLContext):
-            self._ssl: Optional[ssl_module.SSLContext] = tls
-        elif tls:
-            self._ssl = client_ssl_context(verify=tls_verify, ca_file=tls_ca_file)
+        if isinstance(settings.tls, ssl_module.SSLContext):
+            self._ssl: Optional[ssl_module.SSLContext] = settings.tls
+        elif settings.tls:
+            self._ssl = client_ssl_context(verify=settings.tls_verify, ca_file=settings.tls_ca_file)
         else:
             self._ssl = None
-        self.tls_server_hostname = tls_server_hostname
-        self.shared_key = shared_key
-        self.self_hostname = self_hostname or socket.gethostname()
-        self.username = username
-        self.password = password
+        self.tls_server_hostname = settings.tls_server_hostname
+        self.shared_key = settings.shared_key
+        self.self_hostname = settings.self_hostname or socket.gethostname()
+        self.username = settings.username
+        self.password = settings.password
         # Like Fluentd's out_forward: 32 hex characters, made once per sender.
         self._shared_key_salt = os.urandom(16).hex()
         self._handshake_error: Optional[str] = None
-        self.ack_timeout = ack_timeout
-        self.connect_timeout = connect_timeout
-        self.retry_deadline = retry_deadline
-        if retry_max_times is not None and retry_max_times < 1:
-            raise ValueError("retry_max_times must be at least 1")
-        self.retry_max_times = retry_max_times
-        self.retry_wait = retry_wait
-        self.retry_max_wait = retry_max_wait
-        self.failback_after = failback_after
-        self.batch_max_records = batch_max_records
-        self.batch_max_bytes = batch_max_bytes
-        self.flush_interval = flush_interval
-        self.max_buffer_bytes = max_buffer_bytes
-        self.compress = compress
+        self.ack_timeout = settings.ack_timeout
+        self.connect_timeout = settings.connect_timeout
+        self.retry_deadline = settings.retry_deadline
+        self.retry_max_times = settings.retry_max_times
+        self.retry_wait = settings.retry_wait
+        self.retry_max_wait = settings.retry_max_wait
+        self.failback_after = settings.failback_after
+        self.batch_max_records = settings.batch_max_records
+        self.batch_max_bytes = settings.batch_max_bytes
+        self.flush_interval = settings.flush_interval
+        self.max_buffer_bytes = settings.max_buffer_bytes
+        self.compress = settings.compress
         self.stats = stats if stats is not None else RelayStats()
         self.last_error: Optional[str] = None  # why the last connection or chunk failed
 
@@ -246,7 +281,7 @@ class ForwardSender:
         self._serials = itertools.count()
         self._conn: Optional[_Connection] = None
         self._server_index = 0
-        self._backoff = retry_wait
+        self._backoff = settings.retry_wait
         self._retry_at = 0.0
         self._down_until = 0.0
         self._buffered = 0  # payload bytes accepted and not yet resolved

@@ -29,6 +29,7 @@ import stat
 import time
 import zlib
 from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from ..monitoring.relaystats import RelayStats
@@ -252,6 +253,57 @@ class _MemoryBudget:
                 self._waiters.remove(waiter)
 
 
+# The server's defaults, named once: the relay's option declarations show the same values.
+LISTEN: Tuple[ListenAddress, ...] = (("127.0.0.1", 24224),)
+MAX_FRAME_SIZE = 16 << 20
+MAX_DECOMPRESSED_SIZE = 64 << 20
+IDLE_TIMEOUT = 120.0
+HANDSHAKE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 256
+MAX_CONNECTIONS_PER_PEER = 32
+MAX_INPUT_MEMORY = 256 << 20
+MAX_INFLIGHT = 4
+DEDUP_CHUNKS = 65536
+DEDUP_SECONDS = 900.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How a `ForwardServer` listens and what it allows its peers (see its docstring);
+    a combination that cannot work is refused here, before anything is bound."""
+
+    listen: Sequence[ListenAddress] = LISTEN
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    shared_key: Optional[str] = None
+    users: Optional[Mapping[str, str]] = None
+    self_hostname: Optional[str] = None
+    max_frame_size: int = MAX_FRAME_SIZE
+    max_decompressed_size: int = MAX_DECOMPRESSED_SIZE
+    idle_timeout: float = IDLE_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+    max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER
+    max_input_memory: int = MAX_INPUT_MEMORY
+    max_inflight: int = MAX_INFLIGHT
+    dedup_chunks: int = DEDUP_CHUNKS
+    dedup_seconds: float = DEDUP_SECONDS
+    udp_heartbeat: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "listen", tuple(self.listen))  # a list given stays the caller's
+        if self.tls_key and not self.tls_cert:
+            raise ValueError("tls_key given without tls_cert")
+        if self.users and self.shared_key is None:
+            raise ValueError("user authentication needs a shared_key too")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+        if self.max_connections < 1 or self.max_connections_per_peer < 1:
+            raise ValueError("max_connections and max_connections_per_peer must be at least 1")
+        if self.max_input_memory < MIN_INPUT_MEMORY:
+            raise ValueError(f"max_input_memory must be at least {MIN_INPUT_MEMORY} bytes")
+
+
 class ForwardServer:
     """Accepts forward-protocol connections and passes each chunk to `handler`.
 
@@ -273,60 +325,30 @@ class ForwardServer:
     `max_input_memory`; when it is spent, reading pauses until it frees.
     """
 
-    def __init__(
-        self,
-        handler: Handler,
-        *,
-        listen: Sequence[ListenAddress] = (("127.0.0.1", 24224),),
-        tls_cert: Optional[str] = None,
-        tls_key: Optional[str] = None,
-        shared_key: Optional[str] = None,
-        users: Optional[Mapping[str, str]] = None,
-        self_hostname: Optional[str] = None,
-        max_frame_size: int = 16 << 20,
-        max_decompressed_size: int = 64 << 20,
-        idle_timeout: float = 120.0,
-        handshake_timeout: float = 10.0,
-        max_connections: int = 256,
-        max_connections_per_peer: int = 32,
-        max_input_memory: int = 256 << 20,
-        max_inflight: int = 4,
-        dedup_chunks: int = 65536,
-        dedup_seconds: float = 900.0,
-        udp_heartbeat: bool = True,
-        stats: Optional[RelayStats] = None,
-    ) -> None:
-        if tls_key and not tls_cert:
-            raise ValueError("tls_key given without tls_cert")
-        if users and shared_key is None:
-            raise ValueError("user authentication needs a shared_key too")
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be at least 1")
-        if max_connections < 1 or max_connections_per_peer < 1:
-            raise ValueError("max_connections and max_connections_per_peer must be at least 1")
-        if max_input_memory < MIN_INPUT_MEMORY:
-            raise ValueError(f"max_input_memory must be at least {MIN_INPUT_MEMORY} bytes")
-        for address in listen:
+    def __init__(self, handler: Handler, settings: ServerSettings = ServerSettings(), *,
+                 stats: Optional[RelayStats] = None) -> None:
+        for address in settings.listen:
             _unix_path(address)  # reject a malformed address before anything is bound
+        self.settings = settings
         self.handler = handler
-        self.listen = list(listen)
-        self.tls_cert = tls_cert
-        self.tls_key = tls_key
-        self.shared_key = shared_key
-        self.users = dict(users) if users else None
-        self.self_hostname = self_hostname or socket.gethostname()
-        self.max_frame_size = max_frame_size
-        self.max_decompressed_size = max_decompressed_size
-        self.idle_timeout = idle_timeout
-        self.handshake_timeout = handshake_timeout
-        self.max_connections = max_connections
-        self.max_connections_per_peer = max_connections_per_peer
-        self.max_input_memory = max_input_memory
-        self.max_inflight = max_inflight
-        self.udp_heartbeat = udp_heartbeat
+        self.listen = list(settings.listen)
+        self.tls_cert = settings.tls_cert
+        self.tls_key = settings.tls_key
+        self.shared_key = settings.shared_key
+        self.users = dict(settings.users) if settings.users else None
+        self.self_hostname = settings.self_hostname or socket.gethostname()
+        self.max_frame_size = settings.max_frame_size
+        self.max_decompressed_size = settings.max_decompressed_size
+        self.idle_timeout = settings.idle_timeout
+        self.handshake_timeout = settings.handshake_timeout
+        self.max_connections = settings.max_connections
+        self.max_connections_per_peer = settings.max_connections_per_peer
+        self.max_input_memory = settings.max_input_memory
+        self.max_inflight = settings.max_inflight
+        self.udp_heartbeat = settings.udp_heartbeat
         self.stats = stats if stats is not None else RelayStats()
-        self.memory = _MemoryBudget(max_input_memory, self.stats)
-        self._acked = DedupWindow(dedup_chunks, dedup_seconds)
+        self.memory = _MemoryBudget(settings.max_input_memory, self.stats)
+        self._acked = DedupWindow(settings.dedup_chunks, settings.dedup_seconds)
         self._running: Dict[Hashable, "asyncio.Future[bool]"] = {}
         self._servers: List[asyncio.AbstractServer] = []
         self._udp: List[asyncio.BaseTransport] = []

@@ -3,7 +3,7 @@
 The relay's event loop decodes frames and moves bytes; with `filter_workers: N` (N > 1)
 each chunk's entries are packed once, decided and routed in one of N worker processes,
 and come back as one packed payload per route, ready to hand on. Each worker builds its
-own `EventFilter` from the same option values; the counts it makes for a chunk travel
+own `EventFilter` from the same `FilterOptions` (they reach it pickled); the counts it makes for a chunk travel
 back with the result and are added to the relay's `FilterStats`, so metrics and the
 stats record see one set of counters. A reload (SIGHUP, tuning file change) bumps a
 shared generation number; each worker rebuilds its filter before its next chunk, and
@@ -19,15 +19,15 @@ import multiprocessing
 import signal
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from ..core.heap import settle_after_start
 from ..core.pipeline import EventFilter
-from ..core.settings import filter_settings
+from ..core.settings import FilterOptions, filter_settings
 from ..core.stats import FilterStats
 from ..forward.codec import Entry, pack_entries, unpack_entries
 from ..model.encodable import encodable
-from .routing import PackedBatch, Router
+from .routing import PackedBatch, Router, RouteSettings
 
 log = logging.getLogger("atnorm.relay")
 
@@ -38,12 +38,12 @@ RoutedPayload = Tuple[str, str, bytes, int]
 class _Worker:
     """What one worker process holds: its filter, its router and the generation it was built for."""
 
-    def __init__(self, filter_values: Dict[str, Any], router_options: Dict[str, Any], generation: Any) -> None:
-        self.filter_values = filter_values
+    def __init__(self, filter_options: FilterOptions, routes: RouteSettings, generation: Any) -> None:
+        self.filter_options = filter_options
         self.generation = generation
         self.built_for = generation.value
-        self.filter = EventFilter.from_schemas(settings=filter_settings(filter_values))
-        self.router = Router(self.decide, count=lambda verdict: self.filter.stats.count(verdict), **router_options)
+        self.filter = EventFilter.from_schemas(settings=filter_settings(filter_options))
+        self.router = Router.with_settings(self.decide, routes, count=lambda verdict: self.filter.stats.count(verdict))
 
     def decide(self, record: Any) -> Any:
         return self.filter.process(record)
@@ -54,7 +54,7 @@ class _Worker:
             return
         self.built_for = wanted
         try:
-            self.filter = EventFilter.from_schemas(settings=filter_settings(self.filter_values))
+            self.filter = EventFilter.from_schemas(settings=filter_settings(self.filter_options))
         except Exception:  # the relay's own reload reports the mistake; keep deciding with the old rules
             pass
 
@@ -79,7 +79,7 @@ def _packed(entries: List[Entry]) -> bytes:
 _worker: Optional[_Worker] = None
 
 
-def _start_worker(filter_values: Dict[str, Any], router_options: Dict[str, Any], generation: Any) -> None:
+def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generation: Any) -> None:
     global _worker
     # Ctrl-C and SIGHUP reach the whole process group: the relay decides what they mean.
     # SIGTERM keeps its default: it is how the pool stops a worker (ProcessPoolExecutor
@@ -87,7 +87,7 @@ def _start_worker(filter_values: Dict[str, Any], router_options: Dict[str, Any],
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _worker = _Worker(filter_values, router_options, generation)
+    _worker = _Worker(filter_options, routes, generation)
     settle_after_start()  # schemas loaded: keep them out of every later collection
 
 
@@ -124,7 +124,7 @@ class FilterPool:
     in the relay's own process, so no chunk waits on workers that will not come back.
     """
 
-    def __init__(self, workers: int, filter_values: Dict[str, Any], router_options: Dict[str, Any],
+    def __init__(self, workers: int, filter_options: FilterOptions, routes: RouteSettings,
                  stats: FilterStats) -> None:
         if workers < 2:
             raise ValueError("a filter pool needs at least 2 workers")
@@ -135,7 +135,7 @@ class FilterPool:
         # spawn, not fork: the relay has threads (spool, metrics) that a fork would copy mid-lock.
         self._context = multiprocessing.get_context("spawn")
         self._generation = self._context.Value("i", 0)
-        self._arguments = (filter_values, router_options, self._generation)
+        self._arguments = (filter_options, routes, self._generation)
         self._executor = self._new_executor()
         self._local: Optional[_Worker] = None
         self._closing = False

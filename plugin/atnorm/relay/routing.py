@@ -22,6 +22,7 @@ and the time source are turned into small functions once, so `Router.route` only
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -155,6 +156,15 @@ class _EventTimeParser:
 parse_event_time = _EventTimeParser()
 
 
+@dataclass(frozen=True)
+class RouteSettings:
+    """Where each verdict's records go and with which time: the relay's output options."""
+
+    accepted_tag: str = TAG_PLACEHOLDER
+    rejected_tag: str = TAG_PLACEHOLDER + ".rejected"
+    time_source: str = "event"
+
+
 class Router:
     """Splits a chunk's entries into at most three `RoutedBatch`es, by verdict.
 
@@ -181,6 +191,14 @@ class Router:
         self.count = count if count is not None else _stats_counter(decide)
         # Records a pass-through relay hands on undecided still count as received and passed.
         self.count_passed = count_passed
+
+    @classmethod
+    def with_settings(cls, decide: Optional[Callable[[Any], Verdict]], routes: RouteSettings, *,
+                      count: Optional[Callable[[Verdict], None]] = None,
+                      count_passed: Optional[Callable[[int], None]] = None) -> "Router":
+        """A router for `routes` (the relay's and each filter worker's)."""
+        return cls(decide, accepted_tag=routes.accepted_tag, rejected_tag=routes.rejected_tag,
+                   time_source=routes.time_source, count=count, count_passed=count_passed)
 
     def unusable(self, entry: Entry) -> Entry:
         """The dead-letter entry for an entry with a `problem`, counted as a rejection."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -37,20 +38,24 @@ from ..config.options import (
     positive_float,
     positive_int,
     resolve,
+    seconds_text,
     setting,
     settings_from,
     shared,
     size_bytes,
+    size_text,
     text,
 )
 from ..core.interfaces import Filter, ReloadableFilter
 from ..core.reload import ReloadingFilter
-from ..core.settings import DRIFT_STATE, FILTER_OPTIONS, build_filter
+from ..core.settings import DRIFT_STATE, FILTER_OPTIONS, FilterOptions, build_filter, resolve_filter_options
 from ..core.stats import FilterStats
 from ..errors import ConfigErrors
+from ..forward import sender as sender_defaults
+from ..forward import server as server_defaults
 from ..forward.codec import Chunk, Entry, EventTime, pack_entries
-from ..forward.sender import ENTRY_FORMS, ForwardSender, plain_entries
-from ..forward.server import MIN_INPUT_MEMORY, ForwardServer
+from ..forward.sender import ENTRY_FORMS, ForwardSender, SenderSettings, plain_entries
+from ..forward.server import MIN_INPUT_MEMORY, ForwardServer, ServerSettings
 from ..model.verdict import REJECTED
 from ..monitoring.metrics import METRICS_LISTEN, MetricsServer, build_registry
 from ..monitoring.relaystats import RelayStats
@@ -58,7 +63,7 @@ from ..monitoring.stats_record import STATS_INTERVAL, STATS_TAG, StatsRecorder
 from .delivery import Delivery
 from .filterpool import FilterPool
 from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
-from .routing import TIME_SOURCES, Batch, RoutedBatch, Router, check_tag_template
+from .routing import TIME_SOURCES, Batch, RoutedBatch, Router, RouteSettings, check_tag_template
 from .spool import Spool, SpoolError
 
 log = logging.getLogger("atnorm.relay")
@@ -102,16 +107,22 @@ class RelaySettings:
     tls_cert: Optional[str] = setting(text, None, "serve TLS with this certificate (PEM)", metavar="FILE", group="upstream")
     tls_key: Optional[str] = setting(text, None, "private key of tls_cert (PEM; omit if it is in the certificate file)",
            metavar="FILE", group="upstream")
-    max_frame_size: int = setting(size_bytes, "16M", "largest forward frame accepted from a sender",
+    max_frame_size: int = setting(size_bytes, size_text(server_defaults.MAX_FRAME_SIZE),
+           "largest forward frame accepted from a sender",
            metavar="SIZE", group="upstream")
-    max_decompressed_size: int = setting(size_bytes, "64M", "largest size a compressed chunk may inflate to",
+    max_decompressed_size: int = setting(size_bytes, size_text(server_defaults.MAX_DECOMPRESSED_SIZE),
+           "largest size a compressed chunk may inflate to",
            metavar="SIZE", group="upstream")
-    idle_timeout: float = setting(positive_float, "120", "close a sender's connection that completes no forward "
+    idle_timeout: float = setting(positive_float, seconds_text(server_defaults.IDLE_TIMEOUT),
+           "close a sender's connection that completes no forward "
            "message (heartbeats do not count) within this many seconds", metavar="SECONDS", group="upstream")
-    max_connections: int = setting(positive_int, 256, "most sender connections open at once", metavar="N", group="upstream")
-    max_connections_per_peer: int = setting(positive_int, 32, "most connections open at once from one sender host",
+    max_connections: int = setting(positive_int, server_defaults.MAX_CONNECTIONS,
+           "most sender connections open at once", metavar="N", group="upstream")
+    max_connections_per_peer: int = setting(positive_int, server_defaults.MAX_CONNECTIONS_PER_PEER,
+           "most connections open at once from one sender host",
            metavar="N", group="upstream")
-    max_input_memory: int = setting(input_memory, "256M", "most bytes buffered from senders at once (partial frames, "
+    max_input_memory: int = setting(input_memory, size_text(server_defaults.MAX_INPUT_MEMORY),
+           "most bytes buffered from senders at once (partial frames, "
            "chunks being inflated or handed on); beyond it reading pauses", metavar="SIZE", group="upstream")
     # downstream: where records go
     forward: Tuple[str, ...] = setting(address, [], "downstream aggregator (repeatable: the next one is the failover); "
@@ -134,11 +145,14 @@ class RelaySettings:
     forward_entry_form: str = setting(text, "plain", "entry form sent downstream: plain [time, record] (every "
            "Fluentd accepts it) or metadata (keep Fluent Bit's [[time, metadata], record], for Fluent Bit "
            "aggregators)", choices=ENTRY_FORMS, metavar="plain|metadata", group="downstream")
-    forward_ack_timeout: float = setting(positive_float, "30", "resend a downstream chunk not acked within this time",
+    forward_ack_timeout: float = setting(positive_float, seconds_text(sender_defaults.ACK_TIMEOUT),
+           "resend a downstream chunk not acked within this time",
            metavar="SECONDS", group="downstream")
-    retry_max_wait: float = setting(positive_float, "10", "longest wait between attempts to reach the downstream",
+    retry_max_wait: float = setting(positive_float, seconds_text(sender_defaults.RETRY_MAX_WAIT),
+           "longest wait between attempts to reach the downstream",
            metavar="SECONDS", group="downstream")
-    retry_timeout: float = setting(positive_float, "60", "how long a chunk is retried in memory before it is "
+    retry_timeout: float = setting(positive_float, seconds_text(sender_defaults.RETRY_DEADLINE),
+           "how long a chunk is retried in memory before it is "
            "spooled (the upstream waits meanwhile)", metavar="SECONDS", group="downstream")
     retry_max_times: int = setting(positive_int, 5, "a chunk the downstream refuses this many times (connection "
            "reset or no ack while it was the oldest waiting) is quarantined in the spool", metavar="N", group="downstream")
@@ -184,8 +198,9 @@ def load_settings(args: argparse.Namespace, check: bool = True) -> Tuple[RelaySe
     config_path = getattr(args, "config", None)
     file_values = load_config_file(config_path, ALL_OPTIONS) if config_path else {}
     values = resolve(OPTIONS, args, file_values)
-    settings = settings_from(RelaySettings, values,
-                             spool_path=values["spool_path"] or os.path.join(values["data_dir"], "spool.db"))
+    settings = settings_from(RelaySettings, values)
+    if settings.spool_path is None:  # its default depends on another option
+        settings = dataclasses.replace(settings, spool_path=os.path.join(settings.data_dir, "spool.db"))
     problems = settings_problems(settings) if check else []
     if len(problems) == 1:
         raise problems[0]
@@ -208,6 +223,30 @@ def settings_problems(settings: RelaySettings) -> List[ConfigError]:
         problems.append(ConfigError("drift_state needs filter_workers 1: the workers' verdicts do not "
                                     "reach the drift log", key="drift_state"))
     return problems
+
+
+def server_settings(settings: RelaySettings) -> ServerSettings:
+    """What the relay's forward server runs with (the rest at the server's defaults)."""
+    return ServerSettings(
+        listen=[_listen_address(a) for a in settings.listen],
+        tls_cert=settings.tls_cert, tls_key=settings.tls_key,
+        shared_key=settings.shared_key, self_hostname=settings.self_hostname,
+        max_frame_size=settings.max_frame_size, max_decompressed_size=settings.max_decompressed_size,
+        idle_timeout=settings.idle_timeout, max_connections=settings.max_connections,
+        max_connections_per_peer=settings.max_connections_per_peer,
+        max_input_memory=settings.max_input_memory)
+
+
+def sender_settings(settings: RelaySettings) -> SenderSettings:
+    """What each downstream sender runs with (the rest at the sender's defaults)."""
+    return SenderSettings(
+        tls=settings.forward_tls, tls_verify=settings.forward_tls_verify,
+        tls_ca_file=settings.forward_tls_ca, shared_key=settings.forward_shared_key,
+        username=settings.forward_username, password=settings.forward_password,
+        self_hostname=settings.self_hostname, ack_timeout=settings.forward_ack_timeout,
+        retry_max_wait=settings.retry_max_wait, retry_deadline=settings.retry_timeout,
+        retry_max_times=settings.retry_max_times,
+        compress=None if settings.forward_compress == "none" else settings.forward_compress)
 
 
 def _chunk_id_text(chunk_id: Any) -> str:
@@ -237,9 +276,9 @@ def build_event_filter(args: argparse.Namespace, file_values: Dict[str, Any], st
                        drift_state: Optional[str] = None) -> Filter:
     """The filter the options describe; with a tuning file, one that reloads it on SIGHUP or
     change; with a drift state file, one that keeps the drift log there."""
-    values = resolve(FILTER_OPTIONS, args, file_values)
-    if values.get("tuning") or drift_state:
-        return ReloadingFilter.from_options(values, stats=stats, drift_state=drift_state)
+    options = resolve_filter_options(args, file_values)
+    if options.tuning or drift_state:
+        return ReloadingFilter.from_options(options, stats=stats, drift_state=drift_state)
     return build_filter(args, file_values, stats)
 
 
@@ -397,33 +436,23 @@ class Relay:
 
     def __init__(self, settings: RelaySettings, event_filter: Optional[Filter] = None,
                  filter_stats: Optional[FilterStats] = None,
-                 filter_values: Optional[Dict[str, Any]] = None) -> None:
+                 filter_options: Optional[FilterOptions] = None) -> None:
         self.settings = settings
         self.event_filter = event_filter
         self.filter_stats = filter_stats or (event_filter.stats if event_filter is not None else FilterStats())
         self.relay_stats = RelayStats()
-        router_options = dict(accepted_tag=settings.accepted_tag, rejected_tag=settings.rejected_tag,
-                              time_source=settings.time_source)
-        self.router = Router(self._decide_function(), count=self.filter_stats.count,
-                             count_passed=self.filter_stats.count_passed, **router_options)
+        routes = RouteSettings(accepted_tag=settings.accepted_tag, rejected_tag=settings.rejected_tag,
+                               time_source=settings.time_source)
+        self.router = Router.with_settings(self._decide_function(), routes, count=self.filter_stats.count,
+                                           count_passed=self.filter_stats.count_passed)
         self.pool: Optional[FilterPool] = None
         if self.router.decide is not None and settings.filter_workers > 1:
-            # Workers build their filters from the option values the relay's filter was built from.
-            if filter_values is None:
-                raise ValueError("filter workers need the filter option values")
-            self.pool = FilterPool(settings.filter_workers, filter_values, router_options, self.filter_stats)
+            # Workers build their filters from the options the relay's filter was built from.
+            if filter_options is None:
+                raise ValueError("filter workers need the filter options")
+            self.pool = FilterPool(settings.filter_workers, filter_options, routes, self.filter_stats)
         self._reload_task: Optional["asyncio.Task[None]"] = None
-        self.server = ForwardServer(
-            self.handle_chunk,
-            listen=[_listen_address(a) for a in settings.listen],
-            tls_cert=settings.tls_cert, tls_key=settings.tls_key,
-            shared_key=settings.shared_key, self_hostname=settings.self_hostname,
-            max_frame_size=settings.max_frame_size,
-            max_decompressed_size=settings.max_decompressed_size,
-            idle_timeout=settings.idle_timeout, max_connections=settings.max_connections,
-            max_connections_per_peer=settings.max_connections_per_peer,
-            max_input_memory=settings.max_input_memory,
-            stats=self.relay_stats)
+        self.server = ForwardServer(self.handle_chunk, server_settings(settings), stats=self.relay_stats)
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None
         self._stats_task: Optional["asyncio.Task[None]"] = None
@@ -495,16 +524,8 @@ class Relay:
         except SpoolError as exc:
             raise ConfigError(str(exc), key="spool_path") from None
         try:
-            sender = ForwardSender(
-                [host_port(s) for s in servers],
-                tls=settings.forward_tls, tls_verify=settings.forward_tls_verify,
-                tls_ca_file=settings.forward_tls_ca, shared_key=settings.forward_shared_key,
-                username=settings.forward_username, password=settings.forward_password,
-                self_hostname=settings.self_hostname, ack_timeout=settings.forward_ack_timeout,
-                retry_max_wait=settings.retry_max_wait, retry_deadline=settings.retry_timeout,
-                retry_max_times=settings.retry_max_times,
-                compress=None if settings.forward_compress == "none" else settings.forward_compress,
-                stats=self.relay_stats)
+            sender = ForwardSender([host_port(s) for s in servers], sender_settings(settings),
+                                   stats=self.relay_stats)
         except (OSError, ValueError) as exc:
             spool.close()
             raise ConfigError(f"downstream: {exc}", key="forward") from None
