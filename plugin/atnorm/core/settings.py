@@ -39,6 +39,10 @@ DRIFT_STATE = Option("drift_state", text, None,
                      metavar="FILE", group="operations")
 
 
+# The defaults a command starts from are the Python API's (FilterSettings), declared there once.
+_API_DEFAULTS = FilterSettings()
+
+
 @dataclass(frozen=True)
 class FilterOptions:
     """The filter's options as a command resolved them: one typed field per option."""
@@ -46,19 +50,21 @@ class FilterOptions:
     schemas: Tuple[str, ...] = setting(text, [], "extra directory of generated schemas (adds or replaces services)",
            multiple=True, metavar="DIR", group="filter")
     tuning: Optional[str] = setting(text, None, "per-service tuning file (YAML)", metavar="FILE", group="filter")
-    time_fraction_digits: int = setting(fraction_digits, 3,
+    time_fraction_digits: int = setting(fraction_digits, _API_DEFAULTS.fraction_digits,
            "fractional digits of the canonical eventTime (0 to 9)", metavar="N", group="filter")
-    max_record_size: int = setting(size_bytes, 1 << 20, "largest record accepted for parsing, in bytes (e.g. 1M)",
+    max_record_size: int = setting(size_bytes, _API_DEFAULTS.max_record_bytes,
+           "largest record accepted for parsing, in bytes (e.g. 1M)",
            metavar="SIZE", group="filter")
-    annotate: str = setting(text, "atnorm", "key under which derived fields and fixes are added ('' for none)",
+    annotate: str = setting(text, _API_DEFAULTS.annotation_key,
+           "key under which derived fields and fixes are added ('' for none)",
            metavar="KEY", group="filter")
-    wrapper_fields: str = setting(text, "merge",
+    wrapper_fields: str = setting(text, _API_DEFAULTS.wrapper_fields,
            "an envelope's other fields (kubernetes, stream beside a log string) on the accepted event: "
            "merge (beside its fields), nest (under --wrapper-key) or drop", choices=WRAPPER_MODES, group="filter")
-    wrapper_key: str = setting(text, "wrapper",
+    wrapper_key: str = setting(text, _API_DEFAULTS.wrapper_key,
            "key for the nested envelope fields, and for the value that loses a name clash", metavar="KEY",
            group="filter")
-    wrapper_clash: str = setting(text, "event",
+    wrapper_clash: str = setting(text, _API_DEFAULTS.wrapper_clash,
            "which value keeps a name both the event and its envelope use: event or wrapper",
            choices=WRAPPER_CLASH, group="filter")
 
@@ -93,7 +99,7 @@ def filter_settings(options: FilterOptions) -> FilterSettings:
         max_record_bytes=options.max_record_size,
         annotation_key=options.annotate or None,
         wrapper_fields=options.wrapper_fields,
-        wrapper_key=options.wrapper_key or "wrapper",
+        wrapper_key=options.wrapper_key or _API_DEFAULTS.wrapper_key,
         wrapper_clash=options.wrapper_clash,
     )
     if options.tuning:
