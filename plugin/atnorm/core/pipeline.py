@@ -238,15 +238,15 @@ class EventFilter:
         try:
             text = record if _text else self._as_text(record)
             verdict = text if type(text) is Verdict else self._decide(text)
-            if verdict.outcome == REJECTED:
-                if not is_encodable(verdict.record):
+            if not is_encodable(verdict.record):
+                if verdict.outcome == REJECTED:
                     # The dead letter must reach its file or downstream: NaN, integers past 64
                     # bits, lone surrogates, too deep nesting become text saying what they were.
                     verdict.record = encodable(verdict.record)
-            elif not is_encodable(verdict.record):
-                # What goes on must go as it is: a writer that had to change it (or failed
-                # on it) would lose the record or hand on something else under its outcome.
-                verdict = self._unwritable(record, verdict.record)
+                else:
+                    # What goes on must go as it is: a writer that had to change it (or failed
+                    # on it) would lose the record or hand on something else under its outcome.
+                    verdict = self._unwritable(record, verdict.record)
         except Exception as exc:  # RecursionError included; the one place that catches all
             verdict = self._internal_error(record, exc)
         self.stats.count(verdict)
