@@ -18,7 +18,7 @@ from fluent.sender import FluentSender
 from atnorm.cli.serve import configure_parser
 from atnorm.core.settings import resolve_filter_options
 from atnorm.core.stats import FilterStats
-from atnorm.forward.codec import Entry
+from atnorm.forward.codec import Entry, pack_entries
 from atnorm.relay.filterpool import FilterPool
 from atnorm.relay.routing import RouteSettings
 from relay_process import RelayProcess
@@ -113,17 +113,17 @@ class Reaper(threading.Thread):
 def test_pool_redoes_a_chunk_once_then_decides_it_itself_and_always_closes():
     stats = FilterStats()
     pool = FilterPool(2, filter_options(), ROUTES, stats)
-    entries = [Entry(1700000000, load_event("vsi-provision.json")), Entry(1700000000, {"msg": "hello"})]
+    payload = pack_entries([Entry(1700000000, load_event("vsi-provision.json")), Entry(1700000000, {"msg": "hello"})])
 
     async def scenario():
         await pool.start()
-        first = await pool.route("audit.at", entries)  # workers alive: decided there
+        first = await pool.route("audit.at", payload)  # workers alive: decided there
         assert sorted((b.route, b.count) for b in first) == [("accepted", 1), ("passed", 1)]
         reaper = Reaper()
         reaper.start()
         try:
             wait_until(lambda: len(reaper.killed) >= 2)  # both workers gone before the chunk comes
-            batches = await asyncio.wait_for(pool.route("audit.at", entries), 120)
+            batches = await asyncio.wait_for(pool.route("audit.at", payload), 120)
         finally:
             reaper.stopping.set()
             reaper.join()

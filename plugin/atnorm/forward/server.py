@@ -289,6 +289,10 @@ class ServerSettings:
     dedup_chunks: int = DEDUP_CHUNKS
     dedup_seconds: float = DEDUP_SECONDS
     udp_heartbeat: bool = True
+    # Scan (Compressed)PackedForward payloads and leave those whose entries can all go on
+    # byte for byte undecoded (`Chunk.verbatim`): for a handler that hands payloads on as
+    # they are (a pass-through relay, filter workers); others would pay the scan for nothing.
+    verbatim_chunks: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", tuple(self.listen))  # a list given stays the caller's
@@ -346,6 +350,7 @@ class ForwardServer:
         self.max_input_memory = settings.max_input_memory
         self.max_inflight = settings.max_inflight
         self.udp_heartbeat = settings.udp_heartbeat
+        self.verbatim_chunks = settings.verbatim_chunks
         self.stats = stats if stats is not None else RelayStats()
         self.memory = _MemoryBudget(settings.max_input_memory, self.stats)
         self._acked = DedupWindow(settings.dedup_chunks, settings.dedup_seconds)
@@ -603,7 +608,7 @@ class ForwardServer:
 
     async def _deliver(self, chunk: Chunk) -> bool:
         """Hand a chunk on once: True when it may be acked. Never raises (except on cancel)."""
-        if not chunk.entries:
+        if not chunk.entry_count:
             return True
         key = _dedup_key(chunk)
         if key is None:
@@ -639,7 +644,7 @@ class ForwardServer:
         except Exception as exc:
             self.stats.handler_failures += 1
             self._throttle.warning("handler", _peer_host(chunk.peer), "could not hand on %d records of tag %s "
-                                   "from %s, left unacked for a resend: %s: %s", len(chunk.entries), chunk.tag,
+                                   "from %s, left unacked for a resend: %s: %s", chunk.entry_count, chunk.tag,
                                    chunk.peer, type(exc).__name__, exc)
             return False
         if not delivered:
@@ -875,16 +880,17 @@ class _Connection:
                 charge += inflated
             elif size >= THREAD_DECODE_SIZE:
                 chunk = await asyncio.to_thread(parse_frame, frame, max_decompressed_size=server.max_decompressed_size,
-                                                peer=self.peer, raw=self._frames.last_frame)
+                                                peer=self.peer, raw=self._frames.last_frame,
+                                                scan=server.verbatim_chunks)
             else:
                 chunk = parse_frame(frame, max_decompressed_size=server.max_decompressed_size, peer=self.peer,
-                                    raw=self._frames.last_frame)
+                                    raw=self._frames.last_frame, scan=server.verbatim_chunks)
         except BaseException:
             self.server.memory.give(charge)
             raise
         del frame
         stats.frames[chunk.mode] += 1
-        stats.records_received += len(chunk.entries)
+        stats.records_received += chunk.entry_count
         if chunk.invalid:
             server._throttle.warning("invalid_event", self.host, "%d entries without a usable time or shape in a "
                                      "chunk of tag %s from %s: they go to the rejected route", chunk.invalid,
@@ -929,7 +935,7 @@ class _Connection:
             server.memory.give(self._inflated - size)
             self._inflated = size
             chunk = await asyncio.to_thread(parse_frame, plain, max_decompressed_size=server.max_decompressed_size,
-                                            peer=self.peer)
+                                            peer=self.peer, scan=server.verbatim_chunks)
         except BaseException:
             server.memory.give(self._inflated)
             raise

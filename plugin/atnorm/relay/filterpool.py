@@ -1,7 +1,9 @@
 """Deciding chunks in worker processes, so the relay's filter can use more than one core.
 
-The relay's event loop decodes frames and moves bytes; with `filter_workers: N` (N > 1)
-each chunk's entries are packed once, decided and routed in one of N worker processes,
+The relay's event loop reads frames and moves bytes; with `filter_workers: N` (N > 1)
+each chunk's payload goes to one of N worker processes as it was received (a verbatim
+chunk, see `Chunk.verbatim`; any other chunk's entries are packed once), is decoded,
+decided and routed there,
 and come back as one packed payload per route, ready to hand on. Each worker builds its
 own `EventFilter` from the same `FilterOptions` (they reach it pickled); the counts it makes for a chunk travel
 back with the result and are added to the relay's `FilterStats`, so metrics and the
@@ -149,10 +151,10 @@ class FilterPool:
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._executor, _ready) for _ in range(self.workers * 2)))
 
-    async def route(self, tag: str, entries: List[Entry]) -> List[PackedBatch]:
-        """The chunk's records decided in a worker, one packed batch per route."""
+    async def route(self, tag: str, payload: bytes) -> List[PackedBatch]:
+        """A chunk's records, as a PackedForward payload, decided in a worker: one packed
+        batch per route."""
         loop = asyncio.get_running_loop()
-        payload = pack_entries(entries)
         for attempt in range(2):
             if self._closing:
                 break

@@ -65,15 +65,18 @@ class RoutedBatch:
 
 
 class PackedBatch:
-    """A routed batch whose entries were packed where they were decided (a filter worker)."""
+    """A routed batch already packed: where it was decided (a filter worker), or a verbatim
+    chunk's payload as received (a pass-through relay). `plain` says no entry is in the
+    metadata form, so the payload needs no look for one before it goes downstream."""
 
-    __slots__ = ("route", "tag", "payload", "count")
+    __slots__ = ("route", "tag", "payload", "count", "plain")
 
-    def __init__(self, route: str, tag: str, payload: bytes, count: int) -> None:
+    def __init__(self, route: str, tag: str, payload: bytes, count: int, plain: bool = False) -> None:
         self.route = route
         self.tag = tag
         self.payload = payload
         self.count = count
+        self.plain = plain
 
     def packed(self) -> bytes:
         return self.payload
@@ -231,6 +234,14 @@ class Router:
         # The filter hands back bin (bytes) strings as str: pass on its record, not the raw one.
         record = verdict.record
         return PASSED, self.passed_tag(tag), entry if record is entry.record else entry._replace(record=record)
+
+    def pass_verbatim(self, tag: str, payload: bytes, count: int) -> List[PackedBatch]:
+        """A pass-through relay's verbatim chunk (every entry `[time, map]`, none with a
+        problem): its payload as received, on the passed route, counted as passed."""
+        assert self.decide is None, "a filtering router decides every record"
+        if self.count_passed is not None:
+            self.count_passed(count)
+        return [PackedBatch(PASSED, self.passed_tag(tag), payload, count, plain=True)]
 
     def route(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
         """The chunk's records, decided and grouped by route (empty groups left out)."""

@@ -391,6 +391,8 @@ class ForwardDestination:
             if all(entry.metadata is None for entry in batch.entries):
                 return batch.packed()
             return pack_entries(Entry(entry.time, entry.record) for entry in batch.entries)
+        if batch.plain:
+            return batch.payload
         return plain_entries(batch.packed())
 
     def readiness(self) -> Tuple[bool, str]:
@@ -452,7 +454,11 @@ class Relay:
                 raise ValueError("filter workers need the filter options")
             self.pool = FilterPool(settings.filter_workers, filter_options, routes, self.filter_stats)
         self._reload_task: Optional["asyncio.Task[None]"] = None
-        self.server = ForwardServer(self.handle_chunk, server_settings(settings), stats=self.relay_stats)
+        # Scanning for verbatim chunks pays where their payload goes on undecoded: passed
+        # through, or sent to a worker. A relay deciding records itself decodes them anyway.
+        verbatim_chunks = self.router.decide is None or self.pool is not None
+        self.server = ForwardServer(self.handle_chunk, dataclasses.replace(server_settings(settings),
+                                    verbatim_chunks=verbatim_chunks), stats=self.relay_stats)
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None
         self._stats_task: Optional["asyncio.Task[None]"] = None
@@ -602,14 +608,19 @@ class Relay:
 
     async def _decide(self, chunk: Chunk) -> Sequence[Batch]:
         batches: Sequence[Batch]
+        verbatim = chunk.verbatim
         if self.pool is not None:
-            batches = await self.pool.route(chunk.tag, chunk.entries)
+            # A verbatim payload goes to the worker as received: decoded there, not here.
+            batches = await self.pool.route(chunk.tag, verbatim if verbatim is not None
+                                            else pack_entries(chunk.entries))
+        elif verbatim is not None and self.router.decide is None:
+            batches = self.router.pass_verbatim(chunk.tag, verbatim, chunk.entry_count)
         else:
             batches = await self._route(chunk.tag, chunk.entries)
         if log.isEnabledFor(logging.DEBUG):
             routes = " ".join(f"{batch.route}={batch.count}" for batch in batches) or "nothing"
             log.debug("chunk from %s: tag %s, %d records (%s mode, chunk id %s): %s", chunk.peer or "-",
-                      chunk.tag, len(chunk.entries), chunk.mode, _chunk_id_text(chunk.chunk_id), routes)
+                      chunk.tag, chunk.entry_count, chunk.mode, _chunk_id_text(chunk.chunk_id), routes)
         return batches
 
     async def _deliver(self, batches: Sequence[Batch]) -> List[bool]:
