@@ -66,6 +66,7 @@ class ReceivedFrame:
     entries: List[Tuple[Any, Any]]
     options: Dict[str, Any] = field(default_factory=dict)
     acked: bool = False
+    payload: Optional[bytes] = None  # a (Compressed)PackedForward payload as received, decompressed
 
     @property
     def chunk(self) -> Optional[str]:
@@ -254,7 +255,7 @@ class ForwardReceiver:
                 mode = "compressed_packed_forward"
             unpacker = _unpacker()
             unpacker.feed(payload)
-            return ReceivedFrame(connection, mode, tag, [(e[0], e[1]) for e in unpacker], options)
+            return ReceivedFrame(connection, mode, tag, [(e[0], e[1]) for e in unpacker], options, payload=payload)
         options = message[3] if len(message) > 3 and isinstance(message[3], dict) else {}
         return ReceivedFrame(connection, "message", tag, [(body, message[2])], options)
 

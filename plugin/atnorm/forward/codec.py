@@ -419,12 +419,20 @@ def entries_from_list(items: Iterable[Any]) -> Tuple[List[Entry], int]:
 def unpack_entries(payload: Union[bytes, bytearray]) -> Tuple[List[Entry], int]:
     """A PackedForward payload (concatenated msgpack entries) → (entries, how many have a `problem`)."""
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook, **_UNPACK_OPTIONS)
+    items: List[Any] = []
+    append = items.append
+    tell = unpacker.tell
+    end = 0
     try:
         unpacker.feed(payload)
-        items = list(unpacker)
+        for item in unpacker:
+            append(item)
+            end = tell()
     except Exception as exc:
         raise ProtocolError("malformed", f"invalid entries in packed payload: {exc or type(exc).__name__}") from None
-    if unpacker.tell() != len(payload):
+    # Where the last whole entry ended: after an entry cut short inside an ext value, the
+    # unpacker's position can already stand at the end of the payload.
+    if end != len(payload):
         raise ProtocolError("malformed", "packed payload ends in the middle of an entry")
     return entries_from_list(items)
 

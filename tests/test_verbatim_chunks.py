@@ -1,0 +1,360 @@
+"""Verbatim chunks: a PackedForward payload whose entries can all go on byte for byte is
+scanned, not decoded, and handed on as received.
+
+The scan (`scan_packed`) must agree with the decoder (`unpack_entries`) on every payload:
+it vouches for a payload only when every entry would take the decoder's inline path
+(`[time, map]`, time kept as it is) and the payload decodes without error; then decoding
+the chunk later gives exactly the entries decoding it at once gives. Generated payloads mix
+clean entries with every case that is not: times 0 / nil / float / bool / out of range,
+EventTime with seconds 0 or nanoseconds out of range, the metadata form, records that are
+not maps, entries that are not pairs, bin strings, ext types, truncation, trailing bytes.
+Then a pass-through relay is run between a real sender and a real receiver on loopback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import struct
+import time
+from typing import Any, Dict, List, Tuple
+
+import msgpack
+import pytest
+
+from atnorm.forward.codec import (
+    Entry,
+    EventTime,
+    ProtocolError,
+    _ext_hook,
+    packed_forward_frame,
+    parse_frame,
+    scan_packed,
+    unpack_entries,
+    unpackb,
+)
+from forward_frames import Time, mp, wide
+from forward_receiver import EventTime as ReceivedTime
+from forward_receiver import ForwardReceiver
+from support import forward_sender, load_event, relay_settings, run
+
+NANOSECONDS = 1_000_000_000
+
+
+# --- generated payloads ---------------------------------------------------------------------
+
+def _record(rng: random.Random) -> Dict[str, Any]:
+    record: Dict[str, Any] = {"action": rng.choice(["iam.login", "is.instance.create", "x"]),
+                              "n": rng.randrange(0, 1 << 20), "nested": {"list": [1, "two", 3.5]}}
+    extra = rng.randrange(30)  # mostly plain records, so that whole payloads stay clean
+    if extra == 0:
+        record["blob"] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12)))  # bin, maybe 0xff
+    elif extra == 1:
+        record["minus_one"] = -1  # packs as 0xff
+    elif extra == 2:
+        record["ext"] = msgpack.ExtType(rng.choice([1, 5, 42]), b"data")
+    elif extra == 3:
+        record["stamp"] = msgpack.Timestamp(1700000000, 5)  # a valid ext -1 inside a record
+    elif extra == 4:
+        record["float"] = rng.random() * 1e6
+    elif extra == 5:
+        record["text"] = "naïve – ünïcode ✓"
+    return record
+
+
+def _clean_time(rng: random.Random) -> bytes:
+    choice = rng.randrange(4)
+    if choice == 0:
+        return Time(rng.randrange(1, 1 << 32), rng.randrange(NANOSECONDS)).encode()
+    if choice == 1:
+        return Time(rng.randrange(1, 1 << 32), rng.randrange(NANOSECONDS), ext8=True).encode()
+    if choice == 2:
+        return mp(rng.randrange(1, 1 << 32))
+    return b"\xce" + struct.pack(">I", rng.randrange(1, 128))  # a small int written wide
+
+
+# Entry times the decoder does not keep as they are (it replaces them or rejects the entry).
+UNKEPT_TIMES = [
+    mp(0), mp(None), mp(1.5), mp(0.0), mp(True), mp(-5), mp(1 << 32), mp("1700000000"),
+    Time(0, 5).encode(), Time(1700000000, NANOSECONDS).encode(), Time(1700000000, 0xFFFFFFFF).encode(),
+    msgpack.packb(msgpack.ExtType(0, b"\x00\x01")),  # EventTime of the wrong size
+    msgpack.packb(msgpack.ExtType(7, b"12345678")),
+    msgpack.packb(msgpack.Timestamp(1700000000, 0)),
+    mp([1, 2]), mp({"t": 1}),
+]
+
+
+def _unclean_entry(rng: random.Random) -> bytes:
+    record = mp(_record(rng))
+    choice = rng.randrange(6)
+    if choice == 0:
+        return b"\x92" + rng.choice(UNKEPT_TIMES) + record
+    if choice == 1:  # Fluent Bit's metadata form
+        return b"\x92" + b"\x92" + _clean_time(rng) + mp({"m": 1}) + record
+    if choice == 2:  # a record that is not a map
+        return b"\x92" + _clean_time(rng) + mp(rng.choice(["text", [1, 2], None, 7, b"bin"]))
+    if choice == 3:  # not a pair
+        return rng.choice([mp({"a": 1}), mp(5), mp("x"), mp(None), b"\x93" + _clean_time(rng) + record + mp(1),
+                           b"\x91" + _clean_time(rng)])
+    if choice == 4:  # a record map keyed by an int: decodes fine, still a map
+        return b"\x92" + _clean_time(rng) + mp({1: "one", "k": "v"})
+    return b"\x92" + _clean_time(rng) + wide(_record(rng))  # clean after all, written wide
+
+
+def _clean_entry(rng: random.Random) -> bytes:
+    encode = wide if rng.randrange(3) == 0 else mp
+    head = b"\xdc\x00\x02" if rng.randrange(10) == 0 else b"\x92"  # array16 of 2 is a pair too
+    return head + _clean_time(rng) + encode(_record(rng))
+
+
+def _payload(rng: random.Random) -> bytes:
+    entries = rng.randrange(1, 40)
+    unclean_share = rng.choice([0.0, 0.0, 0.02, 0.2])
+    body = b"".join(_unclean_entry(rng) if rng.random() < unclean_share else _clean_entry(rng)
+                    for _ in range(entries))
+    damage = rng.randrange(10)
+    if damage == 0:
+        body = body[: rng.randrange(len(body))]  # truncated
+    elif damage == 1:
+        body += rng.choice([b"\xc1", b"\x92", b"\x01", b"\xd7\x00", mp({"x": 1})])  # trailing bytes
+    elif damage == 2:
+        position = rng.randrange(len(body))  # one byte changed anywhere
+        body = body[:position] + bytes([rng.randrange(256)]) + body[position + 1:]
+    return body
+
+
+def _kept_as_is(item: Any) -> bool:
+    """The decoder's inline path, restated: [time, map], time an EventTime with seconds != 0
+    and nanoseconds < 1e9, or an int in (0, 2**32)."""
+    if type(item) is not list or len(item) != 2 or type(item[1]) is not dict:
+        return False
+    stamp = item[0]
+    if type(stamp) is EventTime:
+        return stamp.seconds != 0 and stamp.nanoseconds < NANOSECONDS
+    return type(stamp) is int and 0 < stamp < 1 << 32
+
+
+def _feed(payload: bytes) -> msgpack.Unpacker:
+    unpacker = msgpack.Unpacker(ext_hook=_ext_hook, raw=False, unicode_errors="surrogateescape",
+                                strict_map_key=False)
+    unpacker.feed(payload)
+    return unpacker
+
+
+def _skipped_objects(payload: bytes) -> int:
+    unpacker = _feed(payload)
+    count = 0
+    while unpacker.tell() < len(payload):
+        unpacker.skip()
+        count += 1
+    return count
+
+
+def _records_hold_0xff(payload: bytes) -> bool:
+    """Whether some entry's record holds the byte 0xff (the scan then lets the decoder decide)."""
+    unpacker = _feed(payload)
+    while unpacker.tell() < len(payload):
+        unpacker.read_array_header()
+        unpacker.skip()
+        start = unpacker.tell()
+        unpacker.skip()
+        if b"\xff" in payload[start:unpacker.tell()]:
+            return True
+    return False
+
+
+def _eager(payload: bytes) -> Tuple[str, Any]:
+    try:
+        entries, invalid = unpack_entries(payload)
+    except ProtocolError as exc:
+        return "error", (exc.kind, str(exc))
+    return "ok", (entries, invalid)
+
+
+def test_the_scan_vouches_for_a_payload_exactly_when_the_decoder_keeps_every_entry_as_it_is():
+    rng = random.Random(20240501)
+    totals = {"entries": 0, "verbatim": 0, "decoded": 0, "errors": 0, "0xff": 0}
+    while totals["entries"] < 12_000 or totals["errors"] < 300:
+        payload = _payload(rng)
+        verdict = scan_packed(payload)
+        outcome, value = _eager(payload)
+        if outcome == "error":
+            totals["errors"] += 1
+            kind, message = value
+            assert kind == "malformed"
+            if "unhashable" in message:  # a map key that is a map or an array: see below
+                assert verdict is None or verdict == _skipped_objects(payload)
+                continue
+            assert verdict is None, payload
+            continue
+        entries, invalid = value
+        totals["entries"] += len(entries)
+        items = list(_feed(payload))
+        every_kept = bool(items) and all(_kept_as_is(item) for item in items)
+        holds_0xff = every_kept and _records_hold_0xff(payload)
+        totals["0xff"] += holds_0xff
+        if every_kept and not holds_0xff:
+            assert verdict == len(entries), payload
+            assert invalid == 0
+            totals["verbatim"] += 1
+        else:
+            assert verdict is None, payload
+            totals["decoded"] += 1
+    # The corpus really mixes the cases it is meant to.
+    assert totals["verbatim"] > 100 and totals["decoded"] > 100 and totals["0xff"] > 10
+
+
+@pytest.mark.parametrize("compressed", [None, "gzip"])
+def test_a_verbatim_chunk_decodes_later_to_exactly_the_entries_of_decoding_at_once(compressed):
+    rng = random.Random(7 if compressed else 8)
+    started = int(time.time())
+    verbatim = 0
+    for n in range(400):
+        payload = _payload(rng)
+        body = gzip.compress(payload) if compressed else payload
+        frame = unpackb(packed_forward_frame("audit.at", body, chunk_id=f"c{n}", compressed=compressed))
+        try:
+            eager = parse_frame(frame, max_decompressed_size=1 << 20)
+        except ProtocolError as exc:
+            with pytest.raises(ProtocolError) as raised:
+                chunk = parse_frame(unpackb(packed_forward_frame("audit.at", body, chunk_id=f"c{n}",
+                                                                 compressed=compressed)),
+                                    max_decompressed_size=1 << 20, scan=True)
+                if "unhashable" in str(exc):  # valid msgpack: refused only once decoded
+                    assert chunk.verbatim == payload
+                    chunk.entries
+            assert (raised.value.kind, str(raised.value)) == (exc.kind, str(exc))
+            continue
+        lazy = parse_frame(unpackb(packed_forward_frame("audit.at", body, chunk_id=f"c{n}", compressed=compressed)),
+                           max_decompressed_size=1 << 20, scan=True)
+        assert (lazy.tag, lazy.chunk_id, lazy.mode, lazy.invalid, lazy.digest, lazy.resend_key) == \
+               (eager.tag, eager.chunk_id, eager.mode, eager.invalid, eager.digest, eager.resend_key)
+        assert lazy.entry_count == eager.entry_count == len(eager.entries)
+        if lazy.verbatim is not None:
+            verbatim += 1
+            assert lazy.verbatim == payload and lazy.decoded is None
+            assert lazy.entries == eager.entries
+        else:  # decoded at once, as without the scan; an arrival time is the time of decoding
+            assert _arrival_times_marked(lazy.entries, started) == _arrival_times_marked(eager.entries, started)
+    assert verbatim > 50
+
+
+def _arrival_times_marked(entries: List[Entry], started: int) -> List[Entry]:
+    return [entry._replace(time="arrival") if type(entry.time) is EventTime and entry.time.seconds >= started
+            else entry for entry in entries]
+
+
+def test_a_payload_cut_short_anywhere_inside_an_entry_is_malformed_not_one_entry_short():
+    payload = mp([1700000000, {"a": 1}]) + b"\x92" + Time(1700000001, 5).encode() + mp({"b": "xyz"})
+    first_entry = len(mp([1700000000, {"a": 1}]))
+    for cut in range(first_entry + 1, len(payload)):
+        assert scan_packed(payload[:cut]) is None
+        with pytest.raises(ProtocolError) as raised:
+            unpack_entries(payload[:cut])
+        assert raised.value.kind == "malformed", cut
+    assert len(unpack_entries(payload[:first_entry])[0]) == 1 and scan_packed(payload) == 2
+
+
+def test_message_and_forward_modes_are_never_verbatim():
+    record = load_event("vsi-provision.json")
+    forward = parse_frame(["t", [[1700000000, record]]], max_decompressed_size=1 << 20, scan=True)
+    message = parse_frame(["t", 1700000000, record], max_decompressed_size=1 << 20, scan=True)
+    assert forward.verbatim is None and message.verbatim is None
+    assert forward.entry_count == message.entry_count == 1
+
+
+def test_a_map_keyed_by_a_map_goes_on_verbatim_and_is_refused_where_it_is_decoded():
+    # Valid msgpack that Python cannot hold as a dict: skipping a record does not build it.
+    payload = b"\x92" + mp(1700000000) + b"\x81\x81\xa1k\xa1v\xa1x"
+    assert scan_packed(payload) == 1
+    chunk = parse_frame(["t", payload], max_decompressed_size=1 << 20, scan=True)
+    assert chunk.verbatim == payload
+    with pytest.raises(ProtocolError) as raised:
+        chunk.entries
+    assert raised.value.kind == "malformed"
+
+
+# --- a pass-through relay on loopback -------------------------------------------------------
+
+def _passthrough(tmp_path: Any, receiver_port: int, *extra: str) -> Any:
+    from atnorm.relay.service import Relay
+
+    return Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver_port}",
+                                "--data-dir", str(tmp_path), "--filter", "off", *extra), None)
+
+
+def test_a_pass_through_relay_forwards_a_clean_payload_byte_for_byte(tmp_path):
+    event = load_event("vsi-provision.json")
+    other = load_event("platform-log-not-an-event.json")
+    # Fluent Bit's wide headers: packing the decoded entries again would give other bytes.
+    payload = b"".join(b"\x92" + Time(1700000000 + n, n).encode() + wide(record)
+                       for n, record in enumerate([event, other, event]))
+    assert scan_packed(payload) == 3
+
+    async def scenario() -> Any:
+        async with ForwardReceiver() as receiver:
+            relay = _passthrough(tmp_path, receiver.port)
+            await relay.start()
+            try:
+                assert relay.server.verbatim_chunks
+                sender = forward_sender([("127.0.0.1", relay.server.port)], compress="gzip")
+                assert await sender.send("audit.at", payload, 3)
+                await sender.close()
+                await receiver.wait_for(lambda: len(receiver.events) == 3)
+            finally:
+                await relay.stop()
+        return relay, receiver
+
+    relay, receiver = run(scenario())
+    [frame] = receiver.frames
+    assert frame.tag == "audit.at" and frame.payload == payload
+    counts = relay.filter_stats.snapshot()
+    assert (counts["received"], counts["passed"], counts["rejected"]) == (3, 3, 0)
+    assert relay.relay_stats.records_received == 3
+
+
+def test_a_pass_through_relay_decodes_a_payload_it_cannot_hand_on_as_it_is(tmp_path):
+    event = load_event("vsi-provision.json")
+    # A zero time becomes the arrival time and Fluent Bit's metadata goes (plain entry form):
+    # both need the entries decoded; the nil record is rejected.
+    payload = (b"\x92" + Time(1700000000, 1).encode() + wide(event)
+               + b"\x92" + mp(0) + mp(event)
+               + b"\x92" + b"\x92" + Time(1700000002, 0).encode() + mp({"trace": 1}) + mp(event)
+               + b"\x92" + mp(1700000003) + mp(None))
+    assert scan_packed(payload) is None
+
+    async def scenario() -> Any:
+        async with ForwardReceiver() as receiver:
+            relay = _passthrough(tmp_path, receiver.port)
+            await relay.start()
+            try:
+                sender = forward_sender([("127.0.0.1", relay.server.port)])
+                assert await sender.send("audit.at", payload, 4)
+                await sender.close()
+                await receiver.wait_for(lambda: len(receiver.events) == 4)
+            finally:
+                await relay.stop()
+        return relay, receiver
+
+    relay, receiver = run(scenario())
+    passed = [(t, r) for tag, t, r in receiver.events if tag == "audit.at"]
+    rejected = [r for tag, t, r in receiver.events if tag == "audit.at.rejected"]
+    assert [t for t, _ in passed][0] == ReceivedTime(1700000000, 1)
+    assert [t for t, _ in passed][2] == ReceivedTime(1700000002, 0)
+    assert all(r == event for _, r in passed) and len(passed) == 3
+    assert isinstance(passed[1][0], ReceivedTime) and passed[1][0].seconds > 1700000003  # arrival time
+    assert [r["reasons"][0]["rule"] for r in rejected] == ["entry.record"]
+    counts = relay.filter_stats.snapshot()
+    assert (counts["received"], counts["passed"], counts["rejected"]) == (4, 3, 1)
+
+
+def test_only_relays_that_hand_payloads_on_undecoded_scan_them(tmp_path):
+    from atnorm.core.pipeline import EventFilter
+    from atnorm.relay.service import Relay
+
+    filtering = Relay(relay_settings("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)),
+                      EventFilter.from_schemas())
+    passing = Relay(relay_settings("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--filter", "off"),
+                    None)
+    assert not filtering.server.verbatim_chunks
+    assert passing.server.verbatim_chunks
