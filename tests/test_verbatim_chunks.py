@@ -222,7 +222,7 @@ def test_a_verbatim_chunk_decodes_later_to_exactly_the_entries_of_decoding_at_on
                                     max_decompressed_size=1 << 20, scan=True)
                 if "unhashable" in str(exc):  # valid msgpack: refused only once decoded
                     assert chunk.verbatim == payload
-                    chunk.entries
+                    _ = chunk.entries  # decoding is where it is refused
             assert (raised.value.kind, str(raised.value)) == (exc.kind, str(exc))
             continue
         lazy = parse_frame(unpackb(packed_forward_frame("audit.at", body, chunk_id=f"c{n}", compressed=compressed)),
@@ -270,7 +270,7 @@ def test_a_map_keyed_by_a_map_goes_on_verbatim_and_is_refused_where_it_is_decode
     chunk = parse_frame(["t", payload], max_decompressed_size=1 << 20, scan=True)
     assert chunk.verbatim == payload
     with pytest.raises(ProtocolError) as raised:
-        chunk.entries
+        _ = chunk.entries
     assert raised.value.kind == "malformed"
 
 
@@ -358,3 +358,60 @@ def test_only_relays_that_hand_payloads_on_undecoded_scan_them(tmp_path):
                     None)
     assert not filtering.server.verbatim_chunks
     assert passing.server.verbatim_chunks
+
+
+def test_filter_workers_get_verbatim_payloads_undecoded_and_every_record_leaves_once(tmp_path):
+    import argparse
+
+    from atnorm.cli.serve import configure_parser
+    from atnorm.core.pipeline import EventFilter
+    from atnorm.core.settings import resolve_filter_options
+    from atnorm.core.stats import FilterStats
+    from atnorm.relay.service import Relay
+
+    valid = load_event("vsi-provision.json")
+    invalid = load_event("vsi-provision.json")
+    del invalid["outcome"]
+    other = load_event("platform-log-not-an-event.json")
+    clean = [b"".join(b"\x92" + Time(1700000000 + n).encode() + mp(record) for record in (valid, invalid, other))
+             for n in range(3)]
+    unclean = b"\x92" + mp(0) + mp(valid) + b"\x92" + mp(1700000009) + mp("not a map")
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    handled: List[Any] = []
+
+    async def scenario() -> Any:
+        async with ForwardReceiver() as receiver:
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+                                         "--data-dir", str(tmp_path), "--filter-workers", "2"),
+                          EventFilter.from_schemas(stats=FilterStats()),
+                          filter_options=resolve_filter_options(parser.parse_args([])))
+            handle = relay.server.handler
+
+            async def watched(chunk: Any) -> bool:
+                delivered = await handle(chunk)
+                handled.append((chunk.verbatim is not None, chunk.decoded is None, delivered))
+                return delivered
+
+            relay.server.handler = watched
+            await relay.start()
+            try:
+                assert relay.server.verbatim_chunks
+                sender = forward_sender([("127.0.0.1", relay.server.port)])
+                for payload in clean:
+                    assert await sender.send("audit.at", payload, 3)
+                assert await sender.send("audit.at", unclean, 2)
+                await sender.close()
+                await receiver.wait_for(lambda: len(receiver.events) == 11)
+            finally:
+                await relay.stop()
+        return relay, receiver
+
+    relay, receiver = run(scenario(), 300)
+    # The relay's process never decoded a verbatim chunk: its workers did.
+    assert sorted(handled) == [(False, False, True)] + [(True, True, True)] * 3
+    tags = [tag for tag, _, _ in receiver.events]
+    assert len(receiver.events) == 11
+    assert tags.count("audit.at.rejected") == 4 and tags.count("audit.at") == 7
+    counts = relay.filter_stats.snapshot()
+    assert (counts["received"], counts["accepted"], counts["rejected"], counts["passed"]) == (11, 4, 4, 3)
