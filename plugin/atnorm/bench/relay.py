@@ -2,14 +2,20 @@
 
 The relay runs as its own process (`python -m atnorm serve`) between an acknowledged
 sender (ForwardSender, PackedForward chunks) and a receiver (ForwardServer acking every
-chunk) on loopback. The same run measures the relay with the filter on and with
-`--filter off` (records pass through the same decode → route → pack → send path
-unchanged), so the ratio shows what the filter costs next to the transport; and once
-more with `--filter-workers` set to the number of cores.
+chunk) on loopback. The same run measures the relay:
+
+- with `--filter off`: the transport alone; a chunk whose entries can all go on byte for
+  byte is forwarded as the payload received, neither decoded nor packed again;
+- filtering in its own process (the default, `--filter-workers 1`);
+- with 2 filter worker processes, and with one per core when there are more than 2 cores:
+  the relay hands each payload to a worker as received, the worker decodes and decides.
+
+`workers_2_speedup` is 2 workers over the one-process relay: how the filter grows with cores.
 A record counts once the receiver has it and the sender has the relay's ack for it.
 Next to records/s, the CPU seconds the relay's processes (workers included) spent per
-million records: on a machine that other work shares, that figure moves less than the
-wall-clock one (Linux only; elsewhere it is left out).
+million records, and the peak RSS of that process tree (the sum of each process's
+VmHWM): on a machine that other work shares, CPU moves less than the wall-clock figure
+(Linux only; elsewhere both are left out).
 """
 
 from __future__ import annotations
@@ -47,12 +53,10 @@ def _payloads(records: int, invalid_ratio: float) -> List[Tuple[bytes, int]]:
     return payloads
 
 
-def _cpu_seconds(root: int) -> Optional[float]:
-    """User + system CPU seconds of process `root` and its live descendants, from /proc."""
+def _process_tree(root: int) -> Optional[Dict[int, Tuple[int, int]]]:
+    """pid → (parent pid, user + system CPU ticks) of `root` and its live descendants, from /proc."""
     try:
-        ticks = os.sysconf("SC_CLK_TCK")
-        parents: Dict[int, int] = {}
-        used: Dict[int, int] = {}
+        processes: Dict[int, Tuple[int, int]] = {}
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
@@ -61,22 +65,50 @@ def _cpu_seconds(root: int) -> Optional[float]:
                     fields = handle.read().rsplit(b")", 1)[1].split()
             except OSError:
                 continue  # gone meanwhile
-            parents[int(name)] = int(fields[1])
-            used[int(name)] = int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, AttributeError):
+            processes[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    except (OSError, ValueError):
         return None
-    if root not in used:
+    if root not in processes:
         return None
     tree = {root}
     changed = True
     while changed:
         changed = False
-        for pid, parent in parents.items():
+        for pid, (parent, _) in processes.items():
             if parent in tree and pid not in tree:
                 tree.add(pid)
                 changed = True
-    total = sum(used[pid] for pid in tree)
-    return total / ticks
+    return {pid: processes[pid] for pid in tree}
+
+
+def _cpu_seconds(root: int) -> Optional[float]:
+    """User + system CPU seconds of process `root` and its live descendants."""
+    tree = _process_tree(root)
+    if tree is None:
+        return None
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return sum(used for _, used in tree.values()) / ticks
+
+
+def _peak_rss_mib(root: int) -> Optional[float]:
+    """The sum of the peak RSS (VmHWM) of `root` and its live descendants, in MiB."""
+    tree = _process_tree(root)
+    if tree is None:
+        return None
+    total_kib = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/status", "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"VmHWM:"):
+                        total_kib += int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total_kib / 1024
 
 
 class _Relay:
@@ -135,6 +167,7 @@ async def _measure(payloads: List[Tuple[bytes, int]], flags: List[str]) -> Dict[
             await asyncio.wait_for(done.wait(), 300)
             elapsed = time.perf_counter() - start
             cpu_end = _cpu_seconds(relay.process.pid)
+            peak_rss = _peak_rss_mib(relay.process.pid)
         finally:
             await sender.close()
             relay.stop()
@@ -142,61 +175,71 @@ async def _measure(payloads: List[Tuple[bytes, int]], flags: List[str]) -> Dict[
     cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
     return {"records": total, "seconds": elapsed, "acked": all(results),
             "records_per_s": total / elapsed if elapsed > 0 else 0.0,
-            "cpu_s_per_1m": cpu * 1e6 / total if cpu is not None and total else None}
+            "cpu_s_per_1m": cpu * 1e6 / total if cpu is not None and total else None,
+            "peak_rss_mib": peak_rss}
 
 
 ROUNDS = 3
 
 
-def bench_figures(records: int, invalid_ratio: float) -> List[Dict[str, Any]]:
-    """The relay figure: filtered vs pass-through records/s, measured in the same run.
-
-    Each configuration runs `ROUNDS` times, interleaved, and the best run counts (the one
-    least disturbed by whatever else the machine does). The filter is measured in the
-    relay's own process (the default) and with one worker process per core.
-    """
-    payloads = _payloads(max(records, CHUNK_RECORDS), invalid_ratio)
-    workers = max(2, os.cpu_count() or 1)
+def relay_configurations(cores: int) -> Dict[str, List[str]]:
+    """The relays measured, by name: pass-through, filtering in one process, 2 workers and,
+    with more than 2 cores, one worker per core (`--filter-workers 1` is the one process)."""
     configurations = {
         "passthrough": ["--filter", "off"],
         "filtered": [],
-        "filtered_workers": ["--filter-workers", str(workers)],
+        "filtered_2_workers": ["--filter-workers", "2"],
     }
+    if cores > 2:
+        configurations[f"filtered_{cores}_workers"] = ["--filter-workers", str(cores)]
+    return configurations
+
+
+def bench_figures(records: int, invalid_ratio: float) -> List[Dict[str, Any]]:
+    """The relay figure: pass-through, filtered, and filtered in workers, measured in the same run.
+
+    Each configuration runs `ROUNDS` times, interleaved, and the best run counts (the one
+    least disturbed by whatever else the machine does); CPU and peak RSS are the least seen.
+    """
+    payloads = _payloads(max(records, CHUNK_RECORDS), invalid_ratio)
+    configurations = relay_configurations(os.cpu_count() or 1)
     best: Dict[str, float] = {name: 0.0 for name in configurations}
-    least_cpu: Dict[str, Optional[float]] = {name: None for name in configurations}
+    least: Dict[str, Dict[str, Optional[float]]] = {name: {"cpu_s_per_1m": None, "peak_rss_mib": None}
+                                                    for name in configurations}
     all_acked = True
     for _ in range(ROUNDS):
         for name, flags in configurations.items():
             result = asyncio.run(_measure(payloads, flags))
             best[name] = max(best[name], result["records_per_s"])
-            cpu = result["cpu_s_per_1m"]
-            if cpu is not None:
-                known = least_cpu[name]
-                least_cpu[name] = cpu if known is None else min(known, cpu)
+            for key, known in least[name].items():
+                value = result[key]
+                if value is not None:
+                    least[name][key] = value if known is None else min(known, value)
             all_acked = all_acked and result["acked"]
 
-    def cpu_figure(name: str) -> Optional[float]:
-        value = least_cpu[name]
+    def rounded(value: Optional[float]) -> Optional[float]:
         return round(value, 1) if value is not None else None
 
-    def ratio(name: str) -> Optional[float]:
-        return round(best[name] / best["passthrough"], 2) if best["passthrough"] else None
+    def ratio(name: str, base: str) -> Optional[float]:
+        return round(best[name] / best[base], 2) if best[base] else None
 
-    return [{
+    figure: Dict[str, Any] = {
         "figure": "relay (sender -> atnorm serve -> receiver, loopback, acks on)",
         "records": sum(count for _, count in payloads),
         "invalid_ratio": invalid_ratio,
         "chunk_records": CHUNK_RECORDS,
-        "passthrough_records_per_s": round(best["passthrough"]),
-        "filtered_records_per_s": round(best["filtered"]),
-        "ratio": ratio("filtered"),
-        f"filtered_{workers}_workers_records_per_s": round(best["filtered_workers"]),
-        f"ratio_{workers}_workers": ratio("filtered_workers"),
-        "passthrough_cpu_s_per_1m_records": cpu_figure("passthrough"),
-        "filtered_cpu_s_per_1m_records": cpu_figure("filtered"),
-        f"filtered_{workers}_workers_cpu_s_per_1m_records": cpu_figure("filtered_workers"),
-        "all_acked": all_acked,
-    }]
+    }
+    for name in configurations:
+        figure[f"{name}_records_per_s"] = round(best[name])
+        if name != "passthrough":
+            figure[f"{name}_ratio"] = ratio(name, "passthrough")
+    figure["workers_2_speedup"] = ratio("filtered_2_workers", "filtered")
+    for name in configurations:
+        figure[f"{name}_cpu_s_per_1m_records"] = rounded(least[name]["cpu_s_per_1m"])
+    for name in configurations:
+        figure[f"{name}_peak_rss_mib"] = rounded(least[name]["peak_rss_mib"])
+    figure["all_acked"] = all_acked
+    return [figure]
 
 
 if __name__ == "__main__":  # pragma: no cover - manual run
