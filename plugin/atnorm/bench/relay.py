@@ -146,7 +146,7 @@ async def _measure(payloads: List[Tuple[bytes, int]], flags: List[str]) -> Dict[
 
     async def count(chunk: Chunk) -> bool:
         nonlocal received
-        received += len(chunk.entries)
+        received += chunk.entry_count
         if received >= total:
             done.set()
         return True

@@ -172,8 +172,8 @@ class Router:
     """Splits a chunk's entries into at most three `RoutedBatch`es, by verdict.
 
     `decide` is the filter's per-record call (`EventFilter.process`), or None for a
-    pass-through relay: every record then leaves on the passed route unchanged, through
-    the same grouping and packing as filtered traffic.
+    pass-through relay: every record then leaves on the passed route unchanged (a
+    verbatim chunk as the payload received, see `pass_verbatim`).
     """
 
     def __init__(self, decide: Optional[Callable[[Any], Verdict]], *, accepted_tag: str = TAG_PLACEHOLDER,
