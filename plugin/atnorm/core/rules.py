@@ -22,6 +22,7 @@ from jsonschema.exceptions import ValidationError, relevance
 from ..errors import ConfigError
 from ..model.verdict import RejectReason
 from .compiled import Predicate, SchemaCompiler
+from .nearest import NearestActions
 
 LEVELS = ("enforce", "warn", "off")
 
@@ -198,8 +199,7 @@ class SchemaDocument:
         name of a renamed action, its current name comes first."""
         if action in self._nearest:
             return self._nearest[action][:count]
-        matches = (difflib.get_close_matches(action, self._sorted_actions, n=NEAREST_SHOWN, cutoff=0.6)
-                   if len(action) <= MAX_COMPARED_LENGTH else [])
+        matches = self._nearest_of(action, NEAREST_SHOWN, 0.6) if len(action) <= MAX_COMPARED_LENGTH else []
         renamed = self.renames.get(action)
         if renamed is not None:
             matches = [renamed] + [m for m in matches if m != renamed]
@@ -209,7 +209,7 @@ class SchemaDocument:
         return matches[:count]
 
     def __post_init__(self) -> None:
-        self._sorted_actions = sorted(self.actions)
+        self._nearest_of = NearestActions(self.actions)
         self._nearest: Dict[str, List[str]] = {}
 
 
