@@ -22,7 +22,7 @@ import difflib
 import heapq
 import os
 from collections import Counter
-from typing import Dict, List, Sequence
+from typing import Dict, Iterable, List
 
 # Actions compared with difflib per unknown action: the cost bound.
 SHORTLIST = 8
@@ -35,7 +35,7 @@ def _bigrams(text: str) -> frozenset:
 class NearestActions:
     """Finds, among one service's declared actions, those closest to an unknown action."""
 
-    def __init__(self, actions: Sequence[str], shortlist: int = SHORTLIST) -> None:
+    def __init__(self, actions: Iterable[str], shortlist: int = SHORTLIST) -> None:
         self.actions = sorted(actions)
         self.shortlist = shortlist
         # Everything up to the last dot all actions share (`service.`).
