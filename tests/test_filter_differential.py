@@ -86,3 +86,20 @@ def test_process_json_equals_the_reference_path_on_10000_generated_and_mutated_r
     # on as it is) and the text check before any decision.
     assert {"record.encoding", "envelope.required"} <= rules, rules
     assert fast.stats.snapshot() == reference.stats.snapshot()
+
+
+def test_a_warning_rule_tested_whole_first_names_the_same_items_as_item_by_item():
+    event_filter = EventFilter.from_schemas()
+    rules = [rule for rule in event_filter._envelope_warn if rule.items]
+    rules += [rule for service in event_filter._services.values() for rule in service.warn if rule.items]
+    assert rules
+    failing = 0
+    for line in _lines():
+        verdict = event_filter.process_json(line)
+        if not isinstance(verdict.record, dict):
+            continue
+        for rule in rules:
+            kinds = rule.warning_kinds(verdict.record)
+            assert kinds == [kind for kind, check in rule.items if not check(verdict.record)]
+            failing += bool(kinds)
+    assert failing > 100
