@@ -16,7 +16,7 @@ import sys
 import time
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
-from ..core.jsonlines import dumps
+from ..core.jsonlines import dumps, record_line
 from ..core.settings import add_filter_arguments, build_filter
 from ..model.verdict import ACCEPTED, PASSED, REJECTED
 
@@ -185,9 +185,9 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     verdict = event_filter.process(raw)
                 if verdict.outcome == ACCEPTED:
-                    accepted_out.write(dumps(verdict.record) + "\n")
+                    accepted_out.write(record_line(verdict) + "\n")
                 elif verdict.outcome == PASSED:
-                    passed_out.write(dumps(verdict.record) + "\n")
+                    passed_out.write(record_line(verdict) + "\n")
                 else:
                     assert verdict.outcome == REJECTED
                     dead_letter = verdict.dead_letter()

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ..model.encodable import encodable
+from ..model.verdict import Verdict
 
 
 def _fallback(value: Any) -> Any:
@@ -49,3 +50,10 @@ def dumps(record: Any) -> str:
         return dumps_as_is(record)
     except UNWRITABLE:
         return _encoder.encode(encodable(record))
+
+
+def record_line(verdict: Verdict) -> str:
+    """The line of an accepted or passed verdict's record: the one the filter already made
+    when it read the record from JSON (the same text), else `dumps`."""
+    line = verdict.json_line
+    return line if line is not None else dumps(verdict.record)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..model.encodable import describe_error, encodable, first_unencodable, is_encodable, json_text
+from ..model.encodable import describe_error, encodable, first_unencodable, is_encodable, json_line, json_text
 from ..model.jsoncodec import loads as json_loads
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 from ..resources import bundled_schema_dir
@@ -239,18 +239,39 @@ class EventFilter:
             text = record if _text else self._as_text(record)
             verdict = text if type(text) is Verdict else self._decide(text)
             if not is_encodable(verdict.record):
-                if verdict.outcome == REJECTED:
-                    # The dead letter must reach its file or downstream: NaN, integers past 64
-                    # bits, lone surrogates, too deep nesting become text saying what they were.
-                    verdict.record = encodable(verdict.record)
-                else:
-                    # What goes on must go as it is: a writer that had to change it (or failed
-                    # on it) would lose the record or hand on something else under its outcome.
-                    verdict = self._unwritable(record, verdict.record)
+                verdict = self._made_writable(record, verdict)
         except Exception as exc:  # RecursionError included; the one place that catches all
             verdict = self._internal_error(record, exc)
         self.stats.count(verdict)
         return verdict
+
+    def _process_decoded(self, record: Any, plain: bool) -> Verdict:
+        """`process` for a record decoded from JSON text. It holds JSON's types only, so
+        encoding it (C) tests its writability instead of a walk, and the line is kept on
+        the verdict for a JSON writer."""
+        try:
+            text = record if plain else self._as_text(record)
+            verdict = text if type(text) is Verdict else self._decide(text)
+            line = json_line(verdict.record)
+            if line is None:
+                verdict = self._made_writable(record, verdict)
+            else:
+                verdict.json_line = line
+        except Exception as exc:  # as in `process`
+            verdict = self._internal_error(record, exc)
+        self.stats.count(verdict)
+        return verdict
+
+    def _made_writable(self, record: Any, verdict: Verdict) -> Verdict:
+        """`verdict`, for an output some destination cannot encode as it is."""
+        if verdict.outcome == REJECTED:
+            # The dead letter must reach its file or downstream: NaN, integers past 64
+            # bits, lone surrogates, too deep nesting become text saying what they were.
+            verdict.record = encodable(verdict.record)
+            return verdict
+        # What goes on must go as it is: a writer that had to change it (or failed on it)
+        # would lose the record or hand on something else under its outcome.
+        return self._unwritable(record, verdict.record)
 
     @staticmethod
     def _unwritable(record: Any, output: Any) -> Verdict:
@@ -397,7 +418,7 @@ class EventFilter:
         # a \uD800-\uDFFF escape (or from text given as str), so only such text needs the scan.
         plain = ("\\u" not in text or _ESCAPED_SURROGATE.search(text) is None) and (
             text.isascii() or _SURROGATE.search(text) is None)
-        return self.process(record, _text=plain)
+        return self._process_decoded(record, plain)
 
     def _count(self, verdict: Verdict) -> Verdict:
         self.stats.count(verdict)

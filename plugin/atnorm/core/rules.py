@@ -22,6 +22,7 @@ from jsonschema.exceptions import ValidationError, relevance
 from ..errors import ConfigError
 from ..model.verdict import RejectReason
 from .compiled import Predicate, SchemaCompiler
+from .nearest import NearestActions
 
 LEVELS = ("enforce", "warn", "off")
 
@@ -67,9 +68,11 @@ class Rule:
         return [to_reason(error, self.name, suggestion, nearest) for error in errors]
 
     def warning_kinds(self, record: Any) -> List[str]:
+        if self.check(record):  # the whole rule in one call: most records fail no item
+            return []
         if self.items:
             return [kind for kind, check in self.items if not check(record)]
-        return [] if self.check(record) else [self.name]
+        return [self.name]
 
 
 # An enumeration longer than this is not listed in a reason: its nearest values are.
@@ -198,8 +201,7 @@ class SchemaDocument:
         name of a renamed action, its current name comes first."""
         if action in self._nearest:
             return self._nearest[action][:count]
-        matches = (difflib.get_close_matches(action, self._sorted_actions, n=NEAREST_SHOWN, cutoff=0.6)
-                   if len(action) <= MAX_COMPARED_LENGTH else [])
+        matches = self._nearest_of(action, NEAREST_SHOWN, 0.6) if len(action) <= MAX_COMPARED_LENGTH else []
         renamed = self.renames.get(action)
         if renamed is not None:
             matches = [renamed] + [m for m in matches if m != renamed]
@@ -209,7 +211,7 @@ class SchemaDocument:
         return matches[:count]
 
     def __post_init__(self) -> None:
-        self._sorted_actions = sorted(self.actions)
+        self._nearest_of = NearestActions(self.actions)
         self._nearest: Dict[str, List[str]] = {}
 
 

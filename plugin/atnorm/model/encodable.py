@@ -17,7 +17,7 @@ import base64
 import json
 import math
 import re
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import msgpack
 
@@ -215,6 +215,37 @@ def _fine(value: Any, depth: int) -> bool:
     if kind is float:
         return math.isfinite(value)
     return value is None or kind is bool
+
+
+# Compact strict JSON, as the JSON-lines writers make it (jsonlines.dumps): for values of
+# JSON's own types the same text.
+_strict_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# Bytes of a line by class, for counting in C: 1 a digit, 2 an opening bracket, 0 the rest.
+_CLASSES = bytes(1 if 0x30 <= b <= 0x39 else 2 if b in b"{[" else 0 for b in range(256))
+# An integer outside msgpack's range has at least 19 digits (one inside may too: then the walk decides).
+_LONG_NUMBER = b"\x01" * 19
+
+
+def json_line(value: Any) -> Optional[str]:
+    """The compact strict JSON text of `value` when `is_encodable(value)`, else None.
+
+    Only for a value of JSON's own types (dicts with str keys, lists, str, int, float, bool,
+    None), as a JSON decoder returns them. The encoder (C) refuses NaN and infinities; what
+    it lets through shows in the text: a lone surrogate fails UTF-8, an integer past 64 bits
+    is 19 digits in a row, nesting past MAX_DEPTH needs more brackets. Only a line that
+    shows one of these is walked by `is_encodable` (19 digits may be text, brackets too).
+    """
+    try:
+        line = _strict_json(value)
+    except (ValueError, RecursionError, TypeError):  # NaN, infinity, too many digits, too deep
+        return None
+    try:
+        classes = line.encode("utf-8").translate(_CLASSES)
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+    if _LONG_NUMBER not in classes and classes.count(2) <= MAX_DEPTH:
+        return line
+    return line if is_encodable(value) else None
 
 
 def first_unencodable(value: Any, max_depth: int = MAX_DEPTH) -> Tuple[str, str]:

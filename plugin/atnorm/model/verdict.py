@@ -61,6 +61,9 @@ class Verdict:
     warnings: List[str] = field(default_factory=list)
     fixes: List[str] = field(default_factory=list)
     event_time: Optional[str] = None
+    # `record` as one strict JSON line, when the filter already made it (a record read from
+    # JSON text is tested for writability by encoding it); None otherwise.
+    json_line: Optional[str] = None
 
     def dead_letter(self) -> Dict[str, Any]:
         """The record sent to the dead-letter route: the original plus the reasons."""

@@ -1,0 +1,78 @@
+"""json_line(): the writability test by encoding, compared with the walk it replaces
+(`is_encodable`) and with the JSON-lines writer's text (`jsonlines.dumps`)."""
+
+import json
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from atnorm.bench.eventgen import EventGenerator
+from atnorm.core import jsonlines
+from atnorm.core.pipeline import EventFilter
+from atnorm.model.encodable import MAX_DEPTH, MAX_INT, MIN_INT, is_encodable, json_line
+
+# Leaves JSON's decoders return, with the ones no destination takes as they are.
+ODD_INTEGERS = [MAX_INT, MAX_INT + 1, MIN_INT, MIN_INT - 1, 10 ** 18, -(10 ** 18), 10 ** 19, 1 << 200]
+ODD_FLOATS = [float("nan"), float("inf"), float("-inf"), 1e16, 1e-7, -0.0, 1.5e300]
+ODD_TEXT = ["\ud800", "a\udcffb", "Zürich", "1234567890123456789", "{[{[", "\u2028", "\x00", "é\udc80"]
+leaves = (st.none() | st.booleans() | st.integers() | st.sampled_from(ODD_INTEGERS) | st.floats()
+          | st.sampled_from(ODD_FLOATS) | st.text() | st.sampled_from(ODD_TEXT))
+keys = st.text(max_size=4) | st.sampled_from(ODD_TEXT)
+json_values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(keys, inner, max_size=4), max_leaves=30)
+
+
+def nested(depth, leaf="x"):
+    value = leaf
+    for index in range(depth):
+        value = [value] if index % 2 else {"k": value}
+    return value
+
+
+def check(value):
+    line = json_line(value)
+    assert (line is not None) == is_encodable(value), value
+    if line is not None:
+        assert line == jsonlines.dumps(value)
+
+
+@settings(max_examples=2000, deadline=None, database=None, derandomize=True)
+@given(json_values)
+def test_json_line_says_what_the_walk_says_on_any_json_value(value):
+    check(value)
+
+
+def test_nesting_right_at_the_depth_limit_and_past_it():
+    for depth in (MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 600, 5000):
+        check(nested(depth))
+    assert json_line(nested(MAX_DEPTH)) is not None and json_line(nested(MAX_DEPTH + 1)) is None
+    # Brackets in text are not nesting: walked, and found writable.
+    check({"text": "[" * (MAX_DEPTH + 5)})
+    assert json_line({"text": "[" * (MAX_DEPTH + 5)}) is not None
+
+
+def test_integers_at_the_edges_of_64_bits():
+    for number in ODD_INTEGERS + [MAX_INT - 1, MIN_INT + 1, -(1 << 63) - 1]:
+        check({"n": number})
+        check([number, "19 digits: 1234567890123456789"])
+    assert json_line({"n": MAX_INT}) is not None and json_line({"n": MAX_INT + 1}) is None
+
+
+def test_records_decoded_from_json_over_generated_and_mutated_events():
+    event_filter = EventFilter.from_schemas()
+    rng = random.Random(3)
+    compared = 0
+    for seed in (1, 2, 3):
+        generator = EventGenerator(event_filter.rules, seed)
+        for record in generator.mix(1000, 0.3):
+            text = json.dumps(record, ensure_ascii=False)
+            if rng.random() < 0.3:  # a number or a text made odd in the line itself
+                text = text.replace('"', '"\\ud800', 1) if rng.random() < 0.5 else text.replace(
+                    ":", ":18446744073709551616,\"x\":", 1)
+            value = json.loads(text)
+            check(value)
+            verdict = event_filter.process_json(text)
+            check(verdict.record)
+            compared += 2
+    assert compared == 6000
