@@ -366,6 +366,15 @@ def _valid_time(value: Any) -> Optional[Time]:
     return None
 
 
+def _kept_as_sent(stamp: Any) -> bool:
+    """Whether an entry time goes on exactly as it came: an EventTime with seconds != 0 and
+    nanoseconds < 1e9, or an int in (0, 2**32). Other usable times (nil, zero, floats) are
+    replaced or checked by `_valid_time`."""
+    kind = type(stamp)
+    return ((kind is EventTime and stamp.seconds != 0 and stamp.nanoseconds < _NANOSECONDS)
+            or (kind is int and 0 < stamp < _TIME_LIMIT))
+
+
 def _unusable(item: Any, rule: str, path: str, message: str, metadata: Optional[Dict[Any, Any]] = None) -> Entry:
     return Entry(EventTime.now(), item, metadata, EntryProblem(rule, path, message))
 
@@ -401,12 +410,10 @@ def entries_from_list(items: Iterable[Any]) -> Tuple[List[Entry], int]:
     append = entries.append
     invalid = 0
     for item in items:
-        # The common case first and inline: [time, map] with an int, float or EventTime time.
+        # The common case first: [time, map] with a time that goes on as it came.
         if type(item) is list and len(item) == 2:
             stamp, record = item
-            kind = type(stamp)
-            if type(record) is dict and ((kind is EventTime and stamp.seconds and stamp.nanoseconds < _NANOSECONDS)
-                                         or (kind is int and 0 < stamp < _TIME_LIMIT)):
+            if type(record) is dict and _kept_as_sent(stamp):
                 append(Entry(stamp, record))
                 continue
         entry = _check_item(item)
@@ -471,10 +478,7 @@ def scan_packed(payload: Union[bytes, bytearray]) -> Optional[int]:
                 return None
             if payload[tell()] not in _TIME_HEADS:
                 return None
-            stamp = unpack()
-            kind = type(stamp)
-            if not ((kind is EventTime and stamp.seconds and stamp.nanoseconds < _NANOSECONDS)
-                    or (kind is int and 0 < stamp < _TIME_LIMIT)):
+            if not _kept_as_sent(unpack()):
                 return None
             start = tell()
             if payload[start] not in _MAP_HEADERS:
