@@ -283,6 +283,25 @@ def _passthrough(tmp_path: Any, receiver_port: int, *extra: str) -> Any:
                                 "--data-dir", str(tmp_path), "--filter", "off", *extra), None)
 
 
+def _through_passthrough(tmp_path, payload: bytes, count: int, **sender_options: Any) -> Any:
+    """Sends one PackedForward chunk of `count` entries through a pass-through relay and
+    waits for all of them downstream; returns the stopped relay and the receiver."""
+    async def scenario() -> Any:
+        async with ForwardReceiver() as receiver:
+            relay = _passthrough(tmp_path, receiver.port)
+            await relay.start()
+            try:
+                sender = forward_sender([("127.0.0.1", relay.server.port)], **sender_options)
+                assert await sender.send("audit.at", payload, count)
+                await sender.close()
+                await receiver.wait_for(lambda: len(receiver.events) == count)
+            finally:
+                await relay.stop()
+        return relay, receiver
+
+    return run(scenario())
+
+
 def test_a_pass_through_relay_forwards_a_clean_payload_byte_for_byte(tmp_path):
     event = load_event("vsi-provision.json")
     other = load_event("platform-log-not-an-event.json")
@@ -291,21 +310,8 @@ def test_a_pass_through_relay_forwards_a_clean_payload_byte_for_byte(tmp_path):
                        for n, record in enumerate([event, other, event]))
     assert scan_packed(payload) == 3
 
-    async def scenario() -> Any:
-        async with ForwardReceiver() as receiver:
-            relay = _passthrough(tmp_path, receiver.port)
-            await relay.start()
-            try:
-                assert relay.server.verbatim_chunks
-                sender = forward_sender([("127.0.0.1", relay.server.port)], compress="gzip")
-                assert await sender.send("audit.at", payload, 3)
-                await sender.close()
-                await receiver.wait_for(lambda: len(receiver.events) == 3)
-            finally:
-                await relay.stop()
-        return relay, receiver
-
-    relay, receiver = run(scenario())
+    relay, receiver = _through_passthrough(tmp_path, payload, 3, compress="gzip")
+    assert relay.server.verbatim_chunks
     [frame] = receiver.frames
     assert frame.tag == "audit.at" and frame.payload == payload
     counts = relay.filter_stats.snapshot()
@@ -323,20 +329,7 @@ def test_a_pass_through_relay_decodes_a_payload_it_cannot_hand_on_as_it_is(tmp_p
                + b"\x92" + mp(1700000003) + mp(None))
     assert scan_packed(payload) is None
 
-    async def scenario() -> Any:
-        async with ForwardReceiver() as receiver:
-            relay = _passthrough(tmp_path, receiver.port)
-            await relay.start()
-            try:
-                sender = forward_sender([("127.0.0.1", relay.server.port)])
-                assert await sender.send("audit.at", payload, 4)
-                await sender.close()
-                await receiver.wait_for(lambda: len(receiver.events) == 4)
-            finally:
-                await relay.stop()
-        return relay, receiver
-
-    relay, receiver = run(scenario())
+    relay, receiver = _through_passthrough(tmp_path, payload, 4)
     passed = [(t, r) for tag, t, r in receiver.events if tag == "audit.at"]
     rejected = [r for tag, t, r in receiver.events if tag == "audit.at.rejected"]
     assert [t for t, _ in passed][0] == ReceivedTime(1700000000, 1)
