@@ -4,6 +4,10 @@ Measured in one run on the same lines (interleaved rounds, the best counts):
 - atnorm: `EventFilter.process_json` per line and its output line, as `atnorm filter` writes it;
 - a plain python-jsonschema filter: `json.loads`, the envelope and service validators
   with their errors for a failing record, `json.dumps` of the record;
+- the same plain filter with a compiled validator instead, when it is installed:
+  fastjsonschema (the schemas without `$schema`: it knows drafts 4 to 7, and they use no
+  2020-12-only keyword) and jsonschema-rs; neither normalizes. Their verdicts are compared
+  with python-jsonschema's on every line, and the lines where they differ are counted;
 - the JSON decode alone, `json.loads` against `jsoncodec.loads` (msgspec), per line.
 Figures are CPU seconds of this process (`time.process_time`), so other work on the
 machine disturbs them less than it would wall time.
@@ -12,9 +16,10 @@ machine disturbs them less than it would wall time.
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import relevance
@@ -26,6 +31,44 @@ from ..model.verdict import REJECTED
 from .eventgen import EventGenerator
 
 ROUNDS = 3
+# A validator per schema: (document → valid?) for the envelope and each service.
+Validators = Tuple[Callable[[Any], bool], Dict[str, Callable[[Any], bool]]]
+
+
+def _fastjsonschema(rules: Any) -> Optional[Validators]:
+    try:
+        fastjsonschema = importlib.import_module("fastjsonschema")
+    except ImportError:
+        return None
+
+    def compiled(raw: Dict[str, Any]) -> Callable[[Any], bool]:
+        validate = fastjsonschema.compile({k: v for k, v in raw.items() if k != "$schema"})
+
+        def is_valid(document: Any) -> bool:
+            try:
+                validate(document)
+            except fastjsonschema.JsonSchemaException:
+                return False
+            return True
+        return is_valid
+
+    return compiled(rules.envelope.raw), {name: compiled(doc.raw) for name, doc in rules.services.items()}
+
+
+def _jsonschema_rs(rules: Any) -> Optional[Validators]:
+    try:
+        jsonschema_rs = importlib.import_module("jsonschema_rs")
+    except ImportError:
+        return None
+    return (jsonschema_rs.validator_for(rules.envelope.raw).is_valid,
+            {name: jsonschema_rs.validator_for(doc.raw).is_valid for name, doc in rules.services.items()})
+
+
+def _counted(run: Callable[[], List[bool]]) -> Callable[[], int]:
+    return lambda: len(run())
+
+
+OPTIONAL_VALIDATORS = {"fastjsonschema": _fastjsonschema, "jsonschema_rs": _jsonschema_rs}
 
 
 def bench_figures(records: int, invalid_ratio: float, seed: int = 1) -> List[Dict[str, Any]]:
@@ -60,6 +103,23 @@ def bench_figures(records: int, invalid_ratio: float, seed: int = 1) -> List[Dic
             out.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
         return len(out)
 
+    def verdicts_with(envelope_valid: Callable[[Any], bool],
+                      service_valid: Dict[str, Callable[[Any], bool]]) -> Callable[[], List[bool]]:
+        def run() -> List[bool]:
+            out, verdicts = [], []
+            for line in lines:
+                record = json.loads(line)
+                valid = envelope_valid(record)
+                if valid:
+                    action = record.get("action")
+                    service = rules.service_for(action) if isinstance(action, str) else None
+                    if service is not None:
+                        valid = service_valid[service](record)
+                verdicts.append(valid)
+                out.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+            return verdicts
+        return run
+
     def decode_with(loads: Callable[[Any], Any]) -> Callable[[], int]:
         def run() -> int:
             return len([loads(line) for line in lines])
@@ -71,6 +131,12 @@ def bench_figures(records: int, invalid_ratio: float, seed: int = 1) -> List[Dic
         "decode_json": decode_with(json.loads),
         "decode_msgspec": decode_with(jsoncodec.loads),
     }
+    compiled = {name: make(rules) for name, make in OPTIONAL_VALIDATORS.items()}
+    compiled_runs = {name: verdicts_with(*validators) for name, validators in compiled.items()
+                     if validators is not None}
+    reference = verdicts_with(envelope.is_valid, {name: v.is_valid for name, v in services.items()})()
+    disagreements = {name: sum(a != b for a, b in zip(run(), reference)) for name, run in compiled_runs.items()}
+    runs.update({name: _counted(run) for name, run in compiled_runs.items()})
     best = {name: 0.0 for name in runs}
     gc.collect()
     gc.freeze()  # as serve and exec-filter do once the schemas are loaded
@@ -94,6 +160,10 @@ def bench_figures(records: int, invalid_ratio: float, seed: int = 1) -> List[Dic
         "atnorm_records_per_s": round(best["atnorm"]),
         "jsonschema_records_per_s": round(best["jsonschema"]),
         "ratio": round(best["atnorm"] / best["jsonschema"], 2) if best["jsonschema"] else None,
+        **{key: value for name in compiled_runs for key, value in (
+            (f"{name}_records_per_s", round(best[name])),
+            (f"atnorm_over_{name}", round(best["atnorm"] / best[name], 2) if best[name] else None),
+            (f"{name}_verdicts_unlike_jsonschema", disagreements[name]))},
     }, {
         "figure": "JSON decode per line (json.loads vs msgspec with the stdlib as reference)",
         "records": len(lines),
