@@ -6,7 +6,7 @@ rebuilt between records when its tuning file changes or on request).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, List, Optional, Protocol, runtime_checkable
 
 from ..model.verdict import Verdict
 from .pipeline import FilterSettings
@@ -46,6 +46,8 @@ class ReloadableFilter(Filter, Protocol):
     reloads: int
     failed_reloads: int
     last_error: Optional[str]
+    # Called once a new configuration is in place, before the reload is logged.
+    on_reload: List[Callable[[], None]]
 
     def request_reload(self) -> None:
         """Reload before the next record (from a signal handler: sets a flag only)."""

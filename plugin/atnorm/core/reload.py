@@ -82,6 +82,9 @@ class ReloadingFilter:
             self.process_json = self._process_json_observed  # type: ignore[method-assign]
         self.drift_state = drift_state
         self.reloads = 0
+        # Called (from the thread that reloaded) once a new configuration is in place, before
+        # it is logged: whatever else decides records with copies of it follows at once.
+        self.on_reload: List[Callable[[], None]] = []
         self.failed_reloads = 0
         self.last_error: Optional[str] = None
         self._make_settings = make_settings
@@ -172,6 +175,8 @@ class ReloadingFilter:
                 self._schema_dirs = list(settings.schema_dirs)
                 signature = files_signature(self.tuning_path, self._schema_dirs)
             self._signature = signature
+            for listener in self.on_reload:
+                listener()
         self._log_success(f"reloaded ({why}): {self.tuning_path or 'no tuning file'}; {self.stats.summary_line()}")
         return True
 

@@ -79,10 +79,11 @@ def _packed(entries: List[Entry]) -> bytes:
 
 
 _worker: Optional[_Worker] = None
+_started: Any = None  # how many workers of the pool have built their filter (a shared int)
 
 
-def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generation: Any) -> None:
-    global _worker
+def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generation: Any, started: Any) -> None:
+    global _worker, _started
     # Ctrl-C and SIGHUP reach the whole process group: the relay decides what they mean.
     # SIGTERM keeps its default: it is how the pool stops a worker (ProcessPoolExecutor
     # terminates the survivors when one dies; a worker ignoring it blocked that forever).
@@ -91,6 +92,9 @@ def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generati
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker = _Worker(filter_options, routes, generation)
     settle_after_start()  # schemas loaded: keep them out of every later collection
+    _started = started
+    with started.get_lock():
+        started.value += 1
 
 
 def _route_in_worker(tag: str, payload: bytes) -> Tuple[List[RoutedPayload], Counts]:
@@ -98,8 +102,15 @@ def _route_in_worker(tag: str, payload: bytes) -> Tuple[List[RoutedPayload], Cou
     return _worker.route(tag, payload)
 
 
-def _ready() -> bool:
-    return _worker is not None
+def _all_started(workers: int, timeout: float) -> bool:
+    """Wait (in a worker) until `workers` workers have built their filter. Each worker holds
+    one of these calls, so the pool has to start all of them to answer every call."""
+    deadline = time.monotonic() + timeout
+    while _started.value < workers:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def add_counts(stats: FilterStats, counts: Counts) -> None:
@@ -138,18 +149,24 @@ class FilterPool:
         self._context = multiprocessing.get_context("spawn")
         self._generation = self._context.Value("i", 0)
         self._arguments = (filter_options, routes, self._generation)
+        self._started = self._context.Value("i", 0)
         self._executor = self._new_executor()
         self._local: Optional[_Worker] = None
         self._closing = False
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=self._context,
-                                                      initializer=_start_worker, initargs=self._arguments)
+                                                      initializer=_start_worker,
+                                                      initargs=(*self._arguments, self._started))
 
-    async def start(self) -> None:
-        """Start every worker and wait until each has built its filter."""
+    async def start(self, timeout: float = 120.0) -> None:
+        """Start every worker and wait until each has built its filter: a worker started
+        later would read the tuning file as it is then, not as the relay's filter read it."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._executor, _ready) for _ in range(self.workers * 2)))
+        ready = await asyncio.gather(*(loop.run_in_executor(self._executor, _all_started, self.workers, timeout)
+                                       for _ in range(self.workers)))
+        if not all(ready):
+            raise RuntimeError(f"the filter workers did not all start within {timeout:.0f} s")
 
     async def route(self, tag: str, payload: bytes) -> List[PackedBatch]:
         """A chunk's records, as a PackedForward payload, decided in a worker: one packed

@@ -453,7 +453,6 @@ class Relay:
             if filter_options is None:
                 raise ValueError("filter workers need the filter options")
             self.pool = FilterPool(settings.filter_workers, filter_options, routes, self.filter_stats)
-        self._reload_task: Optional["asyncio.Task[None]"] = None
         # Scanning for verbatim chunks pays where their payload goes on undecoded: passed
         # through, or sent to a worker. A relay deciding records itself decodes them anyway.
         verbatim_chunks = self.router.decide is None or self.pool is not None
@@ -497,7 +496,9 @@ class Relay:
         if isinstance(self.event_filter, ReloadableFilter):
             self.event_filter.start_watching()  # a changed tuning file is picked up between records
             if self.pool is not None:
-                self._reload_task = asyncio.ensure_future(self._pass_reloads_to_workers())
+                # Workers rebuild before their next chunk, so once "reloaded" is logged no
+                # chunk is decided with the old configuration.
+                self.event_filter.on_reload.append(self.pool.request_reload)
         if self.settings.stats_interval:
             recorder = StatsRecorder(self.filter_stats, self._emit_stats_record, self.relay_stats,
                                      tag=self.settings.stats_tag)
@@ -543,10 +544,9 @@ class Relay:
 
     async def _close(self, grace: float) -> None:
         await self.server.stop(grace=grace)
-        for task in (self._stats_task, self._reload_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            await asyncio.gather(self._stats_task, return_exceptions=True)
         if self.pool is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.close, grace)
         if self.destination is not None:
@@ -691,18 +691,6 @@ class Relay:
         done = (["reloading the tuning file"] if reloading is not None else []) + (
             ["reopening the record files"] if isinstance(self.destination, FileDestination) else [])
         log.info("SIGHUP: %s", " and ".join(done) or "nothing to reload or reopen")
-
-    async def _pass_reloads_to_workers(self) -> None:
-        """The relay's filter reloaded (SIGHUP or a file change): have the workers follow."""
-        assert self.pool is not None
-        event_filter = self.event_filter
-        assert isinstance(event_filter, ReloadableFilter)
-        seen = event_filter.reloads
-        while True:
-            await asyncio.sleep(0.5)
-            if event_filter.reloads != seen:
-                seen = event_filter.reloads
-                self.pool.request_reload()
 
     async def _emit_stats_record(self, tag: str, timestamp: float, record: Dict[str, Any]) -> None:
         assert self.destination is not None
