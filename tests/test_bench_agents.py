@@ -261,7 +261,12 @@ def test_every_variable_the_confs_read_is_one_the_bench_sets():
         assert environment_variables(path.read_text(encoding="utf-8")) <= set(agents.ENVIRONMENT), path.name
     rows = {conf for _, conf, _ in agents.ROWS.values()}
     assert rows == {path.name for path in BENCH_CONF.glob("*.conf")}
-    assert agents.conf_dir() == BENCH_CONF
+
+
+def test_the_conf_directory_can_be_given_for_an_installed_package(monkeypatch, tmp_path):
+    # tox installs a wheel, which holds no conf/: tox -e bench sets ATNORM_BENCH_CONF_DIR.
+    monkeypatch.setenv("ATNORM_BENCH_CONF_DIR", str(tmp_path))
+    assert agents.conf_dir() == tmp_path
 
 
 def test_the_exec_filter_child_is_atnorm_in_msgpack_both_ways_or_cat(tmp_path):
