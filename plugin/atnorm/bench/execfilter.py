@@ -127,6 +127,7 @@ def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float,
         stdin = child.stdin
         out_fd = child.stdout.fileno()
         counter = _OutputCounter(fmt)
+        finished = False
         try:
             # Warm-up: start-up (schema loading) is not throughput. Written from a thread,
             # as all input is: the child blocks on a full stdout until it is read.
@@ -152,8 +153,13 @@ def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float,
                 counter.feed(data)
             elapsed = time.perf_counter() - started
             writer.join()
+            finished = True
         finally:
-            if child.poll() is None:
+            # Its stdout at EOF, the child is exiting: a fast one (cat) may not have yet.
+            # Killed at once only when the measurement broke off.
+            try:
+                child.wait(30 if finished else 0)
+            except subprocess.TimeoutExpired:
                 child.kill()
             status = child.wait()
             child.stdout.close()
