@@ -180,28 +180,31 @@ async def measure_hop(payloads: Payloads, start: StartHop) -> Dict[str, Any]:
 
     receiver = ForwardServer(count, ServerSettings(listen=[("127.0.0.1", 0)], udp_heartbeat=False))
     await receiver.start()
-    with tempfile.TemporaryDirectory(prefix="atnorm-bench-") as workdir:
-        hop = start(receiver.port, workdir)
-        sender = ForwardSender([("127.0.0.1", hop.port)], SenderSettings(
-            flush_interval=0.005, batch_max_records=CHUNK_RECORDS, max_buffer_bytes=16 << 20))
-        try:
-            # A warm-up chunk: connections open and the hop's first-use costs are paid. An
-            # agent may ack it before handing it on, so the receiver must have it too.
-            assert await sender.send("bench.warmup", payloads[0][0], warmup)
-            await asyncio.wait_for(arrived.wait(), 120)
-            received, expected = 0, total
-            arrived.clear()
-            cpu_start = _cpu_seconds(hop.pid)
-            start_time = time.perf_counter()
-            results = await asyncio.gather(*(sender.send(TAG, p, n) for p, n in payloads))
-            await asyncio.wait_for(arrived.wait(), 300)
-            elapsed = time.perf_counter() - start_time
-            cpu_end = _cpu_seconds(hop.pid)
-            peak_rss = _peak_rss_mib(hop.pid)
-        finally:
-            await sender.close()
-            hop.stop()
-            await receiver.stop()
+    try:
+        with tempfile.TemporaryDirectory(prefix="atnorm-bench-") as workdir:
+            hop = start(receiver.port, workdir)
+            sender = ForwardSender([("127.0.0.1", hop.port)], SenderSettings(
+                flush_interval=0.005, batch_max_records=CHUNK_RECORDS, max_buffer_bytes=16 << 20))
+            try:
+                # A warm-up chunk: connections open and the hop's first-use costs are paid.
+                # An agent may ack it before handing it on, so the receiver must have it too.
+                if not await sender.send("bench.warmup", payloads[0][0], warmup):
+                    raise RuntimeError("the warm-up chunk was not acked")
+                await asyncio.wait_for(arrived.wait(), 120)
+                received, expected = 0, total
+                arrived.clear()
+                cpu_start = _cpu_seconds(hop.pid)
+                start_time = time.perf_counter()
+                results = await asyncio.gather(*(sender.send(TAG, p, n) for p, n in payloads))
+                await asyncio.wait_for(arrived.wait(), 300)
+                elapsed = time.perf_counter() - start_time
+                cpu_end = _cpu_seconds(hop.pid)
+                peak_rss = _peak_rss_mib(hop.pid)
+            finally:
+                await sender.close()
+                hop.stop()
+    finally:
+        await receiver.stop()
     cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
     return {"records": total, "seconds": elapsed, "acked": all(results),
             "records_per_s": total / elapsed if elapsed > 0 else 0.0,
