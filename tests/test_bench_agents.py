@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -296,3 +297,17 @@ def test_without_the_agents_on_path_there_is_no_figure(tmp_path, monkeypatch):
         pytest.skip("an agent is on PATH here")
     monkeypatch.setenv("PATH", str(tmp_path))
     assert agents.bench_figures(1000, 0.1) == []
+
+
+def test_an_agent_that_does_not_start_is_reported_in_the_figure(tmp_path, monkeypatch):
+    if shutil.which("fluentd") or shutil.which("fluent-bit"):
+        pytest.skip("an agent is on PATH here")
+    # A fluent-bit that rejects its configuration, as a broken install or conf would.
+    agent = tmp_path / "fluent-bit"
+    agent.write_text("#!/bin/sh\necho '[error] configuration rejected' >&2\nexit 1\n", encoding="utf-8")
+    agent.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    [figure] = agents.bench_figures(1000, 0.1)
+    assert "fluent-bit did not listen" in figure["failed"]
+    assert "configuration rejected" in figure["failed"]
+    assert not any(key.endswith("_records_per_s") for key in figure)

@@ -22,6 +22,7 @@ tree's conf/bench, or from the directory in ATNORM_BENCH_CONF_DIR.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import shutil
@@ -163,7 +164,12 @@ def bench_figures(records: int, invalid_ratio: float) -> List[Dict[str, Any]]:
     starts = {row: start_agent(executable, directory / ROWS[row][1], ROWS[row][2])
               for row, executable in rows.items()}
     starts["atnorm_relay"] = start_relay([])
-    best = measure_best(payloads, starts, ROUNDS)
+    try:
+        best = measure_best(payloads, starts, ROUNDS)
+    except (RuntimeError, OSError, asyncio.TimeoutError) as error:
+        # An agent that does not start or stalls: said in the figure, the others still print.
+        figure["failed"] = f"{type(error).__name__}: {error}"
+        return [figure]
 
     def ratio(name: str, base: str) -> Optional[float]:
         if name not in best or base not in best or not best[base]["records_per_s"]:
