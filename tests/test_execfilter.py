@@ -618,3 +618,24 @@ def test_measure_exec_filter_reports_both_formats():
         assert result[fmt]["records_per_s"] > 0
         counted = result[fmt]["records"] + result[fmt]["warmup_records"]
         assert counted == sum(result[fmt]["outcomes"].values())
+
+
+def test_the_echo_child_runs_in_the_same_harness_and_returns_every_record():
+    from atnorm.bench.execfilter import measure_echo_child
+
+    records = [record for kind in ("accepted", "rejected", "passed") for record in RECORDS[kind]]
+    result = measure_echo_child(records, seconds_budget=0.4)
+    for fmt in ("json", "msgpack"):
+        assert result[fmt]["records"] > 0
+        assert result[fmt]["warmup_records"] > 0
+        assert "outcomes" not in result[fmt]
+
+
+def test_the_exec_filter_figure_is_atnorm_over_the_echo_child_per_format():
+    from atnorm.bench.execfilter import bench_figures
+
+    [figure] = bench_figures(200, 0.1, seconds_budget=0.8)
+    for fmt in ("json", "msgpack"):
+        atnorm, echo = figure[f"{fmt}_records_per_s"], figure[f"{fmt}_echo_records_per_s"]
+        assert atnorm > 0 and echo > 0
+        assert figure[f"{fmt}_ratio"] == round(atnorm / echo, 2)

@@ -5,6 +5,10 @@ msgpack, both ways), warms it up, then keeps its stdin full for a time budget wh
 parent counts the records that come back. The filter's own counts (from the summary line
 the child writes at exit) are returned alongside, so a benchmark can tell how the traffic
 split into accepted, rejected and passed.
+
+`measure_echo_child` runs the same harness on the same records with `cat` as the child:
+one that writes back every byte it reads, the least any exec_filter child can cost. It is
+the baseline a Fluentd user compares with; `bench_figures` reports atnorm / echo per format.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,7 +46,21 @@ def measure_exec_filter(records: List[Dict[str, Any]], seconds_budget: float = 4
     if not records:
         raise ValueError("measure_exec_filter needs at least one record")
     share = seconds_budget / len(formats)
-    return {fmt: _measure_one(records, fmt, share) for fmt in formats}
+    return {fmt: _measure_one(records, fmt, share, None) for fmt in formats}
+
+
+def measure_echo_child(records: List[Dict[str, Any]], seconds_budget: float = 4.0,
+                       formats: Sequence[str] = FORMATS) -> Dict[str, Dict[str, Any]]:
+    """Records/s of an echo child (`cat`) in the same harness, per wire format: the same
+    blocks in, the same counting out. Returns what `measure_exec_filter` does, without
+    `outcomes` (an echo child decides nothing)."""
+    if not records:
+        raise ValueError("measure_echo_child needs at least one record")
+    cat = shutil.which("cat")
+    if cat is None:
+        raise RuntimeError("no `cat` on PATH for the echo child")
+    share = seconds_budget / len(formats)
+    return {fmt: _measure_one(records, fmt, share, [cat]) for fmt in formats}
 
 
 def _encode_blocks(records: List[Dict[str, Any]], fmt: str) -> List[Tuple[bytes, int]]:
@@ -88,21 +107,27 @@ class _OutputCounter:
             self.count += 1
 
 
-def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float) -> Dict[str, Any]:
+def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float,
+                 command: Optional[List[str]]) -> Dict[str, Any]:
+    """One child, one format: `command`, or `atnorm exec-filter` when None."""
     blocks = _encode_blocks(records, fmt)
     warmup_block, per_block = blocks[0]
     with tempfile.TemporaryDirectory(prefix="atnorm-bench-") as workdir:
         log_path = os.path.join(workdir, "exec-filter.log")
         stderr_path = os.path.join(workdir, "stderr")
+        is_atnorm = command is None
+        name = "atnorm exec-filter" if command is None else os.path.basename(command[0])
+        if command is None:
+            command = [sys.executable, "-m", "atnorm", "exec-filter", "--in-format", fmt,
+                       "--out-format", fmt, "--tag-key", "tag", "--quiet", "--log-file", log_path]
         with open(stderr_path, "wb") as stderr:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "atnorm", "exec-filter", "--in-format", fmt,
-                 "--out-format", fmt, "--tag-key", "tag", "--quiet", "--log-file", log_path],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+            child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=stderr)
         assert child.stdout is not None and child.stdin is not None
         stdin = child.stdin
         out_fd = child.stdout.fileno()
         counter = _OutputCounter(fmt)
+        finished = False
         try:
             # Warm-up: start-up (schema loading) is not throughput. Written from a thread,
             # as all input is: the child blocks on a full stdout until it is read.
@@ -128,8 +153,13 @@ def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float) -> Dic
                 counter.feed(data)
             elapsed = time.perf_counter() - started
             writer.join()
+            finished = True
         finally:
-            if child.poll() is None:
+            # Its stdout at EOF, the child is exiting: a fast one (cat) may not have yet.
+            # Killed at once only when the measurement broke off.
+            try:
+                child.wait(30 if finished else 0)
+            except subprocess.TimeoutExpired:
                 child.kill()
             status = child.wait()
             child.stdout.close()
@@ -142,39 +172,52 @@ def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float) -> Dic
             with open(log_path, encoding="utf-8") as handle:
                 log_text = handle.read()
     if status != 0 or stderr_text:
-        raise RuntimeError(f"atnorm exec-filter ({fmt}) exited {status}: {stderr_text.strip()}")
+        raise RuntimeError(f"{name} ({fmt}) exited {status}: {stderr_text.strip()}")
     if counter.count <= warmup:
-        raise RuntimeError(f"atnorm exec-filter ({fmt}) returned no records after the warm-up")
-    match = _SUMMARY.search(log_text)
-    outcomes = ({"accepted": int(match.group(2)), "rejected": int(match.group(3)),
-                 "passed": int(match.group(4))} if match else {})
+        raise RuntimeError(f"{name} ({fmt}) returned no records after the warm-up")
     measured = counter.count - warmup
-    return {
+    result: Dict[str, Any] = {
         "records": measured,
         "seconds": round(elapsed, 3),
         "records_per_s": round(measured / elapsed) if elapsed > 0 else 0,
         "warmup_records": warmup,
-        "outcomes": outcomes,
     }
+    if is_atnorm:
+        match = _SUMMARY.search(log_text)
+        result["outcomes"] = ({"accepted": int(match.group(2)), "rejected": int(match.group(3)),
+                               "passed": int(match.group(4))} if match else {})
+    return result
 
 
 def bench_figures(records: int, invalid_ratio: float,
-                  seconds_budget: float = 6.0) -> List[Dict[str, Any]]:
+                  seconds_budget: float = 8.0) -> List[Dict[str, Any]]:
     """The exec-filter figure for `atnorm bench`: generated events, about `invalid_ratio`
-    of them broken, through the child in JSON and in msgpack."""
+    of them broken, through the child in JSON and in msgpack, and through an echo child
+    (`cat`) in the same harness; `<format>_ratio` is atnorm / echo.
+
+    Each format runs atnorm then the echo child back to back, so both see about the same
+    machine; `seconds_budget` is shared by the four runs.
+    """
     from ..core.pipeline import EventFilter
     from .eventgen import EventGenerator
 
     generator = EventGenerator(EventFilter.from_schemas().rules, seed=1)
     events = generator.mix(records, invalid_ratio)
-    result = measure_exec_filter(events, seconds_budget)
-    return [{
+    share = seconds_budget / 2
+    figure: Dict[str, Any] = {
         "figure": "exec-filter (Fluentd out_exec_filter child, stdin -> stdout)",
-        "records": sum(result[fmt]["records"] for fmt in FORMATS),
+        "records": 0,
         "invalid_ratio": invalid_ratio,
-        "json_records_per_s": result["json"]["records_per_s"],
-        "msgpack_records_per_s": result["msgpack"]["records_per_s"],
-    }]
+    }
+    for fmt in FORMATS:
+        atnorm = measure_exec_filter(events, share, (fmt,))[fmt]
+        echo = measure_echo_child(events, share, (fmt,))[fmt]
+        figure["records"] += atnorm["records"]
+        figure[f"{fmt}_records_per_s"] = atnorm["records_per_s"]
+        figure[f"{fmt}_echo_records_per_s"] = echo["records_per_s"]
+        figure[f"{fmt}_ratio"] = (round(atnorm["records_per_s"] / echo["records_per_s"], 2)
+                                  if echo["records_per_s"] else None)
+    return [figure]
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -15,7 +15,9 @@ from ..bench.core import filter_core_figure
 from ..errors import UsageError
 
 # Other ways of running the filter add figures by providing `bench_figures(records, invalid_ratio)`.
-EXTRA_FIGURES = ("atnorm.bench.filemode", "atnorm.bench.execfilter", "atnorm.bench.relay")
+# atnorm.bench.agents adds a figure only when fluentd or fluent-bit is on PATH.
+EXTRA_FIGURES = ("atnorm.bench.filemode", "atnorm.bench.execfilter", "atnorm.bench.relay",
+                 "atnorm.bench.agents")
 
 
 def machine() -> str:
