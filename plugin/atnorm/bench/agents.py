@@ -145,9 +145,9 @@ def _version(executable: str) -> str:
     return (result.stdout.strip().splitlines() or ["unknown"])[0]
 
 
-def bench_figures(records: int, invalid_ratio: float) -> List[Dict[str, Any]]:
+def bench_figures(records: int, invalid_ratio: float, rounds: int = ROUNDS) -> List[Dict[str, Any]]:
     """The agents figure: each agent row found on PATH and atnorm's relay, same run, best of
-    `ROUNDS` interleaved; ratios are atnorm over the agent doing a comparable job."""
+    `rounds` interleaved; ratios are atnorm over the agent doing a comparable job."""
     rows = rows_on_path()
     if not rows:
         return []
@@ -165,7 +165,7 @@ def bench_figures(records: int, invalid_ratio: float) -> List[Dict[str, Any]]:
               for row, executable in rows.items()}
     starts["atnorm_relay"] = start_relay([])
     try:
-        best = measure_best(payloads, starts, ROUNDS)
+        best = measure_best(payloads, starts, rounds)
     except (RuntimeError, OSError, asyncio.TimeoutError) as error:
         # An agent that does not start or stalls: said in the figure, the others still print.
         figure["failed"] = f"{type(error).__name__}: {error}"

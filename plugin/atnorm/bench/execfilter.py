@@ -189,34 +189,38 @@ def _measure_one(records: List[Dict[str, Any]], fmt: str, seconds: float,
     return result
 
 
-def bench_figures(records: int, invalid_ratio: float,
-                  seconds_budget: float = 8.0) -> List[Dict[str, Any]]:
+def bench_figures(records: int, invalid_ratio: float, rounds: int = 2,
+                  seconds_budget: float = 16.0) -> List[Dict[str, Any]]:
     """The exec-filter figure for `atnorm bench`: generated events, about `invalid_ratio`
     of them broken, through the child in JSON and in msgpack, and through an echo child
     (`cat`) in the same harness; `<format>_ratio` is atnorm / echo.
 
     Each format runs atnorm then the echo child back to back, so both see about the same
-    machine; `seconds_budget` is shared by the four runs.
+    machine, `rounds` times; the best run of each counts. `seconds_budget` is shared by all
+    the runs.
     """
     from ..core.pipeline import EventFilter
     from .eventgen import EventGenerator
 
     generator = EventGenerator(EventFilter.from_schemas().rules, seed=1)
     events = generator.mix(records, invalid_ratio)
-    share = seconds_budget / 2
+    share = seconds_budget / (2 * len(FORMATS) * rounds)
     figure: Dict[str, Any] = {
         "figure": "exec-filter (Fluentd out_exec_filter child, stdin -> stdout)",
         "records": 0,
         "invalid_ratio": invalid_ratio,
     }
     for fmt in FORMATS:
-        atnorm = measure_exec_filter(events, share, (fmt,))[fmt]
-        echo = measure_echo_child(events, share, (fmt,))[fmt]
-        figure["records"] += atnorm["records"]
-        figure[f"{fmt}_records_per_s"] = atnorm["records_per_s"]
-        figure[f"{fmt}_echo_records_per_s"] = echo["records_per_s"]
-        figure[f"{fmt}_ratio"] = (round(atnorm["records_per_s"] / echo["records_per_s"], 2)
-                                  if echo["records_per_s"] else None)
+        atnorm_rate = echo_rate = 0.0
+        for _ in range(rounds):
+            atnorm = measure_exec_filter(events, share, (fmt,))[fmt]
+            echo = measure_echo_child(events, share, (fmt,))[fmt]
+            figure["records"] += atnorm["records"]
+            atnorm_rate = max(atnorm_rate, atnorm["records_per_s"])
+            echo_rate = max(echo_rate, echo["records_per_s"])
+        figure[f"{fmt}_records_per_s"] = atnorm_rate
+        figure[f"{fmt}_echo_records_per_s"] = echo_rate
+        figure[f"{fmt}_ratio"] = round(atnorm_rate / echo_rate, 2) if echo_rate else None
     return [figure]
 
 

@@ -71,7 +71,7 @@ def _counted(run: Callable[[], List[bool]]) -> Callable[[], int]:
 OPTIONAL_VALIDATORS = {"fastjsonschema": _fastjsonschema, "jsonschema_rs": _jsonschema_rs}
 
 
-def bench_figures(records: int, invalid_ratio: float, seed: int = 1) -> List[Dict[str, Any]]:
+def bench_figures(records: int, invalid_ratio: float, rounds: int = ROUNDS, seed: int = 1) -> List[Dict[str, Any]]:
     event_filter = EventFilter.from_schemas()
     generated = EventGenerator(event_filter.rules, seed).mix(records, invalid_ratio)
     lines = [json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -141,7 +141,7 @@ def bench_figures(records: int, invalid_ratio: float, seed: int = 1) -> List[Dic
     gc.collect()
     gc.freeze()  # as serve and exec-filter do once the schemas are loaded
     try:
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for name, run in runs.items():
                 start = time.process_time()
                 count = run()

@@ -257,16 +257,16 @@ def start_relay(flags: List[str]) -> StartHop:
     return lambda downstream_port, workdir: RelayProcess(downstream_port, workdir, flags)
 
 
-def bench_figures(records: int, invalid_ratio: float) -> List[Dict[str, Any]]:
+def bench_figures(records: int, invalid_ratio: float, rounds: int = ROUNDS) -> List[Dict[str, Any]]:
     """The relay figure: pass-through, filtered, and filtered in workers, measured in the same run.
 
-    Each configuration runs `ROUNDS` times, interleaved, and the best run counts (the one
+    Each configuration runs `rounds` times, interleaved, and the best run counts (the one
     least disturbed by whatever else the machine does); CPU and peak RSS are the least seen.
     """
     payloads = bench_payloads(max(records, CHUNK_RECORDS), invalid_ratio)
     configurations = relay_configurations(os.cpu_count() or 1)
     best = measure_best(payloads, {name: start_relay(flags) for name, flags in configurations.items()},
-                        ROUNDS)
+                        rounds)
 
     def ratio(name: str, base: str) -> Optional[float]:
         rate, base_rate = best[name]["records_per_s"], best[base]["records_per_s"]

@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 from ..bench.core import filter_core_figure
 from ..errors import UsageError
 
-# Other ways of running the filter add figures by providing `bench_figures(records, invalid_ratio)`.
+# Other ways of running the filter add figures by providing `bench_figures(records, invalid_ratio, rounds)`.
 # atnorm.bench.agents adds a figure only when fluentd or fluent-bit is on PATH.
 EXTRA_FIGURES = ("atnorm.bench.filemode", "atnorm.bench.execfilter", "atnorm.bench.relay",
                  "atnorm.bench.agents")
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError:
                 continue
-            figures += module.bench_figures(args.records, args.invalid_ratio)
+            figures += module.bench_figures(args.records, args.invalid_ratio, args.rounds)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {"machine": machine(), "peak_rss_mib": round(peak_rss_mib, 1), "figures": figures}
     if args.json:
