@@ -183,3 +183,29 @@ def test_service_names_from_workers_share_the_relays_bound():
     assert len(services) == MAX_TRACKED_UNSCHEMED_SERVICES + 1
     assert relay_stats.by_service[("accepted", OTHER)] == MAX_TRACKED_UNSCHEMED_SERVICES
     assert relay_stats.received == 2 * MAX_TRACKED_UNSCHEMED_SERVICES
+
+
+def test_a_worker_hands_back_batches_in_the_entry_form_the_downstream_takes():
+    import multiprocessing
+
+    from atnorm.forward.codec import EventTime, unpack_entries
+    from atnorm.relay.filterpool import _Worker
+
+    invalid = load_event("vsi-provision.json")
+    del invalid["outcome"]
+    payload = pack_entries([Entry(EventTime(1700000000, 1), load_event("vsi-provision.json"), {"trace": "a"}),
+                            Entry(1700000001, invalid),
+                            Entry(EventTime(1700000002, 2), {"msg": "hello"}, {"trace": "b"})])
+    generation = multiprocessing.get_context("spawn").Value("i", 0)
+    for keep_metadata in (False, True):
+        worker = _Worker(filter_options(), ROUTES, generation, keep_metadata)
+        routed, _ = worker.route("audit.at", payload)
+        by_route = {route: (unpack_entries(packed)[0], count, plain) for route, _, packed, count, plain in routed}
+        assert sorted(by_route) == ["accepted", "passed", "rejected"]
+        if keep_metadata:  # as received; not plain where an entry has metadata
+            assert {route: (len(e), [x.metadata for x in e], plain) for route, (e, _, plain) in by_route.items()} == {
+                "accepted": (1, [{"trace": "a"}], False), "rejected": (1, [None], True),
+                "passed": (1, [{"trace": "b"}], False)}
+        else:  # plain: the relay sends these bytes as they are, without looking through them
+            assert all(plain and count == len(entries) and all(x.metadata is None for x in entries)
+                       for entries, count, plain in by_route.values())

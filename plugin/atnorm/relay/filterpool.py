@@ -4,7 +4,9 @@ The relay's event loop reads frames and moves bytes; with `filter_workers: N` (N
 each chunk's payload goes to one of N worker processes as it was received (a verbatim
 chunk, see `Chunk.verbatim`; any other chunk's entries are packed once), is decoded,
 decided and routed there,
-and come back as one packed payload per route, ready to hand on. Each worker builds its
+and come back as one packed payload per route, ready to hand on: in the entry form the
+downstream takes (metadata stripped unless it is kept), so the relay's process sends the
+bytes as they come and never looks through them record by record. Each worker builds its
 own `EventFilter` from the same `FilterOptions` (they reach it pickled); the counts it makes for a chunk travel
 back with the result and are added to the relay's `FilterStats`, so metrics and the
 stats record see one set of counters. A reload (SIGHUP, tuning file change) bumps a
@@ -29,19 +31,22 @@ from ..core.settings import FilterOptions, filter_settings
 from ..core.stats import FilterStats
 from ..forward.codec import Entry, pack_entries, unpack_entries
 from ..model.encodable import encodable
-from .routing import PackedBatch, Router, RouteSettings
+from .routing import PackedBatch, RoutedBatch, Router, RouteSettings
 
 log = logging.getLogger("atnorm.relay")
 
 Counts = Tuple[Any, ...]  # the FilterStats counters of one chunk, and its unschemed labels
-RoutedPayload = Tuple[str, str, bytes, int]
+RoutedPayload = Tuple[str, str, bytes, int, bool]  # route, tag, payload, count, plain
 
 
 class _Worker:
-    """What one worker process holds: its filter, its router and the generation it was built for."""
+    """What one worker process holds: its filter, its router and the generation it was built for.
+    `keep_metadata`: Fluent Bit's per-record metadata goes on (the metadata entry form)."""
 
-    def __init__(self, filter_options: FilterOptions, routes: RouteSettings, generation: Any) -> None:
+    def __init__(self, filter_options: FilterOptions, routes: RouteSettings, generation: Any,
+                 keep_metadata: bool = False) -> None:
         self.filter_options = filter_options
+        self.keep_metadata = keep_metadata
         self.generation = generation
         self.built_for = generation.value
         self.filter = EventFilter.from_schemas(settings=filter_settings(filter_options))
@@ -64,10 +69,23 @@ class _Worker:
         self.refresh()
         stats = self.filter.stats = FilterStats()  # this chunk's counts only
         entries: List[Entry] = unpack_entries(payload)[0]
-        routed = [(b.route, b.tag, _packed(b.entries), len(b.entries)) for b in self.router.route(tag, entries)]
+        keep_metadata = self.keep_metadata
+        routed = [_packed_batch(b, keep_metadata) for b in self.router.route(tag, entries)]
         counts = (stats.outcomes, stats.by_service, stats.rejections, stats.warnings, stats.fixes,
                   stats.unknown_actions, stats.unschemed)
         return routed, counts
+
+
+def _packed_batch(batch: RoutedBatch, keep_metadata: bool) -> RoutedPayload:
+    """A routed batch packed as the downstream is to get it, and whether it is plain (no
+    entry in the metadata form): the packing ForwardDestination does for a batch decided
+    in the relay's own process."""
+    entries = batch.entries
+    if any(entry.metadata is not None for entry in entries):
+        if keep_metadata:
+            return batch.route, batch.tag, _packed(entries), len(entries), False
+        entries = [Entry(entry.time, entry.record) for entry in entries]
+    return batch.route, batch.tag, _packed(entries), len(entries), True
 
 
 def _packed(entries: List[Entry]) -> bytes:
@@ -81,7 +99,8 @@ def _packed(entries: List[Entry]) -> bytes:
 _worker: Optional[_Worker] = None
 
 
-def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generation: Any) -> None:
+def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generation: Any,
+                  keep_metadata: bool) -> None:
     global _worker
     # Ctrl-C and SIGHUP reach the whole process group: the relay decides what they mean.
     # SIGTERM keeps its default: it is how the pool stops a worker (ProcessPoolExecutor
@@ -89,7 +108,7 @@ def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generati
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _worker = _Worker(filter_options, routes, generation)
+    _worker = _Worker(filter_options, routes, generation, keep_metadata)
     settle_after_start()  # schemas loaded: keep them out of every later collection
 
 
@@ -127,7 +146,7 @@ class FilterPool:
     """
 
     def __init__(self, workers: int, filter_options: FilterOptions, routes: RouteSettings,
-                 stats: FilterStats) -> None:
+                 stats: FilterStats, keep_metadata: bool = False) -> None:
         if workers < 2:
             raise ValueError("a filter pool needs at least 2 workers")
         self.workers = workers
@@ -137,7 +156,7 @@ class FilterPool:
         # spawn, not fork: the relay has threads (spool, metrics) that a fork would copy mid-lock.
         self._context = multiprocessing.get_context("spawn")
         self._generation = self._context.Value("i", 0)
-        self._arguments = (filter_options, routes, self._generation)
+        self._arguments = (filter_options, routes, self._generation, keep_metadata)
         self._executor = self._new_executor()
         self._local: Optional[_Worker] = None
         self._closing = False

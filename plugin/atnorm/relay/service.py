@@ -452,7 +452,9 @@ class Relay:
             # Workers build their filters from the options the relay's filter was built from.
             if filter_options is None:
                 raise ValueError("filter workers need the filter options")
-            self.pool = FilterPool(settings.filter_workers, filter_options, routes, self.filter_stats)
+            # Workers pack each batch in the entry form the downstream takes (see _payload).
+            self.pool = FilterPool(settings.filter_workers, filter_options, routes, self.filter_stats,
+                                   keep_metadata=settings.forward_entry_form == "metadata")
         self._reload_task: Optional["asyncio.Task[None]"] = None
         # Scanning for verbatim chunks pays where their payload goes on undecoded: passed
         # through, or sent to a worker. A relay deciding records itself decodes them anyway.
