@@ -165,7 +165,9 @@ class Chunk:
     options: Dict[Any, Any] = field(default_factory=dict)
     invalid: int = 0  # entries kept with a `problem` (no usable time or shape): they go to the rejected route
     digest: Optional[bytes] = None  # of the chunk's content as received (entries or payload), when it has an id
-    verbatim: Optional[bytes] = None  # the payload, when every entry can be handed on byte for byte
+    # the payload, when every entry can be handed on byte for byte (or, when scanned so, is
+    # in the metadata form and otherwise could)
+    verbatim: Optional[bytes] = None
     verbatim_count: int = 0
 
     @property
@@ -445,6 +447,8 @@ def unpack_entries(payload: Union[bytes, bytearray]) -> Tuple[List[Entry], int]:
 
 
 _MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+# First bytes of an array (a metadata entry's head is a [time, metadata] pair).
+_PAIR_HEADERS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 # First bytes of a time that may be kept: fixext8 or ext8 (EventTime), or an integer.
 _TIME_HEADS = frozenset(range(0x01, 0x80)) | {0xD7, 0xC7, 0xCC, 0xCD, 0xCE, 0xCF, 0xD0, 0xD1, 0xD2, 0xD3}
 # msgpack-python checks an ext -1 (Timestamp) while decoding, which skipping does not do; a
@@ -452,12 +456,16 @@ _TIME_HEADS = frozenset(range(0x01, 0x80)) | {0xD7, 0xC7, 0xCC, 0xCD, 0xCE, 0xCF
 _TIMESTAMP_TYPE = b"\xff"
 
 
-def scan_packed(payload: Union[bytes, bytearray]) -> Optional[int]:
+def scan_packed(payload: Union[bytes, bytearray], metadata: bool = False) -> Optional[int]:
     """How many entries a PackedForward payload holds, when every one of them can be handed
     on byte for byte: `[time, map]` with a time kept as it is (EventTime with seconds != 0
     and nanoseconds < 1e9, or an int in (0, 2**32)), none in the metadata form. Else None:
     the payload must be decoded (`unpack_entries`), which also raises the ProtocolError of
     a payload that is not valid.
+
+    With `metadata`, Fluent Bit's `[[time, map], map]` entries (such a time, a metadata
+    map) count too: for a handler that decodes the payload elsewhere (a filter worker)
+    rather than handing it on, where decoding it there gives what decoding it here would.
 
     Records are skipped, not decoded (about a tenth of the cost). Skipping checks their
     msgpack structure but not what only building Python objects finds: a map key that is
@@ -476,10 +484,21 @@ def scan_packed(payload: Union[bytes, bytearray]) -> Optional[int]:
         while True:
             if read_header() != 2:
                 return None
-            if payload[tell()] not in _TIME_HEADS:
-                return None
-            if not _kept_as_sent(unpack()):
-                return None
+            if metadata and payload[tell()] in _PAIR_HEADERS:
+                # [time, metadata map]: a pair, a kept time, a map that skipping may vouch for.
+                if read_header() != 2 or payload[tell()] not in _TIME_HEADS or not _kept_as_sent(unpack()):
+                    return None
+                start = tell()
+                if payload[start] not in _MAP_HEADERS:
+                    return None
+                skip()
+                if find(_TIMESTAMP_TYPE, start, tell()) != -1:
+                    return None
+            else:
+                if payload[tell()] not in _TIME_HEADS:
+                    return None
+                if not _kept_as_sent(unpack()):
+                    return None
             start = tell()
             if payload[start] not in _MAP_HEADERS:
                 return None
@@ -534,7 +553,8 @@ def _text_tag(tag: Any) -> str:
 
 
 def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
-                raw: Optional[Union[bytes, bytearray]] = None, scan: bool = False) -> Chunk:
+                raw: Optional[Union[bytes, bytearray]] = None, scan: bool = False,
+                scan_metadata: bool = False) -> Chunk:
     """One decoded msgpack array → Chunk, by the mode element [1] selects.
 
     Every entry the frame holds becomes one Entry; those that cannot be events carry a
@@ -543,7 +563,8 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
     payload once decompressed, or of the frame's bytes `raw` when given (else of the frame
     packed again).
     With `scan`, a (Compressed)PackedForward payload whose entries can all be handed on
-    byte for byte (`scan_packed`) makes a verbatim chunk, decoded only when asked.
+    byte for byte (`scan_packed`) makes a verbatim chunk, decoded only when asked; with
+    `scan_metadata` too, one whose entries may also be in the metadata form.
     Raises ProtocolError for a frame that cannot be a forward message, an unsupported
     compression, a payload that does not decompress completely, or one over
     `max_decompressed_size` once inflated.
@@ -577,7 +598,7 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
             raise ProtocolError("unsupported_compression", f"unknown compression {compressed!r}")
         if options.get("chunk") is not None:
             digest = _content_digest(payload)
-        count = scan_packed(payload) if scan else None
+        count = scan_packed(payload, scan_metadata) if scan else None
         if count is not None:
             return Chunk(tag, None, options.get("chunk"), mode, peer, options, 0, digest,
                          payload if type(payload) is bytes else bytes(payload), count)

@@ -459,8 +459,11 @@ class Relay:
         # Scanning for verbatim chunks pays where their payload goes on undecoded: passed
         # through, or sent to a worker. A relay deciding records itself decodes them anyway.
         verbatim_chunks = self.router.decide is None or self.pool is not None
-        self.server = ForwardServer(self.handle_chunk, dataclasses.replace(server_settings(settings),
-                                    verbatim_chunks=verbatim_chunks), stats=self.relay_stats)
+        # A worker decodes whatever it gets, Fluent Bit's metadata form included; a
+        # pass-through relay hands metadata entries on only once decoded (see _payload).
+        self.server = ForwardServer(self.handle_chunk, dataclasses.replace(
+            server_settings(settings), verbatim_chunks=verbatim_chunks,
+            verbatim_metadata=self.pool is not None), stats=self.relay_stats)
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None
         self._stats_task: Optional["asyncio.Task[None]"] = None
