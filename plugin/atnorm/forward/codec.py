@@ -479,25 +479,32 @@ def scan_packed(payload: Union[bytes, bytearray], metadata: bool = False) -> Opt
     unpacker.feed(payload)
     read_header, unpack, skip, tell = unpacker.read_array_header, unpacker.unpack, unpacker.skip, unpacker.tell
     find = payload.find
+    read_time = _EVENT_TIME.unpack_from
     count = 0
     try:
         while True:
             if read_header() != 2:
                 return None
-            if metadata and payload[tell()] in _PAIR_HEADERS:
-                # [time, metadata map]: a pair, a kept time, a map that skipping may vouch for.
-                if read_header() != 2 or payload[tell()] not in _TIME_HEADS or not _kept_as_sent(unpack()):
+            head = payload[tell()]
+            with_metadata = metadata and head in _PAIR_HEADERS
+            if with_metadata:  # [time, metadata map]
+                if read_header() != 2:
                     return None
+                head = payload[tell()]
+            if head == 0xD7 and payload[tell() + 1] == EVENT_TIME_EXT_CODE:
+                # An EventTime (fixext8), read in place: no object made for it.
+                seconds, nanoseconds = read_time(payload, tell() + 2)
+                if not seconds or nanoseconds >= _NANOSECONDS:
+                    return None
+                skip()
+            elif head not in _TIME_HEADS or not _kept_as_sent(unpack()):
+                return None
+            if with_metadata:  # a map that skipping may vouch for, as a record
                 start = tell()
                 if payload[start] not in _MAP_HEADERS:
                     return None
                 skip()
                 if find(_TIMESTAMP_TYPE, start, tell()) != -1:
-                    return None
-            else:
-                if payload[tell()] not in _TIME_HEADS:
-                    return None
-                if not _kept_as_sent(unpack()):
                     return None
             start = tell()
             if payload[start] not in _MAP_HEADERS:
