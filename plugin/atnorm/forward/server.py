@@ -293,10 +293,11 @@ class ServerSettings:
     # byte for byte undecoded (`Chunk.verbatim`): for a handler that hands payloads on as
     # they are (a pass-through relay, filter workers); others would pay the scan for nothing.
     verbatim_chunks: bool = False
-    # With verbatim_chunks: entries in Fluent Bit's metadata form leave a payload verbatim
-    # too, for a handler that decodes payloads elsewhere (filter workers) rather than
-    # handing them on as they are (those entries go on plain unless metadata is kept).
-    verbatim_metadata: bool = False
+    # With verbatim_chunks, for a handler that decodes payloads elsewhere (filter workers)
+    # rather than handing them on as they are: a payload is left undecoded whenever
+    # decoding it there gives what decoding it here would (`scan_packed`'s
+    # decoded_elsewhere), Fluent Bit's metadata form included.
+    verbatim_decoded_elsewhere: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", tuple(self.listen))  # a list given stays the caller's
@@ -355,7 +356,7 @@ class ForwardServer:
         self.max_inflight = settings.max_inflight
         self.udp_heartbeat = settings.udp_heartbeat
         self.verbatim_chunks = settings.verbatim_chunks
-        self.verbatim_metadata = settings.verbatim_metadata
+        self.verbatim_decoded_elsewhere = settings.verbatim_decoded_elsewhere
         self.stats = stats if stats is not None else RelayStats()
         self.memory = _MemoryBudget(settings.max_input_memory, self.stats)
         self._acked = DedupWindow(settings.dedup_chunks, settings.dedup_seconds)
@@ -887,11 +888,11 @@ class _Connection:
                 chunk = await asyncio.to_thread(parse_frame, frame, max_decompressed_size=server.max_decompressed_size,
                                                 peer=self.peer, raw=self._frames.last_frame,
                                                 scan=server.verbatim_chunks,
-                                                scan_metadata=server.verbatim_metadata)
+                                                decoded_elsewhere=server.verbatim_decoded_elsewhere)
             else:
                 chunk = parse_frame(frame, max_decompressed_size=server.max_decompressed_size, peer=self.peer,
                                     raw=self._frames.last_frame, scan=server.verbatim_chunks,
-                                    scan_metadata=server.verbatim_metadata)
+                                    decoded_elsewhere=server.verbatim_decoded_elsewhere)
         except BaseException:
             self.server.memory.give(charge)
             raise
@@ -943,7 +944,7 @@ class _Connection:
             self._inflated = size
             chunk = await asyncio.to_thread(parse_frame, plain, max_decompressed_size=server.max_decompressed_size,
                                             peer=self.peer, scan=server.verbatim_chunks,
-                                            scan_metadata=server.verbatim_metadata)
+                                            decoded_elsewhere=server.verbatim_decoded_elsewhere)
         except BaseException:
             server.memory.give(self._inflated)
             raise

@@ -462,10 +462,10 @@ class Relay:
         # through, or sent to a worker. A relay deciding records itself decodes them anyway.
         verbatim_chunks = self.router.decide is None or self.pool is not None
         # A worker decodes whatever it gets, Fluent Bit's metadata form included; a
-        # pass-through relay hands metadata entries on only once decoded (see _payload).
+        # pass-through relay hands on as received only what needs no decoding.
         self.server = ForwardServer(self.handle_chunk, dataclasses.replace(
             server_settings(settings), verbatim_chunks=verbatim_chunks,
-            verbatim_metadata=self.pool is not None), stats=self.relay_stats)
+            verbatim_decoded_elsewhere=self.pool is not None), stats=self.relay_stats)
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None
         self._stats_task: Optional["asyncio.Task[None]"] = None
