@@ -88,3 +88,69 @@ def test_an_unknown_entry_form_is_a_clear_config_error():
 
     with pytest.raises((ConfigError, SystemExit)):
         relay_settings("--forward", "127.0.0.1:1", "--forward-entry-form", "fancy")
+
+
+def _metadata_chunk() -> bytes:
+    """Fluent Bit's metadata form and the plain form mixed, with records for every route."""
+    from support import load_event
+
+    valid = load_event("vsi-provision.json")
+    invalid = load_event("vsi-provision.json")
+    del invalid["outcome"]
+    other = load_event("platform-log-not-an-event.json")
+    return pack_entries([Entry(EventTime(1700000000, 1), valid, {"trace": "a"}),
+                         Entry(EventTime(1700000001, 2), invalid, {"trace": "b"}),
+                         Entry(1700000002, other),
+                         Entry(EventTime(1700000003, 3), other, {"trace": "c"}),
+                         Entry(1700000004, valid)])
+
+
+def _filtering_relay(tmp_path: Path, receiver_port: int, workers: int, form: str) -> Relay:
+    import argparse
+
+    from atnorm.cli.serve import configure_parser
+    from atnorm.core.pipeline import EventFilter
+    from atnorm.core.settings import resolve_filter_options
+    from atnorm.core.stats import FilterStats
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    settings = relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver_port}",
+                              "--data-dir", str(tmp_path), "--filter-workers", str(workers),
+                              "--forward-entry-form", form)
+    return Relay(settings, EventFilter.from_schemas(stats=FilterStats()),
+                 filter_options=resolve_filter_options(parser.parse_args([])))
+
+
+@pytest.mark.parametrize("form", ["plain", "metadata"])
+def test_filter_workers_send_the_bytes_the_relays_own_process_sends(tmp_path, form):
+    """Workers pack each batch in the configured entry form: downstream gets, per tag, the
+    very payload a relay deciding in its own process sends."""
+    from support import forward_sender, run
+
+    payload = _metadata_chunk()
+
+    async def through(workers: int) -> dict:
+        async with ForwardReceiver() as receiver:
+            relay = _filtering_relay(tmp_path / str(workers), receiver.port, workers, form)
+            await relay.start()
+            try:
+                sender = forward_sender([("127.0.0.1", relay.server.port)])
+                assert await sender.send("audit.at", payload, 5)
+                await sender.close()
+                await receiver.wait_for(lambda: len(receiver.events) == 5, 120)
+            finally:
+                await relay.stop()
+            assert len(receiver.frames) == len({frame.tag for frame in receiver.frames})
+            return {frame.tag: frame for frame in receiver.frames}
+
+    own = run(through(1))
+    workers = run(through(2))
+    assert sorted(own) == ["audit.at", "audit.at.rejected"]
+    assert {tag: frame.payload for tag, frame in workers.items()} == \
+        {tag: frame.payload for tag, frame in own.items()}
+    heads = [t for frame in workers.values() for t, _ in frame.entries]
+    if form == "metadata":
+        assert sum(isinstance(t, list) for t in heads) == 3
+    else:
+        assert not any(isinstance(t, list) for t in heads)

@@ -183,3 +183,112 @@ def test_service_names_from_workers_share_the_relays_bound():
     assert len(services) == MAX_TRACKED_UNSCHEMED_SERVICES + 1
     assert relay_stats.by_service[("accepted", OTHER)] == MAX_TRACKED_UNSCHEMED_SERVICES
     assert relay_stats.received == 2 * MAX_TRACKED_UNSCHEMED_SERVICES
+
+
+def test_a_worker_hands_back_batches_in_the_entry_form_the_downstream_takes():
+    import multiprocessing
+
+    from atnorm.forward.codec import EventTime, unpack_entries
+    from atnorm.relay.filterpool import _Worker
+
+    invalid = load_event("vsi-provision.json")
+    del invalid["outcome"]
+    payload = pack_entries([Entry(EventTime(1700000000, 1), load_event("vsi-provision.json"), {"trace": "a"}),
+                            Entry(1700000001, invalid),
+                            Entry(EventTime(1700000002, 2), {"msg": "hello"}, {"trace": "b"})])
+    generation = multiprocessing.get_context("spawn").Value("i", 0)
+    for form in ("plain", "metadata"):
+        worker = _Worker(filter_options(), ROUTES, generation, form)
+        routed, _ = worker.route("audit.at", payload)
+        by_route = {b.route: (unpack_entries(b.payload)[0], b.count, b.plain) for b in routed}
+        assert sorted(by_route) == ["accepted", "passed", "rejected"]
+        if form == "metadata":  # as received; not plain where an entry has metadata
+            assert {route: (len(e), [x.metadata for x in e], plain) for route, (e, _, plain) in by_route.items()} == {
+                "accepted": (1, [{"trace": "a"}], False), "rejected": (1, [None], True),
+                "passed": (1, [{"trace": "b"}], False)}
+        else:  # plain: the relay sends these bytes as they are, without looking through them
+            assert all(plain and count == len(entries) and all(x.metadata is None for x in entries)
+                       for entries, count, plain in by_route.values())
+
+
+def _odd_records():
+    """Records of JSON's own types, and every kind that is not (each changed or refused
+    somewhere between msgpack and a JSON line)."""
+    import msgpack
+
+    from atnorm.forward.codec import EventTime
+
+    deep = current = {}
+    for _ in range(150):
+        current["d"] = current = {}
+    return [
+        load_event("vsi-provision.json"), {"plain": [1, 2.5, None, True, "naïve ✓"]}, {1: "int key", None: 2},
+        {"tuple": (1, 2)}, {"bin": b"\x00\xff"}, {"utf8 bin": "é".encode()}, {"ext": msgpack.ExtType(5, b"x")},
+        {"stamp": msgpack.Timestamp(1, 2)}, {"time": EventTime(1700000000, 5)}, {"nan": float("nan")},
+        {"inf": float("-inf")}, {"lone": "\ud800"}, {"escaped": "a\udcffb"}, {"big": 2 ** 70},
+        {"long digits": 10 ** 25}, {"digits as text": "1234567890123456789012"}, deep, {"set": {1}},
+    ]
+
+
+def test_lines_from_a_worker_are_the_lines_its_packed_batch_would_have_written(tmp_path):
+    """For the files destination a worker writes JSON lines itself: byte for byte what the
+    store wrote for the packed batch it used to send, records of every kind."""
+    from atnorm.relay.filterpool import _lines_batch, _packed
+    from atnorm.relay.localstore import LocalStore
+    from atnorm.relay.routing import PackedBatch, RoutedBatch
+
+    odd = _odd_records()
+    batches = [[record] for record in odd] + [odd[:3], odd[:3] + [odd[4]], odd[:3] + [odd[-1]], odd]
+    for name in ("packed", "lines"):
+        store = LocalStore(str(tmp_path / name))
+        for n, records in enumerate(batches):
+            entries = [Entry(1700000000 + i, record) for i, record in enumerate(records)]
+            routed = RoutedBatch(("accepted", "passed")[n % 2], "audit.at", entries)
+            batch = (PackedBatch(routed.route, routed.tag, _packed(entries), len(entries)) if name == "packed"
+                     else _lines_batch(routed))
+            assert asyncio.run(store.store([batch]))
+        asyncio.run(store.close())
+    written = {path.name: path.read_bytes() for path in (tmp_path / "packed").iterdir()}
+    assert sorted(written) == ["accepted.jsonl", "passed.jsonl", "rejected.jsonl"]
+    assert {path.name: path.read_bytes() for path in (tmp_path / "lines").iterdir()} == written
+
+
+def test_a_relay_with_workers_and_no_downstream_writes_the_lines_its_own_process_writes(tmp_path):
+    from atnorm.core.pipeline import EventFilter
+    from atnorm.forward.codec import EventTime
+    from atnorm.relay.routing import LinesBatch
+    from atnorm.relay.service import Relay
+    from support import forward_sender, relay_settings, run
+
+    invalid = load_event("vsi-provision.json")
+    del invalid["outcome"]
+    payload = pack_entries([Entry(EventTime(1700000000 + n, n), record) for n, record in enumerate(
+        [load_event("vsi-provision.json"), invalid, {"msg": "hello", "n": [1, 2.5]}] * 3)])
+
+    async def through(workers: int):
+        data = tmp_path / str(workers)
+        relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--data-dir", str(data),
+                                     "--filter-workers", str(workers)),
+                      EventFilter.from_schemas(stats=FilterStats()), filter_options=filter_options())
+        await relay.start()
+        kinds = []
+        deliver = relay.destination.deliver
+
+        async def watched(batches):
+            kinds.extend(type(batch).__name__ for batch in batches)
+            return await deliver(batches)
+
+        relay.destination.deliver = watched
+        try:
+            sender = forward_sender([("127.0.0.1", relay.server.port)])
+            assert await sender.send("audit.at", payload, 9)
+            await sender.close()
+        finally:
+            await relay.stop()
+        return {path.name: path.read_bytes() for path in data.iterdir() if path.suffix == ".jsonl"}, kinds
+
+    own, own_kinds = run(through(1))
+    workers, worker_kinds = run(through(2))
+    assert sorted(own) == ["accepted.jsonl", "passed.jsonl", "rejected.jsonl"]
+    assert workers == own
+    assert set(own_kinds) == {"RoutedBatch"} and set(worker_kinds) == {LinesBatch.__name__}

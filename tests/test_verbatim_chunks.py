@@ -204,13 +204,98 @@ def test_the_scan_vouches_for_a_payload_exactly_when_the_decoder_keeps_every_ent
     assert totals["verbatim"] > 100 and totals["decoded"] > 100 and totals["0xff"] > 10
 
 
+# Maps holding the byte 0xff: valid ones, and a Timestamp (ext -1) of a length it cannot have,
+# which only decoding refuses.
+_HOLDING_0XFF = [mp({"n": -1}), mp({"n": 255}), mp({"s": "x" * 255}), mp({"t": msgpack.Timestamp(1, 2)}),
+                 b"\x81" + mp("bad") + b"\xd4\xff\x00"]
+
+
+def _metadata_entry(rng: random.Random) -> bytes:
+    """Fluent Bit's `[[time, metadata], record]`: mostly one a worker may decode later, else
+    one with something the scan must not vouch for."""
+    record = mp(_record(rng))
+    choice = rng.randrange(12)
+    if choice == 0:
+        return b"\x92" + b"\x92" + rng.choice(UNKEPT_TIMES) + mp({"m": 1}) + record
+    if choice == 1:  # metadata that is not a map
+        return b"\x92" + b"\x92" + _clean_time(rng) + mp(rng.choice([None, [1], "m", 5])) + record
+    if choice == 2:  # a head of 1 or 3 elements
+        return b"\x92" + rng.choice([b"\x91" + _clean_time(rng), b"\x93" + _clean_time(rng) + mp({}) + mp(1)]) + record
+    if choice == 3:  # the byte 0xff in the metadata: -1, 255, a Timestamp (ext -1), one that is not
+        return b"\x92" + b"\x92" + _clean_time(rng) + rng.choice(_HOLDING_0XFF) + record
+    if choice == 4:  # a record that is not a map
+        return b"\x92" + b"\x92" + _clean_time(rng) + mp({"m": 1}) + mp(rng.choice(["text", None, 7]))
+    head = b"\xdc\x00\x02" if rng.randrange(5) == 0 else b"\x92"
+    metadata = rng.choice([{}, {"m": 1}, {"trace": "abc", "n": [1, 2]}, {1: "int key"}])
+    return b"\x92" + head + _clean_time(rng) + rng.choice([mp, wide])(metadata) + record
+
+
+def _holding_0xff_entry(rng: random.Random) -> bytes:
+    return b"\x92" + _clean_time(rng) + rng.choice(_HOLDING_0XFF)
+
+
+def _metadata_payload(rng: random.Random) -> bytes:
+    body = b"".join(_metadata_entry(rng) if rng.random() < 0.3 else
+                    (_unclean_entry(rng) if rng.random() < 0.01 else
+                     _holding_0xff_entry(rng) if rng.random() < 0.03 else _clean_entry(rng))
+                    for _ in range(rng.randrange(1, 20)))
+    damage = rng.randrange(12)
+    if damage == 0:
+        body = body[: rng.randrange(len(body))]
+    elif damage == 1:
+        body += rng.choice([b"\xc1", b"\x92", b"\x92\x92", b"\xd7\x00"])
+    return body
+
+
+def _kept_with_metadata(item: Any) -> bool:
+    """What a worker may decode later: kept as is, or the metadata form of it."""
+    if type(item) is list and len(item) == 2 and type(item[0]) is list:
+        head = item[0]
+        return len(head) == 2 and type(head[1]) is dict and _kept_as_is([head[0], item[1]])
+    return _kept_as_is(item)
+
+
+def test_scanned_for_a_worker_a_payload_is_vouched_for_exactly_when_it_decodes_as_is():
+    """For a handler that decodes elsewhere, the scan also takes the metadata form, and
+    records or metadata holding the byte 0xff once they decode alone: then exactly every
+    payload that decodes with every entry kept as it is."""
+    rng = random.Random(20251202)
+    totals = {"verbatim": 0, "with_metadata": 0, "with_0xff": 0, "decoded": 0, "errors": 0}
+    for _ in range(3000):
+        payload = _metadata_payload(rng)
+        verdict = scan_packed(payload, decoded_elsewhere=True)
+        outcome, value = _eager(payload)
+        if outcome == "error":
+            totals["errors"] += 1
+            if "unhashable" not in value[1]:
+                assert verdict is None, payload
+            continue
+        entries, invalid = value
+        items = list(_feed(payload))
+        if bool(items) and all(_kept_with_metadata(item) for item in items):
+            assert verdict == len(entries), payload
+            assert invalid == 0
+            totals["verbatim"] += 1
+            if any(entry.metadata is not None for entry in entries):
+                totals["with_metadata"] += 1
+                assert scan_packed(payload) is None  # not for a relay that hands it on as it is
+            if b"\xff" in payload:
+                totals["with_0xff"] += 1
+        else:
+            assert verdict is None, payload
+            totals["decoded"] += 1
+    assert totals["with_metadata"] > 300 and totals["with_0xff"] > 100
+    assert totals["decoded"] > 300 and totals["errors"] > 100
+
+
 @pytest.mark.parametrize("compressed", [None, "gzip"])
-def test_a_verbatim_chunk_decodes_later_to_exactly_the_entries_of_decoding_at_once(compressed):
-    rng = random.Random(7 if compressed else 8)
+@pytest.mark.parametrize("metadata", [False, True])
+def test_a_verbatim_chunk_decodes_later_to_exactly_the_entries_of_decoding_at_once(compressed, metadata):
+    rng = random.Random((7 if compressed else 8) + (10 if metadata else 0))
     started = int(time.time())
     verbatim = 0
     for n in range(400):
-        payload = _payload(rng)
+        payload = _metadata_payload(rng) if metadata else _payload(rng)
         body = gzip.compress(payload) if compressed else payload
         frame = unpackb(packed_forward_frame("audit.at", body, chunk_id=f"c{n}", compressed=compressed))
         try:
@@ -219,14 +304,14 @@ def test_a_verbatim_chunk_decodes_later_to_exactly_the_entries_of_decoding_at_on
             with pytest.raises(ProtocolError) as raised:
                 chunk = parse_frame(unpackb(packed_forward_frame("audit.at", body, chunk_id=f"c{n}",
                                                                  compressed=compressed)),
-                                    max_decompressed_size=1 << 20, scan=True)
+                                    max_decompressed_size=1 << 20, scan=True, decoded_elsewhere=metadata)
                 if "unhashable" in str(exc):  # valid msgpack: refused only once decoded
                     assert chunk.verbatim == payload
                     _ = chunk.entries  # decoding is where it is refused
             assert (raised.value.kind, str(raised.value)) == (exc.kind, str(exc))
             continue
         lazy = parse_frame(unpackb(packed_forward_frame("audit.at", body, chunk_id=f"c{n}", compressed=compressed)),
-                           max_decompressed_size=1 << 20, scan=True)
+                           max_decompressed_size=1 << 20, scan=True, decoded_elsewhere=metadata)
         assert (lazy.tag, lazy.chunk_id, lazy.mode, lazy.invalid, lazy.digest, lazy.resend_key) == \
                (eager.tag, eager.chunk_id, eager.mode, eager.invalid, eager.digest, eager.resend_key)
         assert lazy.entry_count == eager.entry_count == len(eager.entries)
@@ -350,7 +435,7 @@ def test_only_relays_that_hand_payloads_on_undecoded_scan_them(tmp_path):
     passing = Relay(relay_settings("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--filter", "off"),
                     None)
     assert not filtering.server.verbatim_chunks
-    assert passing.server.verbatim_chunks
+    assert passing.server.verbatim_chunks and not passing.server.verbatim_decoded_elsewhere
 
 
 def test_filter_workers_get_verbatim_payloads_undecoded_and_every_record_leaves_once(tmp_path):
@@ -368,6 +453,12 @@ def test_filter_workers_get_verbatim_payloads_undecoded_and_every_record_leaves_
     other = load_event("platform-log-not-an-event.json")
     clean = [b"".join(b"\x92" + Time(1700000000 + n).encode() + mp(record) for record in (valid, invalid, other))
              for n in range(3)]
+    # Fluent Bit's metadata form: decoded by the worker too, and sent on plain.
+    clean.append(b"".join(b"\x92" + b"\x92" + Time(1700000010 + n).encode() + mp({"trace": n}) + mp(record)
+                          for n, record in enumerate((valid, invalid, other))))
+    # Records holding the byte 0xff (here -1): they decode, so the worker takes them undecoded.
+    clean.append(b"\x92" + Time(1700000020).encode() + mp(valid)
+                 + b"\x92" + Time(1700000021).encode() + mp(dict(other, level=-1)))
     unclean = b"\x92" + mp(0) + mp(valid) + b"\x92" + mp(1700000009) + mp("not a map")
     parser = argparse.ArgumentParser()
     configure_parser(parser)
@@ -389,22 +480,23 @@ def test_filter_workers_get_verbatim_payloads_undecoded_and_every_record_leaves_
             relay.server.handler = watched
             await relay.start()
             try:
-                assert relay.server.verbatim_chunks
+                assert relay.server.verbatim_chunks and relay.server.verbatim_decoded_elsewhere
                 sender = forward_sender([("127.0.0.1", relay.server.port)])
                 for payload in clean:
-                    assert await sender.send("audit.at", payload, 3)
+                    assert await sender.send("audit.at", payload, len(unpack_entries(payload)[0]))
                 assert await sender.send("audit.at", unclean, 2)
                 await sender.close()
-                await receiver.wait_for(lambda: len(receiver.events) == 11)
+                await receiver.wait_for(lambda: len(receiver.events) == 16)
             finally:
                 await relay.stop()
         return relay, receiver
 
     relay, receiver = run(scenario(), 300)
     # The relay's process never decoded a verbatim chunk: its workers did.
-    assert sorted(handled) == [(False, False, True)] + [(True, True, True)] * 3
+    assert sorted(handled) == [(False, False, True)] + [(True, True, True)] * 5
     tags = [tag for tag, _, _ in receiver.events]
-    assert len(receiver.events) == 11
-    assert tags.count("audit.at.rejected") == 4 and tags.count("audit.at") == 7
+    assert len(receiver.events) == 16
+    assert tags.count("audit.at.rejected") == 5 and tags.count("audit.at") == 11
+    assert not any(isinstance(head, list) for frame in receiver.frames for head, _ in frame.entries)
     counts = relay.filter_stats.snapshot()
-    assert (counts["received"], counts["accepted"], counts["rejected"], counts["passed"]) == (11, 4, 4, 3)
+    assert (counts["received"], counts["accepted"], counts["rejected"], counts["passed"]) == (16, 6, 5, 5)

@@ -165,7 +165,9 @@ class Chunk:
     options: Dict[Any, Any] = field(default_factory=dict)
     invalid: int = 0  # entries kept with a `problem` (no usable time or shape): they go to the rejected route
     digest: Optional[bytes] = None  # of the chunk's content as received (entries or payload), when it has an id
-    verbatim: Optional[bytes] = None  # the payload, when every entry can be handed on byte for byte
+    # the payload, when every entry can be handed on byte for byte (or, scanned for a
+    # handler that decodes it elsewhere, decoded there as here: see scan_packed)
+    verbatim: Optional[bytes] = None
     verbatim_count: int = 0
 
     @property
@@ -445,6 +447,8 @@ def unpack_entries(payload: Union[bytes, bytearray]) -> Tuple[List[Entry], int]:
 
 
 _MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+# First bytes of an array (a metadata entry's head is a [time, metadata] pair).
+_PAIR_HEADERS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 # First bytes of a time that may be kept: fixext8 or ext8 (EventTime), or an integer.
 _TIME_HEADS = frozenset(range(0x01, 0x80)) | {0xD7, 0xC7, 0xCC, 0xCD, 0xCE, 0xCF, 0xD0, 0xD1, 0xD2, 0xD3}
 # msgpack-python checks an ext -1 (Timestamp) while decoding, which skipping does not do; a
@@ -452,12 +456,18 @@ _TIME_HEADS = frozenset(range(0x01, 0x80)) | {0xD7, 0xC7, 0xCC, 0xCD, 0xCE, 0xCF
 _TIMESTAMP_TYPE = b"\xff"
 
 
-def scan_packed(payload: Union[bytes, bytearray]) -> Optional[int]:
+def scan_packed(payload: Union[bytes, bytearray], decoded_elsewhere: bool = False) -> Optional[int]:
     """How many entries a PackedForward payload holds, when every one of them can be handed
     on byte for byte: `[time, map]` with a time kept as it is (EventTime with seconds != 0
     and nanoseconds < 1e9, or an int in (0, 2**32)), none in the metadata form. Else None:
     the payload must be decoded (`unpack_entries`), which also raises the ProtocolError of
     a payload that is not valid.
+
+    With `decoded_elsewhere`, for a handler that decodes the payload elsewhere (a filter
+    worker) rather than handing it on, what decoding it there would give as decoding it
+    here does counts too: Fluent Bit's `[[time, map], map]` entries (such a time, a
+    metadata map), and a record or metadata map holding the byte 0xff once decoding that
+    map alone shows it decodes.
 
     Records are skipped, not decoded (about a tenth of the cost). Skipping checks their
     msgpack structure but not what only building Python objects finds: a map key that is
@@ -471,27 +481,55 @@ def scan_packed(payload: Union[bytes, bytearray]) -> Optional[int]:
     unpacker.feed(payload)
     read_header, unpack, skip, tell = unpacker.read_array_header, unpacker.unpack, unpacker.skip, unpacker.tell
     find = payload.find
+    read_time = _EVENT_TIME.unpack_from
     count = 0
     try:
         while True:
             if read_header() != 2:
                 return None
-            if payload[tell()] not in _TIME_HEADS:
+            head = payload[tell()]
+            with_metadata = decoded_elsewhere and head in _PAIR_HEADERS
+            if with_metadata:  # [time, metadata map]
+                if read_header() != 2:
+                    return None
+                head = payload[tell()]
+            if head == 0xD7 and payload[tell() + 1] == EVENT_TIME_EXT_CODE:
+                # An EventTime (fixext8), read in place: no object made for it.
+                seconds, nanoseconds = read_time(payload, tell() + 2)
+                if not seconds or nanoseconds >= _NANOSECONDS:
+                    return None
+                skip()
+            elif head not in _TIME_HEADS or not _kept_as_sent(unpack()):
                 return None
-            if not _kept_as_sent(unpack()):
-                return None
+            if with_metadata:  # a map that skipping may vouch for, as a record
+                start = tell()
+                if payload[start] not in _MAP_HEADERS:
+                    return None
+                skip()
+                if find(_TIMESTAMP_TYPE, start, tell()) != -1 and not _decodes(payload, start, tell()):
+                    return None
             start = tell()
             if payload[start] not in _MAP_HEADERS:
                 return None
             skip()
             position = tell()
-            if find(_TIMESTAMP_TYPE, start, position) != -1:
+            if find(_TIMESTAMP_TYPE, start, position) != -1 and not (
+                    decoded_elsewhere and _decodes(payload, start, position)):
                 return None
             count += 1
             if position == end:
                 return count
     except Exception:  # not valid, or cut short: decoding says how, with today's error
         return None
+
+
+def _decodes(payload: Union[bytes, bytearray], start: int, end: int) -> bool:
+    """Whether the msgpack object at payload[start:end] (skipped already) decodes."""
+    try:
+        msgpack.unpackb(payload[start:end], ext_hook=_ext_hook, **_UNPACK_OPTIONS)
+    except Exception:
+        return False
+    return True
 
 
 def _options(frame: List[Any], index: int) -> Dict[Any, Any]:
@@ -534,7 +572,8 @@ def _text_tag(tag: Any) -> str:
 
 
 def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
-                raw: Optional[Union[bytes, bytearray]] = None, scan: bool = False) -> Chunk:
+                raw: Optional[Union[bytes, bytearray]] = None, scan: bool = False,
+                decoded_elsewhere: bool = False) -> Chunk:
     """One decoded msgpack array → Chunk, by the mode element [1] selects.
 
     Every entry the frame holds becomes one Entry; those that cannot be events carry a
@@ -543,7 +582,9 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
     payload once decompressed, or of the frame's bytes `raw` when given (else of the frame
     packed again).
     With `scan`, a (Compressed)PackedForward payload whose entries can all be handed on
-    byte for byte (`scan_packed`) makes a verbatim chunk, decoded only when asked.
+    byte for byte (`scan_packed`) makes a verbatim chunk, decoded only when asked; with
+    `decoded_elsewhere` too, one whose entries a handler that decodes them elsewhere may
+    take undecoded (see `scan_packed`).
     Raises ProtocolError for a frame that cannot be a forward message, an unsupported
     compression, a payload that does not decompress completely, or one over
     `max_decompressed_size` once inflated.
@@ -577,7 +618,7 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
             raise ProtocolError("unsupported_compression", f"unknown compression {compressed!r}")
         if options.get("chunk") is not None:
             digest = _content_digest(payload)
-        count = scan_packed(payload) if scan else None
+        count = scan_packed(payload, decoded_elsewhere) if scan else None
         if count is not None:
             return Chunk(tag, None, options.get("chunk"), mode, peer, options, 0, digest,
                          payload if type(payload) is bytes else bytes(payload), count)

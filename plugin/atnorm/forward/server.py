@@ -293,6 +293,11 @@ class ServerSettings:
     # byte for byte undecoded (`Chunk.verbatim`): for a handler that hands payloads on as
     # they are (a pass-through relay, filter workers); others would pay the scan for nothing.
     verbatim_chunks: bool = False
+    # With verbatim_chunks, for a handler that decodes payloads elsewhere (filter workers)
+    # rather than handing them on as they are: a payload is left undecoded whenever
+    # decoding it there gives what decoding it here would (`scan_packed`'s
+    # decoded_elsewhere), Fluent Bit's metadata form included.
+    verbatim_decoded_elsewhere: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", tuple(self.listen))  # a list given stays the caller's
@@ -351,6 +356,7 @@ class ForwardServer:
         self.max_inflight = settings.max_inflight
         self.udp_heartbeat = settings.udp_heartbeat
         self.verbatim_chunks = settings.verbatim_chunks
+        self.verbatim_decoded_elsewhere = settings.verbatim_decoded_elsewhere
         self.stats = stats if stats is not None else RelayStats()
         self.memory = _MemoryBudget(settings.max_input_memory, self.stats)
         self._acked = DedupWindow(settings.dedup_chunks, settings.dedup_seconds)
@@ -881,10 +887,12 @@ class _Connection:
             elif size >= THREAD_DECODE_SIZE:
                 chunk = await asyncio.to_thread(parse_frame, frame, max_decompressed_size=server.max_decompressed_size,
                                                 peer=self.peer, raw=self._frames.last_frame,
-                                                scan=server.verbatim_chunks)
+                                                scan=server.verbatim_chunks,
+                                                decoded_elsewhere=server.verbatim_decoded_elsewhere)
             else:
                 chunk = parse_frame(frame, max_decompressed_size=server.max_decompressed_size, peer=self.peer,
-                                    raw=self._frames.last_frame, scan=server.verbatim_chunks)
+                                    raw=self._frames.last_frame, scan=server.verbatim_chunks,
+                                    decoded_elsewhere=server.verbatim_decoded_elsewhere)
         except BaseException:
             self.server.memory.give(charge)
             raise
@@ -935,7 +943,8 @@ class _Connection:
             server.memory.give(self._inflated - size)
             self._inflated = size
             chunk = await asyncio.to_thread(parse_frame, plain, max_decompressed_size=server.max_decompressed_size,
-                                            peer=self.peer, scan=server.verbatim_chunks)
+                                            peer=self.peer, scan=server.verbatim_chunks,
+                                            decoded_elsewhere=server.verbatim_decoded_elsewhere)
         except BaseException:
             server.memory.give(self._inflated)
             raise

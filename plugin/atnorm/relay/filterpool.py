@@ -3,13 +3,15 @@
 The relay's event loop reads frames and moves bytes; with `filter_workers: N` (N > 1)
 each chunk's payload goes to one of N worker processes as it was received (a verbatim
 chunk, see `Chunk.verbatim`; any other chunk's entries are packed once), is decoded,
-decided and routed there,
-and come back as one packed payload per route, ready to hand on. Each worker builds its
-own `EventFilter` from the same `FilterOptions` (they reach it pickled); the counts it makes for a chunk travel
-back with the result and are added to the relay's `FilterStats`, so metrics and the
-stats record see one set of counters. A reload (SIGHUP, tuning file change) bumps a
-shared generation number; each worker rebuilds its filter before its next chunk, and
-keeps the old one if the new configuration fails to build.
+decided and routed there, and comes back per route ready to hand on, so the relay's
+process never goes through it record by record: packed in the entry form the
+downstream takes (metadata stripped unless it is kept), or for the files destination
+as the JSON lines to append. Each worker builds its own `EventFilter` from the same
+`FilterOptions` (they reach it pickled); the counts it makes for a chunk travel back
+with the result and are added to the relay's `FilterStats`, so metrics and the stats
+record see one set of counters. A reload (SIGHUP, tuning file change) bumps a shared
+generation number; each worker rebuilds its filter before its next chunk, and keeps the
+old one if the new configuration fails to build.
 """
 
 from __future__ import annotations
@@ -21,27 +23,40 @@ import multiprocessing
 import signal
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.heap import settle_after_start
 from ..core.pipeline import EventFilter
 from ..core.settings import FilterOptions, filter_settings
 from ..core.stats import FilterStats
 from ..forward.codec import Entry, pack_entries, unpack_entries
-from ..model.encodable import encodable
-from .routing import PackedBatch, Router, RouteSettings
+from ..model.encodable import encodable, json_line
+from .localstore import json_lines
+from .routing import Batch, LinesBatch, PackedBatch, RoutedBatch, Router, RouteSettings
 
 log = logging.getLogger("atnorm.relay")
 
 Counts = Tuple[Any, ...]  # the FilterStats counters of one chunk, and its unschemed labels
-RoutedPayload = Tuple[str, str, bytes, int]
+# What a worker makes of each routed batch: a payload in the downstream's entry form, or
+# the JSON lines of the files destination.
+OUTPUT_FORMS = ("plain", "metadata", "json-lines")
+
+
+def output_form(forward: bool, entry_form: str) -> str:
+    """The form of a worker's batches for a relay with (or without) a downstream."""
+    return entry_form if forward else "json-lines"
 
 
 class _Worker:
-    """What one worker process holds: its filter, its router and the generation it was built for."""
+    """What one worker process holds: its filter, its router and the generation it was
+    built for; `form` (one of OUTPUT_FORMS) is what it makes of each routed batch."""
 
-    def __init__(self, filter_options: FilterOptions, routes: RouteSettings, generation: Any) -> None:
+    def __init__(self, filter_options: FilterOptions, routes: RouteSettings, generation: Any,
+                 form: str = "plain") -> None:
+        if form not in OUTPUT_FORMS:
+            raise ValueError(f"form must be one of {', '.join(OUTPUT_FORMS)}, got {form!r}")
         self.filter_options = filter_options
+        self.form = form
         self.generation = generation
         self.built_for = generation.value
         self.filter = EventFilter.from_schemas(settings=filter_settings(filter_options))
@@ -60,14 +75,50 @@ class _Worker:
         except Exception:  # the relay's own reload reports the mistake; keep deciding with the old rules
             pass
 
-    def route(self, tag: str, payload: bytes) -> Tuple[List[RoutedPayload], Counts]:
+    def route(self, tag: str, payload: bytes) -> Tuple[List[Batch], Counts]:
         self.refresh()
         stats = self.filter.stats = FilterStats()  # this chunk's counts only
         entries: List[Entry] = unpack_entries(payload)[0]
-        routed = [(b.route, b.tag, _packed(b.entries), len(b.entries)) for b in self.router.route(tag, entries)]
+        form = self.form
+        routed: List[Batch] = [_lines_batch(b) if form == "json-lines" else _packed_batch(b, form == "metadata")
+                               for b in self.router.route(tag, entries)]
         counts = (stats.outcomes, stats.by_service, stats.rejections, stats.warnings, stats.fixes,
                   stats.unknown_actions, stats.unschemed)
         return routed, counts
+
+
+def _packed_batch(batch: RoutedBatch, keep_metadata: bool) -> PackedBatch:
+    """A routed batch packed as the downstream is to get it, and whether it is plain (no
+    entry in the metadata form): the packing ForwardDestination does for a batch decided
+    in the relay's own process."""
+    entries = batch.entries
+    if any(entry.metadata is not None for entry in entries):
+        if keep_metadata:
+            return PackedBatch(batch.route, batch.tag, _packed(entries), len(entries), False)
+        entries = [Entry(entry.time, entry.record) for entry in entries]
+    return PackedBatch(batch.route, batch.tag, _packed(entries), len(entries), True)
+
+
+def _lines_batch(batch: RoutedBatch) -> LinesBatch:
+    """A routed batch as the JSON lines the files destination appends: the lines it would
+    write for the batch packed (`_packed`) and read back. A record of JSON's own types is
+    the same after that round trip, so its line is made at once; a batch with any other
+    record takes the round trip."""
+    lines: List[str] = []
+    for entry in batch.entries:
+        line = json_line(entry.record)
+        if line is None:
+            break
+        lines.append(line)
+    else:
+        texts = {batch.route: "\n".join(lines)} if lines else {}
+        return LinesBatch(batch.route, batch.tag, len(batch.entries), texts, [])
+    out: Dict[str, List[str]] = {}
+    warnings: List[str] = []
+    records = (entry.record for entry in unpack_entries(_packed(batch.entries))[0])
+    json_lines(batch.route, records, out, warnings)
+    texts = {route: "\n".join(group) for route, group in out.items() if group}
+    return LinesBatch(batch.route, batch.tag, len(batch.entries), texts, warnings)
 
 
 def _packed(entries: List[Entry]) -> bytes:
@@ -82,7 +133,8 @@ _worker: Optional[_Worker] = None
 _started: Any = None  # how many workers of the pool have built their filter (a shared int)
 
 
-def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generation: Any, started: Any) -> None:
+def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generation: Any, form: str,
+                  started: Any) -> None:
     global _worker, _started
     # Ctrl-C and SIGHUP reach the whole process group: the relay decides what they mean.
     # SIGTERM keeps its default: it is how the pool stops a worker (ProcessPoolExecutor
@@ -90,14 +142,14 @@ def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generati
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _worker = _Worker(filter_options, routes, generation)
+    _worker = _Worker(filter_options, routes, generation, form)
     settle_after_start()  # schemas loaded: keep them out of every later collection
     _started = started
     with started.get_lock():
         started.value += 1
 
 
-def _route_in_worker(tag: str, payload: bytes) -> Tuple[List[RoutedPayload], Counts]:
+def _route_in_worker(tag: str, payload: bytes) -> Tuple[List[Batch], Counts]:
     assert _worker is not None
     return _worker.route(tag, payload)
 
@@ -138,7 +190,7 @@ class FilterPool:
     """
 
     def __init__(self, workers: int, filter_options: FilterOptions, routes: RouteSettings,
-                 stats: FilterStats) -> None:
+                 stats: FilterStats, form: str = "plain") -> None:
         if workers < 2:
             raise ValueError("a filter pool needs at least 2 workers")
         self.workers = workers
@@ -148,7 +200,7 @@ class FilterPool:
         # spawn, not fork: the relay has threads (spool, metrics) that a fork would copy mid-lock.
         self._context = multiprocessing.get_context("spawn")
         self._generation = self._context.Value("i", 0)
-        self._arguments = (filter_options, routes, self._generation)
+        self._arguments = (filter_options, routes, self._generation, form)
         self._started = self._context.Value("i", 0)
         self._executor = self._new_executor()
         self._local: Optional[_Worker] = None
@@ -168,9 +220,9 @@ class FilterPool:
         if not all(ready):
             raise RuntimeError(f"the filter workers did not all start within {timeout:.0f} s")
 
-    async def route(self, tag: str, payload: bytes) -> List[PackedBatch]:
-        """A chunk's records, as a PackedForward payload, decided in a worker: one packed
-        batch per route."""
+    async def route(self, tag: str, payload: bytes) -> List[Batch]:
+        """A chunk's records, as a PackedForward payload, decided in a worker: one batch per
+        route, in the pool's form."""
         loop = asyncio.get_running_loop()
         for attempt in range(2):
             if self._closing:
@@ -182,7 +234,7 @@ class FilterPool:
                 self._replace(executor, attempt)
                 continue
             add_counts(self.stats, counts)
-            return [PackedBatch(*batch) for batch in routed]
+            return routed
         return self._route_here(tag, payload)
 
     def _replace(self, broken: concurrent.futures.ProcessPoolExecutor, attempt: int) -> None:
@@ -196,14 +248,14 @@ class FilterPool:
             self._executor = self._new_executor()
             self.restarts += 1
 
-    def _route_here(self, tag: str, payload: bytes) -> List[PackedBatch]:
+    def _route_here(self, tag: str, payload: bytes) -> List[Batch]:
         """Decide a chunk in this process, exactly as a worker would (same options, same reloads)."""
         if self._local is None:
             self._local = _Worker(*self._arguments)
         routed, counts = self._local.route(tag, payload)
         add_counts(self.stats, counts)
         self.decided_here += 1
-        return [PackedBatch(*batch) for batch in routed]
+        return routed
 
     def request_reload(self) -> None:
         """Have every worker rebuild its filter before its next chunk."""

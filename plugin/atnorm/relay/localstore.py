@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..core.jsonlines import UNWRITABLE, dumps, dumps_as_is
 from ..model.encodable import encodable
-from .routing import Batch
+from .routing import Batch, LinesBatch
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,35 @@ def _encode(text: str) -> bytes:
         return text.encode("utf-8", "backslashreplace")
 
 
-def _unwritable(route: str, record: Any, exc: BaseException) -> Tuple[str, str]:
-    """(route, line) for a record plain JSON cannot hold: keys that are not text are made
-    text; a record that still cannot be written becomes a dead letter with the reason, so
-    one odd record never holds up the others (nor is taken for a disk error)."""
+def json_lines(route: str, records: Iterable[Any], out: Dict[str, List[str]], warnings: List[str]) -> None:
+    """Each record of `route` as one JSON line, appended to `out[file route]`: its route's
+    file, or the rejected file for a record JSON cannot hold (with a warning saying so)."""
+    lines = out.setdefault(route, [])
+    for record in records:
+        try:
+            lines.append(dumps_as_is(record))
+        except UNWRITABLE as exc:
+            file_route, text, warning = _unwritable(route, record, exc)
+            out.setdefault(file_route, []).append(text)
+            if warning is not None:
+                warnings.append(warning)
+
+
+def _unwritable(route: str, record: Any, exc: BaseException) -> Tuple[str, str, Optional[str]]:
+    """(route, line, warning) for a record plain JSON cannot hold: keys that are not text are
+    made text; a record that still cannot be written becomes a dead letter with the reason,
+    so one odd record never holds up the others (nor is taken for a disk error)."""
     try:
-        return route, dumps_as_is(_text_keys(record))
+        return route, dumps_as_is(_text_keys(record)), None
     except UNWRITABLE as again:
         exc = again
-    log.warning("a record of route %s cannot be written as JSON (%s: %s); written to %s as a rejection",
-                route, type(exc).__name__, exc, REJECTED_FILE_ROUTE)
+    warning = (f"a record of route {route} cannot be written as JSON ({type(exc).__name__}: {exc}); "
+               f"written to {REJECTED_FILE_ROUTE} as a rejection")
     return REJECTED_FILE_ROUTE, dumps({
         "original": encodable(record),
         "reasons": [{"path": "", "rule": "unwritable",
                      "message": f"cannot be written as JSON: {type(exc).__name__}: {exc}"}],
-    })
+    }), warning
 
 
 def _text_keys(value: Any) -> Any:
@@ -139,13 +153,16 @@ class LocalStore:
         count = 0
         for batches in rounds:
             for batch in batches:
-                out = lines.setdefault(batch.route, [])
-                for entry in batch.records():
-                    try:
-                        out.append(dumps_as_is(entry.record))
-                    except UNWRITABLE as exc:
-                        route, text = _unwritable(batch.route, entry.record, exc)
+                warnings: List[str]
+                if isinstance(batch, LinesBatch):  # written as lines where it was decided
+                    for route, text in batch.lines.items():
                         lines.setdefault(route, []).append(text)
+                    warnings = batch.warnings
+                else:
+                    warnings = []
+                    json_lines(batch.route, (entry.record for entry in batch.records()), lines, warnings)
+                for warning in warnings:
+                    log.warning("%s", warning)
                 count += batch.count
         sizes: Dict[int, int] = {}
         try:

@@ -88,7 +88,25 @@ class PackedBatch:
         return f"PackedBatch({self.route!r}, {self.tag!r}, {self.count} entries)"
 
 
-Batch = Union[RoutedBatch, PackedBatch]
+class LinesBatch:
+    """A routed batch already written as JSON lines, where it was decided (a filter worker,
+    for the files destination): per file route, the text of its lines (joined by newlines,
+    none empty), and the warnings for records that had to go to another file."""
+
+    __slots__ = ("route", "tag", "count", "lines", "warnings")
+
+    def __init__(self, route: str, tag: str, count: int, lines: Dict[str, str], warnings: List[str]) -> None:
+        self.route = route
+        self.tag = tag
+        self.count = count
+        self.lines = lines
+        self.warnings = warnings
+
+    def __repr__(self) -> str:
+        return f"LinesBatch({self.route!r}, {self.tag!r}, {self.count} entries)"
+
+
+Batch = Union[RoutedBatch, PackedBatch, LinesBatch]
 
 
 def check_tag_template(template: str) -> str:

@@ -61,9 +61,9 @@ from ..monitoring.metrics import METRICS_LISTEN, MetricsServer, build_registry
 from ..monitoring.relaystats import RelayStats
 from ..monitoring.stats_record import STATS_INTERVAL, STATS_TAG, StatsRecorder
 from .delivery import Delivery
-from .filterpool import FilterPool
+from .filterpool import FilterPool, output_form
 from .localstore import STATS_ROUTE, LocalStore, LocalStoreError
-from .routing import TIME_SOURCES, Batch, RoutedBatch, Router, RouteSettings, check_tag_template
+from .routing import TIME_SOURCES, Batch, LinesBatch, RoutedBatch, Router, RouteSettings, check_tag_template
 from .spool import Spool, SpoolError
 
 log = logging.getLogger("atnorm.relay")
@@ -385,6 +385,8 @@ class ForwardDestination:
 
     def _payload(self, batch: Batch) -> bytes:
         """The batch's entries in the form the downstream is to get (see forward_entry_form)."""
+        if isinstance(batch, LinesBatch):
+            raise TypeError("JSON lines are for the files destination, not a downstream")
         if self.entry_form == "metadata":
             return batch.packed()
         if isinstance(batch, RoutedBatch):
@@ -452,12 +454,17 @@ class Relay:
             # Workers build their filters from the options the relay's filter was built from.
             if filter_options is None:
                 raise ValueError("filter workers need the filter options")
-            self.pool = FilterPool(settings.filter_workers, filter_options, routes, self.filter_stats)
+            # Workers hand back each batch as the destination takes it (see _payload, LocalStore).
+            self.pool = FilterPool(settings.filter_workers, filter_options, routes, self.filter_stats,
+                                   form=output_form(bool(settings.forward), settings.forward_entry_form))
         # Scanning for verbatim chunks pays where their payload goes on undecoded: passed
         # through, or sent to a worker. A relay deciding records itself decodes them anyway.
         verbatim_chunks = self.router.decide is None or self.pool is not None
-        self.server = ForwardServer(self.handle_chunk, dataclasses.replace(server_settings(settings),
-                                    verbatim_chunks=verbatim_chunks), stats=self.relay_stats)
+        # A worker decodes whatever it gets, Fluent Bit's metadata form included; a
+        # pass-through relay hands on as received only what needs no decoding.
+        self.server = ForwardServer(self.handle_chunk, dataclasses.replace(
+            server_settings(settings), verbatim_chunks=verbatim_chunks,
+            verbatim_decoded_elsewhere=self.pool is not None), stats=self.relay_stats)
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None
         self._stats_task: Optional["asyncio.Task[None]"] = None
