@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..model.encodable import MAX_INT, MIN_INT, bytes_text
 from ..model.encodable import text as readable
-from ..model.event import EVENT_MARKERS
+from ..model.event import CREDENTIAL_TYPES, EVENT_MARKERS, OUTCOMES, SEVERITIES
 
 Fixes = List[str]
 Step = Callable[[Dict[str, Any], Dict[str, Any], Fixes], None]  # (work, original event, fixes)
@@ -664,20 +664,93 @@ def derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, str]:
     return derived
 
 
+# Documented values of the case-folded fields: trimmed and lower case already, so one set
+# lookup tells that neither trim nor casefold would change them.
+_CLEAN_ENUMS = frozenset(value for value in OUTCOMES + SEVERITIES + CREDENTIAL_TYPES
+                         if value.strip() == value and value.lower() == value)
+
+
+def needs_only_event_time(event: Dict[str, Any]) -> bool:
+    """True when trim_whitespace, coerce_types, casefold_enums and fix_type_uris would change
+    nothing in `event`, as in most valid events: one pass over the fields those steps read.
+
+    It may say False for an event the steps leave as it is (an undocumented enum value, a
+    str reason code that is no number): the steps then run and decide. It never says True
+    for one they would change.
+    """
+    get = event.get
+    for key in ("action", "eventTime", "message", "logSourceCRN"):
+        value = get(key)
+        if isinstance(value, str) and value.strip() != value:
+            return False
+    for key in ("outcome", "severity"):
+        value = get(key)
+        if isinstance(value, str) and value not in _CLEAN_ENUMS:
+            return False
+    for key in ("dataEvent", "saveServiceCopy", "requestData", "responseData"):
+        if isinstance(get(key), str):
+            return False
+    reason = get("reason")
+    if isinstance(reason, dict) and isinstance(reason.get("reasonCode"), str):
+        return False
+    initiator = get("initiator")
+    if isinstance(initiator, dict):
+        if not _ids_clean(initiator):
+            return False
+        host = initiator.get("host")
+        if isinstance(host, dict):
+            value = host.get("address")
+            if isinstance(value, str) and value.strip() != value:
+                return False
+        credential = initiator.get("credential")
+        if isinstance(credential, dict):
+            value = credential.get("type")
+            if isinstance(value, str) and value not in _CLEAN_ENUMS:
+                return False
+    target = get("target")
+    if isinstance(target, dict) and not _ids_clean(target):
+        return False
+    observer = get("observer")
+    if isinstance(observer, dict):
+        value = observer.get("name")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+    return True
+
+
+def _ids_clean(node: Dict[str, Any]) -> bool:
+    # id, name and typeURI of the initiator or the target: trimmed, and no leading `/`.
+    get = node.get
+    value = get("id")
+    if isinstance(value, str) and value.strip() != value:
+        return False
+    value = get("name")
+    if isinstance(value, str) and value.strip() != value:
+        return False
+    value = get("typeURI")
+    return not isinstance(value, str) or value.strip() == value and not value.startswith("/")
+
+
 class Normalizer:
-    """The configured chain of steps. Build once; `normalize` runs per record."""
+    """The configured chain of steps. Build once; `normalize` runs per record.
+
+    `fast_path` False runs every step on every event: the reference that the fast path
+    (only the eventTime step for an event `needs_only_event_time` clears) is tested against.
+    """
 
     def __init__(self, *, fraction_digits: int = 3, derived_fields: Sequence[str] = DERIVED_FIELDS,
                  annotation_key: Optional[str] = "atnorm", record_fixes: bool = True,
-                 aliases: Optional[Dict[str, str]] = None) -> None:
+                 aliases: Optional[Dict[str, str]] = None, fast_path: bool = True) -> None:
         unknown = set(derived_fields) - set(DERIVED_FIELDS)
         if unknown:
             raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
         self.steps: List[Step] = []
         if aliases:
             self.steps.append(_make_alias_step(aliases))
-        self.steps += [trim_whitespace, make_event_time_step(fraction_digits), coerce_types,
-                       casefold_enums, fix_type_uris]
+        self._event_time = make_event_time_step(fraction_digits)
+        self.steps += [trim_whitespace, self._event_time, coerce_types, casefold_enums, fix_type_uris]
+        # Renamed keys would escape the test: with aliases, every step runs.
+        self._fast_path = fast_path and not aliases
         self.derived_fields = tuple(derived_fields)
         self.annotation_key = annotation_key
         self.record_fixes = record_fixes
@@ -688,6 +761,9 @@ class Normalizer:
     def normalize(self, event: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
         """A normalized copy of `event`; the names of the changes are appended to `fixes`."""
         work = dict(event)
+        if self._fast_path and needs_only_event_time(event):
+            self._event_time(work, event, fixes)
+            return work
         for step in self.steps:
             step(work, event, fixes)
         return work
