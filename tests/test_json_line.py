@@ -76,3 +76,17 @@ def test_records_decoded_from_json_over_generated_and_mutated_events():
             check(verdict.record)
             compared += 2
     assert compared == 6000
+
+
+def test_every_character_is_escaped_as_the_writer_escapes_it():
+    characters = [chr(code) for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF]
+    check(characters)
+    check({character: character for character in characters[:0x3000]})
+    assert json_line(characters) is not None
+
+
+def test_values_without_floats_and_with_them_give_the_writer_text():
+    for value in ({}, [], {"a": {}}, [[]], {"b": True, "n": None, "i": -1, "s": ""}, [0, False, None],
+                  {"f": 1.0}, {"f": 1e16}, [1e-7, 1], {"x": [{"y": 2.5}]}):
+        check(value)
+        assert json_line(value) is not None
