@@ -590,18 +590,26 @@ _ZONE_SUFFIX = re.compile(r"-[0-9]+$")
 # Keys come from traffic: the caches are cleared when they reach this size.
 _CACHE_LIMIT = 4096
 _CRN_PARTS: Dict[str, Optional[Dict[str, str]]] = {}
+# CRNs with all ten segments, by all but the last (the resource, which the parts do not use):
+# a target.id names one resource of an instance that recurs.
+_CRN_PARTS_BY_INSTANCE: Dict[str, Optional[Dict[str, str]]] = {}
 
 
 def parse_crn(value: Any) -> Optional[Dict[str, str]]:
-    """Parse a CRN (cached: a source's logSourceCRN repeats in every event it sends)."""
+    """Parse a CRN (cached: a source's logSourceCRN repeats in every event it sends, and a
+    target's CRN but for its resource). The parts are shared: read them, do not change them."""
     if not isinstance(value, str):
         return None
-    parts = _CRN_PARTS.get(value)
-    if parts is None and value not in _CRN_PARTS:
+    if value.count(":") >= 9:  # segment 8 (the resource type) and those before it end at the last colon
+        cache, key = _CRN_PARTS_BY_INSTANCE, value[:value.rindex(":")]
+    else:
+        cache, key = _CRN_PARTS, value
+    parts = cache.get(key)
+    if parts is None and key not in cache:
         parts = _parse_crn(value)
-        if len(_CRN_PARTS) >= _CACHE_LIMIT:
-            _CRN_PARTS.clear()
-        _CRN_PARTS[value] = parts
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = parts
     return parts
 
 
@@ -613,21 +621,32 @@ def _parse_crn(value: str) -> Optional[Dict[str, str]]:
     if not isinstance(value, str):
         return None
     parts = value.split(":")
-    if parts and parts[0] != "crn":
-        parts = ["crn"] + parts
+    if parts[0] != "crn":
+        parts.insert(0, "crn")
     if len(parts) < 7 or parts[1] != "v1":
         return None
-    parts += [""] * (10 - len(parts))
     out: Dict[str, str] = {}
     if parts[4]:
         out["crnServiceName"] = parts[4]
-    if parts[5]:
-        out["region"] = _ZONE_SUFFIX.sub("", parts[5])
-    if parts[6].startswith("a/") and len(parts[6]) > 2:
-        out["account"] = parts[6][2:]
-    if parts[8]:
+    location = parts[5]
+    if location:
+        region = _REGIONS.get(location)
+        if region is None:
+            region = _ZONE_SUFFIX.sub("", location)
+            if len(_REGIONS) >= _CACHE_LIMIT:
+                _REGIONS.clear()
+            _REGIONS[location] = region
+        out["region"] = region
+    scope = parts[6]
+    if len(scope) > 2 and scope.startswith("a/"):
+        out["account"] = scope[2:]
+    if len(parts) > 8 and parts[8]:
         out["resourceType"] = parts[8]
     return out
+
+
+# The region of a CRN location: the location without a zone suffix (`us-south-1`).
+_REGIONS: Dict[str, str] = {}
 
 
 _ACTION_PARTS: Dict[Tuple[str, Optional[str]], Dict[str, str]] = {}
@@ -649,16 +668,18 @@ def _action_parts(action: str, service: Optional[str]) -> Dict[str, str]:
 
 def derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, str]:
     """Service, object type and verb from the action; region, account, … from the CRNs."""
-    derived: Dict[str, str] = {}
     action = work.get("action")
     if isinstance(action, str) and action.count(".") >= 2:
-        derived.update(_action_parts(action, service))
+        derived = dict(_action_parts(action, service))
+    else:
+        derived = {}
     target = work.get("target")
     crn = parse_crn(target.get("id")) if isinstance(target, dict) else None
     if crn:
         derived.update(crn)
     source = parse_crn(work.get("logSourceCRN"))
-    if source:
+    # Most often the target's CRN has every part the source's has: nothing to add.
+    if source and not source.keys() <= derived.keys():
         for key, value in source.items():
             derived.setdefault(key, value)
     return derived
