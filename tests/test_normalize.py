@@ -82,6 +82,10 @@ def test_unflatten_nests_dotted_keys_and_keeps_clashes():
     assert unflatten({"initiator.id": "x", "initiator.host.address": "y", "action": "a"}) == {
         "initiator": {"id": "x", "host": {"address": "y"}}, "action": "a"}
     assert unflatten({"target": "plain", "target.id": "x"}) == {"target": "plain", "target.id": "x"}
+    # Keys that are not text are never dotted, beside dotted ones or not.
+    assert unflatten({1: "a", b"x.y": 2, ("a.b",): 3}) is None
+    assert unflatten({1: "a", "x.y": 2}) == {1: "a", "x": {"y": 2}}
+    assert unflatten({"": 1, "a": 2, ".": 3}) == {"": 1, "a": 2, ".": 3}
 
 
 def test_find_event_does_not_unwrap_non_events():

@@ -137,6 +137,9 @@ def as_text(record: Any) -> Any:
 # Stage 1: find the event inside a record
 
 
+_ACTION, _INITIATOR, _TARGET = EVENT_MARKERS
+
+
 def is_event(record: Dict[str, Any]) -> bool:
     """An Activity Tracker event carries at least two of action, initiator and target.
 
@@ -144,7 +147,7 @@ def is_event(record: Dict[str, Any]) -> bool:
     the record is an audit event; two make it one, and a missing third is then a reason
     to reject rather than to pass the record on unchecked.
     """
-    return sum(1 for key in EVENT_MARKERS if key in record) >= 2
+    return (_ACTION in record) + (_INITIATOR in record) + (_TARGET in record) >= 2
 
 
 def _bounded_int(digits: str) -> Any:
@@ -209,7 +212,11 @@ def unflatten(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
     A dotted key that would clash with a non-object value is left as it is.
     """
-    if not any(type(key) is str and "." in key for key in record):
+    try:
+        dotted = "." in "".join(record)  # str keys, as a record's are once it is text: one scan in C
+    except TypeError:
+        dotted = any(type(key) is str and "." in key for key in record)
+    if not dotted:
         return None
     result: Dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in record.items()
                               if type(k) is not str or "." not in k}
@@ -716,7 +723,14 @@ def needs_only_event_time(event: Dict[str, Any]) -> bool:
         return False
     initiator = get("initiator")
     if isinstance(initiator, dict):
-        if not _ids_clean(initiator):
+        value = initiator.get("id")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+        value = initiator.get("name")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+        value = initiator.get("typeURI")
+        if isinstance(value, str) and (value.strip() != value or value.startswith("/")):
             return False
         host = initiator.get("host")
         if isinstance(host, dict):
@@ -729,27 +743,22 @@ def needs_only_event_time(event: Dict[str, Any]) -> bool:
             if isinstance(value, str) and value not in _CLEAN_ENUMS:
                 return False
     target = get("target")
-    if isinstance(target, dict) and not _ids_clean(target):
-        return False
+    if isinstance(target, dict):
+        value = target.get("id")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+        value = target.get("name")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+        value = target.get("typeURI")
+        if isinstance(value, str) and (value.strip() != value or value.startswith("/")):
+            return False
     observer = get("observer")
     if isinstance(observer, dict):
         value = observer.get("name")
         if isinstance(value, str) and value.strip() != value:
             return False
     return True
-
-
-def _ids_clean(node: Dict[str, Any]) -> bool:
-    # id, name and typeURI of the initiator or the target: trimmed, and no leading `/`.
-    get = node.get
-    value = get("id")
-    if isinstance(value, str) and value.strip() != value:
-        return False
-    value = get("name")
-    if isinstance(value, str) and value.strip() != value:
-        return False
-    value = get("typeURI")
-    return not isinstance(value, str) or value.strip() == value and not value.startswith("/")
 
 
 class Normalizer:
