@@ -55,12 +55,18 @@ TYPED_SCHEMAS = [
     {"type": ["string", "object"], "minLength": 2, "required": ["a"]},
     {"type": "object", "allOf": [{"type": "object", "properties": {"a": {"const": 1}}}, {"type": "string"}]},
     {"type": "object", "properties": {"a": {"anyOf": [{"required": ["x"]}, {"minLength": 5}]}}},
+    {"allOf": [{"title": "/a", "required": ["a"]}, {"properties": {"a": {"required": ["b"]}}}, {}, True]},
+    {"allOf": [{"required": ["a"]}, {"minLength": 2}]},
+    {"allOf": [{"required": ["a"]}, {"title": "only a title"}]},
+    {"properties": {"a": {"allOf": [{"required": ["x"]}, {"properties": {"x": {"enum": ["y"]}}}]}}},
+    {"title": "t", "additionalProperties": {"required": ["k"]}, "properties": {"n": {"pattern": "^x"}}},
 ]
 TYPED_INSTANCES = ["", "a", "ab", "abc", "abcd", "b", "z", "zz", 1, None, True, [], ["x"], ["y"], [{}], [1],
                    {}, {"a": 1}, {"a": 1, "b": 2}, {"n": []}, {"n": ["x"]}, {"n": ["y"]}, {"n": "x"},
                    {"n": [], "o": {"k": 1}}, {"n": [], "o": {}}, {"n": [], "o": 1}, {"q": 1},
                    {"a": {"b": "xy"}}, {"a": {"b": "x"}}, {"a": {"b": 12}}, {"a": "s"}, {"a": 2},
-                   {"a": "abc"}, {"a": "xyz"}, {"a": {"x": 1}}, {"a": {}}]
+                   {"a": "abc"}, {"a": "xyz"}, {"a": {"x": 1}}, {"a": {}}, {"a": {"b": 1}}, {"a": {"x": "y"}},
+                   {"a": {"x": "z"}}, {"n": "xa", "m": {"k": 1}}, {"n": "ya"}, {"n": "xa", "m": {}}]
 
 
 @pytest.mark.parametrize("schema", TYPED_SCHEMAS)

@@ -38,6 +38,21 @@ def _is_integer(value: Any) -> bool:
 
 # Types whose keywords guard themselves with a type test, which a known type makes needless.
 _GUARDED = ("object", "string", "array")
+# Keywords that assert only about objects (anything else satisfies them).
+_OBJECT_KEYWORDS = frozenset({"properties", "required", "additionalProperties"})
+
+
+def _object_only(schema: Any) -> bool:
+    """True for a schema without `type` whose assertions are all about objects (`allOf`
+    members included), and that has at least one."""
+    if not isinstance(schema, dict) or "type" in schema:
+        return False
+    asserting = set(schema) - _ANNOTATIONS
+    if not asserting or not asserting <= _OBJECT_KEYWORDS | {"allOf"}:
+        return False
+    members = schema.get("allOf", [])
+    return isinstance(members, list) and all(
+        member is True or _object_only(member) or member == {} for member in members)
 
 # Python expressions for JSON Schema types; `{v}` is the value's variable.
 _TYPE_EXPRESSIONS: Dict[str, str] = {
@@ -137,13 +152,28 @@ class SchemaCompiler:
         if kind in _GUARDED and saved.get(var) != kind:
             self._kw_type(kind, schema, var, out, depth)
             self._known = {**saved, var: kind}
+        elif kind is None and saved.get(var) != "object" and _object_only(schema):
+            # Keywords that hold for anything but an object (allOf of presence items, say):
+            # one isinstance test for all of them instead of one each.
+            self._known = {**saved, var: "object"}
+            inner: List[str] = []
+            self._emit_keywords(schema, var, inner, depth + 1)
+            if inner:
+                out.append(f"{pad}if isinstance({var}, dict):\n")
+                out.extend(inner)
+            self._known = saved
+            return
+        self._emit_keywords(schema, var, out, depth)
+        self._known = saved
+
+    def _emit_keywords(self, schema: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        guarded = schema.get("type") in _GUARDED
         for keyword, value in schema.items():
-            if keyword == "type" and kind in _GUARDED:
-                continue
+            if keyword == "type" and guarded:
+                continue  # tested first, by _emit
             emit = getattr(self, "_kw_" + keyword.lstrip("$"), None)
             if emit is not None:
                 emit(value, schema, var, out, depth)
-        self._known = saved
 
     def _is(self, var: str, kind: str) -> bool:
         return self._known.get(var) == kind
