@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from atnorm.bench.eventgen import EventGenerator
 from atnorm.core import jsonlines
 from atnorm.core.pipeline import EventFilter
-from atnorm.model.encodable import MAX_DEPTH, MAX_INT, MIN_INT, is_encodable, json_line
+from atnorm.model.encodable import MAX_DEPTH, MAX_INT, MIN_INT, encodable, is_encodable, json_line
 
 # Leaves JSON's decoders return, with the ones no destination takes as they are.
 ODD_INTEGERS = [MAX_INT, MAX_INT + 1, MIN_INT, MIN_INT - 1, 10 ** 18, -(10 ** 18), 10 ** 19, 1 << 200]
@@ -90,3 +90,36 @@ def test_values_without_floats_and_with_them_give_the_writer_text():
                   {"f": 1.0}, {"f": 1e16}, [1e-7, 1], {"x": [{"y": 2.5}]}):
         check(value)
         assert json_line(value) is not None
+
+
+def _dumps_by_the_standard_encoder(record):
+    """jsonlines.dumps as it was before msgspec wrote any line."""
+    try:
+        return jsonlines.dumps_as_is(record)
+    except jsonlines.UNWRITABLE:
+        return jsonlines._encoder.encode(encodable(record))
+
+
+# Records as msgpack or Python code may make them: keys that are not text, bytes, sets.
+ODD_KEYS = [1, -1, 2 ** 70, 1.5, float("nan"), True, False, None, b"k", b"\xff", "\ud800", "é"]
+any_keys = keys | st.sampled_from(ODD_KEYS) | st.integers()
+any_values = st.recursive(leaves | st.binary(max_size=4) | st.sampled_from([b"\xff", frozenset({1}), (1, "a")]),
+                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_keys, inner, max_size=4),
+                          max_leaves=30)
+
+
+@settings(max_examples=2000, deadline=None, database=None, derandomize=True)
+@given(any_values)
+def test_the_jsonlines_writer_gives_the_standard_encoders_text_on_any_record(value):
+    assert jsonlines.dumps(value) == _dumps_by_the_standard_encoder(value)
+
+
+def test_the_jsonlines_writer_on_dead_letters_of_generated_records():
+    event_filter = EventFilter.from_schemas()
+    written = 0
+    for record in EventGenerator(event_filter.rules, 4).mix(1500, 0.5):
+        verdict = event_filter.process(record)
+        for value in (verdict.dead_letter(), verdict.record, {"original": record, 1: [b"\xff", 2.5]}):
+            assert jsonlines.dumps(value) == _dumps_by_the_standard_encoder(value)
+            written += 1
+    assert written == 4500

@@ -232,19 +232,28 @@ _LONG_NUMBER = b"\x01" * 19
 _msgspec_json = msgspec.json.Encoder().encode
 
 
-def _plain(value: Any, depth: int) -> bool:
-    """True when `value`, a dict or list of JSON's own types (str keys), holds no float,
-    integers in msgpack's range only and at most `depth` levels: then msgspec writes it as
-    `_strict_json` does, or raises UnicodeEncodeError for a lone surrogate. Text, the most of
-    a record, costs one type test here."""
+def _plain(value: Any, depth: int, keys: bool = False) -> bool:
+    """True when `value`, a dict or list of JSON's own types (str keys, tested too if `keys`),
+    holds no float, integers in msgpack's range only and at most `depth` levels: then msgspec
+    writes it as `_strict_json` does, or raises UnicodeEncodeError for a lone surrogate.
+    Text, the most of a record, costs one type test here."""
     if depth <= 0:
         return False
-    for item in (value.values() if type(value) is dict else value):
+    if type(value) is dict:
+        if keys:
+            try:
+                "".join(value)  # in C: TypeError for a key that is not a str
+            except TypeError:
+                return False
+        items: Any = value.values()
+    else:
+        items = value
+    for item in items:
         kind = type(item)
         if kind is str:
             continue
         if kind is dict or kind is list:
-            if not _plain(item, depth - 1):
+            if not _plain(item, depth - 1, keys):
                 return False
         elif kind is int:
             if not MIN_INT <= item <= MAX_INT:
@@ -252,6 +261,18 @@ def _plain(value: Any, depth: int) -> bool:
         elif item is not None and kind is not bool:
             return False  # a float (msgspec writes 1e16, NaN otherwise) or no JSON type at all
     return True
+
+
+def plain_json_line(value: Any) -> Optional[str]:
+    """The compact strict JSON text of `value` (any value) written by msgspec, where that is
+    the standard encoder's text: a dict or list of JSON's own types, str keys, no float, no
+    lone surrogate, within MAX_DEPTH and 64 bits. None otherwise, for the caller's own way."""
+    try:
+        if (type(value) is dict or type(value) is list) and _plain(value, MAX_DEPTH, keys=True):
+            return _msgspec_json(value).decode("utf-8")
+    except (RecursionError, UnicodeEncodeError, TypeError):
+        pass
+    return None
 
 
 def json_line(value: Any) -> Optional[str]:
