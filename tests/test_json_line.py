@@ -123,3 +123,35 @@ def test_the_jsonlines_writer_on_dead_letters_of_generated_records():
             assert jsonlines.dumps(value) == _dumps_by_the_standard_encoder(value)
             written += 1
     assert written == 4500
+
+
+def _writable_walked_value_by_value(value, depth=MAX_DEPTH):
+    """is_encodable as specified: one test per value, text without lone surrogates, integers
+    in 64 bits, finite floats, str keys, at most MAX_DEPTH levels."""
+    if isinstance(value, bool) or value is None:
+        return True
+    if type(value) is str:
+        return not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if type(value) is int:
+        return MIN_INT <= value <= MAX_INT
+    if type(value) is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if type(value) is dict:
+        return depth > 0 and all(type(k) is str and _writable_walked_value_by_value(k) for k in value) and all(
+            _writable_walked_value_by_value(item, depth - 1) for item in value.values())
+    if type(value) is list:
+        return depth > 0 and all(_writable_walked_value_by_value(item, depth - 1) for item in value)
+    return False
+
+
+@settings(max_examples=2000, deadline=None, database=None, derandomize=True)
+@given(any_values)
+def test_the_writability_walk_says_what_a_value_by_value_walk_says(value):
+    assert is_encodable(value) == _writable_walked_value_by_value(value)
+
+
+def test_the_writability_walk_at_the_depth_limit():
+    for depth in (MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1):
+        for leaf in ["x", None, True, 1.5, "\ud800", b"x", float("nan")] + ODD_INTEGERS:
+            for value in (nested(depth, leaf), nested(depth, [leaf, 1]), {"a": leaf}, [leaf], {"k": [leaf]}):
+                assert is_encodable(value) == _writable_walked_value_by_value(value), (depth, leaf)

@@ -192,6 +192,8 @@ def is_encodable(value: Any, max_depth: int = MAX_DEPTH) -> bool:
 
 
 def _fine(value: Any, depth: int) -> bool:
+    # Text, integers, booleans and None, most of a record, are tested in the loops, not by
+    # a call each.
     kind = type(value)
     if kind is str:
         return value.isascii() or _SURROGATE.search(value) is None
@@ -201,14 +203,28 @@ def _fine(value: Any, depth: int) -> bool:
         for key, item in value.items():
             if type(key) is not str or not key.isascii() and _SURROGATE.search(key) is not None:
                 return False
-            if not _fine(item, depth - 1):
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and _SURROGATE.search(item) is not None:
+                    return False
+            elif kind is int:
+                if not MIN_INT <= item <= MAX_INT:
+                    return False
+            elif item is not None and kind is not bool and not _fine(item, depth - 1):
                 return False
         return True
     if kind is list:
         if depth <= 0:
             return False
         for item in value:
-            if not _fine(item, depth - 1):
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and _SURROGATE.search(item) is not None:
+                    return False
+            elif kind is int:
+                if not MIN_INT <= item <= MAX_INT:
+                    return False
+            elif item is not None and kind is not bool and not _fine(item, depth - 1):
                 return False
         return True
     if kind is int:
