@@ -1,5 +1,6 @@
 """json_line(): the writability test by encoding, compared with the walk it replaces
-(`is_encodable`) and with the JSON-lines writer's text (`jsonlines.dumps`)."""
+(`is_encodable`), with the JSON-lines writer's text (`jsonlines.dumps`) and with the standard
+encoder's text, which msgspec must reproduce wherever it writes a line."""
 
 import json
 import random
@@ -34,7 +35,7 @@ def check(value):
     line = json_line(value)
     assert (line is not None) == is_encodable(value), value
     if line is not None:
-        assert line == jsonlines.dumps(value)
+        assert line == jsonlines.dumps(value) == _dumps_by_the_standard_encoder(value)
 
 
 @settings(max_examples=2000, deadline=None, database=None, derandomize=True)
