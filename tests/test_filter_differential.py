@@ -1,11 +1,13 @@
 """The fast paths of the filter against the reference path, record by record.
 
 Reference: `EventFilter.process` on the record `json.loads` makes of a line (writability by
-the `is_encodable` walk, output written by `jsonlines.dumps`). Fast: `process_json` on the
-line itself (msgspec decode, writability by encoding, the line kept on the verdict). Over
-10,000+ generated events (several seeds), events mutated field by field, and lines mutated
-byte by byte, both must give the same outcome, reasons, warnings, fixes and output, and
-count the same.
+the `is_encodable` walk, output written by `jsonlines.dumps`), every normalization step run
+on every event. Fast: `process_json` on the line itself (msgspec decode, writability by
+encoding, the line kept on the verdict, steps skipped for events that need none). Over
+10,000+ generated events (several seeds), events mutated field by field, events given the
+drift the steps repair (whitespace of every kind, upper-case enums, odd CRNs, values of
+other types), and lines mutated byte by byte, both must give the same outcome, reasons,
+warnings, fixes and output, and count the same.
 """
 
 import json
@@ -13,6 +15,7 @@ import random
 
 from atnorm.bench.eventgen import EventGenerator
 from atnorm.core import jsonlines
+from atnorm.core.normalize import Normalizer
 from atnorm.core.pipeline import EventFilter
 from atnorm.model.verdict import REJECTED
 
@@ -23,6 +26,54 @@ SPLICES = [':NaN,"x":', ':1e400,"x":', ':18446744073709551616,"x":', ':-92233720
            ':9223372036854775807,"x":', ':"\\ud800",  "x":', ':"\\udcff\\u00e9",  "x":', ':"  padded ",  "x":',
            ':' + "[" * 120 + "]" * 120 + ',"x":', ':' + "[" * 99 + "]" * 99 + ',"x":', ':1.5e16,"x":',
            ':"\\u2028 Zürich",  "x":', ':"1234567890123456789012",  "x":']
+
+
+# Fields the normalization steps read, and values that test each branch of their fast path.
+DRIFTED_FIELDS = [("action",), ("outcome",), ("severity",), ("eventTime",), ("message",), ("logSourceCRN",),
+                  ("initiator", "id"), ("initiator", "name"), ("initiator", "typeURI"),
+                  ("initiator", "host", "address"), ("initiator", "credential", "type"),
+                  ("target", "id"), ("target", "name"), ("target", "typeURI"), ("observer", "name"),
+                  ("reason", "reasonCode"), ("dataEvent",), ("saveServiceCopy",), ("requestData",),
+                  ("responseData",), ("initiator",), ("target",), ("reason",), ("observer",),
+                  ("initiator", "host"), ("initiator", "credential")]
+SPACES = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u1680", "\u2003",
+          "\u2028", "\u202f", "\u3000", "\u200b"]  # the last one is no whitespace to str.strip
+ODD_CRNS = ["crn:v1:bluemix:public:kms:us-south-1:a/abc:inst::", "v1:bluemix:public:kms:eu-de:a/x:i:type:res",
+            "crn:v1:::::", "crn:v2:bluemix:public:kms:us-south:a/1:2::", "crn:v1:a:b:c:d:e:f:g:h:i:j",
+            "crn:v1:bluemix:public:kms:us-south:a/", "crn:v1:bluemix:public:kms:us-south:a/acct",
+            "crn:v1:bluemix:public:kms:us-south-10:s/xyz:i:t:r", "crn:v1:bluemix:public:kms", "crn",
+            "crn:v1:bluemix:public:appid:mars-1:a/1:2::", "v1:bluemix:public", ":::::::::",
+            "crn:v1:bluemix:public:kms:us-south:a/1:2:key:k:with:colons", " crn:v1:bluemix:public:kms:eu-gb:a/1:2::"]
+ODD_VALUES = [None, 0, 200, -1, 1.5, True, False, [], {}, ["x"], {"id": "x"}, "", "200", " 201 ", "\uff12\uff10\uff10",
+              "1234567890123456789", "true", "TRUE", " yes", "no", "False ", '{"a":1}', ' {"b": [1]} ', "[1]", "{",
+              "/service/security/account/user", "//x", " /x", "/ x", "Success", "SUCCESS", " failure",
+              "Warning", "APIKEY", "apiKey ", "\u01c5", "\u00df", "\u0130", "ok", "normal", "token"]
+
+
+def _drifted(record, rng):
+    """`record` with one to three fields the normalization steps read set to an odd value."""
+    record = json.loads(json.dumps(record))
+    event = record.get("payload") if isinstance(record.get("payload"), dict) else record
+    for _ in range(rng.randint(1, 3)):
+        path = rng.choice(DRIFTED_FIELDS)
+        node = event
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        current = node.get(path[-1])
+        roll = rng.random()
+        if roll < 0.4 and isinstance(current, str):
+            space = rng.choice(SPACES)
+            node[path[-1]] = space + current if rng.random() < 0.5 else current + space
+        elif roll < 0.5 and isinstance(current, str):
+            node[path[-1]] = rng.choice([current.upper(), current.title(), "/" + current])
+        elif roll < 0.65:
+            node[path[-1]] = rng.choice(ODD_CRNS)
+        else:
+            node[path[-1]] = rng.choice(ODD_VALUES)
+    return record
 
 
 def _line_mutations(line, rng):
@@ -47,6 +98,19 @@ def _lines():
             yield line.encode("utf-8")
             if rng.random() < 0.25:
                 yield _line_mutations(line, rng)
+            if rng.random() < 0.3:
+                yield json.dumps(_drifted(record, rng), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _reference_filter():
+    """The filter with every normalization step run on every event."""
+    event_filter = EventFilter.from_schemas()
+    settings = event_filter.settings
+    event_filter.normalizer = Normalizer(fraction_digits=settings.fraction_digits,
+                                         derived_fields=settings.derived_fields,
+                                         annotation_key=settings.annotation_key,
+                                         record_fixes=settings.record_fixes, fast_path=False)
+    return event_filter
 
 
 def _reference(event_filter, line):
@@ -64,9 +128,10 @@ def _seen(verdict):
 
 
 def test_process_json_equals_the_reference_path_on_10000_generated_and_mutated_records():
-    fast, reference = EventFilter.from_schemas(), EventFilter.from_schemas()
+    fast, reference = EventFilter.from_schemas(), _reference_filter()
     compared = unreadable = mutated_outcomes = 0
     rules = set()
+    fixes = set()
     for line in _lines():
         verdict = fast.process_json(line)
         expected = _reference(reference, line)
@@ -81,10 +146,13 @@ def test_process_json_equals_the_reference_path_on_10000_generated_and_mutated_r
         compared += 1
         mutated_outcomes += verdict.outcome == REJECTED
         rules.update(reason.rule for reason in verdict.reasons)
+        fixes.update(fix.partition(":")[0] for fix in verdict.fixes)
     assert compared >= 10_000 and unreadable > 0 and mutated_outcomes > 1000
     # The splices reach the writability test both ways (an accepted record that cannot go
     # on as it is) and the text check before any decision.
     assert {"record.encoding", "envelope.required"} <= rules, rules
+    # The drift reaches every step the fast path skips.
+    assert {"trim", "coerce", "casefold", "typeURI", "eventTime"} <= fixes, fixes
     assert fast.stats.snapshot() == reference.stats.snapshot()
 
 

@@ -1,5 +1,6 @@
 """json_line(): the writability test by encoding, compared with the walk it replaces
-(`is_encodable`) and with the JSON-lines writer's text (`jsonlines.dumps`)."""
+(`is_encodable`), with the JSON-lines writer's text (`jsonlines.dumps`) and with the standard
+encoder's text, which msgspec must reproduce wherever it writes a line."""
 
 import json
 import random
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from atnorm.bench.eventgen import EventGenerator
 from atnorm.core import jsonlines
 from atnorm.core.pipeline import EventFilter
-from atnorm.model.encodable import MAX_DEPTH, MAX_INT, MIN_INT, is_encodable, json_line
+from atnorm.model.encodable import MAX_DEPTH, MAX_INT, MIN_INT, encodable, is_encodable, json_line
 
 # Leaves JSON's decoders return, with the ones no destination takes as they are.
 ODD_INTEGERS = [MAX_INT, MAX_INT + 1, MIN_INT, MIN_INT - 1, 10 ** 18, -(10 ** 18), 10 ** 19, 1 << 200]
@@ -34,7 +35,7 @@ def check(value):
     line = json_line(value)
     assert (line is not None) == is_encodable(value), value
     if line is not None:
-        assert line == jsonlines.dumps(value)
+        assert line == jsonlines.dumps(value) == _dumps_by_the_standard_encoder(value)
 
 
 @settings(max_examples=2000, deadline=None, database=None, derandomize=True)
@@ -76,3 +77,87 @@ def test_records_decoded_from_json_over_generated_and_mutated_events():
             check(verdict.record)
             compared += 2
     assert compared == 6000
+
+
+def test_every_character_is_escaped_as_the_writer_escapes_it():
+    characters = [chr(code) for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF]
+    check(characters)
+    check({character: character for character in characters[:0x3000]})
+    assert json_line(characters) is not None
+
+
+def test_values_without_floats_and_with_them_give_the_writer_text():
+    for value in ({}, [], {"a": {}}, [[]], {"b": True, "n": None, "i": -1, "s": ""}, [0, False, None],
+                  {"f": 1.0}, {"f": 1e16}, [1e-7, 1], {"x": [{"y": 2.5}]}):
+        check(value)
+        assert json_line(value) is not None
+
+
+def _dumps_by_the_standard_encoder(record):
+    """jsonlines.dumps as it was before msgspec wrote any line."""
+    try:
+        return jsonlines.dumps_as_is(record)
+    except jsonlines.UNWRITABLE:
+        return jsonlines._encoder.encode(encodable(record))
+
+
+# Records as msgpack or Python code may make them: keys that are not text, bytes, sets.
+ODD_KEYS = [1, -1, 2 ** 70, 1.5, float("nan"), True, False, None, b"k", b"\xff", "\ud800", "é"]
+any_keys = keys | st.sampled_from(ODD_KEYS) | st.integers()
+
+
+def _containers_with_any_keys(inner):
+    return st.lists(inner, max_size=4) | st.dictionaries(any_keys, inner, max_size=4)
+
+
+any_values = st.recursive(leaves | st.binary(max_size=4) | st.sampled_from([b"\xff", frozenset({1}), (1, "a")]),
+                          _containers_with_any_keys, max_leaves=30)
+
+
+@settings(max_examples=2000, deadline=None, database=None, derandomize=True)
+@given(any_values)
+def test_the_jsonlines_writer_gives_the_standard_encoders_text_on_any_record(value):
+    assert jsonlines.dumps(value) == _dumps_by_the_standard_encoder(value)
+
+
+def test_the_jsonlines_writer_on_dead_letters_of_generated_records():
+    event_filter = EventFilter.from_schemas()
+    written = 0
+    for record in EventGenerator(event_filter.rules, 4).mix(1500, 0.5):
+        verdict = event_filter.process(record)
+        for value in (verdict.dead_letter(), verdict.record, {"original": record, 1: [b"\xff", 2.5]}):
+            assert jsonlines.dumps(value) == _dumps_by_the_standard_encoder(value)
+            written += 1
+    assert written == 4500
+
+
+def _writable_walked_value_by_value(value, depth=MAX_DEPTH):
+    """is_encodable as specified: one test per value, text without lone surrogates, integers
+    in 64 bits, finite floats, str keys, at most MAX_DEPTH levels."""
+    if isinstance(value, bool) or value is None:
+        return True
+    if type(value) is str:
+        return not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if type(value) is int:
+        return MIN_INT <= value <= MAX_INT
+    if type(value) is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if type(value) is dict:
+        return depth > 0 and all(type(k) is str and _writable_walked_value_by_value(k) for k in value) and all(
+            _writable_walked_value_by_value(item, depth - 1) for item in value.values())
+    if type(value) is list:
+        return depth > 0 and all(_writable_walked_value_by_value(item, depth - 1) for item in value)
+    return False
+
+
+@settings(max_examples=2000, deadline=None, database=None, derandomize=True)
+@given(any_values)
+def test_the_writability_walk_says_what_a_value_by_value_walk_says(value):
+    assert is_encodable(value) == _writable_walked_value_by_value(value)
+
+
+def test_the_writability_walk_at_the_depth_limit():
+    for depth in (MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1):
+        for leaf in ["x", None, True, 1.5, "\ud800", b"x", float("nan")] + ODD_INTEGERS:
+            for value in (nested(depth, leaf), nested(depth, [leaf, 1]), {"a": leaf}, [leaf], {"k": [leaf]}):
+                assert is_encodable(value) == _writable_walked_value_by_value(value), (depth, leaf)

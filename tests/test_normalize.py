@@ -1,5 +1,8 @@
 """Each normalization step, on the drift real events show."""
 
+import random
+import re
+
 import pytest
 
 from atnorm.core.normalize import Normalizer, find_event, make_time_formatter, parse_crn, unflatten
@@ -79,6 +82,10 @@ def test_unflatten_nests_dotted_keys_and_keeps_clashes():
     assert unflatten({"initiator.id": "x", "initiator.host.address": "y", "action": "a"}) == {
         "initiator": {"id": "x", "host": {"address": "y"}}, "action": "a"}
     assert unflatten({"target": "plain", "target.id": "x"}) == {"target": "plain", "target.id": "x"}
+    # Keys that are not text are never dotted, beside dotted ones or not.
+    assert unflatten({1: "a", b"x.y": 2, ("a.b",): 3}) is None
+    assert unflatten({1: "a", "x.y": 2}) == {1: "a", "x": {"y": 2}}
+    assert unflatten({"": 1, "a": 2, ".": 3}) == {"": 1, "a": 2, ".": 3}
 
 
 def test_find_event_does_not_unwrap_non_events():
@@ -97,6 +104,45 @@ def test_find_event_does_not_unwrap_non_events():
 ])
 def test_crn_parts(crn, expected):
     assert parse_crn(crn) == expected
+
+
+def _crn_parts_as_specified(value):
+    """The CRN parts, the plain way: split, pad to ten segments, pick."""
+    if not isinstance(value, str):
+        return None
+    parts = value.split(":")
+    if parts and parts[0] != "crn":
+        parts = ["crn"] + parts
+    if len(parts) < 7 or parts[1] != "v1":
+        return None
+    parts += [""] * (10 - len(parts))
+    out = {}
+    if parts[4]:
+        out["crnServiceName"] = parts[4]
+    if parts[5]:
+        out["region"] = re.sub(r"-[0-9]+$", "", parts[5])
+    if parts[6].startswith("a/") and len(parts[6]) > 2:
+        out["account"] = parts[6][2:]
+    if parts[8]:
+        out["resourceType"] = parts[8]
+    return out
+
+
+def test_cached_crn_parts_equal_a_fresh_parse_whatever_came_before():
+    # Resources of one instance share a cache entry: each must still get its own parts.
+    segments = ["crn", "v1", "", "bluemix", "public", "kms", "us-south", "us-south-12", "a/", "a/abc", "s/x", "inst",
+                "key", "", "k1", "k:2", "CRN", "V1", " crn", "crn "]
+    rng = random.Random(5)
+    values = [":".join(rng.choice(segments) for _ in range(rng.randint(1, 13))) for _ in range(3000)]
+    values += [None, 7, "", ":", ":" * 9, ":" * 12, "crn:v1:a:b:c:d:e:f:g:h", "crn:v1:a:b:c:d:e:f:g:h:i:j",
+               "v1:a:b:c:d:e:f:g:h", "v1:a:b:c:d:e:f:g:h:i", "crn:v1:a:b:c:d:e:f:g"]
+    # Values that differ in their last segment only, at every length around ten segments.
+    for length in range(5, 12):
+        head = ":".join(["crn", "v1", "bluemix", "public", "kms", "us-south-1", "a/abc", "inst", "key", "r"][:length])
+        values += [f"{head}:{last}" for last in ("", "x", "key", "k:2")]
+        values += [f"{head[4:]}:{last}" for last in ("", "x", "key")]
+    for value in values + values[::-1]:
+        assert parse_crn(value) == _crn_parts_as_specified(value), value
 
 
 def test_derived_fields_never_overwrite_source_fields():

@@ -41,6 +41,41 @@ def test_a_compiled_check_gives_the_reference_verdict_on_each_instance():
     assert not all(reference.is_valid(value) for value in INSTANCES)
 
 
+# A type once tested guards the keywords after it: only where that test has run.
+TYPED_SCHEMAS = [
+    {"type": "string", "pattern": "^a", "minLength": 2, "maxLength": 3, "enum": ["ab", "abc", "b"]},
+    {"type": "object", "properties": {"n": {"type": "array", "items": {"type": "string", "enum": ["x"]}}},
+     "additionalProperties": {"type": "object", "required": ["k"]}, "required": ["n"]},
+    {"if": {"type": "object"}, "then": {"type": "object", "required": ["a"]}, "else": {"pattern": "^z"}},
+    {"if": {"required": ["a"]}, "then": {"type": "string"}, "else": {"minLength": 2}},
+    {"allOf": [{"type": "object", "required": ["a"]}, {"required": ["b"]}, {"minLength": 2}]},
+    {"anyOf": [{"type": "string", "minLength": 3}, {"type": "array", "items": {"type": "object"}}, {"required": ["q"]}]},
+    {"properties": {"a": {"type": "object", "properties": {"b": {"not": {"type": "string"}, "minLength": 2}}}},
+     "required": ["a"]},
+    {"type": ["string", "object"], "minLength": 2, "required": ["a"]},
+    {"type": "object", "allOf": [{"type": "object", "properties": {"a": {"const": 1}}}, {"type": "string"}]},
+    {"type": "object", "properties": {"a": {"anyOf": [{"required": ["x"]}, {"minLength": 5}]}}},
+    {"allOf": [{"title": "/a", "required": ["a"]}, {"properties": {"a": {"required": ["b"]}}}, {}, True]},
+    {"allOf": [{"required": ["a"]}, {"minLength": 2}]},
+    {"allOf": [{"required": ["a"]}, {"title": "only a title"}]},
+    {"properties": {"a": {"allOf": [{"required": ["x"]}, {"properties": {"x": {"enum": ["y"]}}}]}}},
+    {"title": "t", "additionalProperties": {"required": ["k"]}, "properties": {"n": {"pattern": "^x"}}},
+]
+TYPED_INSTANCES = ["", "a", "ab", "abc", "abcd", "b", "z", "zz", 1, None, True, [], ["x"], ["y"], [{}], [1],
+                   {}, {"a": 1}, {"a": 1, "b": 2}, {"n": []}, {"n": ["x"]}, {"n": ["y"]}, {"n": "x"},
+                   {"n": [], "o": {"k": 1}}, {"n": [], "o": {}}, {"n": [], "o": 1}, {"q": 1},
+                   {"a": {"b": "xy"}}, {"a": {"b": "x"}}, {"a": {"b": 12}}, {"a": "s"}, {"a": 2},
+                   {"a": "abc"}, {"a": "xyz"}, {"a": {"x": 1}}, {"a": {}}, {"a": {"b": 1}}, {"a": {"x": "y"}},
+                   {"a": {"x": "z"}}, {"n": "xa", "m": {"k": 1}}, {"n": "ya"}, {"n": "xa", "m": {}}]
+
+
+@pytest.mark.parametrize("schema", TYPED_SCHEMAS)
+def test_a_check_after_a_known_type_gives_the_reference_verdict(schema):
+    check = SchemaCompiler(schema).compile(schema)
+    reference = Draft202012Validator(schema)
+    assert [check(value) for value in TYPED_INSTANCES] == [reference.is_valid(value) for value in TYPED_INSTANCES]
+
+
 def test_reasons_come_most_relevant_first_like_best_match():
     rule = standalone_rule("demo.record", "enforce", SCHEMA)
     record = {"count": "x", "kind": 3, "tags": [1, "ok", None]}

@@ -36,6 +36,24 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
+# Types whose keywords guard themselves with a type test, which a known type makes needless.
+_GUARDED = ("object", "string", "array")
+# Keywords that assert only about objects (anything else satisfies them).
+_OBJECT_KEYWORDS = frozenset({"properties", "required", "additionalProperties"})
+
+
+def _object_only(schema: Any) -> bool:
+    """True for a schema without `type` whose assertions are all about objects (`allOf`
+    members included), and that has at least one."""
+    if not isinstance(schema, dict) or "type" in schema:
+        return False
+    asserting = set(schema) - _ANNOTATIONS
+    if not asserting or not asserting <= _OBJECT_KEYWORDS | {"allOf"}:
+        return False
+    members = schema.get("allOf", [])
+    return isinstance(members, list) and all(
+        member is True or _object_only(member) or member == {} for member in members)
+
 # Python expressions for JSON Schema types; `{v}` is the value's variable.
 _TYPE_EXPRESSIONS: Dict[str, str] = {
     "string": "isinstance({v}, str)",
@@ -73,6 +91,9 @@ class SchemaCompiler:
         self._pending: List[str] = []
         self._refs: Dict[str, str] = {}
         self._counter = 0
+        # Variables whose JSON type a check already made sure of, where the code being
+        # written runs: their keywords need no type guard of their own.
+        self._known: Dict[str, str] = {}
 
     def compile(self, schema: Any) -> Predicate:
         """A function `value -> bool` equal to the reference's `is_valid` for `schema`."""
@@ -103,7 +124,9 @@ class SchemaCompiler:
     def _function(self, schema: Any, name: Optional[str] = None) -> str:
         name = name or self._name("check")
         lines: List[str] = []
+        saved, self._known = self._known, {}  # a new function knows nothing of its `v`
         self._emit(schema, "v", lines, 1)
+        self._known = saved
         self._pending.append(f"def {name}(v):\n" + "".join(lines) + "    return True\n")
         return name
 
@@ -121,10 +144,39 @@ class SchemaCompiler:
             fallback = self._constant("reference", self._reference.evolve(schema=schema).is_valid)
             out.append(f"{pad}if not {fallback}({var}): return False\n")
             return
+        # A single type is tested first (every keyword holds or fails alike in any order), so
+        # that the keywords after it test no type again. What is learnt holds within this
+        # schema only: an `if`'s branches, for one, are written inside it.
+        saved = self._known
+        kind = schema.get("type")
+        if kind in _GUARDED and saved.get(var) != kind:
+            self._kw_type(kind, schema, var, out, depth)
+            self._known = {**saved, var: kind}
+        elif kind is None and saved.get(var) != "object" and _object_only(schema):
+            # Keywords that hold for anything but an object (allOf of presence items, say):
+            # one isinstance test for all of them instead of one each.
+            self._known = {**saved, var: "object"}
+            inner: List[str] = []
+            self._emit_keywords(schema, var, inner, depth + 1)
+            if inner:
+                out.append(f"{pad}if isinstance({var}, dict):\n")
+                out.extend(inner)
+            self._known = saved
+            return
+        self._emit_keywords(schema, var, out, depth)
+        self._known = saved
+
+    def _emit_keywords(self, schema: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
+        guarded = schema.get("type") in _GUARDED
         for keyword, value in schema.items():
+            if keyword == "type" and guarded:
+                continue  # tested first, by _emit
             emit = getattr(self, "_kw_" + keyword.lstrip("$"), None)
             if emit is not None:
                 emit(value, schema, var, out, depth)
+
+    def _is(self, var: str, kind: str) -> bool:
+        return self._known.get(var) == kind
 
     def _block(self, header: str, schema: Any, var: str, out: List[str], depth: int,
                prelude: str = "") -> None:
@@ -150,7 +202,10 @@ class SchemaCompiler:
         strings = self._constant("strings", frozenset(v for v in values if isinstance(v, str)))
         others = [v for v in values if not isinstance(v, str)]
         if not others:
-            out.append(f"{pad}if not (isinstance({var}, str) and {var} in {strings}): return False\n")
+            if self._is(var, "string"):
+                out.append(f"{pad}if {var} not in {strings}: return False\n")
+            else:
+                out.append(f"{pad}if not (isinstance({var}, str) and {var} in {strings}): return False\n")
             return
         other = self._constant("others", others)
         out.append(f"{pad}if isinstance({var}, str):\n{pad}    if {var} not in {strings}: return False\n"
@@ -162,10 +217,12 @@ class SchemaCompiler:
 
     def _kw_pattern(self, pattern: str, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
         search = self._constant("search", re.compile(pattern).search)
-        out.append(f"{'    ' * depth}if isinstance({var}, str) and {search}({var}) is None: return False\n")
+        guard = "" if self._is(var, "string") else f"isinstance({var}, str) and "
+        out.append(f"{'    ' * depth}if {guard}{search}({var}) is None: return False\n")
 
     def _length(self, op: str, limit: int, var: str, out: List[str], depth: int) -> None:
-        out.append(f"{'    ' * depth}if isinstance({var}, str) and len({var}) {op} {int(limit)}: return False\n")
+        guard = "" if self._is(var, "string") else f"isinstance({var}, str) and "
+        out.append(f"{'    ' * depth}if {guard}len({var}) {op} {int(limit)}: return False\n")
 
     def _kw_minLength(self, limit: int, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
         self._length("<", limit, var, out, depth)
@@ -188,36 +245,45 @@ class SchemaCompiler:
         if not names:
             return
         present = " and ".join(f"{n!r} in {var}" for n in names)
-        out.append(f"{'    ' * depth}if isinstance({var}, dict) and not ({present}): return False\n")
+        guard = "" if self._is(var, "object") else f"isinstance({var}, dict) and "
+        out.append(f"{'    ' * depth}if {guard}not ({present}): return False\n")
 
     def _kw_properties(self, properties: Dict[str, Any], _s: Dict[str, Any], var: str,
                        out: List[str], depth: int) -> None:
         inner: List[str] = []
+        known = self._is(var, "object")
         for name, sub in properties.items():
             child = self._name("value")
-            self._block(f"if {name!r} in {var}", sub, child, inner, depth + 1, f"{child} = {var}[{name!r}]")
-        if inner:
+            self._block(f"if {name!r} in {var}", sub, child, inner, depth if known else depth + 1,
+                        f"{child} = {var}[{name!r}]")
+        if inner and not known:
             out.append(f"{'    ' * depth}if isinstance({var}, dict):\n")
-            out.extend(inner)
+        out.extend(inner)
 
     def _kw_additionalProperties(self, sub: Any, schema: Dict[str, Any], var: str,
                                  out: List[str], depth: int) -> None:
         declared = self._constant("declared", frozenset(schema.get("properties", {})))
         key, child = self._name("key"), self._name("value")
         inner: List[str] = []
-        self._block(f"if {key} not in {declared}", sub, child, inner, depth + 2, f"{child} = {var}[{key}]")
+        known = self._is(var, "object")
+        self._block(f"if {key} not in {declared}", sub, child, inner, depth + 1 if known else depth + 2,
+                    f"{child} = {var}[{key}]")
         if inner:
             pad = "    " * depth
-            out.append(f"{pad}if isinstance({var}, dict):\n{pad}    for {key} in {var}:\n")
+            if known:
+                out.append(f"{pad}for {key} in {var}:\n")
+            else:
+                out.append(f"{pad}if isinstance({var}, dict):\n{pad}    for {key} in {var}:\n")
             out.extend(inner)
 
     def _kw_items(self, sub: Any, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
         child = self._name("item")
         inner: List[str] = []
-        self._block(f"for {child} in {var}", sub, child, inner, depth + 1)
-        if inner:
+        known = self._is(var, "array")
+        self._block(f"for {child} in {var}", sub, child, inner, depth if known else depth + 1)
+        if inner and not known:
             out.append(f"{'    ' * depth}if isinstance({var}, list):\n")
-            out.extend(inner)
+        out.extend(inner)
 
     def _kw_allOf(self, subs: List[Any], _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
         for sub in subs:

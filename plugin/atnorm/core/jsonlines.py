@@ -11,7 +11,7 @@ import base64
 import json
 from typing import Any
 
-from ..model.encodable import encodable
+from ..model.encodable import encodable, plain_json_line
 from ..model.verdict import Verdict
 
 
@@ -46,6 +46,9 @@ def dumps_as_is(record: Any) -> str:
 def dumps(record: Any) -> str:
     """One compact JSON line (no newline), strict JSON that encodes as UTF-8; a record that
     cannot be written as it is goes through `encodable`."""
+    line = plain_json_line(record)  # the same text, by msgspec, for most records
+    if line is not None:
+        return line
     try:
         return dumps_as_is(record)
     except UNWRITABLE:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..model.encodable import MAX_INT, MIN_INT, bytes_text
 from ..model.encodable import text as readable
-from ..model.event import EVENT_MARKERS
+from ..model.event import CREDENTIAL_TYPES, EVENT_MARKERS, OUTCOMES, SEVERITIES
 
 Fixes = List[str]
 Step = Callable[[Dict[str, Any], Dict[str, Any], Fixes], None]  # (work, original event, fixes)
@@ -137,6 +137,9 @@ def as_text(record: Any) -> Any:
 # Stage 1: find the event inside a record
 
 
+_ACTION, _INITIATOR, _TARGET = EVENT_MARKERS
+
+
 def is_event(record: Dict[str, Any]) -> bool:
     """An Activity Tracker event carries at least two of action, initiator and target.
 
@@ -144,7 +147,7 @@ def is_event(record: Dict[str, Any]) -> bool:
     the record is an audit event; two make it one, and a missing third is then a reason
     to reject rather than to pass the record on unchecked.
     """
-    return sum(1 for key in EVENT_MARKERS if key in record) >= 2
+    return (_ACTION in record) + (_INITIATOR in record) + (_TARGET in record) >= 2
 
 
 def _bounded_int(digits: str) -> Any:
@@ -209,7 +212,11 @@ def unflatten(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
     A dotted key that would clash with a non-object value is left as it is.
     """
-    if not any(type(key) is str and "." in key for key in record):
+    try:
+        dotted = "." in "".join(record)  # str keys, as a record's are once it is text: one scan in C
+    except TypeError:
+        dotted = any(type(key) is str and "." in key for key in record)
+    if not dotted:
         return None
     result: Dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in record.items()
                               if type(k) is not str or "." not in k}
@@ -590,18 +597,26 @@ _ZONE_SUFFIX = re.compile(r"-[0-9]+$")
 # Keys come from traffic: the caches are cleared when they reach this size.
 _CACHE_LIMIT = 4096
 _CRN_PARTS: Dict[str, Optional[Dict[str, str]]] = {}
+# CRNs with all ten segments, by all but the last (the resource, which the parts do not use):
+# a target.id names one resource of an instance that recurs.
+_CRN_PARTS_BY_INSTANCE: Dict[str, Optional[Dict[str, str]]] = {}
 
 
 def parse_crn(value: Any) -> Optional[Dict[str, str]]:
-    """Parse a CRN (cached: a source's logSourceCRN repeats in every event it sends)."""
+    """Parse a CRN (cached: a source's logSourceCRN repeats in every event it sends, and a
+    target's CRN but for its resource). The parts are shared: read them, do not change them."""
     if not isinstance(value, str):
         return None
-    parts = _CRN_PARTS.get(value)
-    if parts is None and value not in _CRN_PARTS:
+    if value.count(":") >= 9:  # segment 8 (the resource type) and those before it end at the last colon
+        cache, key = _CRN_PARTS_BY_INSTANCE, value[:value.rindex(":")]
+    else:
+        cache, key = _CRN_PARTS, value
+    parts = cache.get(key)
+    if parts is None and key not in cache:
         parts = _parse_crn(value)
-        if len(_CRN_PARTS) >= _CACHE_LIMIT:
-            _CRN_PARTS.clear()
-        _CRN_PARTS[value] = parts
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = parts
     return parts
 
 
@@ -613,21 +628,32 @@ def _parse_crn(value: str) -> Optional[Dict[str, str]]:
     if not isinstance(value, str):
         return None
     parts = value.split(":")
-    if parts and parts[0] != "crn":
-        parts = ["crn"] + parts
+    if parts[0] != "crn":
+        parts.insert(0, "crn")
     if len(parts) < 7 or parts[1] != "v1":
         return None
-    parts += [""] * (10 - len(parts))
     out: Dict[str, str] = {}
     if parts[4]:
         out["crnServiceName"] = parts[4]
-    if parts[5]:
-        out["region"] = _ZONE_SUFFIX.sub("", parts[5])
-    if parts[6].startswith("a/") and len(parts[6]) > 2:
-        out["account"] = parts[6][2:]
-    if parts[8]:
+    location = parts[5]
+    if location:
+        region = _REGIONS.get(location)
+        if region is None:
+            region = _ZONE_SUFFIX.sub("", location)
+            if len(_REGIONS) >= _CACHE_LIMIT:
+                _REGIONS.clear()
+            _REGIONS[location] = region
+        out["region"] = region
+    scope = parts[6]
+    if len(scope) > 2 and scope.startswith("a/"):
+        out["account"] = scope[2:]
+    if len(parts) > 8 and parts[8]:
         out["resourceType"] = parts[8]
     return out
+
+
+# The region of a CRN location: the location without a zone suffix (`us-south-1`).
+_REGIONS: Dict[str, str] = {}
 
 
 _ACTION_PARTS: Dict[Tuple[str, Optional[str]], Dict[str, str]] = {}
@@ -649,35 +675,112 @@ def _action_parts(action: str, service: Optional[str]) -> Dict[str, str]:
 
 def derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, str]:
     """Service, object type and verb from the action; region, account, … from the CRNs."""
-    derived: Dict[str, str] = {}
     action = work.get("action")
     if isinstance(action, str) and action.count(".") >= 2:
-        derived.update(_action_parts(action, service))
+        derived = dict(_action_parts(action, service))
+    else:
+        derived = {}
     target = work.get("target")
     crn = parse_crn(target.get("id")) if isinstance(target, dict) else None
     if crn:
         derived.update(crn)
     source = parse_crn(work.get("logSourceCRN"))
-    if source:
+    # Most often the target's CRN has every part the source's has: nothing to add.
+    if source and not source.keys() <= derived.keys():
         for key, value in source.items():
             derived.setdefault(key, value)
     return derived
 
 
+# Documented values of the case-folded fields: trimmed and lower case already, so one set
+# lookup tells that neither trim nor casefold would change them.
+_CLEAN_ENUMS = frozenset(value for value in OUTCOMES + SEVERITIES + CREDENTIAL_TYPES
+                         if value.strip() == value and value.lower() == value)
+
+
+def needs_only_event_time(event: Dict[str, Any]) -> bool:
+    """True when trim_whitespace, coerce_types, casefold_enums and fix_type_uris would change
+    nothing in `event`, as in most valid events: one pass over the fields those steps read.
+
+    It may say False for an event the steps leave as it is (an undocumented enum value, a
+    str reason code that is no number): the steps then run and decide. It never says True
+    for one they would change.
+    """
+    get = event.get
+    for key in ("action", "eventTime", "message", "logSourceCRN"):
+        value = get(key)
+        if isinstance(value, str) and value.strip() != value:
+            return False
+    for key in ("outcome", "severity"):
+        value = get(key)
+        if isinstance(value, str) and value not in _CLEAN_ENUMS:
+            return False
+    for key in ("dataEvent", "saveServiceCopy", "requestData", "responseData"):
+        if isinstance(get(key), str):
+            return False
+    reason = get("reason")
+    if isinstance(reason, dict) and isinstance(reason.get("reasonCode"), str):
+        return False
+    initiator = get("initiator")
+    if isinstance(initiator, dict):
+        value = initiator.get("id")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+        value = initiator.get("name")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+        value = initiator.get("typeURI")
+        if isinstance(value, str) and (value.strip() != value or value.startswith("/")):
+            return False
+        host = initiator.get("host")
+        if isinstance(host, dict):
+            value = host.get("address")
+            if isinstance(value, str) and value.strip() != value:
+                return False
+        credential = initiator.get("credential")
+        if isinstance(credential, dict):
+            value = credential.get("type")
+            if isinstance(value, str) and value not in _CLEAN_ENUMS:
+                return False
+    target = get("target")
+    if isinstance(target, dict):
+        value = target.get("id")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+        value = target.get("name")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+        value = target.get("typeURI")
+        if isinstance(value, str) and (value.strip() != value or value.startswith("/")):
+            return False
+    observer = get("observer")
+    if isinstance(observer, dict):
+        value = observer.get("name")
+        if isinstance(value, str) and value.strip() != value:
+            return False
+    return True
+
+
 class Normalizer:
-    """The configured chain of steps. Build once; `normalize` runs per record."""
+    """The configured chain of steps. Build once; `normalize` runs per record.
+
+    `fast_path` False runs every step on every event: the reference that the fast path
+    (only the eventTime step for an event `needs_only_event_time` clears) is tested against.
+    """
 
     def __init__(self, *, fraction_digits: int = 3, derived_fields: Sequence[str] = DERIVED_FIELDS,
                  annotation_key: Optional[str] = "atnorm", record_fixes: bool = True,
-                 aliases: Optional[Dict[str, str]] = None) -> None:
+                 aliases: Optional[Dict[str, str]] = None, fast_path: bool = True) -> None:
         unknown = set(derived_fields) - set(DERIVED_FIELDS)
         if unknown:
             raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
         self.steps: List[Step] = []
         if aliases:
             self.steps.append(_make_alias_step(aliases))
-        self.steps += [trim_whitespace, make_event_time_step(fraction_digits), coerce_types,
-                       casefold_enums, fix_type_uris]
+        self._event_time = make_event_time_step(fraction_digits)
+        self.steps += [trim_whitespace, self._event_time, coerce_types, casefold_enums, fix_type_uris]
+        # Renamed keys would escape the test: with aliases, every step runs.
+        self._fast_path = fast_path and not aliases
         self.derived_fields = tuple(derived_fields)
         self.annotation_key = annotation_key
         self.record_fixes = record_fixes
@@ -688,6 +791,9 @@ class Normalizer:
     def normalize(self, event: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
         """A normalized copy of `event`; the names of the changes are appended to `fixes`."""
         work = dict(event)
+        if self._fast_path and needs_only_event_time(event):
+            self._event_time(work, event, fixes)
+            return work
         for step in self.steps:
             step(work, event, fixes)
         return work

@@ -20,6 +20,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import msgpack
+import msgspec
 
 # msgpack's integer range (int64 for negatives, uint64 for the rest).
 MIN_INT = -(1 << 63)
@@ -191,6 +192,8 @@ def is_encodable(value: Any, max_depth: int = MAX_DEPTH) -> bool:
 
 
 def _fine(value: Any, depth: int) -> bool:
+    # Text, integers, booleans and None, most of a record, are tested in the loops, not by
+    # a call each.
     kind = type(value)
     if kind is str:
         return value.isascii() or _SURROGATE.search(value) is None
@@ -200,14 +203,28 @@ def _fine(value: Any, depth: int) -> bool:
         for key, item in value.items():
             if type(key) is not str or not key.isascii() and _SURROGATE.search(key) is not None:
                 return False
-            if not _fine(item, depth - 1):
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and _SURROGATE.search(item) is not None:
+                    return False
+            elif kind is int:
+                if not MIN_INT <= item <= MAX_INT:
+                    return False
+            elif item is not None and kind is not bool and not _fine(item, depth - 1):
                 return False
         return True
     if kind is list:
         if depth <= 0:
             return False
         for item in value:
-            if not _fine(item, depth - 1):
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and _SURROGATE.search(item) is not None:
+                    return False
+            elif kind is int:
+                if not MIN_INT <= item <= MAX_INT:
+                    return False
+            elif item is not None and kind is not bool and not _fine(item, depth - 1):
                 return False
         return True
     if kind is int:
@@ -226,15 +243,69 @@ _CLASSES = bytes(1 if 0x30 <= b <= 0x39 else 2 if b in b"{[" else 0 for b in ran
 _LONG_NUMBER = b"\x01" * 19
 
 
+# msgspec (C) writes JSON's own types without floats as `_strict_json` does, every character
+# escaped alike, in a fraction of the time; its floats differ (`1e16`, NaN as null).
+_msgspec_json = msgspec.json.Encoder().encode
+
+
+def _plain(value: Any, depth: int, keys: bool = False) -> bool:
+    """True when `value`, a dict or list of JSON's own types (str keys, tested too if `keys`),
+    holds no float, integers in msgpack's range only and at most `depth` levels: then msgspec
+    writes it as `_strict_json` does, or raises UnicodeEncodeError for a lone surrogate.
+    Text, the most of a record, costs one type test here."""
+    if depth <= 0:
+        return False
+    if type(value) is dict:
+        if keys:
+            try:
+                "".join(value)  # in C: TypeError for a key that is not a str
+            except TypeError:
+                return False
+        items: Any = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            continue
+        if kind is dict or kind is list:
+            if not _plain(item, depth - 1, keys):
+                return False
+        elif kind is int:
+            if not MIN_INT <= item <= MAX_INT:
+                return False
+        elif item is not None and kind is not bool:
+            return False  # a float (msgspec writes 1e16, NaN otherwise) or no JSON type at all
+    return True
+
+
+def plain_json_line(value: Any) -> Optional[str]:
+    """The compact strict JSON text of `value` (any value) written by msgspec, where that is
+    the standard encoder's text: a dict or list of JSON's own types, str keys, no float, no
+    lone surrogate, within MAX_DEPTH and 64 bits. None otherwise, for the caller's own way."""
+    try:
+        if (type(value) is dict or type(value) is list) and _plain(value, MAX_DEPTH, keys=True):
+            return _msgspec_json(value).decode("utf-8")
+    except (RecursionError, UnicodeEncodeError, TypeError):
+        pass
+    return None
+
+
 def json_line(value: Any) -> Optional[str]:
     """The compact strict JSON text of `value` when `is_encodable(value)`, else None.
 
     Only for a value of JSON's own types (dicts with str keys, lists, str, int, float, bool,
-    None), as a JSON decoder returns them. The encoder (C) refuses NaN and infinities; what
-    it lets through shows in the text: a lone surrogate fails UTF-8, an integer past 64 bits
-    is 19 digits in a row, nesting past MAX_DEPTH needs more brackets. Only a line that
+    None), as a JSON decoder returns them. One without floats that the walk finds writable
+    is written by msgspec. Otherwise the standard encoder (C) refuses NaN and infinities;
+    what it lets through shows in the text: a lone surrogate fails UTF-8, an integer past 64
+    bits is 19 digits in a row, nesting past MAX_DEPTH needs more brackets. Only a line that
     shows one of these is walked by `is_encodable` (19 digits may be text, brackets too).
     """
+    try:
+        if (type(value) is dict or type(value) is list) and _plain(value, MAX_DEPTH):
+            return _msgspec_json(value).decode("utf-8")
+    except (RecursionError, UnicodeEncodeError, TypeError):  # a lone surrogate, a key no JSON has: decided below
+        pass
     try:
         line = _strict_json(value)
     except (ValueError, RecursionError, TypeError):  # NaN, infinity, too many digits, too deep
