@@ -1,4 +1,5 @@
-"""The exec-filter's JSON output encoder (`writers.compact_json`, one C encoder made once)
+"""The JSON output encoder (`jsoncodec.compact_json`, one C encoder made once, used by the
+exec-filter's writer and by `encodable.json_line`)
 must write what `json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
 allow_nan=False).encode` writes, or fail where it fails.
 
@@ -24,8 +25,9 @@ from atnorm.bench.eventgen import EventGenerator
 from atnorm.core.pipeline import EventFilter
 from atnorm.execfilter.readers import JsonLinesInput, MsgpackInput
 from atnorm.execfilter.shaping import RecordRouter
-from atnorm.execfilter.writers import OutputEncoder, compact_json
+from atnorm.execfilter.writers import OutputEncoder
 from atnorm.model.encodable import encodable
+from atnorm.model.jsoncodec import compact_json
 
 REFERENCE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 VALUES = 12_000

@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 import msgspec
 
+from .jsoncodec import compact_json
+
 # msgpack's integer range (int64 for negatives, uint64 for the rest).
 MIN_INT = -(1 << 63)
 MAX_INT = (1 << 64) - 1
@@ -235,8 +237,8 @@ def _fine(value: Any, depth: int) -> bool:
 
 
 # Compact strict JSON, as the JSON-lines writers make it (jsonlines.dumps): for values of
-# JSON's own types the same text.
-_strict_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# JSON's own types the same text. No cycle check: json_line takes decoded values only.
+_strict_json = compact_json()
 # Bytes of a line by class, for counting in C: 1 a digit, 2 an opening bracket, 0 the rest.
 _CLASSES = bytes(1 if 0x30 <= b <= 0x39 else 2 if b in b"{[" else 0 for b in range(256))
 # An integer outside msgpack's range has at least 19 digits (one inside may too: then the walk decides).

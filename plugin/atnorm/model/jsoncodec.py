@@ -10,7 +10,8 @@ raises: msgspec takes the common case and every input where it could differ goes
 - Nesting: both stop at the interpreter's recursion limit, but msgspec a few levels
   deeper, so a document with many brackets goes to `json.loads` without trying msgspec.
 
-Encoding stays with the standard library, but for one case: msgspec writes NaN as null,
+Encoding stays with the standard library (`compact_json`: its C encoder made once), but
+for one case: msgspec writes NaN as null,
 bytes as base64, dates and UUIDs as text and ``1e16`` without its ``+``. Only a value of
 JSON's own types without a float, found writable by a walk, is written by msgspec
 (`encodable.json_line`): there the two give the same text.
@@ -19,7 +20,8 @@ JSON's own types without a float, found writable by a walk, is written by msgspe
 from __future__ import annotations
 
 import json
-from typing import Any
+from json import encoder as json_encoder
+from typing import Any, Callable
 
 import msgspec
 
@@ -48,3 +50,37 @@ def loads(data: Any) -> Any:
         except _REFUSED:
             pass  # the reference decides, and words the error
     return _json_loads(data)
+
+
+# What `compact_json` is checked against when it is made: escapes, non-ASCII text, floats,
+# big integers, nesting, empty containers.
+_SAMPLE = {"a\"\\\n\t\x00\x7f/": ["é\u2028\U0001f600", 1.5, -0.0, 1e16, 2.5e-08, 1 << 70, True, None,
+                                   {"k": [[], {}]}], "": ""}
+
+
+def compact_json() -> Callable[[Any], str]:
+    """Compact strict JSON text of a value: what `json.JSONEncoder(ensure_ascii=False,
+    separators=(",", ":"), allow_nan=False).encode` returns, through one C encoder made
+    once (`encode` makes a new one for every value it is given).
+
+    Without the circular-reference check: output records come from decoded input and
+    hold no cycles. Where the C encoder is missing or not the one expected, `encode`."""
+    reference = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    make = getattr(json_encoder, "c_make_encoder", None)
+    if make is None or json_encoder.encode_basestring is not getattr(json_encoder, "c_encode_basestring", None):
+        return reference.encode
+    try:
+        chunks = make(None, reference.default, json_encoder.encode_basestring, None, ":", ",",
+                      False, False, False)
+    except TypeError:  # another signature
+        return reference.encode
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(chunks(value, 0))
+
+    try:
+        same = encode(_SAMPLE) == reference.encode(_SAMPLE)
+    except Exception:
+        same = False
+    return encode if same else reference.encode
