@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .relay import CHUNK_RECORDS, ROUNDS, StartHop, bench_payloads, measure_best, rounded, start_relay
+from .relay import CHUNK_RECORDS, ROUNDS, ChildProcessHop, StartHop, bench_payloads, measure_best, rounded, start_relay
 
 FLUENTD = "fluentd"
 FLUENT_BIT = "fluent-bit"
@@ -86,7 +86,7 @@ def exec_command(child: str, workdir: str) -> str:
                        "--log-file", os.path.join(workdir, "exec-filter.log")])
 
 
-class AgentProcess:
+class AgentProcess(ChildProcessHop):
     """An agent (Fluentd or Fluent Bit) in a child process, forwarding to `downstream_port`."""
 
     def __init__(self, executable: str, conf: Path, child: Optional[str], downstream_port: int,
@@ -119,18 +119,6 @@ class AgentProcess:
         with open(self.log_path, "rb") as log:
             tail = log.read()[-2000:].decode("utf-8", "replace")
         raise RuntimeError(f"{self.name} did not listen on {self.port}: {tail}")
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def start_agent(executable: str, conf: Path, child: Optional[str]) -> StartHop:

@@ -131,7 +131,25 @@ class Hop(Protocol):
 StartHop = Callable[[int, str], Hop]
 
 
-class RelayProcess:
+class ChildProcessHop:
+    """A hop that is a child process (`process`): its pid, and a stop that waits for it."""
+
+    process: "subprocess.Popen[Any]"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class RelayProcess(ChildProcessHop):
     """`atnorm serve` in a child process, forwarding to `downstream_port`."""
 
     def __init__(self, downstream_port: int, data_dir: str, extra: List[str]) -> None:
@@ -149,18 +167,6 @@ class RelayProcess:
             if match:
                 return int(match.group(2))
         raise RuntimeError(f"the relay did not start (exit status {self.process.wait()})")
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 async def measure_hop(payloads: Payloads, start: StartHop) -> Dict[str, Any]:
