@@ -721,17 +721,17 @@ def needs_only_event_time(event: Dict[str, Any]) -> bool:
     reason = get("reason")
     if isinstance(reason, dict) and isinstance(reason.get("reasonCode"), str):
         return False
-    initiator = get("initiator")
+    initiator, target = get("initiator"), get("target")
+    for part in (initiator, target):
+        if isinstance(part, dict):
+            for key in ("id", "name"):
+                value = part.get(key)
+                if isinstance(value, str) and value.strip() != value:
+                    return False
+            value = part.get("typeURI")
+            if isinstance(value, str) and (value.strip() != value or value.startswith("/")):
+                return False
     if isinstance(initiator, dict):
-        value = initiator.get("id")
-        if isinstance(value, str) and value.strip() != value:
-            return False
-        value = initiator.get("name")
-        if isinstance(value, str) and value.strip() != value:
-            return False
-        value = initiator.get("typeURI")
-        if isinstance(value, str) and (value.strip() != value or value.startswith("/")):
-            return False
         host = initiator.get("host")
         if isinstance(host, dict):
             value = host.get("address")
@@ -742,17 +742,6 @@ def needs_only_event_time(event: Dict[str, Any]) -> bool:
             value = credential.get("type")
             if isinstance(value, str) and value not in _CLEAN_ENUMS:
                 return False
-    target = get("target")
-    if isinstance(target, dict):
-        value = target.get("id")
-        if isinstance(value, str) and value.strip() != value:
-            return False
-        value = target.get("name")
-        if isinstance(value, str) and value.strip() != value:
-            return False
-        value = target.get("typeURI")
-        if isinstance(value, str) and (value.strip() != value or value.startswith("/")):
-            return False
     observer = get("observer")
     if isinstance(observer, dict):
         value = observer.get("name")
