@@ -307,6 +307,8 @@ def test_an_agent_that_does_not_start_is_reported_in_the_figure(tmp_path, monkey
     agent.write_text("#!/bin/sh\necho '[error] configuration rejected' >&2\nexit 1\n", encoding="utf-8")
     agent.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    # Installed from a wheel (as tox does), the package holds no conf/: point at the tree's.
+    monkeypatch.setenv(agents.CONF_DIR_VARIABLE, str(BENCH_CONF))
     [figure] = agents.bench_figures(1000, 0.1)
     assert "fluent-bit did not listen" in figure["failed"]
     assert "configuration rejected" in figure["failed"]
