@@ -281,12 +281,13 @@ def _plain(value: Any, depth: int, keys: bool = False) -> bool:
     return True
 
 
-def plain_json_line(value: Any) -> Optional[str]:
+def plain_json_line(value: Any, keys: bool = True) -> Optional[str]:
     """The compact strict JSON text of `value` (any value) written by msgspec, where that is
     the standard encoder's text: a dict or list of JSON's own types, str keys, no float, no
-    lone surrogate, within MAX_DEPTH and 64 bits. None otherwise, for the caller's own way."""
+    lone surrogate, within MAX_DEPTH and 64 bits. None otherwise, for the caller's own way.
+    `keys` False: the keys are known to be str (a value a JSON decoder returned)."""
     try:
-        if (type(value) is dict or type(value) is list) and _plain(value, MAX_DEPTH, keys=True):
+        if (type(value) is dict or type(value) is list) and _plain(value, MAX_DEPTH, keys):
             return _msgspec_json(value).decode("utf-8")
     except (RecursionError, UnicodeEncodeError, TypeError):
         pass
@@ -303,11 +304,9 @@ def json_line(value: Any) -> Optional[str]:
     bits is 19 digits in a row, nesting past MAX_DEPTH needs more brackets. Only a line that
     shows one of these is walked by `is_encodable` (19 digits may be text, brackets too).
     """
-    try:
-        if (type(value) is dict or type(value) is list) and _plain(value, MAX_DEPTH):
-            return _msgspec_json(value).decode("utf-8")
-    except (RecursionError, UnicodeEncodeError, TypeError):  # a lone surrogate, a key no JSON has: decided below
-        pass
+    line = plain_json_line(value, keys=False)
+    if line is not None:
+        return line
     try:
         line = _strict_json(value)
     except (ValueError, RecursionError, TypeError):  # NaN, infinity, too many digits, too deep
