@@ -37,6 +37,9 @@ UNWRITABLE = (ValueError, TypeError, RecursionError, UnicodeEncodeError)
 def dumps_as_is(record: Any) -> str:
     """One compact JSON line (no newline) holding `record` unchanged; raises one of
     UNWRITABLE when strict JSON in UTF-8 cannot hold it as it is."""
+    line = plain_json_line(record)  # the same text, by msgspec, for most records
+    if line is not None:
+        return line
     line = _encoder.encode(record)
     if not line.isascii():
         line.encode("utf-8")  # a lone surrogate would fail only where the line is written
@@ -46,9 +49,6 @@ def dumps_as_is(record: Any) -> str:
 def dumps(record: Any) -> str:
     """One compact JSON line (no newline), strict JSON that encodes as UTF-8; a record that
     cannot be written as it is goes through `encodable`."""
-    line = plain_json_line(record)  # the same text, by msgspec, for most records
-    if line is not None:
-        return line
     try:
         return dumps_as_is(record)
     except UNWRITABLE:
