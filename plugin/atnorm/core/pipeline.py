@@ -123,7 +123,7 @@ def _warning_step(warn: List[Rule], ignored: frozenset) -> Callable[[Dict[str, A
     def add(work: Dict[str, Any], warnings: List[str]) -> List[str]:
         for check, rule in checks:
             if not check(work):  # the rule's items are asked only when it fails
-                warnings += rule.warning_kinds(work)
+                warnings += rule.failed_kinds(work)
         return warnings
 
     def add_and_drop_ignored(work: Dict[str, Any], warnings: List[str]) -> List[str]:
@@ -328,7 +328,7 @@ class EventFilter:
                 break
         for check, rule in self._envelope_warn_checks:
             if not check(work):  # the rule's items are asked only when it fails
-                warnings += rule.warning_kinds(work)
+                warnings += rule.failed_kinds(work)
 
         action = work.get("action")
         service = self._service_of(action)  # a str action, or None

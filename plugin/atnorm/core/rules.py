@@ -70,6 +70,11 @@ class Rule:
     def warning_kinds(self, record: Any) -> List[str]:
         if self.check(record):  # the whole rule in one call: most records fail no item
             return []
+        return self.failed_kinds(record)
+
+    def failed_kinds(self, record: Any) -> List[str]:
+        """The kinds of a record that fails the rule (`check` said so): its failing items, or
+        the rule's own name when it has none."""
         if self.items:
             return [kind for kind, check in self.items if not check(record)]
         return [self.name]
