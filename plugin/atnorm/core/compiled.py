@@ -178,6 +178,11 @@ class SchemaCompiler:
     def _is(self, var: str, kind: str) -> bool:
         return self._known.get(var) == kind
 
+    def _guard(self, var: str, kind: str) -> str:
+        """`isinstance(var, …) and ` for a keyword that asserts only about `kind`; nothing
+        where `var` is known to be one."""
+        return "" if self._is(var, kind) else _TYPE_EXPRESSIONS[kind].format(v=var) + " and "
+
     def _block(self, header: str, schema: Any, var: str, out: List[str], depth: int,
                prelude: str = "") -> None:
         """`header:` followed by the checks of `schema`, only if there are any."""
@@ -217,11 +222,11 @@ class SchemaCompiler:
 
     def _kw_pattern(self, pattern: str, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
         search = self._constant("search", re.compile(pattern).search)
-        guard = "" if self._is(var, "string") else f"isinstance({var}, str) and "
+        guard = self._guard(var, "string")
         out.append(f"{'    ' * depth}if {guard}{search}({var}) is None: return False\n")
 
     def _length(self, op: str, limit: int, var: str, out: List[str], depth: int) -> None:
-        guard = "" if self._is(var, "string") else f"isinstance({var}, str) and "
+        guard = self._guard(var, "string")
         out.append(f"{'    ' * depth}if {guard}len({var}) {op} {int(limit)}: return False\n")
 
     def _kw_minLength(self, limit: int, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
@@ -245,7 +250,7 @@ class SchemaCompiler:
         if not names:
             return
         present = " and ".join(f"{n!r} in {var}" for n in names)
-        guard = "" if self._is(var, "object") else f"isinstance({var}, dict) and "
+        guard = self._guard(var, "object")
         out.append(f"{'    ' * depth}if {guard}not ({present}): return False\n")
 
     def _kw_properties(self, properties: Dict[str, Any], _s: Dict[str, Any], var: str,
