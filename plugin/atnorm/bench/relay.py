@@ -8,10 +8,14 @@ chunk) on loopback. The same run measures the relay:
   byte is forwarded as the payload received, neither decoded nor packed again;
 - filtering in its own process (the default, `--filter-workers 1`);
 - with 2 filter worker processes, and with one per core when there are more than 2 cores:
-  the relay hands each payload to a worker as received, the worker decodes and decides.
+  the relay hands each payload to a worker as received, the worker decodes and decides;
+- as 2 relay processes on one port (`--workers 2`, SO_REUSEPORT), and one per core when
+  there are more than 2: each takes whole connections, decodes, decides and hands on.
 
-`workers_2_speedup` is 2 workers over the one-process relay: how the filter grows with cores.
-A record counts once the receiver has it and the sender has the relay's ack for it.
+The sender spreads its chunks round robin over SENDER_CONNECTIONS connections.
+`workers_2_speedup` and `processes_2_speedup` are each over the one-process relay: how the
+relay grows with cores. A record counts once the receiver has it and the sender has the
+relay's ack for it.
 Next to records/s, the CPU seconds the relay's processes (workers included) spent per
 million records, and the peak RSS of that process tree (the sum of each process's
 VmHWM): on a machine that other work shares, CPU moves less than the wall-clock figure
@@ -36,6 +40,9 @@ from ..forward.server import ForwardServer, ServerSettings
 from .eventgen import EventGenerator
 
 CHUNK_RECORDS = 1000
+# Sender connections, chunks spread round robin: with `--workers`, the kernel gives each
+# connection to one relay process, so one connection would keep all but one idle.
+SENDER_CONNECTIONS = 4
 TAG = "audit.bench"
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
@@ -173,7 +180,7 @@ async def measure_hop(payloads: Payloads, start: StartHop) -> Dict[str, Any]:
     """Records/s through one hop started by `start`, from an acknowledged sender to a
     receiver acking every chunk, after a warm-up chunk has gone all the way through."""
     total = sum(count for _, count in payloads)
-    warmup = payloads[0][1]
+    warmup = payloads[0][1] * SENDER_CONNECTIONS
     received = 0
     expected, arrived = warmup, asyncio.Event()
 
@@ -189,25 +196,31 @@ async def measure_hop(payloads: Payloads, start: StartHop) -> Dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="atnorm-bench-") as workdir:
             hop = start(receiver.port, workdir)
-            sender = ForwardSender([("127.0.0.1", hop.port)], SenderSettings(
+            senders = [ForwardSender([("127.0.0.1", hop.port)], SenderSettings(
                 flush_interval=0.005, batch_max_records=CHUNK_RECORDS, max_buffer_bytes=16 << 20))
+                for _ in range(SENDER_CONNECTIONS)]
             try:
-                # A warm-up chunk: connections open and the hop's first-use costs are paid.
-                # An agent may ack it before handing it on, so the receiver must have it too.
-                if not await sender.send("bench.warmup", payloads[0][0], warmup):
-                    raise RuntimeError("the warm-up chunk was not acked")
+                # A warm-up chunk per connection: connections open and the hop's first-use
+                # costs are paid. An agent may ack a chunk before handing it on, so the
+                # receiver must have them too.
+                # (One tag per connection: the same tag and content again would be a resend.)
+                warmed = await asyncio.gather(*(sender.send(f"bench.warmup.{n}", payloads[0][0], payloads[0][1])
+                                                for n, sender in enumerate(senders)))
+                if not all(warmed):
+                    raise RuntimeError("a warm-up chunk was not acked")
                 await asyncio.wait_for(arrived.wait(), 120)
                 received, expected = 0, total
                 arrived.clear()
                 cpu_start = _cpu_seconds(hop.pid)
                 start_time = time.perf_counter()
-                results = await asyncio.gather(*(sender.send(TAG, p, n) for p, n in payloads))
+                results = await asyncio.gather(*(senders[n % SENDER_CONNECTIONS].send(TAG, p, count)
+                                                 for n, (p, count) in enumerate(payloads)))
                 await asyncio.wait_for(arrived.wait(), 300)
                 elapsed = time.perf_counter() - start_time
                 cpu_end = _cpu_seconds(hop.pid)
                 peak_rss = _peak_rss_mib(hop.pid)
             finally:
-                await sender.close()
+                await asyncio.gather(*(sender.close() for sender in senders))
                 hop.stop()
     finally:
         await receiver.stop()
@@ -246,15 +259,18 @@ ROUNDS = 3
 
 
 def relay_configurations(cores: int) -> Dict[str, List[str]]:
-    """The relays measured, by name: pass-through, filtering in one process, 2 workers and,
-    with more than 2 cores, one worker per core (`--filter-workers 1` is the one process)."""
+    """The relays measured, by name: pass-through, filtering in one process, 2 filter
+    workers behind one relay, 2 relay processes on one port (`--workers`) and, with more
+    than 2 cores, one of each per core."""
     configurations = {
         "passthrough": ["--filter", "off"],
         "filtered": [],
         "filtered_2_workers": ["--filter-workers", "2"],
+        "filtered_2_processes": ["--workers", "2"],
     }
     if cores > 2:
         configurations[f"filtered_{cores}_workers"] = ["--filter-workers", str(cores)]
+        configurations[f"filtered_{cores}_processes"] = ["--workers", str(cores)]
     return configurations
 
 
@@ -289,6 +305,7 @@ def bench_figures(records: int, invalid_ratio: float, rounds: int = ROUNDS) -> L
         if name != "passthrough":
             figure[f"{name}_ratio"] = ratio(name, "passthrough")
     figure["workers_2_speedup"] = ratio("filtered_2_workers", "filtered")
+    figure["processes_2_speedup"] = ratio("filtered_2_processes", "filtered")
     for name in configurations:
         figure[f"{name}_cpu_s_per_1m_records"] = rounded(best[name]["cpu_s_per_1m"])
     for name in configurations:

@@ -18,6 +18,7 @@ from ..core.settings import FilterOptions, add_filter_arguments, filter_settings
 from ..core.stats import FilterStats
 from ..errors import ConfigError, ConfigErrors
 from ..relay.service import OPTIONS, Relay, RelaySettings, build_event_filter, load_settings, serve
+from ..relay.workers import RelayWorkers
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(settings, resolve_filter_options(args, file_values))
     configure_logging("serve", settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        # The supervisor loads no schemas: each worker builds its own filter.
+        asyncio.run(RelayWorkers(settings, args, file_values).run())
+        return 0
     filter_stats = FilterStats()
     event_filter = (build_event_filter(args, file_values, filter_stats, settings.drift_state)
                     if settings.filter else None)

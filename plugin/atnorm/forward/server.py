@@ -298,6 +298,9 @@ class ServerSettings:
     # decoding it there gives what decoding it here would (`scan_packed`'s
     # decoded_elsewhere), Fluent Bit's metadata form included.
     verbatim_decoded_elsewhere: bool = False
+    # Bind TCP listeners and UDP heartbeats with SO_REUSEPORT, so that several processes
+    # can listen on one address and the kernel spreads connections over them.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", tuple(self.listen))  # a list given stays the caller's
@@ -357,6 +360,7 @@ class ForwardServer:
         self.udp_heartbeat = settings.udp_heartbeat
         self.verbatim_chunks = settings.verbatim_chunks
         self.verbatim_decoded_elsewhere = settings.verbatim_decoded_elsewhere
+        self.reuse_port = settings.reuse_port
         self.stats = stats if stats is not None else RelayStats()
         self.memory = _MemoryBudget(settings.max_input_memory, self.stats)
         self._acked = DedupWindow(settings.dedup_chunks, settings.dedup_seconds)
@@ -419,7 +423,7 @@ class ForwardServer:
                 host, port = str(address[0]), int(address[1])
                 try:
                     server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE,
-                                                        reuse_address=True)
+                                                        reuse_address=True, reuse_port=self.reuse_port or None)
                 except OSError as exc:
                     raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
                 self._servers.append(server)
@@ -428,7 +432,8 @@ class ForwardServer:
                     self._addresses.append((bound[0], bound[1]))
                     if self.udp_heartbeat:
                         transport, _ = await loop.create_datagram_endpoint(
-                            lambda: _HeartbeatEcho(self.stats), local_addr=(bound[0], bound[1]))
+                            lambda: _HeartbeatEcho(self.stats), local_addr=(bound[0], bound[1]),
+                            reuse_port=self.reuse_port or None)
                         self._udp.append(transport)
         except BaseException:
             await self.stop(grace=0)

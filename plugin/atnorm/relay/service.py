@@ -56,7 +56,7 @@ from ..forward import server as server_defaults
 from ..forward.codec import Chunk, Entry, EventTime, pack_entries
 from ..forward.sender import ENTRY_FORMS, ForwardSender, SenderSettings, plain_entries
 from ..forward.server import MIN_INPUT_MEMORY, ForwardServer, ServerSettings
-from ..model.verdict import REJECTED
+from ..model.verdict import ACCEPTED, PASSED, REJECTED
 from ..monitoring.metrics import METRICS_LISTEN, MetricsServer, build_registry
 from ..monitoring.relaystats import RelayStats
 from ..monitoring.stats_record import STATS_INTERVAL, STATS_TAG, StatsRecorder
@@ -168,6 +168,10 @@ class RelaySettings:
            metavar="on|off", group="output")
     filter_workers: int = setting(positive_int, 1, "processes that decide records; more than 1 lets the filter "
            "use more cores (e.g. the number of cores)", metavar="N", group="output")
+    workers: int = setting(positive_int, 1, "relay processes listening on the same addresses (SO_REUSEPORT, "
+           "like Fluentd's workers): the kernel spreads sender connections over them; each has its own "
+           "filter, spool and record files (worker i > 0 in DATA_DIR/worker-i) and metrics port "
+           "(metrics_listen's port + i)", metavar="N", group="output")
     # local state
     data_dir: str = setting(text, "atnorm-data", "directory for the spool, and for the record files when no "
            "downstream is set", metavar="DIR", group="local state")
@@ -219,6 +223,9 @@ def settings_problems(settings: RelaySettings) -> List[ConfigError]:
     if settings.rejected_forward and not settings.forward:
         problems.append(ConfigError("rejected_forward needs forward too (without a downstream, records go "
                                     "to files in data_dir)", key="rejected_forward"))
+    if settings.workers > 1 and any(host_port(a)[0].startswith("unix://") for a in settings.listen):
+        problems.append(ConfigError("workers above 1 need TCP listen addresses: several processes cannot "
+                                    "share a unix socket", key="workers"))
     if settings.drift_state and settings.filter_workers > 1:
         problems.append(ConfigError("drift_state needs filter_workers 1: the workers' verdicts do not "
                                     "reach the drift log", key="drift_state"))
@@ -267,7 +274,7 @@ def _show(address: Union[Tuple[str, int], str]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _rejected_spool_path(spool_path: str) -> str:
+def rejected_spool_path(spool_path: str) -> str:
     base, extension = os.path.splitext(spool_path)
     return f"{base}-rejected{extension or '.db'}"
 
@@ -440,8 +447,10 @@ class Relay:
 
     def __init__(self, settings: RelaySettings, event_filter: Optional[Filter] = None,
                  filter_stats: Optional[FilterStats] = None,
-                 filter_options: Optional[FilterOptions] = None) -> None:
+                 filter_options: Optional[FilterOptions] = None, worker: Optional[int] = None) -> None:
         self.settings = settings
+        # Which of `workers` relay processes this is (None: the only one).
+        self.worker = worker
         self.event_filter = event_filter
         self.filter_stats = filter_stats or (event_filter.stats if event_filter is not None else FilterStats())
         self.relay_stats = RelayStats()
@@ -464,7 +473,8 @@ class Relay:
         # pass-through relay hands on as received only what needs no decoding.
         self.server = ForwardServer(self.handle_chunk, dataclasses.replace(
             server_settings(settings), verbatim_chunks=verbatim_chunks,
-            verbatim_decoded_elsewhere=self.pool is not None), stats=self.relay_stats)
+            verbatim_decoded_elsewhere=self.pool is not None, reuse_port=worker is not None),
+            stats=self.relay_stats)
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None
         self._stats_task: Optional["asyncio.Task[None]"] = None
@@ -523,7 +533,7 @@ class Relay:
         rejected = None
         if settings.rejected_forward:
             try:
-                rejected = self._delivery(settings.rejected_forward, _rejected_spool_path(settings.spool_path),
+                rejected = self._delivery(settings.rejected_forward, rejected_spool_path(settings.spool_path),
                                           _SpoolGauges(self.relay_stats, shares))
             except ConfigError:
                 main.spool.close()
@@ -703,6 +713,8 @@ class Relay:
         assert self.destination is not None
         seconds = int(timestamp)
         when = EventTime(seconds, int((timestamp - seconds) * 1e9))
+        if self.worker is not None:
+            record["worker"] = self.worker
         results = await self.destination.deliver([RoutedBatch(STATS_ROUTE, tag, [Entry(when, record)])])
         if not all(results):
             log.warning("stats record not delivered (downstream and spool unavailable)")
@@ -749,10 +761,22 @@ class Relay:
         metrics = f"; metrics on {self.metrics.url}/metrics" if self.metrics is not None else ""
         return f"listening on {listening} (forward protocol); {where}; {mode}{metrics}"
 
+    def summary_counts(self) -> Dict[str, int]:
+        """The counts of the `stopped:` line, by name."""
+        filter_stats, relay_stats = self.filter_stats, self.relay_stats
+        return {"received": filter_stats.received, "accepted": filter_stats.outcomes[ACCEPTED],
+                "rejected": filter_stats.outcomes[REJECTED], "passed": filter_stats.outcomes[PASSED],
+                "warnings": sum(filter_stats.warnings.values()), "acks_sent": relay_stats.acks_sent,
+                "duplicate_chunks": relay_stats.duplicate_chunks,
+                "spool_depth_records": relay_stats.spool_depth_records}
+
     def summary(self) -> str:
-        stats = self.relay_stats
-        return (f"{self.filter_stats.summary_line()} acks_sent={stats.acks_sent} "
-                f"duplicate_chunks={stats.duplicate_chunks} spool_depth_records={stats.spool_depth_records}")
+        return summary_text(self.summary_counts())
+
+
+def summary_text(counts: Dict[str, int]) -> str:
+    """`received=… accepted=… … spool_depth_records=…`: the relay's counts on one line."""
+    return " ".join(f"{name}={value}" for name, value in counts.items())
 
 
 class _Unfinished:
@@ -774,9 +798,10 @@ def _chunk_key(chunk: Chunk) -> Optional[Hashable]:
 
 # --- the command -----------------------------------------------------------------------------
 
-async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -> None:
+async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None, log_start: bool = True) -> None:
     """Run `relay` until SIGTERM or SIGINT, then shut it down cleanly. SIGHUP never stops it:
-    it reloads the tuning file (if any) and reopens the record files (after logrotate)."""
+    it reloads the tuning file (if any) and reopens the record files (after logrotate).
+    Without `log_start`, the start-up line (`relay.describe()`) is left to `ready`."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     previous_sighup = signal.getsignal(signal.SIGHUP)
@@ -784,7 +809,8 @@ async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None) -
         loop.add_signal_handler(signum, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, relay.on_sighup)
     await relay.start()
-    log.info("%s", relay.describe())
+    if log_start:
+        log.info("%s", relay.describe())
     if ready is not None:
         ready(relay)
     try:

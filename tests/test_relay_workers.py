@@ -1,0 +1,184 @@
+"""`atnorm serve --workers N`: N relay processes on one port (SO_REUSEPORT) under a supervisor."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import pytest
+from fluent.sender import FluentSender
+
+from atnorm.forward.codec import Entry, EventTime, pack_entries
+from atnorm.relay.spool import Spool
+from atnorm.relay.workers import left_behind, worker_settings
+from relay_process import RelayProcess
+from support import load_event, relay_settings
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
+
+WORKER_LINE = re.compile(r"worker (\d+) \(pid (\d+)\)")
+
+
+def worker_pids(relay: RelayProcess) -> Dict[int, int]:
+    """Worker index → pid, from the supervisor's start-up lines."""
+    return {int(index): int(pid) for line in relay.lines for index, pid in WORKER_LINE.findall(line)}
+
+
+def records_in(directory: Path) -> List[dict]:
+    """The records of every route's file in a files-mode data directory."""
+    records = []
+    for route in ("accepted", "rejected", "passed"):
+        path = directory / f"{route}.jsonl"
+        if path.exists():
+            records += [json.loads(line) for line in path.read_text().splitlines()]
+    return records
+
+
+def wait_for(condition: Callable[[], bool], relay: RelayProcess, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, relay.stderr
+        time.sleep(0.02)
+
+
+def serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "atnorm", "serve", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_each_worker_has_its_own_data_directory_spool_and_metrics_port():
+    settings = relay_settings("--data-dir", "/var/lib/atnorm", "--workers", "3", "--metrics-listen", "0.0.0.0:9880",
+                              "--drift-state", "/var/lib/atnorm/drift.json")
+    first = worker_settings(settings, 0, ("127.0.0.1:24224",))
+    assert (first.data_dir, first.spool_path, first.metrics_listen, first.drift_state) == (
+        "/var/lib/atnorm", "/var/lib/atnorm/spool.db", "0.0.0.0:9880", "/var/lib/atnorm/drift.json")
+    third = worker_settings(settings, 2, ("127.0.0.1:24224",))
+    assert (third.data_dir, third.spool_path, third.metrics_listen, third.drift_state) == (
+        "/var/lib/atnorm/worker-2", "/var/lib/atnorm/worker-2/spool.db", "0.0.0.0:9882",
+        "/var/lib/atnorm/drift.worker-2.json")
+    assert third.workers == 1 and third.listen == ("127.0.0.1:24224",)
+
+
+def test_a_spool_path_set_by_hand_gets_one_file_per_worker():
+    settings = relay_settings("--data-dir", "/data", "--spool-path", "/fast/atnorm.db", "--workers", "2",
+                              "--metrics-listen", "[::1]:0")
+    second = worker_settings(settings, 1, ("[::1]:24224",))
+    assert second.spool_path == "/fast/atnorm.worker-1.db"
+    assert second.metrics_listen == "[::1]:0"  # port 0: each worker picks its own
+
+
+def test_records_left_in_the_spool_of_a_worker_no_longer_started_stop_start_up(tmp_path):
+    settings = relay_settings("--data-dir", str(tmp_path), "--workers", "2", "--forward", "127.0.0.1:1")
+    assert left_behind(settings) == []
+    orphan = worker_settings(dataclasses.replace(settings, workers=3), 2, settings.listen).spool_path
+    spool = Spool(str(orphan), max_bytes=1 << 20)
+    spool.append("audit", pack_entries([Entry(EventTime(1, 0), {"a": 1})]), 1)
+    spool.close()
+    [problem] = left_behind(settings)
+    assert problem.key == "workers" and "worker 2" in str(problem) and "1 records" in str(problem)
+    result = serve("--workers", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                   "--forward", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert "worker-2/spool.db holds 1 records" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_workers_refuse_a_unix_socket_and_a_port_another_process_listens_on(tmp_path):
+    result = serve("--workers", "2", "--listen", f"unix://{tmp_path}/atnorm.sock", "--data-dir", str(tmp_path))
+    assert result.returncode == 2 and "key 'workers'" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve("--workers", "2", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path))
+    # Without the check, SO_REUSEPORT would let the workers share the port with that process.
+    assert result.returncode == 2 and "address already in use" in result.stderr
+
+
+def test_a_worker_that_cannot_start_stops_start_up_with_its_reason(tmp_path):
+    tuning = tmp_path / "tuning.yaml"
+    tuning.write_text("services: [\n")
+    result = serve("--workers", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                   "--tuning", str(tuning))
+    assert result.returncode == 2
+    assert f"{tuning}:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_connections_spread_over_the_workers_and_every_record_is_written_once(tmp_path):
+    event = load_event("vsi-provision.json")
+    with RelayProcess("--workers", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)) as relay:
+        assert sorted(worker_pids(relay)) == [0, 1]
+        sent = 0
+        # A new connection per record: the kernel picks a worker per connection, so both
+        # get some long before this runs out (each connection is a coin toss).
+        for n in range(64):
+            sender = FluentSender("audit", host="127.0.0.1", port=relay.port)
+            assert sender.emit("at", dict(event, requestData={"n": n}))
+            sender.close()
+            sent += 1
+            wait_for(lambda total=sent: len(records_in(tmp_path)) + len(records_in(tmp_path / "worker-1")) == total,
+                     relay)
+            if sent >= 8 and records_in(tmp_path) and records_in(tmp_path / "worker-1"):
+                break
+        relay.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: relay.stderr.count("SIGHUP: reopening the record files") == 2, relay)
+        assert relay.stop() == 0
+    first, second = records_in(tmp_path), records_in(tmp_path / "worker-1")
+    assert first and second, "both workers took connections"
+    numbers = sorted(record["requestData"]["n"] for record in first + second)
+    assert numbers == list(range(sent))
+    # The supervisor's last line sums the workers' own.
+    worker_lines = [line for line in relay.lines if "serve worker" in line and "stopped:" in line]
+    assert len(worker_lines) == 2
+    summary = relay.summary()
+    assert summary["received"] == sent
+    assert summary["workers"] == 2 and summary["worker_restarts"] == 0
+
+
+def test_a_killed_worker_is_started_again_on_the_same_port(tmp_path):
+    with RelayProcess("--workers", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)) as relay:
+        killed = worker_pids(relay)[1]
+        os.kill(killed, signal.SIGKILL)
+        wait_for(lambda: "worker 1 restarted" in relay.stderr, relay, limit=60)
+        assert "worker 1 (pid %d) ended (killed by SIGKILL)" % killed in relay.stderr
+        # Both workers serve again: every one of many new connections is answered.
+        for n in range(16):
+            sender = FluentSender("audit", host="127.0.0.1", port=relay.port)
+            assert sender.emit("at", {"n": n})
+            sender.close()
+        assert relay.stop() == 0
+    assert relay.summary()["worker_restarts"] == 1
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path):
+    relay = RelayProcess("--workers", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)).start()
+    try:
+        pids = list(worker_pids(relay).values())
+        relay.kill()
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in pids):
+            assert time.monotonic() < deadline, "workers outlived their supervisor"
+            time.sleep(0.05)
+    finally:
+        relay.kill()
+        for pid in worker_pids(relay).values():
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert relay.stderr.count("is gone; stopping") == 2
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not reaped by its dead parent's heir, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
