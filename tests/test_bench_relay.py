@@ -42,3 +42,11 @@ def test_best_of_rounds_keeps_each_hop_apart():
     assert set(best) == {"passthrough", "filtered"}
     for figures in best.values():
         assert figures["records_per_s"] > 0 and figures["acked"]
+
+
+def test_a_relay_with_workers_is_measured_over_several_connections():
+    result = asyncio.run(measure_hop(bench_payloads(2000, 0.1), start_relay(["--workers", "2"])))
+    assert result["records"] == 2000 and result["acked"]
+    # The supervisor and two workers: the largest one process is a part of their sum.
+    if result["peak_rss_mib"] is not None:
+        assert 0 < result["largest_process_rss_mib"] < result["peak_rss_mib"]

@@ -18,7 +18,7 @@ relay grows with cores. A record counts once the receiver has it and the sender 
 relay's ack for it.
 Next to records/s, the CPU seconds the relay's processes (workers included) spent per
 million records, and the peak RSS of that process tree (the sum of each process's
-VmHWM): on a machine that other work shares, CPU moves less than the wall-clock figure
+VmHWM, and the largest one process's): on a machine that other work shares, CPU moves less than the wall-clock figure
 (Linux only; elsewhere both are left out).
 """
 
@@ -103,22 +103,23 @@ def _cpu_seconds(root: int) -> Optional[float]:
     return sum(used for _, used in tree.values()) / ticks
 
 
-def _peak_rss_mib(root: int) -> Optional[float]:
-    """The sum of the peak RSS (VmHWM) of `root` and its live descendants, in MiB."""
+def _peak_rss_mib(root: int) -> Tuple[Optional[float], Optional[float]]:
+    """The peak RSS (VmHWM) of `root` and its live descendants, in MiB: their sum, and the
+    largest of one process."""
     tree = _process_tree(root)
     if tree is None:
-        return None
-    total_kib = 0
+        return None, None
+    peaks_kib = []
     for pid in tree:
         try:
             with open(f"/proc/{pid}/status", "rb") as handle:
                 for line in handle:
                     if line.startswith(b"VmHWM:"):
-                        total_kib += int(line.split()[1])
+                        peaks_kib.append(int(line.split()[1]))
                         break
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
-    return total_kib / 1024
+    return sum(peaks_kib) / 1024, max(peaks_kib, default=0) / 1024
 
 
 class Hop(Protocol):
@@ -218,7 +219,7 @@ async def measure_hop(payloads: Payloads, start: StartHop) -> Dict[str, Any]:
                 await asyncio.wait_for(arrived.wait(), 300)
                 elapsed = time.perf_counter() - start_time
                 cpu_end = _cpu_seconds(hop.pid)
-                peak_rss = _peak_rss_mib(hop.pid)
+                peak_rss, largest_rss = _peak_rss_mib(hop.pid)
             finally:
                 await asyncio.gather(*(sender.close() for sender in senders))
                 hop.stop()
@@ -228,7 +229,7 @@ async def measure_hop(payloads: Payloads, start: StartHop) -> Dict[str, Any]:
     return {"records": total, "seconds": elapsed, "acked": all(results),
             "records_per_s": total / elapsed if elapsed > 0 else 0.0,
             "cpu_s_per_1m": cpu * 1e6 / total if cpu is not None and total else None,
-            "peak_rss_mib": peak_rss}
+            "peak_rss_mib": peak_rss, "largest_process_rss_mib": largest_rss}
 
 
 def measure_best(payloads: Payloads, starts: Dict[str, StartHop], rounds: int) -> Dict[str, Dict[str, Any]]:
@@ -236,14 +237,15 @@ def measure_best(payloads: Payloads, starts: Dict[str, StartHop], rounds: int) -
     least disturbed by whatever else the machine does), the least CPU and peak RSS seen,
     and whether every chunk was acked."""
     best: Dict[str, Dict[str, Any]] = {
-        name: {"records_per_s": 0.0, "cpu_s_per_1m": None, "peak_rss_mib": None, "acked": True}
+        name: {"records_per_s": 0.0, "cpu_s_per_1m": None, "peak_rss_mib": None, "largest_process_rss_mib": None,
+               "acked": True}
         for name in starts}
     for _ in range(rounds):
         for name, start in starts.items():
             result = asyncio.run(measure_hop(payloads, start))
             figures = best[name]
             figures["records_per_s"] = max(figures["records_per_s"], result["records_per_s"])
-            for key in ("cpu_s_per_1m", "peak_rss_mib"):
+            for key in ("cpu_s_per_1m", "peak_rss_mib", "largest_process_rss_mib"):
                 value, known = result[key], figures[key]
                 if value is not None:
                     figures[key] = value if known is None else min(known, value)
@@ -310,6 +312,8 @@ def bench_figures(records: int, invalid_ratio: float, rounds: int = ROUNDS) -> L
         figure[f"{name}_cpu_s_per_1m_records"] = rounded(best[name]["cpu_s_per_1m"])
     for name in configurations:
         figure[f"{name}_peak_rss_mib"] = rounded(best[name]["peak_rss_mib"])
+    for name in configurations:
+        figure[f"{name}_largest_process_rss_mib"] = rounded(best[name]["largest_process_rss_mib"])
     figure["all_acked"] = all(best[name]["acked"] for name in configurations)
     return [figure]
 
