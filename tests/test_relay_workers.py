@@ -18,10 +18,12 @@ import pytest
 from fluent.sender import FluentSender
 
 from atnorm.forward.codec import Entry, EventTime, pack_entries
+from atnorm.relay.service import Relay
 from atnorm.relay.spool import Spool
 from atnorm.relay.workers import left_behind, worker_settings
+from forward_receiver import ForwardReceiver
 from relay_process import RelayProcess
-from support import load_event, relay_settings
+from support import load_event, relay_settings, run
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
 
@@ -182,3 +184,18 @@ def _running(pid: int) -> bool:
             return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+def test_a_workers_stats_record_says_which_worker_sent_it(tmp_path):
+    async def scenario() -> None:
+        async with ForwardReceiver() as receiver:
+            relay = Relay(relay_settings("--listen", "127.0.0.1:0", "--forward", f"127.0.0.1:{receiver.port}",
+                                         "--data-dir", str(tmp_path), "--stats-interval", "0.05",
+                                         "--stats-tag", "relay.stats"), worker=1)
+            await relay.start()
+            try:
+                await receiver.wait_for(lambda: any(tag == "relay.stats" for tag, _, _ in receiver.events))
+            finally:
+                await relay.stop()
+            assert all(record["worker"] == 1 for tag, _, record in receiver.events if tag == "relay.stats")
+    run(scenario())
