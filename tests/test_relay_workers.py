@@ -91,6 +91,9 @@ def test_records_left_in_the_spool_of_a_worker_no_longer_started_stop_start_up(t
                    "--forward", "127.0.0.1:1")
     assert result.returncode == 2
     assert "worker-2/spool.db holds 1 records" in result.stderr and "Traceback" not in result.stderr
+    checked = serve("--dry-run", "--workers", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                    "--forward", "127.0.0.1:1")
+    assert checked.returncode == 2 and "worker-2/spool.db holds 1 records" in checked.stderr
 
 
 def test_workers_refuse_a_unix_socket_and_a_port_another_process_listens_on(tmp_path):

@@ -18,7 +18,7 @@ from ..core.settings import FilterOptions, add_filter_arguments, filter_settings
 from ..core.stats import FilterStats
 from ..errors import ConfigError, ConfigErrors
 from ..relay.service import OPTIONS, Relay, RelaySettings, build_event_filter, load_settings, serve
-from ..relay.workers import RelayWorkers
+from ..relay.workers import RelayWorkers, left_behind
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +91,8 @@ def startup_problems(settings: RelaySettings, filter_options: FilterOptions,
     why = _writable_directory(settings.data_dir)
     if why:
         problems.append(ConfigError(f"{settings.data_dir} {why}", key="data_dir"))
+    elif settings.workers > 1:
+        problems += left_behind(settings)
     if bind:
         wanted = [("listen", address) for address in settings.listen]
         if settings.metrics_listen:
