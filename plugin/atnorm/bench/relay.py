@@ -42,7 +42,7 @@ from .eventgen import EventGenerator
 CHUNK_RECORDS = 1000
 # Sender connections, chunks spread round robin: with `--workers`, the kernel gives each
 # connection to one relay process, so one connection would keep all but one idle.
-SENDER_CONNECTIONS = 4
+SENDER_CONNECTIONS = 8
 TAG = "audit.bench"
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
