@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from ..forward.codec import Entry, EventTime, Time, pack_entries, unpack_entries
+from ..forward.codec import Entry, EventTime, Time, pack_entries, pack_plain_entries, unpack_entries
 from ..model.encodable import describe_error, encodable
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 
@@ -40,14 +40,17 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 class RoutedBatch:
-    """The records of one chunk that leave on one route, under one tag."""
+    """The records of one chunk that leave on one route, under one tag. `decided`: every
+    record is a verdict's output (JSON's types only, see `pack_plain_entries`), not a record
+    as received, and no entry has a `problem`."""
 
-    __slots__ = ("route", "tag", "entries")
+    __slots__ = ("route", "tag", "entries", "decided")
 
-    def __init__(self, route: str, tag: str, entries: List[Entry]) -> None:
+    def __init__(self, route: str, tag: str, entries: List[Entry], decided: bool = False) -> None:
         self.route = route
         self.tag = tag
         self.entries = entries
+        self.decided = decided
 
     @property
     def count(self) -> int:
@@ -56,6 +59,16 @@ class RoutedBatch:
     def packed(self) -> bytes:
         """The entries as a PackedForward payload."""
         return pack_entries(self.entries)
+
+    def plain_packed(self) -> bytes:
+        """The entries as a PackedForward payload in the plain form `[time, record]`, with
+        Fluent Bit's metadata left out (see the relay's forward_entry_form)."""
+        entries = self.entries
+        if self.decided:
+            return pack_plain_entries(entries)
+        if all(entry.metadata is None for entry in entries):
+            return pack_entries(entries)
+        return pack_entries(Entry(entry.time, entry.record) for entry in entries)
 
     def records(self) -> List[Entry]:
         return self.entries
@@ -191,7 +204,9 @@ class Router:
 
     `decide` is the filter's per-record call (`EventFilter.process`), or None for a
     pass-through relay: every record then leaves on the passed route unchanged (a
-    verbatim chunk as the payload received, see `pass_verbatim`).
+    verbatim chunk as the payload received, see `pass_verbatim`). The records of its
+    verdicts must be writable as they are (`is_encodable`), as a `Filter`'s are: the
+    batches of decided records are packed as such (`RoutedBatch.decided`).
     """
 
     def __init__(self, decide: Optional[Callable[[Any], Verdict]], *, accepted_tag: str = TAG_PLACEHOLDER,
@@ -293,11 +308,11 @@ class Router:
                 passed.append(entry if record is entry.record else entry._replace(record=record))
         batches: List[RoutedBatch] = []
         if accepted:
-            batches.append(RoutedBatch(ACCEPTED, self.accepted_tag(tag), accepted))
+            batches.append(RoutedBatch(ACCEPTED, self.accepted_tag(tag), accepted, True))
         if rejected:
-            batches.append(RoutedBatch(REJECTED, self.rejected_tag(tag), rejected))
+            batches.append(RoutedBatch(REJECTED, self.rejected_tag(tag), rejected, True))
         if passed:
-            batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed))
+            batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed, True))
         return batches
 
     def _route_unfiltered(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:

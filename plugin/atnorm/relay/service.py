@@ -397,9 +397,7 @@ class ForwardDestination:
         if self.entry_form == "metadata":
             return batch.packed()
         if isinstance(batch, RoutedBatch):
-            if all(entry.metadata is None for entry in batch.entries):
-                return batch.packed()
-            return pack_entries(Entry(entry.time, entry.record) for entry in batch.entries)
+            return batch.plain_packed()
         if batch.plain:
             return batch.payload
         return plain_entries(batch.packed())
@@ -691,11 +689,13 @@ class Relay:
         if len(entries) <= ROUTE_SLICE:
             return route(tag, entries)
         groups: Dict[Tuple[str, str], List[Entry]] = {}
+        decided = True
         for start in range(0, len(entries), ROUTE_SLICE):
             for batch in route(tag, entries[start:start + ROUTE_SLICE]):
                 groups.setdefault((batch.route, batch.tag), []).extend(batch.entries)
+                decided = decided and batch.decided
             await asyncio.sleep(0)
-        return [RoutedBatch(route_name, out_tag, group) for (route_name, out_tag), group in groups.items()]
+        return [RoutedBatch(route_name, out_tag, group, decided) for (route_name, out_tag), group in groups.items()]
 
     def on_sighup(self) -> None:
         """SIGHUP: reload the tuning file (if there is one) and reopen the record files of the
