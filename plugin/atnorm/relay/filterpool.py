@@ -92,11 +92,13 @@ def _packed_batch(batch: RoutedBatch, keep_metadata: bool) -> PackedBatch:
     entry in the metadata form): the packing ForwardDestination does for a batch decided
     in the relay's own process."""
     entries = batch.entries
-    if any(entry.metadata is not None for entry in entries):
-        if keep_metadata:
-            return PackedBatch(batch.route, batch.tag, _packed(entries), len(entries), False)
-        entries = [Entry(entry.time, entry.record) for entry in entries]
-    return PackedBatch(batch.route, batch.tag, _packed(entries), len(entries), True)
+    if keep_metadata and any(entry.metadata is not None for entry in entries):
+        return PackedBatch(batch.route, batch.tag, _packed(entries), len(entries), False)
+    try:
+        payload = batch.plain_packed()
+    except (TypeError, ValueError, OverflowError):
+        payload = _packed([Entry(entry.time, entry.record) for entry in entries])
+    return PackedBatch(batch.route, batch.tag, payload, len(entries), True)
 
 
 def _lines_batch(batch: RoutedBatch) -> LinesBatch:
