@@ -250,6 +250,12 @@ class EventFilter:
         self.stats.count(verdict)
         return verdict
 
+    def process_text(self, record: Any) -> Verdict:
+        """`process` for a record known to be text as it is (every key a str, no bytes, no
+        lone surrogate, at most a hundred levels deep: `as_text` would return it unchanged),
+        as a decoder can vouch for (`codec.text_records`): it is not walked to find out."""
+        return self.process(record, True)
+
     def _process_decoded(self, record: Any, plain: bool) -> Verdict:
         """`process` for a record decoded from JSON text. It holds JSON's types only, so
         encoding it (C) tests its writability instead of a walk, and the line is kept on

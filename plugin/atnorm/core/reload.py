@@ -79,6 +79,7 @@ class ReloadingFilter:
         if drift is not None:  # decided once: the per-record path does not ask
             self._drift_observe = drift.observe
             self.process = self._process_observed  # type: ignore[method-assign]
+            self.process_text = self._process_text_observed  # type: ignore[method-assign]
             self.process_json = self._process_json_observed  # type: ignore[method-assign]
         self.drift_state = drift_state
         self.reloads = 0
@@ -139,6 +140,10 @@ class ReloadingFilter:
         """Decide one parsed record with the current configuration."""
         return self.filter.process(record)
 
+    def process_text(self, record: Any) -> Verdict:
+        """Decide one record known to be text as it is (see `EventFilter.process_text`)."""
+        return self.filter.process_text(record)
+
     def process_json(self, line: Any) -> Verdict:
         """Decide one JSON document (bytes or text) with the current configuration."""
         return self.filter.process_json(line)
@@ -146,6 +151,12 @@ class ReloadingFilter:
     def _process_observed(self, record: Any) -> Verdict:
         event_filter = self.filter  # one read: the record is decided by this filter only
         verdict = event_filter.process(record)
+        self._drift_observe(verdict, event_filter.rules)
+        return verdict
+
+    def _process_text_observed(self, record: Any) -> Verdict:
+        event_filter = self.filter
+        verdict = event_filter.process_text(record)
         self._drift_observe(verdict, event_filter.rules)
         return verdict
 

@@ -170,6 +170,9 @@ class Chunk:
     # handler that decodes it elsewhere, decoded there as here: see scan_packed)
     verbatim: Optional[bytes] = None
     verbatim_count: int = 0
+    # the payload the entries were decoded from as strict text, and where each entry ends
+    # (see `unpack_text_entries`), for `text_records`
+    text_spans: Optional[Tuple[Union[bytes, bytearray], List[int]]] = None
 
     @property
     def entries(self) -> List[Entry]:
@@ -182,6 +185,14 @@ class Chunk:
     def entries(self, entries: List[Entry]) -> None:
         self.decoded = entries
         self.verbatim = None  # the payload no longer says what the chunk holds
+        self.text_spans = None
+
+    def text_records(self) -> Optional[List[bool]]:
+        """Per entry, whether its record is known to be text as it is (see `text_records`);
+        None when that is not known of any (the chunk did not decode as strict text)."""
+        if self.text_spans is None or self.decoded is None:
+            return None
+        return text_records(*self.text_spans)
 
     @property
     def entry_count(self) -> int:
@@ -428,23 +439,77 @@ def entries_from_list(items: Iterable[Any]) -> Tuple[List[Entry], int]:
 
 def unpack_entries(payload: Union[bytes, bytearray]) -> Tuple[List[Entry], int]:
     """A PackedForward payload (concatenated msgpack entries) → (entries, how many have a `problem`)."""
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook, **_UNPACK_OPTIONS)
+    return entries_from_list(_unpack_items(payload, _UNPACK_OPTIONS)[0])
+
+
+def _unpack_items(payload: Union[bytes, bytearray], options: Dict[str, Any]) -> Tuple[List[Any], List[int]]:
+    """The msgpack objects of a payload, decoded with `options`, and where each one ends."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook, **options)
     items: List[Any] = []
-    append = items.append
-    tell = unpacker.tell
-    end = 0
+    ends: List[int] = []
+    append, mark, tell = items.append, ends.append, unpacker.tell
     try:
         unpacker.feed(payload)
         for item in unpacker:
             append(item)
-            end = tell()
+            mark(tell())
     except Exception as exc:
         raise ProtocolError("malformed", f"invalid entries in packed payload: {exc or type(exc).__name__}") from None
     # Where the last whole entry ended: after an entry cut short inside an ext value, the
     # unpacker's position can already stand at the end of the payload.
-    if end != len(payload):
+    if (ends[-1] if ends else 0) != len(payload):
         raise ProtocolError("malformed", "packed payload ends in the middle of an entry")
-    return entries_from_list(items)
+    return items, ends
+
+
+# Strict UTF-8 (no surrogateescape) and str or bin map keys only: a payload that decodes so
+# holds no string that is not Unicode text and no key of another type.
+_TEXT_UNPACK_OPTIONS: Dict[str, Any] = {"raw": False, "strict_map_key": True}
+
+
+def unpack_text_entries(payload: Union[bytes, bytearray]) -> Tuple[List[Entry], int, Optional[List[int]]]:
+    """`unpack_entries`, and where each entry ends when the payload decodes as strict text
+    (see `text_records`); None when it does not (then it is decoded as `unpack_entries` does)."""
+    try:
+        items, ends = _unpack_items(payload, _TEXT_UNPACK_OPTIONS)
+    except ProtocolError:  # not UTF-8, a key that is not text, or not valid at all: decoded as always
+        return (*unpack_entries(payload), None)
+    return (*entries_from_list(items), ends)
+
+
+# Bytes of the time that heads an entry `[time, record]`, by its first byte (an integer, a
+# float, an EventTime or other fixed-size ext, nil); 0 for any other: then it is read too.
+_TIME_SIZES = bytes([1] * 0x80) + bytes(0x40) + bytes([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 9, 2, 3, 5, 9, 2, 3, 5, 9,
+                                                     3, 4, 6, 10, 18, 0, 0, 0, 0, 0, 0, 0]) + bytes([1] * 0x20)
+# msgpack's bin headers, and its map and array headers (each level of nesting starts with one).
+_BIN_HEADERS = b"\xc4\xc5\xc6"
+_CONTAINER_HEADERS = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
+_OTHER_BYTES = bytes(b for b in range(256) if b not in _BIN_HEADERS + _CONTAINER_HEADERS)
+# A record with at most this many map and array headers nests at most this deep: far from
+# where walking it could meet the interpreter's recursion limit.
+_TEXT_MAX_CONTAINERS = 100
+
+
+def text_records(payload: Union[bytes, bytearray], ends: List[int]) -> List[bool]:
+    """Per entry of a payload that decoded as strict text (`unpack_text_entries`), whether
+    its record is known to be text as it is: every key a str, no bin, no lone surrogate
+    (`normalize.as_text` would return it unchanged), at most 100 levels deep.
+
+    Strict decoding leaves bin as the only way out of text, and each bin value or key
+    starts with a bin header byte: a record whose bytes hold none (nor more than 100 map
+    or array headers) is text. Bytes that only look like one (a UTF-8 lead byte, a byte of
+    a number) make a False, which costs that record a look, never a wrong True."""
+    flags: List[bool] = []
+    append = flags.append
+    start = 0
+    for end in ends:
+        head = start + 1  # past the entry's array header; past its time too, when of a known size
+        if payload[start] == 0x92:
+            head += _TIME_SIZES[payload[head]]
+        marks = payload[head:end].translate(None, _OTHER_BYTES)
+        append(len(marks) <= _TEXT_MAX_CONTAINERS and not marks.translate(None, _CONTAINER_HEADERS))
+        start = end
+    return flags
 
 
 _MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
@@ -623,7 +688,9 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
         if count is not None:
             return Chunk(tag, None, options.get("chunk"), mode, peer, options, 0, digest,
                          payload if type(payload) is bytes else bytes(payload), count)
-        entries, invalid = unpack_entries(payload)
+        entries, invalid, ends = unpack_text_entries(payload)
+        return Chunk(tag, entries, options.get("chunk"), mode, peer, options, invalid, digest,
+                     text_spans=(payload, ends) if ends is not None else None)
     else:
         # Anything else in [1] is a Message's time (as in Fluentd's in_forward).
         if len(frame) < 3:

@@ -29,7 +29,7 @@ from ..core.heap import settle_after_start
 from ..core.pipeline import EventFilter
 from ..core.settings import FilterOptions, filter_settings
 from ..core.stats import FilterStats
-from ..forward.codec import Entry, pack_entries, unpack_entries
+from ..forward.codec import Entry, pack_entries, text_records, unpack_entries, unpack_text_entries
 from ..model.encodable import encodable, json_line
 from .localstore import json_lines
 from .routing import Batch, LinesBatch, PackedBatch, RoutedBatch, Router, RouteSettings
@@ -60,10 +60,14 @@ class _Worker:
         self.generation = generation
         self.built_for = generation.value
         self.filter = EventFilter.from_schemas(settings=filter_settings(filter_options))
-        self.router = Router.with_settings(self.decide, routes, count=lambda verdict: self.filter.stats.count(verdict))
+        self.router = Router.with_settings(self.decide, routes, count=lambda verdict: self.filter.stats.count(verdict),
+                                           decide_text=self.decide_text)
 
     def decide(self, record: Any) -> Any:
         return self.filter.process(record)
+
+    def decide_text(self, record: Any) -> Any:
+        return self.filter.process_text(record)
 
     def refresh(self) -> None:
         wanted = self.generation.value
@@ -78,10 +82,11 @@ class _Worker:
     def route(self, tag: str, payload: bytes) -> Tuple[List[Batch], Counts]:
         self.refresh()
         stats = self.filter.stats = FilterStats()  # this chunk's counts only
-        entries: List[Entry] = unpack_entries(payload)[0]
+        entries, _, ends = unpack_text_entries(payload)
+        text = text_records(payload, ends) if ends is not None else None
         form = self.form
         routed: List[Batch] = [_lines_batch(b) if form == "json-lines" else _packed_batch(b, form == "metadata")
-                               for b in self.router.route(tag, entries)]
+                               for b in self.router.route(tag, entries, text)]
         counts = (stats.outcomes, stats.by_service, stats.rejections, stats.warnings, stats.fixes,
                   stats.unknown_actions, stats.unschemed)
         return routed, counts

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from itertools import repeat
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..forward.codec import Entry, EventTime, Time, pack_entries, pack_plain_entries, unpack_entries
 from ..model.encodable import describe_error, encodable
@@ -212,10 +213,14 @@ class Router:
     def __init__(self, decide: Optional[Callable[[Any], Verdict]], *, accepted_tag: str = TAG_PLACEHOLDER,
                  rejected_tag: str = TAG_PLACEHOLDER + ".rejected", passed_tag: str = TAG_PLACEHOLDER,
                  time_source: str = "event", count: Optional[Callable[[Verdict], None]] = None,
-                 count_passed: Optional[Callable[[int], None]] = None) -> None:
+                 count_passed: Optional[Callable[[int], None]] = None,
+                 decide_text: Optional[Callable[[Any], Verdict]] = None) -> None:
         if time_source not in TIME_SOURCES:
             raise ValueError(f"time_source must be one of {', '.join(TIME_SOURCES)}, got {time_source!r}")
         self.decide = decide
+        # `decide` for a record known to be text already (see `route`); by default the
+        # filter's `process_text` when `decide` is its `process`.
+        self.decide_text = decide_text if decide_text is not None else _text_decider(decide)
         self.accepted_tag = tag_function(check_tag_template(accepted_tag))
         self.rejected_tag = tag_function(check_tag_template(rejected_tag))
         self.passed_tag = tag_function(check_tag_template(passed_tag))
@@ -231,10 +236,12 @@ class Router:
     @classmethod
     def with_settings(cls, decide: Optional[Callable[[Any], Verdict]], routes: RouteSettings, *,
                       count: Optional[Callable[[Verdict], None]] = None,
-                      count_passed: Optional[Callable[[int], None]] = None) -> "Router":
+                      count_passed: Optional[Callable[[int], None]] = None,
+                      decide_text: Optional[Callable[[Any], Verdict]] = None) -> "Router":
         """A router for `routes` (the relay's and each filter worker's)."""
         return cls(decide, accepted_tag=routes.accepted_tag, rejected_tag=routes.rejected_tag,
-                   time_source=routes.time_source, count=count, count_passed=count_passed)
+                   time_source=routes.time_source, count=count, count_passed=count_passed,
+                   decide_text=decide_text)
 
     def unusable(self, entry: Entry) -> Entry:
         """The dead-letter entry for an entry with a `problem`, counted as a rejection."""
@@ -276,8 +283,11 @@ class Router:
             self.count_passed(count)
         return [PackedBatch(PASSED, self.passed_tag(tag), payload, count, plain=True)]
 
-    def route(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:
-        """The chunk's records, decided and grouped by route (empty groups left out)."""
+    def route(self, tag: str, entries: List[Entry], text: Optional[Sequence[bool]] = None) -> List[RoutedBatch]:
+        """The chunk's records, decided and grouped by route (empty groups left out).
+
+        `text`, per entry, says its record is known to be text as it is (`codec.text_records`):
+        it is decided by `decide_text`, which does not look for what is not text again."""
         if self.decide is None:
             if any(entry.problem is not None for entry in entries):
                 return self._route_unfiltered(tag, entries)
@@ -285,16 +295,21 @@ class Router:
                 self.count_passed(len(entries))
             return [RoutedBatch(PASSED, self.passed_tag(tag), list(entries))] if entries else []
         decide = self.decide
+        # Per entry, the call that decides it: `decide`, or `decide_text` where `text` says so.
+        deciders = (decide, self.decide_text or decide)
+        known_text: Iterable[bool] = repeat(False)
+        if text is not None and self.decide_text is not None and len(text) == len(entries):
+            known_text = text
         accepted_time = self.accepted_time
         accepted: List[Entry] = []
         rejected: List[Entry] = []
         passed: List[Entry] = []
-        for entry in entries:
+        for entry, is_text in zip(entries, known_text):
             if entry.problem is not None:
                 rejected.append(self.unusable(entry))
                 continue
             try:
-                verdict = decide(entry.record)
+                verdict = deciders[is_text](entry.record)
             except Exception as exc:  # a bug met by one record costs that record, not the chunk
                 rejected.append(self.failed(entry, exc))
                 continue
@@ -337,6 +352,16 @@ def _arrival_time(verdict: Verdict, entry: Entry) -> Time:
 
 
 _ACCEPTED_TIME: Dict[str, Callable[[Verdict, Entry], Time]] = {"event": _event_time, "original": _arrival_time}
+
+
+def _text_decider(decide: Optional[Callable[[Any], Verdict]]) -> Optional[Callable[[Any], Verdict]]:
+    """`owner.process_text` for a `decide` that is `owner.process` of a filter that has one
+    (EventFilter, ReloadingFilter), else None."""
+    owner = getattr(decide, "__self__", None)
+    process_text = getattr(owner, "process_text", None)
+    if process_text is None or decide != getattr(owner, "process", None):
+        return None
+    return process_text  # type: ignore[no-any-return]
 
 
 def _stats_counter(decide: Optional[Callable[[Any], Verdict]]) -> Optional[Callable[[Verdict], None]]:

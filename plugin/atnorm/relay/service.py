@@ -631,7 +631,7 @@ class Relay:
         elif verbatim is not None and self.router.decide is None:
             batches = self.router.pass_verbatim(chunk.tag, verbatim, chunk.entry_count)
         else:
-            batches = await self._route(chunk.tag, chunk.entries)
+            batches = await self._route(chunk.tag, chunk.entries, chunk.text_records())
         if log.isEnabledFor(logging.DEBUG):
             routes = " ".join(f"{batch.route}={batch.count}" for batch in batches) or "nothing"
             log.debug("chunk from %s: tag %s, %d records (%s mode, chunk id %s): %s", chunk.peer or "-",
@@ -684,14 +684,15 @@ class Relay:
                         "sender for %d s", key, records, UNFINISHED_MAX_AGE)
             self._forget(key)
 
-    async def _route(self, tag: str, entries: List[Entry]) -> Sequence[Batch]:
+    async def _route(self, tag: str, entries: List[Entry], text: Optional[List[bool]] = None) -> Sequence[Batch]:
         route = self.router.route
         if len(entries) <= ROUTE_SLICE:
-            return route(tag, entries)
+            return route(tag, entries, text)
         groups: Dict[Tuple[str, str], List[Entry]] = {}
         decided = True
         for start in range(0, len(entries), ROUTE_SLICE):
-            for batch in route(tag, entries[start:start + ROUTE_SLICE]):
+            part = text[start:start + ROUTE_SLICE] if text is not None else None
+            for batch in route(tag, entries[start:start + ROUTE_SLICE], part):
                 groups.setdefault((batch.route, batch.tag), []).extend(batch.entries)
                 decided = decided and batch.decided
             await asyncio.sleep(0)
