@@ -172,7 +172,7 @@ class Chunk:
     verbatim_count: int = 0
     # the payload the entries were decoded from as strict text, and where each entry ends
     # (see `unpack_text_entries`), for `text_records`
-    text_spans: Optional[Tuple[Union[bytes, bytearray], List[int]]] = None
+    text_spans: Optional[Tuple[Union[bytes, bytearray], List[int]]] = field(default=None, repr=False, compare=False)
 
     @property
     def entries(self) -> List[Entry]:
