@@ -467,26 +467,26 @@ def make_reference_time_formatter(fraction_digits: int) -> Callable[[Any], Optio
     return canonical
 
 
-# The common UTC forms (ASCII digits only); anything else takes the reference path.
-_UTC_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-                       r"(?:[.,]([0-9]+))?(?:Z|z|UTC|\+00(?::?00)?)").fullmatch
+# The common forms (ASCII digits only, no space around): anything else takes the reference path.
+_ISO_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                       r"(?:[.,]([0-9]+))?(?:Z|z|UTC|([+-])([0-9]{2})(?::?([0-9]{2}))?)?").fullmatch
 _DATE_CACHE_SIZE = 4096  # days seen; audit streams span few, so this is rarely cleared
+_MINUTES_A_DAY = 24 * 60
 
 
 def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
-    """`make_reference_time_formatter`, with the common UTC forms done by slicing.
+    """`make_reference_time_formatter`, with the common ISO forms done by slicing.
 
-    `YYYY-MM-DDThh:mm:ss[.fraction](Z|+0000|+00:00|UTC)`, the canonical form included,
-    needs no date arithmetic: the date is checked once per distinct day (cached), the time
-    by its digits, and the text is rebuilt from its parts. Everything else (other offsets,
-    epoch numbers, spaces around, non-ASCII digits) goes the reference way. Specialised
-    here, so the per-record path does no option checks.
+    `YYYY-MM-DDThh:mm:ss[.fraction][Z|UTC|±hh[[:]mm]]`, the canonical form included, needs
+    no datetime: the date is checked once per distinct day (cached), the time by its
+    digits, an offset moves the clock in minutes and, past midnight, the date by whole
+    days (cached too), and the text is rebuilt from its parts. Everything else (epoch
+    numbers, spaces around, non-ASCII digits) goes the reference way. Specialised here, so
+    the per-record path does no option checks.
     """
     reference = make_reference_time_formatter(fraction_digits)
-    already = re.compile(
-        r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
-        + (rf"\.[0-9]{{{fraction_digits}}}" if fraction_digits else "") + r"\+0000").fullmatch
     valid_dates: Dict[str, bool] = {}
+    shifted_dates: Dict[Tuple[str, int], Optional[str]] = {}
 
     def date_is_valid(date: str) -> bool:
         known = valid_dates.get(date)
@@ -501,25 +501,44 @@ def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
             valid_dates[date] = known
         return known
 
+    def shifted(date: str, days: int) -> Optional[str]:
+        key = (date, days)
+        if key in shifted_dates:
+            return shifted_dates[key]
+        try:
+            moved: Optional[str] = (_dt.date.fromisoformat(date) + _dt.timedelta(days=days)).isoformat()
+        except OverflowError:  # before year 1 or after year 9999, as the reference finds too
+            moved = None
+        if len(shifted_dates) >= _DATE_CACHE_SIZE:
+            shifted_dates.clear()
+        shifted_dates[key] = moved
+        return moved
+
+    point = "." if fraction_digits else ""
+
     def canonical(value: Any) -> Optional[str]:
-        if isinstance(value, str):
-            if already(value):
-                if value[11:13] <= "23" and value[14:16] <= "59" and value[17:19] <= "59" \
-                        and date_is_valid(value[:10]):
-                    return value
-                return reference(value)
-            match = _UTC_TIME(value)
-            if match is not None:
-                date, hour, minute, second, fraction = match.groups()
-                if hour > "23" or minute > "59" or not date_is_valid(date):
-                    return None  # as the reference: no such time
-                if second > "59":
-                    second = "59"
-                if fraction_digits == 0:
-                    return f"{date}T{hour}:{minute}:{second}+0000"
-                fraction = (fraction or "")[:fraction_digits].ljust(fraction_digits, "0")
-                return f"{date}T{hour}:{minute}:{second}.{fraction}+0000"
-        return reference(value)
+        if type(value) is not str:
+            return reference(value)
+        match = _ISO_TIME(value)
+        if match is None:
+            return reference(value)
+        date, hour, minute, second, fraction, sign, zone_hours, zone_minutes = match.groups()
+        if hour > "23" or minute > "59" or not (valid_dates.get(date) or date_is_valid(date)):
+            return None  # as the reference: no such time
+        if second > "59":
+            second = "59"
+        if sign is not None and (zone_hours != "00" or zone_minutes not in (None, "00")):
+            offset = int(zone_hours) * 60 + int(zone_minutes or 0)
+            days, minutes = divmod(int(hour) * 60 + int(minute) + (offset if sign == "-" else -offset),
+                                   _MINUTES_A_DAY)
+            if days:
+                moved = shifted(date, days)
+                if moved is None:
+                    return None
+                date = moved
+            hour, minute = f"{minutes // 60:02d}", f"{minutes % 60:02d}"
+        fraction = (fraction or "")[:fraction_digits].ljust(fraction_digits, "0")
+        return f"{date}T{hour}:{minute}:{second}{point}{fraction}+0000"
 
     return canonical
 
