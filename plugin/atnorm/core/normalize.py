@@ -675,17 +675,44 @@ def _parse_crn(value: str) -> Optional[Dict[str, str]]:
 _REGIONS: Dict[str, str] = {}
 
 
+# CRN scopes (`crn:v1:cname:ctype:service-name:location:scope`) → their parts: every
+# instance and resource of one account's service in one location shares one entry.
+_CRN_SCOPES: Dict[str, Optional[Dict[str, str]]] = {}
+
+
+def _crn_scope(value: Any) -> Optional[Tuple[Dict[str, str], str]]:
+    """(the parts of a CRN but its resource type, its resource type or ""), as parse_crn has
+    them; None where parse_crn says None. The parts are shared: read them only."""
+    if not isinstance(value, str):
+        return None
+    if value.count(":") == 9 and value.startswith("crn:"):
+        scope, _, resource_type, _ = value.rsplit(":", 3)
+        parts = _CRN_SCOPES.get(scope)
+        if parts is None and scope not in _CRN_SCOPES:
+            parts = _parse_crn(scope)
+            if len(_CRN_SCOPES) >= _CACHE_LIMIT:
+                _CRN_SCOPES.clear()
+            _CRN_SCOPES[scope] = parts
+        return None if parts is None else (parts, resource_type)
+    parts = parse_crn(value)
+    return None if parts is None else (parts, "")
+
+
 _ACTION_PARTS: Dict[Tuple[str, Optional[str]], Dict[str, str]] = {}
 
 
 def _action_parts(action: str, service: Optional[str]) -> Dict[str, str]:
+    """Service, object type and verb of an action of three segments or more; {} otherwise."""
     key = (action, service)
     parts = _ACTION_PARTS.get(key)
     if parts is None:
-        segments = action.split(".")
-        service = service or segments[0]
-        rest = action[len(service) + 1:].split(".") if action.startswith(service + ".") else segments[1:]
-        parts = {"service": service, "objectType": ".".join(rest[:-1]), "verb": rest[-1]}
+        if action.count(".") >= 2:
+            segments = action.split(".")
+            service = service or segments[0]
+            rest = action[len(service) + 1:].split(".") if action.startswith(service + ".") else segments[1:]
+            parts = {"service": service, "objectType": ".".join(rest[:-1]), "verb": rest[-1]}
+        else:
+            parts = {}
         if len(_ACTION_PARTS) >= _CACHE_LIMIT:
             _ACTION_PARTS.clear()
         _ACTION_PARTS[key] = parts
@@ -695,19 +722,26 @@ def _action_parts(action: str, service: Optional[str]) -> Dict[str, str]:
 def derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, str]:
     """Service, object type and verb from the action; region, account, … from the CRNs."""
     action = work.get("action")
-    if isinstance(action, str) and action.count(".") >= 2:
-        derived = dict(_action_parts(action, service))
+    if isinstance(action, str):
+        derived = dict(_ACTION_PARTS.get((action, service)) or _action_parts(action, service))
     else:
         derived = {}
     target = work.get("target")
-    crn = parse_crn(target.get("id")) if isinstance(target, dict) else None
-    if crn:
-        derived.update(crn)
-    source = parse_crn(work.get("logSourceCRN"))
-    # Most often the target's CRN has every part the source's has: nothing to add.
-    if source and not source.keys() <= derived.keys():
-        for key, value in source.items():
-            derived.setdefault(key, value)
+    found = _crn_scope(target.get("id")) if isinstance(target, dict) else None
+    scope = None
+    if found is not None:
+        scope, resource_type = found
+        derived.update(scope)
+        if resource_type:
+            derived["resourceType"] = resource_type
+    source = _crn_scope(work.get("logSourceCRN"))
+    if source is not None:
+        source_scope, resource_type = source
+        if source_scope is not scope:  # most often the target's scope: nothing to add
+            for key, value in source_scope.items():
+                derived.setdefault(key, value)
+        if resource_type:
+            derived.setdefault("resourceType", resource_type)
     return derived
 
 
