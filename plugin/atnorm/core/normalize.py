@@ -751,63 +751,77 @@ _CLEAN_ENUMS = frozenset(value for value in OUTCOMES + SEVERITIES + CREDENTIAL_T
                          if value.strip() == value and value.lower() == value)
 
 
-def needs_only_event_time(event: Dict[str, Any]) -> bool:
-    """True when trim_whitespace, coerce_types, casefold_enums and fix_type_uris would change
-    nothing in `event`, as in most valid events: one pass over the fields those steps read.
+# The steps after the eventTime step may skip, as bits of what `steps_needed` says.
+TRIM, COERCE, CASEFOLD, TYPE_URI = 1, 2, 4, 8
+ALL_STEPS = TRIM | COERCE | CASEFOLD | TYPE_URI
 
-    It may say False for an event the steps leave as it is (an undocumented enum value, a
-    str reason code that is no number): the steps then run and decide. It never says True
-    for one they would change.
+
+def steps_needed(event: Dict[str, Any]) -> int:
+    """Which of trim_whitespace, coerce_types, casefold_enums and fix_type_uris could change
+    `event`, in one pass over the fields they read: 0, as in most valid events, or bits.
+
+    It may name a step that then changes nothing (an undocumented enum value, a str reason
+    code that is no number): the step runs and decides. It never leaves out one that would
+    change something, counting what trimming does for the steps after it (` Success`,
+    ` /typeURI`).
     """
+    need = 0
     get = event.get
     for key in ("action", "eventTime", "message", "logSourceCRN"):
         value = get(key)
         if isinstance(value, str) and value.strip() != value:
-            return False
+            need = TRIM
     for key in ("outcome", "severity"):
         value = get(key)
         if isinstance(value, str) and value not in _CLEAN_ENUMS:
-            return False
+            need |= TRIM | CASEFOLD if value.strip() != value else CASEFOLD
     for key in ("dataEvent", "saveServiceCopy", "requestData", "responseData"):
         if isinstance(get(key), str):
-            return False
+            need |= COERCE
     reason = get("reason")
     if isinstance(reason, dict) and isinstance(reason.get("reasonCode"), str):
-        return False
+        need |= COERCE
     initiator, target = get("initiator"), get("target")
     for part in (initiator, target):
         if isinstance(part, dict):
             for key in ("id", "name"):
                 value = part.get(key)
                 if isinstance(value, str) and value.strip() != value:
-                    return False
+                    need |= TRIM
             value = part.get("typeURI")
-            if isinstance(value, str) and (value.strip() != value or value.startswith("/")):
-                return False
+            if isinstance(value, str):
+                if value.strip() != value:
+                    need |= TRIM | TYPE_URI
+                elif value.startswith("/"):
+                    need |= TYPE_URI
     if isinstance(initiator, dict):
         host = initiator.get("host")
         if isinstance(host, dict):
             value = host.get("address")
             if isinstance(value, str) and value.strip() != value:
-                return False
+                need |= TRIM
         credential = initiator.get("credential")
         if isinstance(credential, dict):
             value = credential.get("type")
             if isinstance(value, str) and value not in _CLEAN_ENUMS:
-                return False
+                need |= TRIM | CASEFOLD if value.strip() != value else CASEFOLD
     observer = get("observer")
     if isinstance(observer, dict):
         value = observer.get("name")
         if isinstance(value, str) and value.strip() != value:
-            return False
-    return True
+            need |= TRIM
+    return need
+
+
+def _all_steps(event: Dict[str, Any]) -> int:
+    return ALL_STEPS
 
 
 class Normalizer:
     """The configured chain of steps. Build once; `normalize` runs per record.
 
     `fast_path` False runs every step on every event: the reference that the fast path
-    (only the eventTime step for an event `needs_only_event_time` clears) is tested against.
+    (the eventTime step, and only the other steps `steps_needed` names) is tested against.
     """
 
     def __init__(self, *, fraction_digits: int = 3, derived_fields: Sequence[str] = DERIVED_FIELDS,
@@ -816,13 +830,18 @@ class Normalizer:
         unknown = set(derived_fields) - set(DERIVED_FIELDS)
         if unknown:
             raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
-        self.steps: List[Step] = []
-        if aliases:
-            self.steps.append(_make_alias_step(aliases))
-        self._event_time = make_event_time_step(fraction_digits)
-        self.steps += [trim_whitespace, self._event_time, coerce_types, casefold_enums, fix_type_uris]
+        first: List[Step] = [_make_alias_step(aliases)] if aliases else []
+        event_time = make_event_time_step(fraction_digits)
+        # The chain for each set of needed steps, in the one order (trimming comes before the
+        # steps that read trimmed values, the order of the fixes is the output's).
+        self._chains: Tuple[Tuple[Step, ...], ...] = tuple(
+            tuple(first + [step for bit, step in ((TRIM, trim_whitespace), (0, event_time), (COERCE, coerce_types),
+                                                  (CASEFOLD, casefold_enums), (TYPE_URI, fix_type_uris))
+                           if bit == 0 or needed & bit])
+            for needed in range(ALL_STEPS + 1))
+        self.steps: List[Step] = list(self._chains[ALL_STEPS])
         # Renamed keys would escape the test: with aliases, every step runs.
-        self._fast_path = fast_path and not aliases
+        self._needed: Callable[[Dict[str, Any]], int] = steps_needed if fast_path and not aliases else _all_steps
         self.derived_fields = tuple(derived_fields)
         self.annotation_key = annotation_key
         self.record_fixes = record_fixes
@@ -833,13 +852,9 @@ class Normalizer:
     def normalize(self, event: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
         """A normalized copy of `event`; the names of the changes are appended to `fixes`."""
         work = dict(event)
-        if self._fast_path and needs_only_event_time(event):
-            self._event_time(work, event, fixes)
-            return work
-        for step in self.steps:
+        for step in self._chains[self._needed(event)]:
             step(work, event, fixes)
         return work
-
 
 
 Annotate = Callable[[Dict[str, Any], Optional[str], Fixes], None]
