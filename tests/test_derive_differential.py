@@ -42,8 +42,12 @@ def reference_derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, 
 
 def _crn(rng: random.Random, near: Any) -> Any:
     choice = rng.random()
-    if choice < 0.4 and isinstance(near, str):  # the same scope or instance, another resource
+    if choice < 0.2 and isinstance(near, str):  # the same scope or instance, another resource
         return ":".join(near.split(":")[:rng.randint(6, 10)] + [rng.choice(SEGMENTS) for _ in range(rng.randint(0, 3))])
+    if choice < 0.4 and isinstance(near, str):  # a source's own CRN beside its target's: `<scope>:<instance>::`
+        scope = ":".join(near.split(":")[:7])
+        return scope + rng.choice(["", "", "", "d", ":x", "-1"]) + ":" + rng.choice(["inst", "", "i:j"]) + \
+            rng.choice(["::", "::", ":key:", ":", ":::"])
     if choice < 0.9:
         return ":".join(rng.choice(SEGMENTS) for _ in range(rng.randint(1, 13)))
     return rng.choice([None, 7, "", ":" * 9, ["crn"], "crn:v1:a:b:c:d:e:f:g:h"])
@@ -84,3 +88,15 @@ def test_derived_fields_are_the_plain_way_s_in_the_same_order():
         assert list(derive(event, service).items()) == list(reference_derive(event, service).items()), event
         checked += 1
     assert checked >= 20_000
+
+
+def test_a_source_beside_its_target_adds_what_the_target_lacks():
+    targets = ["crn:v1:bluemix:public:kms:us-south:a/:inst:key:k1", "crn:v1:bluemix:public:kms:us-south:a/abc:inst:key:k1",
+               "crn:v1:bluemix:public:kms:us-south:a/abc:inst::k1", "crn:v1:bluemix:public::us-south:s/x:inst:key:k"]
+    suffixes = ["", "d", "c", ":x"]
+    for target in targets:
+        scope = target.rsplit(":", 3)[0]
+        for suffix in suffixes:
+            for tail in (":inst::", ":inst:key:", ":::", ":inst:", ":inst:::"):
+                event = {"action": "kms.key.read", "target": {"id": target}, "logSourceCRN": scope + suffix + tail}
+                assert list(derive(event, "kms").items()) == list(reference_derive(event, "kms").items()), event

@@ -680,9 +680,10 @@ _REGIONS: Dict[str, str] = {}
 _CRN_SCOPES: Dict[str, Optional[Dict[str, str]]] = {}
 
 
-def _crn_scope(value: Any) -> Optional[Tuple[Dict[str, str], str]]:
-    """(the parts of a CRN but its resource type, its resource type or ""), as parse_crn has
-    them; None where parse_crn says None. The parts are shared: read them only."""
+def _crn_scope(value: Any) -> Optional[Tuple[Dict[str, str], str, str]]:
+    """(the parts of a CRN but its resource type, its resource type or "", its scope text or
+    ""), the parts as parse_crn has them; None where parse_crn says None. The parts are
+    shared: read them only."""
     if not isinstance(value, str):
         return None
     if value.count(":") == 9 and value.startswith("crn:"):
@@ -693,9 +694,9 @@ def _crn_scope(value: Any) -> Optional[Tuple[Dict[str, str], str]]:
             if len(_CRN_SCOPES) >= _CACHE_LIMIT:
                 _CRN_SCOPES.clear()
             _CRN_SCOPES[scope] = parts
-        return None if parts is None else (parts, resource_type)
+        return None if parts is None else (parts, resource_type, scope)
     parts = parse_crn(value)
-    return None if parts is None else (parts, "")
+    return None if parts is None else (parts, "", "")
 
 
 _ACTION_PARTS: Dict[Tuple[str, Optional[str]], Dict[str, str]] = {}
@@ -729,15 +730,22 @@ def derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, str]:
     target = work.get("target")
     found = _crn_scope(target.get("id")) if isinstance(target, dict) else None
     scope = None
+    source_crn = work.get("logSourceCRN")
     if found is not None:
-        scope, resource_type = found
+        scope, resource_type, scope_text = found
         derived.update(scope)
         if resource_type:
             derived["resourceType"] = resource_type
-    source = _crn_scope(work.get("logSourceCRN"))
+        # Most often the source is the target's instance (`<scope>:<instance>::`): it has
+        # nothing to add, which its text shows without parsing it.
+        if (scope_text and type(source_crn) is str and source_crn.endswith("::")
+                and source_crn.startswith(scope_text) and source_crn[len(scope_text)] == ":"
+                and source_crn.count(":") == 9):
+            return derived
+    source = _crn_scope(source_crn)
     if source is not None:
-        source_scope, resource_type = source
-        if source_scope is not scope:  # most often the target's scope: nothing to add
+        source_scope, resource_type, _ = source
+        if source_scope is not scope:  # the target's scope: nothing to add
             for key, value in source_scope.items():
                 derived.setdefault(key, value)
         if resource_type:
