@@ -168,20 +168,12 @@ def _plain_by_recursion(value, depth, keys):
     if depth <= 0:
         return False
     if isinstance(value, dict):
-        if keys and not all(type(key) is str for key in value):
+        if keys and any(type(key) is not str for key in value):
             return False
         value = list(value.values())
-    for item in value:
-        kind = type(item)
-        if kind is dict or kind is list:
-            if not _plain_by_recursion(item, depth - 1, keys):
-                return False
-        elif kind is int:
-            if not MIN_INT <= item <= MAX_INT:
-                return False
-        elif kind is not str and item is not None and kind is not bool:
-            return False
-    return True
+    return all(_plain_by_recursion(item, depth - 1, keys) if type(item) in (dict, list)
+               else type(item) in (str, bool, type(None)) or (type(item) is int and MIN_INT <= item <= MAX_INT)
+               for item in value)
 
 
 @settings(max_examples=3000, deadline=None, database=None, derandomize=True)

@@ -632,10 +632,16 @@ def parse_crn(value: Any) -> Optional[Dict[str, str]]:
         cache, key = _CRN_PARTS, value
     parts = cache.get(key)
     if parts is None and key not in cache:
-        parts = _parse_crn(value)
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[key] = parts
+        parts = _parse_and_keep(cache, key, value)
+    return parts
+
+
+def _parse_and_keep(cache: Dict[str, Optional[Dict[str, str]]], key: str, value: str) -> Optional[Dict[str, str]]:
+    """The parts of `value`, kept in `cache` under `key` (a cache found full is emptied first)."""
+    parts = _parse_crn(value)
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = parts
     return parts
 
 
@@ -690,10 +696,7 @@ def _crn_scope(value: Any) -> Optional[Tuple[Dict[str, str], str, str]]:
         scope, _, resource_type, _ = value.rsplit(":", 3)
         parts = _CRN_SCOPES.get(scope)
         if parts is None and scope not in _CRN_SCOPES:
-            parts = _parse_crn(scope)
-            if len(_CRN_SCOPES) >= _CACHE_LIMIT:
-                _CRN_SCOPES.clear()
-            _CRN_SCOPES[scope] = parts
+            parts = _parse_and_keep(_CRN_SCOPES, scope, scope)
         return None if parts is None else (parts, resource_type, scope)
     parts = parse_crn(value)
     return None if parts is None else (parts, "", "")
