@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict
 
@@ -52,3 +53,25 @@ def forward_server(handler: Any, stats: Any = None, **settings: Any) -> Any:
     from atnorm.forward.server import ForwardServer, ServerSettings
 
     return ForwardServer(handler, ServerSettings(**settings), stats=stats)
+
+
+def crn_parts_as_specified(value: Any) -> Any:
+    """The CRN parts, the plain way: split, pad to ten segments, pick."""
+    if not isinstance(value, str):
+        return None
+    parts = value.split(":")
+    if parts and parts[0] != "crn":
+        parts = ["crn"] + parts
+    if len(parts) < 7 or parts[1] != "v1":
+        return None
+    parts += [""] * (10 - len(parts))
+    out: Dict[str, str] = {}
+    if parts[4]:
+        out["crnServiceName"] = parts[4]
+    if parts[5]:
+        out["region"] = re.sub(r"-[0-9]+$", "", parts[5])
+    if parts[6].startswith("a/") and len(parts[6]) > 2:
+        out["account"] = parts[6][2:]
+    if parts[8]:
+        out["resourceType"] = parts[8]
+    return out

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from atnorm.bench.eventgen import EventGenerator
 from atnorm.core import jsonlines
 from atnorm.core.pipeline import EventFilter
-from atnorm.model.encodable import MAX_DEPTH, MAX_INT, MIN_INT, encodable, is_encodable, json_line
+from atnorm.model.encodable import MAX_DEPTH, MAX_INT, MIN_INT, _plain, encodable, is_encodable, json_line
 
 # Leaves JSON's decoders return, with the ones no destination takes as they are.
 ODD_INTEGERS = [MAX_INT, MAX_INT + 1, MIN_INT, MIN_INT - 1, 10 ** 18, -(10 ** 18), 10 ** 19, 1 << 200]
@@ -161,3 +161,32 @@ def test_the_writability_walk_at_the_depth_limit():
         for leaf in ["x", None, True, 1.5, "\ud800", b"x", float("nan")] + ODD_INTEGERS:
             for value in (nested(depth, leaf), nested(depth, [leaf, 1]), {"a": leaf}, [leaf], {"k": [leaf]}):
                 assert is_encodable(value) == _writable_walked_value_by_value(value), (depth, leaf)
+
+
+def _plain_by_recursion(value, depth, keys):
+    """The plainness walk as one call per container (what `_plain` does in fewer calls)."""
+    if depth <= 0:
+        return False
+    if isinstance(value, dict):
+        if keys and any(type(key) is not str for key in value):
+            return False
+        value = list(value.values())
+    return all(_plain_by_recursion(item, depth - 1, keys) if type(item) in (dict, list)
+               else type(item) in (str, bool, type(None)) or (type(item) is int and MIN_INT <= item <= MAX_INT)
+               for item in value)
+
+
+@settings(max_examples=3000, deadline=None, database=None, derandomize=True)
+@given(st.lists(any_values, max_size=3) | st.dictionaries(any_keys, any_values, max_size=3),
+       st.integers(min_value=-1, max_value=7), st.booleans())
+def test_the_plainness_walk_at_every_depth_bound(value, depth, keys):
+    assert _plain(value, depth, keys) == _plain_by_recursion(value, depth, keys)
+
+
+def test_the_plainness_walk_on_nesting_around_the_bound():
+    for depth in range(0, 12):
+        for leaf in ("x", 1, 1.5, None, [], {}, MAX_INT + 1):
+            for value in (nested(depth, leaf), [nested(depth, leaf)], {"k": nested(depth, leaf)}):
+                if isinstance(value, (dict, list)):
+                    for bound in range(0, 14):
+                        assert _plain(value, bound) == _plain_by_recursion(value, bound, False), (value, bound)

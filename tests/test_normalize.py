@@ -1,11 +1,11 @@
 """Each normalization step, on the drift real events show."""
 
 import random
-import re
 
 import pytest
 
 from atnorm.core.normalize import Normalizer, find_event, make_time_formatter, parse_crn, unflatten
+from support import crn_parts_as_specified
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -106,28 +106,6 @@ def test_crn_parts(crn, expected):
     assert parse_crn(crn) == expected
 
 
-def _crn_parts_as_specified(value):
-    """The CRN parts, the plain way: split, pad to ten segments, pick."""
-    if not isinstance(value, str):
-        return None
-    parts = value.split(":")
-    if parts and parts[0] != "crn":
-        parts = ["crn"] + parts
-    if len(parts) < 7 or parts[1] != "v1":
-        return None
-    parts += [""] * (10 - len(parts))
-    out = {}
-    if parts[4]:
-        out["crnServiceName"] = parts[4]
-    if parts[5]:
-        out["region"] = re.sub(r"-[0-9]+$", "", parts[5])
-    if parts[6].startswith("a/") and len(parts[6]) > 2:
-        out["account"] = parts[6][2:]
-    if parts[8]:
-        out["resourceType"] = parts[8]
-    return out
-
-
 def test_cached_crn_parts_equal_a_fresh_parse_whatever_came_before():
     # Resources of one instance share a cache entry: each must still get its own parts.
     segments = ["crn", "v1", "", "bluemix", "public", "kms", "us-south", "us-south-12", "a/", "a/abc", "s/x", "inst",
@@ -142,7 +120,7 @@ def test_cached_crn_parts_equal_a_fresh_parse_whatever_came_before():
         values += [f"{head}:{last}" for last in ("", "x", "key", "k:2")]
         values += [f"{head[4:]}:{last}" for last in ("", "x", "key")]
     for value in values + values[::-1]:
-        assert parse_crn(value) == _crn_parts_as_specified(value), value
+        assert parse_crn(value) == crn_parts_as_specified(value), value
 
 
 def test_derived_fields_never_overwrite_source_fields():

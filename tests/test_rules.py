@@ -1,5 +1,6 @@
 """Rules: compiled checks agree with python-jsonschema, and reasons read as it shapes them."""
 
+import random
 import shutil
 
 import pytest
@@ -74,6 +75,52 @@ def test_a_check_after_a_known_type_gives_the_reference_verdict(schema):
     check = SchemaCompiler(schema).compile(schema)
     reference = Draft202012Validator(schema)
     assert [check(value) for value in TYPED_INSTANCES] == [reference.is_valid(value) for value in TYPED_INSTANCES]
+
+
+NAMES = ["a", "b", "c"]
+
+
+def _object_only_schema(rng, depth):
+    """An allOf of members about objects (properties, required, nested allOf), now and then
+    one the compiler must not fold (additionalProperties, a type, a length)."""
+    members = []
+    for _ in range(rng.randint(1, 4)):
+        member = {"title": "item"} if rng.random() < 0.3 else {}
+        if rng.random() < 0.7:
+            member["properties"] = {name: (_object_only_schema(rng, depth - 1) if depth and rng.random() < 0.5
+                                           else rng.choice([{"enum": ["x", 1]}, {"const": "x"}, {"type": "string"},
+                                                            True, False, {}]))
+                                    for name in rng.sample(NAMES, rng.randint(1, 2))}
+        if rng.random() < 0.6:
+            member["required"] = rng.sample(NAMES, rng.randint(1, 2))
+        if depth and rng.random() < 0.2:
+            member["allOf"] = [_object_only_schema(rng, depth - 1)]
+        if rng.random() < 0.08:
+            keyword, value = rng.choice([("additionalProperties", {"const": 1}), ("type", "object"), ("minLength", 1)])
+            member[keyword] = value
+        members.append(True if rng.random() < 0.05 else member)
+    return {"allOf": members}
+
+
+def _instance(rng, depth):
+    if depth and rng.random() < 0.7:
+        return {name: _instance(rng, depth - 1) for name in rng.sample(NAMES, rng.randint(0, 3))}
+    return rng.choice(["x", "y", 1, None, [], {}, True])
+
+
+def test_folded_allof_members_give_the_reference_verdict():
+    rng = random.Random(11)
+    compared = failing = 0
+    for _ in range(400):
+        schema = _object_only_schema(rng, 2)
+        check = SchemaCompiler(schema).compile(schema)
+        reference = Draft202012Validator(schema)
+        for _ in range(30):
+            value = _instance(rng, 3)
+            assert check(value) == reference.is_valid(value), (schema, value)
+            compared += 1
+            failing += not reference.is_valid(value)
+    assert compared >= 10_000 and 1_000 < failing < compared - 1_000
 
 
 def test_reasons_come_most_relevant_first_like_best_match():

@@ -1,5 +1,6 @@
-"""The eventTime fast path (common UTC forms, by slicing) against the reference path (regex
-and datetime), on generated and mutated times: the same canonical text or the same None."""
+"""The eventTime fast path (common ISO forms, by slicing and minute arithmetic) against the
+reference path (regex and datetime), on generated and mutated times: the same canonical text
+or the same None."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from atnorm.core.normalize import make_reference_time_formatter, make_time_formatter
 
 SUFFIXES = ["Z", "z", "+0000", "+00:00", "+00", "UTC", "", " Z", "utc", "-0000", "+05:30", "-0600", "+0130",
-            "+00:0", "+000", "Zz", " +0000"]
+            "+00:0", "+000", "Zz", " +0000", "-00:00", "+01", "-12", "+14:00", "-23:59", "+23:59", "-99:99",
+            "+9999", "+0045", "-00:30", "-0015"]
 SEPARATORS = ["T", "T", "T", "t", " ", "x", "_"]
 
 
@@ -26,6 +28,9 @@ def _time(rng: random.Random) -> str:
     if rng.random() < 0.1:  # leap days, valid or not
         month, day = "02", rng.choice(["29", "30"])
         year = rng.choice(["2024", "2023", "2000", "1900"])
+    elif rng.random() < 0.1:  # where an offset moves the date across a year, or out of range
+        year, month, day = rng.choice([("0001", "01", "01"), ("9999", "12", "31"), ("2024", "12", "31"),
+                                       ("2025", "01", "01"), ("2024", "02", "28"), ("2024", "03", "01")])
     clock = f"{_two(rng, rng.choice([23, 25]))}:{_two(rng, rng.choice([59, 61]))}:{_two(rng, rng.choice([59, 99]))}"
     fraction = ""
     if rng.random() < 0.7:
@@ -73,3 +78,12 @@ def test_fast_path_reads_the_common_forms_without_the_reference():
     assert fast("2023-02-29T00:00:00Z") is None
     assert fast("2024-01-01t00:00:00,5+00:00") == "2024-01-01T00:00:00.500+0000"
     assert fast("2024-01-01T00:00:0٣Z") == make_reference_time_formatter(3)("2024-01-01T00:00:0٣Z")
+
+
+def test_fast_path_moves_the_clock_and_the_date_by_the_offset():
+    fast = make_time_formatter(3)
+    assert fast("2024-12-31T22:30:00.5-02:00") == "2025-01-01T00:30:00.500+0000"
+    assert fast("2024-03-01T01:00:00+0530") == "2024-02-29T19:30:00.000+0000"
+    assert fast("2024-01-01T12:00:00-00:00") == "2024-01-01T12:00:00.000+0000"
+    assert fast("9999-12-31T23:00:00-05") is None  # after year 9999 in UTC
+    assert fast("0001-01-01T00:00:00+01") is None  # before year 1

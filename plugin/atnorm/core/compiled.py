@@ -54,6 +54,49 @@ def _object_only(schema: Any) -> bool:
     return isinstance(members, list) and all(
         member is True or _object_only(member) or member == {} for member in members)
 
+# Keywords a member of an object-only allOf may use for it to be folded into its parent.
+_FOLDABLE = frozenset({"properties", "required", "allOf"})
+
+
+def _members(schema: Dict[str, Any], out: List[Dict[str, Any]]) -> bool:
+    """Collect `schema` and its allOf members, nested ones too, into `out`; False when one
+    of them asserts more than properties and required (additionalProperties, say)."""
+    if set(schema) - _ANNOTATIONS - _FOLDABLE:
+        return False
+    out.append(schema)
+    for member in schema.get("allOf", []):
+        if member is True:
+            continue
+        if not isinstance(member, dict) or not _members(member, out):
+            return False
+    return True
+
+
+def _folded(schema: Dict[str, Any]) -> Dict[str, Any]:
+    """An object-only schema whose allOf members assert only properties and required, as
+    one `properties` (a name's subschemas as one allOf) and one `required`.
+
+    The same verdict (every member holds exactly when the folded whole does), written with
+    one lookup per name instead of one per member naming it: a warning rule's items
+    (`/initiator/name`, `/initiator/typeURI`, ...) each name their parents again."""
+    members: List[Dict[str, Any]] = []
+    if "allOf" not in schema or not _members(schema, members):
+        return schema
+    properties: Dict[str, List[Any]] = {}
+    required: Dict[str, None] = {}
+    for member in members:
+        for name, sub in member.get("properties", {}).items():
+            properties.setdefault(name, []).append(sub)
+        required.update(dict.fromkeys(member.get("required", [])))
+    folded: Dict[str, Any] = {}
+    if properties:
+        folded["properties"] = {name: subs[0] if len(subs) == 1 else {"allOf": subs}
+                                for name, subs in properties.items()}
+    if required:
+        folded["required"] = list(required)
+    return folded
+
+
 # Python expressions for JSON Schema types; `{v}` is the value's variable.
 _TYPE_EXPRESSIONS: Dict[str, str] = {
     "string": "isinstance({v}, str)",
@@ -157,7 +200,7 @@ class SchemaCompiler:
             # one isinstance test for all of them instead of one each.
             self._known = {**saved, var: "object"}
             inner: List[str] = []
-            self._emit_keywords(schema, var, inner, depth + 1)
+            self._emit_keywords(_folded(schema), var, inner, depth + 1)
             if inner:
                 out.append(f"{pad}if isinstance({var}, dict):\n")
                 out.extend(inner)
@@ -218,7 +261,9 @@ class SchemaCompiler:
 
     def _kw_const(self, expected: Any, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
         constant = self._constant("const", expected)
-        out.append(f"{'    ' * depth}if not json_equal({var}, {constant}): return False\n")
+        # Against text, JSON equality is ==: no call needed.
+        test = f"{var} == {constant}" if isinstance(expected, str) else f"json_equal({var}, {constant})"
+        out.append(f"{'    ' * depth}if not ({test}): return False\n")
 
     def _kw_pattern(self, pattern: str, _s: Dict[str, Any], var: str, out: List[str], depth: int) -> None:
         search = self._constant("search", re.compile(pattern).search)

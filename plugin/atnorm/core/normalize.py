@@ -467,26 +467,26 @@ def make_reference_time_formatter(fraction_digits: int) -> Callable[[Any], Optio
     return canonical
 
 
-# The common UTC forms (ASCII digits only); anything else takes the reference path.
-_UTC_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-                       r"(?:[.,]([0-9]+))?(?:Z|z|UTC|\+00(?::?00)?)").fullmatch
+# The common forms (ASCII digits only, no space around): anything else takes the reference path.
+_ISO_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                       r"(?:[.,]([0-9]+))?(?:Z|z|UTC|([+-])([0-9]{2})(?::?([0-9]{2}))?)?").fullmatch
 _DATE_CACHE_SIZE = 4096  # days seen; audit streams span few, so this is rarely cleared
+_MINUTES_A_DAY = 24 * 60
 
 
 def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
-    """`make_reference_time_formatter`, with the common UTC forms done by slicing.
+    """`make_reference_time_formatter`, with the common ISO forms done by slicing.
 
-    `YYYY-MM-DDThh:mm:ss[.fraction](Z|+0000|+00:00|UTC)`, the canonical form included,
-    needs no date arithmetic: the date is checked once per distinct day (cached), the time
-    by its digits, and the text is rebuilt from its parts. Everything else (other offsets,
-    epoch numbers, spaces around, non-ASCII digits) goes the reference way. Specialised
-    here, so the per-record path does no option checks.
+    `YYYY-MM-DDThh:mm:ss[.fraction][Z|UTC|±hh[[:]mm]]`, the canonical form included, needs
+    no datetime: the date is checked once per distinct day (cached), the time by its
+    digits, an offset moves the clock in minutes and, past midnight, the date by whole
+    days (cached too), and the text is rebuilt from its parts. Everything else (epoch
+    numbers, spaces around, non-ASCII digits) goes the reference way. Specialised here, so
+    the per-record path does no option checks.
     """
     reference = make_reference_time_formatter(fraction_digits)
-    already = re.compile(
-        r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
-        + (rf"\.[0-9]{{{fraction_digits}}}" if fraction_digits else "") + r"\+0000").fullmatch
     valid_dates: Dict[str, bool] = {}
+    shifted_dates: Dict[Tuple[str, int], Optional[str]] = {}
 
     def date_is_valid(date: str) -> bool:
         known = valid_dates.get(date)
@@ -501,25 +501,44 @@ def make_time_formatter(fraction_digits: int) -> Callable[[Any], Optional[str]]:
             valid_dates[date] = known
         return known
 
+    def shifted(date: str, days: int) -> Optional[str]:
+        key = (date, days)
+        if key in shifted_dates:
+            return shifted_dates[key]
+        try:
+            moved: Optional[str] = (_dt.date.fromisoformat(date) + _dt.timedelta(days=days)).isoformat()
+        except OverflowError:  # before year 1 or after year 9999, as the reference finds too
+            moved = None
+        if len(shifted_dates) >= _DATE_CACHE_SIZE:
+            shifted_dates.clear()
+        shifted_dates[key] = moved
+        return moved
+
+    point = "." if fraction_digits else ""
+
     def canonical(value: Any) -> Optional[str]:
-        if isinstance(value, str):
-            if already(value):
-                if value[11:13] <= "23" and value[14:16] <= "59" and value[17:19] <= "59" \
-                        and date_is_valid(value[:10]):
-                    return value
-                return reference(value)
-            match = _UTC_TIME(value)
-            if match is not None:
-                date, hour, minute, second, fraction = match.groups()
-                if hour > "23" or minute > "59" or not date_is_valid(date):
-                    return None  # as the reference: no such time
-                if second > "59":
-                    second = "59"
-                if fraction_digits == 0:
-                    return f"{date}T{hour}:{minute}:{second}+0000"
-                fraction = (fraction or "")[:fraction_digits].ljust(fraction_digits, "0")
-                return f"{date}T{hour}:{minute}:{second}.{fraction}+0000"
-        return reference(value)
+        if type(value) is not str:
+            return reference(value)
+        match = _ISO_TIME(value)
+        if match is None:
+            return reference(value)
+        date, hour, minute, second, fraction, sign, zone_hours, zone_minutes = match.groups()
+        if hour > "23" or minute > "59" or not (valid_dates.get(date) or date_is_valid(date)):
+            return None  # as the reference: no such time
+        if second > "59":
+            second = "59"
+        if sign is not None and (zone_hours != "00" or zone_minutes not in (None, "00")):
+            offset = int(zone_hours) * 60 + int(zone_minutes or 0)
+            days, minutes = divmod(int(hour) * 60 + int(minute) + (offset if sign == "-" else -offset),
+                                   _MINUTES_A_DAY)
+            if days:
+                moved = shifted(date, days)
+                if moved is None:
+                    return None
+                date = moved
+            hour, minute = f"{minutes // 60:02d}", f"{minutes % 60:02d}"
+        fraction = (fraction or "")[:fraction_digits].ljust(fraction_digits, "0")
+        return f"{date}T{hour}:{minute}:{second}{point}{fraction}+0000"
 
     return canonical
 
@@ -613,10 +632,16 @@ def parse_crn(value: Any) -> Optional[Dict[str, str]]:
         cache, key = _CRN_PARTS, value
     parts = cache.get(key)
     if parts is None and key not in cache:
-        parts = _parse_crn(value)
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[key] = parts
+        parts = _parse_and_keep(cache, key, value)
+    return parts
+
+
+def _parse_and_keep(cache: Dict[str, Optional[Dict[str, str]]], key: str, value: str) -> Optional[Dict[str, str]]:
+    """The parts of `value`, kept in `cache` under `key` (a cache found full is emptied first)."""
+    parts = _parse_crn(value)
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = parts
     return parts
 
 
@@ -656,17 +681,42 @@ def _parse_crn(value: str) -> Optional[Dict[str, str]]:
 _REGIONS: Dict[str, str] = {}
 
 
+# CRN scopes (`crn:v1:cname:ctype:service-name:location:scope`) → their parts: every
+# instance and resource of one account's service in one location shares one entry.
+_CRN_SCOPES: Dict[str, Optional[Dict[str, str]]] = {}
+
+
+def _crn_scope(value: Any) -> Optional[Tuple[Dict[str, str], str, str]]:
+    """(the parts of a CRN but its resource type, its resource type or "", its scope text or
+    ""), the parts as parse_crn has them; None where parse_crn says None. The parts are
+    shared: read them only."""
+    if not isinstance(value, str):
+        return None
+    if value.count(":") == 9 and value.startswith("crn:"):
+        scope, _, resource_type, _ = value.rsplit(":", 3)
+        parts = _CRN_SCOPES.get(scope)
+        if parts is None and scope not in _CRN_SCOPES:
+            parts = _parse_and_keep(_CRN_SCOPES, scope, scope)
+        return None if parts is None else (parts, resource_type, scope)
+    parts = parse_crn(value)
+    return None if parts is None else (parts, "", "")
+
+
 _ACTION_PARTS: Dict[Tuple[str, Optional[str]], Dict[str, str]] = {}
 
 
 def _action_parts(action: str, service: Optional[str]) -> Dict[str, str]:
+    """Service, object type and verb of an action of three segments or more; {} otherwise."""
     key = (action, service)
     parts = _ACTION_PARTS.get(key)
     if parts is None:
-        segments = action.split(".")
-        service = service or segments[0]
-        rest = action[len(service) + 1:].split(".") if action.startswith(service + ".") else segments[1:]
-        parts = {"service": service, "objectType": ".".join(rest[:-1]), "verb": rest[-1]}
+        if action.count(".") >= 2:
+            segments = action.split(".")
+            service = service or segments[0]
+            rest = action[len(service) + 1:].split(".") if action.startswith(service + ".") else segments[1:]
+            parts = {"service": service, "objectType": ".".join(rest[:-1]), "verb": rest[-1]}
+        else:
+            parts = {}
         if len(_ACTION_PARTS) >= _CACHE_LIMIT:
             _ACTION_PARTS.clear()
         _ACTION_PARTS[key] = parts
@@ -676,19 +726,33 @@ def _action_parts(action: str, service: Optional[str]) -> Dict[str, str]:
 def derive(work: Dict[str, Any], service: Optional[str]) -> Dict[str, str]:
     """Service, object type and verb from the action; region, account, … from the CRNs."""
     action = work.get("action")
-    if isinstance(action, str) and action.count(".") >= 2:
-        derived = dict(_action_parts(action, service))
+    if isinstance(action, str):
+        derived = dict(_ACTION_PARTS.get((action, service)) or _action_parts(action, service))
     else:
         derived = {}
     target = work.get("target")
-    crn = parse_crn(target.get("id")) if isinstance(target, dict) else None
-    if crn:
-        derived.update(crn)
-    source = parse_crn(work.get("logSourceCRN"))
-    # Most often the target's CRN has every part the source's has: nothing to add.
-    if source and not source.keys() <= derived.keys():
-        for key, value in source.items():
-            derived.setdefault(key, value)
+    found = _crn_scope(target.get("id")) if isinstance(target, dict) else None
+    scope = None
+    source_crn = work.get("logSourceCRN")
+    if found is not None:
+        scope, resource_type, scope_text = found
+        derived.update(scope)
+        if resource_type:
+            derived["resourceType"] = resource_type
+        # Most often the source is the target's instance (`<scope>:<instance>::`): it has
+        # nothing to add, which its text shows without parsing it.
+        if (scope_text and type(source_crn) is str and source_crn.endswith("::")
+                and source_crn.startswith(scope_text) and source_crn[len(scope_text)] == ":"
+                and source_crn.count(":") == 9):
+            return derived
+    source = _crn_scope(source_crn)
+    if source is not None:
+        source_scope, resource_type, _ = source
+        if source_scope is not scope:  # the target's scope: nothing to add
+            for key, value in source_scope.items():
+                derived.setdefault(key, value)
+        if resource_type:
+            derived.setdefault("resourceType", resource_type)
     return derived
 
 
@@ -698,63 +762,77 @@ _CLEAN_ENUMS = frozenset(value for value in OUTCOMES + SEVERITIES + CREDENTIAL_T
                          if value.strip() == value and value.lower() == value)
 
 
-def needs_only_event_time(event: Dict[str, Any]) -> bool:
-    """True when trim_whitespace, coerce_types, casefold_enums and fix_type_uris would change
-    nothing in `event`, as in most valid events: one pass over the fields those steps read.
+# The steps after the eventTime step may skip, as bits of what `steps_needed` says.
+TRIM, COERCE, CASEFOLD, TYPE_URI = 1, 2, 4, 8
+ALL_STEPS = TRIM | COERCE | CASEFOLD | TYPE_URI
 
-    It may say False for an event the steps leave as it is (an undocumented enum value, a
-    str reason code that is no number): the steps then run and decide. It never says True
-    for one they would change.
+
+def steps_needed(event: Dict[str, Any]) -> int:
+    """Which of trim_whitespace, coerce_types, casefold_enums and fix_type_uris could change
+    `event`, in one pass over the fields they read: 0, as in most valid events, or bits.
+
+    It may name a step that then changes nothing (an undocumented enum value, a str reason
+    code that is no number): the step runs and decides. It never leaves out one that would
+    change something, counting what trimming does for the steps after it (` Success`,
+    ` /typeURI`).
     """
+    need = 0
     get = event.get
     for key in ("action", "eventTime", "message", "logSourceCRN"):
         value = get(key)
         if isinstance(value, str) and value.strip() != value:
-            return False
+            need = TRIM
     for key in ("outcome", "severity"):
         value = get(key)
         if isinstance(value, str) and value not in _CLEAN_ENUMS:
-            return False
+            need |= TRIM | CASEFOLD if value.strip() != value else CASEFOLD
     for key in ("dataEvent", "saveServiceCopy", "requestData", "responseData"):
         if isinstance(get(key), str):
-            return False
+            need |= COERCE
     reason = get("reason")
     if isinstance(reason, dict) and isinstance(reason.get("reasonCode"), str):
-        return False
+        need |= COERCE
     initiator, target = get("initiator"), get("target")
     for part in (initiator, target):
         if isinstance(part, dict):
             for key in ("id", "name"):
                 value = part.get(key)
                 if isinstance(value, str) and value.strip() != value:
-                    return False
+                    need |= TRIM
             value = part.get("typeURI")
-            if isinstance(value, str) and (value.strip() != value or value.startswith("/")):
-                return False
+            if isinstance(value, str):
+                if value.strip() != value:
+                    need |= TRIM | TYPE_URI
+                elif value.startswith("/"):
+                    need |= TYPE_URI
     if isinstance(initiator, dict):
         host = initiator.get("host")
         if isinstance(host, dict):
             value = host.get("address")
             if isinstance(value, str) and value.strip() != value:
-                return False
+                need |= TRIM
         credential = initiator.get("credential")
         if isinstance(credential, dict):
             value = credential.get("type")
             if isinstance(value, str) and value not in _CLEAN_ENUMS:
-                return False
+                need |= TRIM | CASEFOLD if value.strip() != value else CASEFOLD
     observer = get("observer")
     if isinstance(observer, dict):
         value = observer.get("name")
         if isinstance(value, str) and value.strip() != value:
-            return False
-    return True
+            need |= TRIM
+    return need
+
+
+def _all_steps(event: Dict[str, Any]) -> int:
+    return ALL_STEPS
 
 
 class Normalizer:
     """The configured chain of steps. Build once; `normalize` runs per record.
 
     `fast_path` False runs every step on every event: the reference that the fast path
-    (only the eventTime step for an event `needs_only_event_time` clears) is tested against.
+    (the eventTime step, and only the other steps `steps_needed` names) is tested against.
     """
 
     def __init__(self, *, fraction_digits: int = 3, derived_fields: Sequence[str] = DERIVED_FIELDS,
@@ -763,13 +841,18 @@ class Normalizer:
         unknown = set(derived_fields) - set(DERIVED_FIELDS)
         if unknown:
             raise ValueError(f"unknown derived fields: {', '.join(sorted(unknown))}")
-        self.steps: List[Step] = []
-        if aliases:
-            self.steps.append(_make_alias_step(aliases))
-        self._event_time = make_event_time_step(fraction_digits)
-        self.steps += [trim_whitespace, self._event_time, coerce_types, casefold_enums, fix_type_uris]
+        first: List[Step] = [_make_alias_step(aliases)] if aliases else []
+        event_time = make_event_time_step(fraction_digits)
+        # The chain for each set of needed steps, in the one order (trimming comes before the
+        # steps that read trimmed values, the order of the fixes is the output's).
+        self._chains: Tuple[Tuple[Step, ...], ...] = tuple(
+            tuple(first + [step for bit, step in ((TRIM, trim_whitespace), (0, event_time), (COERCE, coerce_types),
+                                                  (CASEFOLD, casefold_enums), (TYPE_URI, fix_type_uris))
+                           if bit == 0 or needed & bit])
+            for needed in range(ALL_STEPS + 1))
+        self.steps: List[Step] = list(self._chains[ALL_STEPS])
         # Renamed keys would escape the test: with aliases, every step runs.
-        self._fast_path = fast_path and not aliases
+        self._needed: Callable[[Dict[str, Any]], int] = steps_needed if fast_path and not aliases else _all_steps
         self.derived_fields = tuple(derived_fields)
         self.annotation_key = annotation_key
         self.record_fixes = record_fixes
@@ -780,13 +863,9 @@ class Normalizer:
     def normalize(self, event: Dict[str, Any], fixes: Fixes) -> Dict[str, Any]:
         """A normalized copy of `event`; the names of the changes are appended to `fixes`."""
         work = dict(event)
-        if self._fast_path and needs_only_event_time(event):
-            self._event_time(work, event, fixes)
-            return work
-        for step in self.steps:
+        for step in self._chains[self._needed(event)]:
             step(work, event, fixes)
         return work
-
 
 
 Annotate = Callable[[Dict[str, Any], Optional[str], Fixes], None]

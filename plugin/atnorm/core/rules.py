@@ -46,15 +46,18 @@ class Rule:
     # For object rules: the rule without `properties`, and per property (name, predicate,
     # reference), so a failure is explained by asking the reference about the failing
     # properties only (the same errors, for a fraction of the work).
-    narrowed: Optional[Tuple[Draft202012Validator, List[Tuple[str, Predicate, Draft202012Validator]]]] = None
+    # The rule without `properties` comes with its predicate, so that it is asked only when
+    # it fails (most rejections are about a property's value, not a missing field).
+    narrowed: Optional[Tuple[Draft202012Validator, Predicate,
+                             List[Tuple[str, Predicate, Draft202012Validator]]]] = None
 
     def reasons(self, record: Any, suggestion: Optional[str] = None,
                 nearest: Optional[List[str]] = None) -> List[RejectReason]:
         """Why `record` fails this rule, in python-jsonschema's words (told in the table's
         terms where those say more; `nearest` names the closest allowed values, if known)."""
         if self.narrowed is not None and isinstance(record, dict):
-            rest, properties = self.narrowed
-            errors = list(rest.iter_errors(record))
+            rest, rest_check, properties = self.narrowed
+            errors = [] if rest_check(record) else list(rest.iter_errors(record))
             for name, check, reference in properties:
                 if name in record and not check(record[name]):
                     for error in reference.iter_errors(record[name]):
@@ -309,9 +312,10 @@ def _narrow(rule: Rule, compiler: SchemaCompiler) -> None:
     properties = rule.schema.get("properties")
     if not isinstance(properties, dict) or not set(rule.schema) <= _NARROWABLE:
         return
-    rest = rule.reference.evolve(schema={k: v for k, v in rule.schema.items() if k != "properties"})
-    rule.narrowed = (rest, [(name, compiler.compile(sub), rule.reference.evolve(schema=sub))
-                            for name, sub in properties.items()])
+    rest_schema = {k: v for k, v in rule.schema.items() if k != "properties"}
+    rule.narrowed = (rule.reference.evolve(schema=rest_schema), compiler.compile(rest_schema),
+                     [(name, compiler.compile(sub), rule.reference.evolve(schema=sub))
+                      for name, sub in properties.items()])
 
 
 def _split_titled_items(rule: Rule, compiler: SchemaCompiler) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple, TypeVar
 
 from ..model.verdict import ACCEPTED, PASSED, REJECTED, Verdict
 
@@ -20,6 +20,20 @@ OTHER = "_other"
 MAX_TRACKED_UNSCHEMED_SERVICES = 50
 # What may serve as a service label: the first segment of an action, as IBM names services.
 _SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+Key = TypeVar("Key")
+
+
+class Counts(Counter[Key]):
+    """A Counter whose `counts[key] += 1` costs what it costs on a dict.
+
+    Counter's own `__delitem__` (Python code, there only to ignore a missing key) makes
+    every item store go through Python-level slots, at twice the cost; dict's is put back.
+    Deleting a key that is not there raises KeyError, as on a dict.
+    """
+
+    __delitem__ = dict.__delitem__  # type: ignore[assignment]
 
 
 def unschemed_service(action: Optional[str]) -> str:
@@ -34,12 +48,12 @@ class FilterStats:
     """Counts of what the filter decided, by outcome, service, rule, warning and fix."""
 
     def __init__(self, max_unknown_actions: int = MAX_TRACKED_UNKNOWN_ACTIONS) -> None:
-        self.outcomes: Counter[str] = Counter({ACCEPTED: 0, REJECTED: 0, PASSED: 0})
-        self.by_service: Counter[Tuple[str, str]] = Counter()
-        self.rejections: Counter[Tuple[str, str]] = Counter()
-        self.warnings: Counter[str] = Counter()
-        self.fixes: Counter[str] = Counter()
-        self.unknown_actions: Counter[Tuple[str, str]] = Counter()
+        self.outcomes: Counter[str] = Counts({ACCEPTED: 0, REJECTED: 0, PASSED: 0})
+        self.by_service: Counter[Tuple[str, str]] = Counts()
+        self.rejections: Counter[Tuple[str, str]] = Counts()
+        self.warnings: Counter[str] = Counts()
+        self.fixes: Counter[str] = Counts()
+        self.unknown_actions: Counter[Tuple[str, str]] = Counts()
         self._max_unknown_actions = max_unknown_actions
         # Labels given to services no schema declares (bounded, see service_label).
         self.unschemed: Set[str] = set()
@@ -55,12 +69,18 @@ class FilterStats:
                                       if verdict.action is not None else "")
         self.outcomes[outcome] += 1
         self.by_service[(outcome, service)] += 1
-        for reason in verdict.reasons:
-            self.rejections[(reason.rule, service)] += 1
-        for warning in verdict.warnings:
-            self.warnings[warning] += 1
-        for fix in verdict.fixes:
-            self.fixes[fix] += 1
+        if verdict.reasons:
+            rejections = self.rejections
+            for reason in verdict.reasons:
+                rejections[(reason.rule, service)] += 1
+        if verdict.warnings:
+            warnings = self.warnings
+            for warning in verdict.warnings:
+                warnings[warning] += 1
+        if verdict.fixes:
+            fixes = self.fixes
+            for fix in verdict.fixes:
+                fixes[fix] += 1
 
     def count_passed(self, records: int) -> None:
         """Count records passed on without being decided (a relay with the filter off)."""

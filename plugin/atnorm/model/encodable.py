@@ -254,30 +254,51 @@ def _plain(value: Any, depth: int, keys: bool = False) -> bool:
     """True when `value`, a dict or list of JSON's own types (str keys, tested too if `keys`),
     holds no float, integers in msgpack's range only and at most `depth` levels: then msgspec
     writes it as `_strict_json` does, or raises UnicodeEncodeError for a lone surrogate.
-    Text, the most of a record, costs one type test here."""
+    Text, the most of a record, costs one type test here. The objects inside (an event's
+    initiator, target, reason) are walked in their parent's loop: a call each would cost
+    more than their few values."""
     if depth <= 0:
         return False
     if type(value) is dict:
-        if keys:
-            try:
-                "".join(value)  # in C: TypeError for a key that is not a str
-            except TypeError:
-                return False
-        items: Any = value.values()
-    else:
-        items = value
-    for item in items:
+        if keys and not _str_keys(value):
+            return False
+        value = value.values()
+    for item in value:
         kind = type(item)
         if kind is str:
             continue
         if kind is dict or kind is list:
-            if not _plain(item, depth - 1, keys):
+            if depth <= 1:
                 return False
+            if kind is dict:
+                if keys and not _str_keys(item):
+                    return False
+                item = item.values()
+            for child in item:
+                kind = type(child)
+                if kind is str:
+                    continue
+                if kind is dict or kind is list:
+                    if not _plain(child, depth - 2, keys):
+                        return False
+                elif kind is int:
+                    if not MIN_INT <= child <= MAX_INT:
+                        return False
+                elif child is not None and kind is not bool:
+                    return False
         elif kind is int:
             if not MIN_INT <= item <= MAX_INT:
                 return False
         elif item is not None and kind is not bool:
             return False  # a float (msgspec writes 1e16, NaN otherwise) or no JSON type at all
+    return True
+
+
+def _str_keys(value: Dict[Any, Any]) -> bool:
+    try:
+        "".join(value)  # in C: TypeError for a key that is not a str
+    except TypeError:
+        return False
     return True
 
 
