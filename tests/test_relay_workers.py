@@ -31,8 +31,16 @@ WORKER_LINE = re.compile(r"worker (\d+) \(pid (\d+)\)")
 
 
 def worker_pids(relay: RelayProcess) -> Dict[int, int]:
-    """Worker index → pid, from the supervisor's start-up lines."""
+    """Worker index → pid, from the supervisor's start-up lines (all of them read: the
+    relay counts as started at the first one)."""
+    wait_for(lambda: any("workers listening on" in line for line in relay.lines), relay)
     return {int(index): int(pid) for line in relay.lines for index, pid in WORKER_LINE.findall(line)}
+
+
+def supervisor_summary(relay: RelayProcess) -> Dict[str, int]:
+    """The counts of the supervisor's `stopped:` line, which follows the workers' own."""
+    wait_for(lambda: any("stopped:" in line and "worker_restarts=" in line for line in relay.lines), relay)
+    return relay.summary()
 
 
 def records_in(directory: Path) -> List[dict]:
@@ -143,7 +151,7 @@ def test_connections_spread_over_the_workers_and_every_record_is_written_once(tm
     # The supervisor's last line sums the workers' own.
     worker_lines = [line for line in relay.lines if "serve worker" in line and "stopped:" in line]
     assert len(worker_lines) == 2
-    summary = relay.summary()
+    summary = supervisor_summary(relay)
     assert summary["received"] == sent
     assert summary["workers"] == 2 and summary["worker_restarts"] == 0
 
@@ -160,7 +168,7 @@ def test_a_killed_worker_is_started_again_on_the_same_port(tmp_path):
             assert sender.emit("at", {"n": n})
             sender.close()
         assert relay.stop() == 0
-    assert relay.summary()["worker_restarts"] == 1
+    assert supervisor_summary(relay)["worker_restarts"] == 1
 
 
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path):

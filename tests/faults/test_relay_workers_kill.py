@@ -9,7 +9,7 @@ import os
 import signal
 from typing import Any, List, Tuple
 
-from test_relay_workers import wait_for, worker_pids
+from test_relay_workers import supervisor_summary, wait_for, worker_pids
 
 from faults.harness import chunks, receiver_seqs, scale, send_until_acked
 from faults.test_faults import STALLED, free_port, relay_args, run
@@ -59,7 +59,7 @@ def test_kill_9_of_a_worker_loses_no_acked_record(tmp_path, tally):
             relay.kill()
         tally.arrivals(receiver_seqs(downstream.receiver))
     assert f"worker 1 (pid {killed}) ended (killed by SIGKILL)" in relay.stderr
-    summary = relay.summary()
+    summary = supervisor_summary(relay)
     tally.extra["worker_restarts"] = summary["worker_restarts"]
     assert summary["worker_restarts"] == 1
     assert tally.lost == 0
