@@ -144,3 +144,11 @@ def test_aliases_rename_before_validation_without_touching_the_original():
     assert work["actor"] == {}
     assert event == {"actor": {"id": "IBMid-1"}, "initiator": {"name": "n"}}
     assert fixes == ["alias:/actor/id"]
+
+
+def test_a_reason_code_padded_with_what_strip_takes_and_int_does_not_is_coerced():
+    # str.strip takes the separators \x1c-\x1f, int() refuses them: the code is read stripped.
+    for padded in ("\x1c200", "201\x1f", " 404\x1d"):
+        work, fixes = _normalize({"reason": {"reasonCode": padded}})
+        assert work["reason"]["reasonCode"] == int(padded.strip())
+        assert "coerce:/reason/reasonCode" in fixes

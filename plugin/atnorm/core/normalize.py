@@ -205,6 +205,8 @@ UNWRAPPERS: Sequence[Tuple[str, Callable[[Dict[str, Any]], Optional[Dict[str, An
     ("unwrap:message", _unwrap_string_field("message")),
 )
 MAX_UNWRAP_DEPTH = 3
+# The fixes that put values parsed from JSON text into a record: floats, big integers, any depth.
+PARSED_TEXT_FIXES = frozenset([name for name, _ in UNWRAPPERS] + ["coerce:/requestData", "coerce:/responseData"])
 
 
 def unflatten(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -569,7 +571,7 @@ def coerce_types(work: Dict[str, Any], event: Dict[str, Any], fixes: Fixes) -> N
     if isinstance(reason, dict):
         code = reason.get("reasonCode")
         if isinstance(code, str) and _REASON_CODE.fullmatch(code.strip()):
-            owned(work, event, ("reason",))["reasonCode"] = int(code)  # type: ignore[index]
+            owned(work, event, ("reason",))["reasonCode"] = int(code.strip())  # type: ignore[index]
             fixes.append("coerce:/reason/reasonCode")
     for key in ("dataEvent", "saveServiceCopy"):
         value = work.get(key)
