@@ -199,12 +199,13 @@ def test_nesting_stops_at_the_reference_depth():
 
 def test_file_mode_decides_every_line_as_the_reference_decoder_would(decoded, monkeypatch):
     """`process_json` (atnorm filter, the Python API) reads with msgspec; with json.loads in
-    its place every line, unreadable ones included, gets the same verdict and output."""
+    its place every line, unreadable ones included, gets the same verdict and output, and
+    the same line kept for a JSON writer."""
     _, lines, _ = decoded
 
     def decide_all():
         event_filter = EventFilter.from_schemas()
-        return [(v.outcome, v.reasons, v.warnings, jsonlines.dumps(v.output()))
+        return [(v.outcome, v.reasons, v.warnings, jsonlines.dumps(v.output()), v.json_line)
                 for v in map(event_filter.process_json, lines)]
 
     ours = decide_all()

@@ -47,7 +47,10 @@ ODD_CRNS = ["crn:v1:bluemix:public:kms:us-south-1:a/abc:inst::", "v1:bluemix:pub
 ODD_VALUES = [None, 0, 200, -1, 1.5, True, False, [], {}, ["x"], {"id": "x"}, "", "200", " 201 ", "\uff12\uff10\uff10",
               "1234567890123456789", "true", "TRUE", " yes", "no", "False ", '{"a":1}', ' {"b": [1]} ', "[1]", "{",
               "/service/security/account/user", "//x", " /x", "/ x", "Success", "SUCCESS", " failure",
-              "Warning", "APIKEY", "apiKey ", "\u01c5", "\u00df", "\u0130", "ok", "normal", "token"]
+              "Warning", "APIKEY", "apiKey ", "\u01c5", "\u00df", "\u0130", "ok", "normal", "token",
+              # JSON text whose parse brings in floats, integers past 64 bits, NaN; such values as they are
+              '{"a": 1.5}', '{"b": [1e16, 12345678901234567890]}', '{"c": NaN}', 2.5e-08, 1e16,
+              12345678901234567890]
 
 
 def _drifted(record, rng):

@@ -205,8 +205,6 @@ UNWRAPPERS: Sequence[Tuple[str, Callable[[Dict[str, Any]], Optional[Dict[str, An
     ("unwrap:message", _unwrap_string_field("message")),
 )
 MAX_UNWRAP_DEPTH = 3
-# The fixes that put values parsed from JSON text into a record: floats, big integers, any depth.
-PARSED_TEXT_FIXES = frozenset([name for name, _ in UNWRAPPERS] + ["coerce:/requestData", "coerce:/responseData"])
 
 
 def unflatten(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
