@@ -189,10 +189,13 @@ class Chunk:
 
     def text_records(self) -> Optional[List[bool]]:
         """Per entry, whether its record is known to be text as it is (see `text_records`);
-        None when that is not known of any (the chunk did not decode as strict text)."""
-        if self.text_spans is None or self.decoded is None:
+        None when that is not known of any (the chunk did not decode as strict text).
+        Asked once: the spans are let go, so the payload does not live on beside the
+        decoded entries while they are handed on."""
+        spans, self.text_spans = self.text_spans, None
+        if spans is None or self.decoded is None:
             return None
-        return text_records(*self.text_spans)
+        return text_records(*spans)
 
     @property
     def entry_count(self) -> int:
