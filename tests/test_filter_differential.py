@@ -170,7 +170,8 @@ def test_a_warning_rule_tested_whole_first_names_the_same_items_as_item_by_item(
         if not isinstance(verdict.record, dict):
             continue
         for rule in rules:
-            kinds = rule.warning_kinds(verdict.record)
+            # As the warning steps ask: the whole rule in one call, its items only when it fails.
+            kinds = [] if rule.check(verdict.record) else rule.failed_kinds(verdict.record)
             assert kinds == [kind for kind, check in rule.items if not check(verdict.record)]
             failing += bool(kinds)
     assert failing > 100

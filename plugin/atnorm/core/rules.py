@@ -70,11 +70,6 @@ class Rule:
         errors.sort(key=relevance, reverse=True)
         return [to_reason(error, self.name, suggestion, nearest) for error in errors]
 
-    def warning_kinds(self, record: Any) -> List[str]:
-        if self.check(record):  # the whole rule in one call: most records fail no item
-            return []
-        return self.failed_kinds(record)
-
     def failed_kinds(self, record: Any) -> List[str]:
         """The kinds of a record that fails the rule (`check` said so): its failing items, or
         the rule's own name when it has none."""
