@@ -117,10 +117,17 @@ class FilterStats:
             "fixes": dict(sorted(self.fixes.items())),
         }
 
+    def summary_counts(self) -> Dict[str, int]:
+        """The counts of a summary line, by name, in its order."""
+        return {"received": self.received, "accepted": self.outcomes[ACCEPTED],
+                "rejected": self.outcomes[REJECTED], "passed": self.outcomes[PASSED],
+                "warnings": sum(self.warnings.values())}
+
     def summary_line(self) -> str:
         """`received=… accepted=… rejected=… passed=… warnings=…` on one line."""
-        return (
-            f"received={self.received} accepted={self.outcomes[ACCEPTED]} "
-            f"rejected={self.outcomes[REJECTED]} passed={self.outcomes[PASSED]} "
-            f"warnings={sum(self.warnings.values())}"
-        )
+        return summary_text(self.summary_counts())
+
+
+def summary_text(counts: Dict[str, int]) -> str:
+    """`name=value` for each count, on one line."""
+    return " ".join(f"{name}={value}" for name, value in counts.items())

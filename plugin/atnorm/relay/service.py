@@ -49,14 +49,14 @@ from ..config.options import (
 from ..core.interfaces import Filter, ReloadableFilter
 from ..core.reload import ReloadingFilter
 from ..core.settings import DRIFT_STATE, FILTER_OPTIONS, FilterOptions, build_filter, resolve_filter_options
-from ..core.stats import FilterStats
+from ..core.stats import FilterStats, summary_text
 from ..errors import ConfigErrors
 from ..forward import sender as sender_defaults
 from ..forward import server as server_defaults
 from ..forward.codec import Chunk, Entry, EventTime, pack_entries
 from ..forward.sender import ENTRY_FORMS, ForwardSender, SenderSettings, plain_entries
 from ..forward.server import MIN_INPUT_MEMORY, ForwardServer, ServerSettings
-from ..model.verdict import ACCEPTED, PASSED, REJECTED
+from ..model.verdict import REJECTED
 from ..monitoring.metrics import METRICS_LISTEN, MetricsServer, build_registry
 from ..monitoring.relaystats import RelayStats
 from ..monitoring.stats_record import STATS_INTERVAL, STATS_TAG, StatsRecorder
@@ -763,21 +763,14 @@ class Relay:
         return f"listening on {listening} (forward protocol); {where}; {mode}{metrics}"
 
     def summary_counts(self) -> Dict[str, int]:
-        """The counts of the `stopped:` line, by name."""
-        filter_stats, relay_stats = self.filter_stats, self.relay_stats
-        return {"received": filter_stats.received, "accepted": filter_stats.outcomes[ACCEPTED],
-                "rejected": filter_stats.outcomes[REJECTED], "passed": filter_stats.outcomes[PASSED],
-                "warnings": sum(filter_stats.warnings.values()), "acks_sent": relay_stats.acks_sent,
+        """The counts of the `stopped:` line, by name: the filter's, then the transport's."""
+        relay_stats = self.relay_stats
+        return {**self.filter_stats.summary_counts(), "acks_sent": relay_stats.acks_sent,
                 "duplicate_chunks": relay_stats.duplicate_chunks,
                 "spool_depth_records": relay_stats.spool_depth_records}
 
     def summary(self) -> str:
         return summary_text(self.summary_counts())
-
-
-def summary_text(counts: Dict[str, int]) -> str:
-    """`received=… accepted=… … spool_depth_records=…`: the relay's counts on one line."""
-    return " ".join(f"{name}={value}" for name, value in counts.items())
 
 
 class _Unfinished:

@@ -41,9 +41,9 @@ from ..config.logs import configure_logging
 from ..config.options import host_port
 from ..core.heap import settle_after_start
 from ..core.settings import resolve_filter_options
-from ..core.stats import FilterStats
+from ..core.stats import FilterStats, summary_text
 from ..errors import ConfigError, ConfigErrors
-from .service import Relay, RelaySettings, build_event_filter, rejected_spool_path, serve, summary_text
+from .service import Relay, RelaySettings, build_event_filter, rejected_spool_path, serve
 from .spool import Spool, SpoolError
 
 log = logging.getLogger("atnorm.relay")
