@@ -37,6 +37,11 @@ def host_port(text: str) -> Tuple[str, int]:
     return host, int(port)
 
 
+def host_port_text(host: str, port: int) -> str:
+    """(host, port) → `HOST:PORT`, or `[v6addr]:PORT`: what `host_port` reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def address(value: Any) -> str:
     """`HOST:PORT`, `[v6]:PORT` or `unix:///path`, checked and kept as text."""
     host_port(text(value))

@@ -32,6 +32,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+from ..config.options import host_port_text
 from ..monitoring.relaystats import RelayStats
 from .codec import (
     COMPRESSED_PACKED_FORWARD,
@@ -148,8 +149,7 @@ def _dedup_key(chunk: Chunk) -> Optional[Hashable]:
 def _peer_name(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = str(peer[0]), peer[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return host_port_text(str(peer[0]), peer[1])
     where = writer.get_extra_info("sockname")
     return f"unix:{where}" if where else "unix"
 

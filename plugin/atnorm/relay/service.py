@@ -33,6 +33,7 @@ from ..config.options import (
     address,
     boolean,
     host_port,
+    host_port_text,
     load_config_file,
     options_of,
     positive_float,
@@ -270,8 +271,7 @@ def _listen_address(text_address: str) -> Union[Tuple[str, int], str]:
 def _show(address: Union[Tuple[str, int], str]) -> str:
     if isinstance(address, str):
         return address
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port_text(*address)
 
 
 def rejected_spool_path(spool_path: str) -> str:

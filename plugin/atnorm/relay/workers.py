@@ -38,7 +38,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..config.logs import configure_logging
-from ..config.options import host_port
+from ..config.options import host_port, host_port_text
 from ..core.heap import settle_after_start
 from ..core.settings import resolve_filter_options
 from ..core.stats import FilterStats, summary_text
@@ -82,8 +82,7 @@ def worker_settings(settings: RelaySettings, index: int, listen: Tuple[str, ...]
         if settings.metrics_listen:
             host, port = host_port(settings.metrics_listen)
             if port:  # port 0: every worker picks its own
-                shown = f"[{host}]" if ":" in host else host
-                changes["metrics_listen"] = f"{shown}:{port + index}"
+                changes["metrics_listen"] = host_port_text(host, port + index)
     return dataclasses.replace(settings, **changes)
 
 
@@ -138,8 +137,7 @@ class _PortHold:
                 hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 hold.bind(address)
-                shown = f"[{host}]" if ":" in host else host
-                resolved.append(f"{shown}:{hold.getsockname()[1]}")
+                resolved.append(host_port_text(host, hold.getsockname()[1]))
         except OSError as exc:
             self.close()
             raise ConfigError(f"cannot listen on {text}: {exc.strerror or exc}", key="listen") from None
