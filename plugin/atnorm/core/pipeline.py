@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..model.encodable import describe_error, encodable, first_unencodable, is_encodable, json_line, json_text
 from ..model.jsoncodec import loads as json_loads
+from ..model.packed import packed_text_record
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 from ..resources import bundled_schema_dir
 from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event, make_wrapper_step
@@ -243,7 +244,10 @@ class EventFilter:
         try:
             text = record if _text else self._as_text(record)
             verdict = text if type(text) is Verdict else self._decide(text)
-            if not is_encodable(verdict.record):
+            packed = packed_text_record(verdict.record) if _text else None
+            if packed is not None:
+                verdict.packed = packed
+            elif not is_encodable(verdict.record):
                 verdict = self._made_writable(record, verdict)
         except Exception as exc:  # RecursionError included; the one place that catches all
             verdict = self._internal_error(record, exc)
@@ -253,7 +257,9 @@ class EventFilter:
     def process_text(self, record: Any) -> Verdict:
         """`process` for a record known to be text as it is (every key a str, no bytes, no
         lone surrogate, at most a hundred levels deep: `as_text` would return it unchanged),
-        as a decoder can vouch for (`codec.text_records`): it is not walked to find out."""
+        as a decoder can vouch for (`codec.text_records`): it is not walked to find out.
+        Its output is packed as msgpack once, which mostly tells its writability too
+        (`model.packed`); the bytes are kept on the verdict for a msgpack writer."""
         return self.process(record, True)
 
     def _process_decoded(self, record: Any, plain: bool) -> Verdict:

@@ -761,6 +761,28 @@ def pack_plain_entries(entries: Sequence[Entry]) -> bytes:
     return packed[_array_header_size(len(items)):]
 
 
+# An entry's array header of 2, then its EventTime's fixext 8 header.
+_EVENT_TIME_ENTRY_HEAD = b"\x92\xd7" + bytes([EVENT_TIME_EXT_CODE])
+
+
+def join_packed_entries(entries: Sequence[Entry], packed_records: Sequence[Optional[bytes]]) -> bytes:
+    """`pack_plain_entries` of entries whose records are mostly packed already (one msgpack
+    object each, as `model.packed` makes them; None: not packed yet): `[time, record]` per
+    entry, back to back. Raises what msgspec raises for a record it refuses."""
+    parts: List[bytes] = []
+    append = parts.append
+    event_time = _EVENT_TIME.pack
+    for entry, record in zip(entries, packed_records):
+        when = entry.time
+        if record is None:
+            record = _encode_plain(entry.record)
+        if type(when) is EventTime:
+            append(_EVENT_TIME_ENTRY_HEAD + event_time(when.seconds, when.nanoseconds) + record)
+        else:
+            append(b"\x92" + _encode_plain(when) + record)
+    return b"".join(parts)
+
+
 def gzip_payload(payload: bytes, level: int = 6) -> bytes:
     """One gzip member, as CompressedPackedForward carries it."""
     compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)

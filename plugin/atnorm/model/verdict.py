@@ -64,6 +64,9 @@ class Verdict:
     # `record` as one strict JSON line, when the filter already made it (a record read from
     # JSON text is tested for writability by encoding it); None otherwise.
     json_line: Optional[str] = None
+    # `record` packed as msgpack, when the filter already packed it (a record decoded as
+    # text is tested for writability so, see model.packed); None otherwise.
+    packed: Optional[bytes] = None
 
     def dead_letter(self) -> Dict[str, Any]:
         """The record sent to the dead-letter route: the original plus the reasons."""

@@ -27,7 +27,7 @@ from datetime import date
 from itertools import repeat
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ..forward.codec import Entry, EventTime, Time, pack_entries, pack_plain_entries, unpack_entries
+from ..forward.codec import Entry, EventTime, Time, join_packed_entries, pack_entries, pack_plain_entries, unpack_entries
 from ..model.encodable import describe_error, encodable
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 
@@ -43,19 +43,31 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 class RoutedBatch:
     """The records of one chunk that leave on one route, under one tag. `decided`: every
     record is a verdict's output (JSON's types only, see `pack_plain_entries`), not a record
-    as received, and no entry has a `problem`."""
+    as received, and no entry has a `problem`. `packed_records`: per entry, its record as
+    the filter packed it (`Verdict.packed`, None where it did not), or None for none."""
 
-    __slots__ = ("route", "tag", "entries", "decided")
+    __slots__ = ("route", "tag", "entries", "decided", "packed_records")
 
-    def __init__(self, route: str, tag: str, entries: List[Entry], decided: bool = False) -> None:
+    def __init__(self, route: str, tag: str, entries: List[Entry], decided: bool = False,
+                 packed_records: Optional[List[Optional[bytes]]] = None) -> None:
         self.route = route
         self.tag = tag
         self.entries = entries
         self.decided = decided
+        self.packed_records = packed_records
 
     @property
     def count(self) -> int:
         return len(self.entries)
+
+    def extend(self, other: "RoutedBatch") -> None:
+        """Add the entries of `other`, routed the same way (another slice of one chunk)."""
+        self.entries.extend(other.entries)
+        self.decided = self.decided and other.decided
+        if self.packed_records is not None and other.packed_records is not None:
+            self.packed_records.extend(other.packed_records)
+        else:
+            self.packed_records = None
 
     def packed(self) -> bytes:
         """The entries as a PackedForward payload."""
@@ -66,6 +78,12 @@ class RoutedBatch:
         Fluent Bit's metadata left out (see the relay's forward_entry_form)."""
         entries = self.entries
         if self.decided:
+            packed_records, self.packed_records = self.packed_records, None  # used once: let them go
+            if packed_records is not None:
+                try:
+                    return join_packed_entries(entries, packed_records)
+                except Exception:  # a record msgspec refuses: msgpack-python decides
+                    pass
             return pack_plain_entries(entries)
         if all(entry.metadata is None for entry in entries):
             return pack_entries(entries)
@@ -304,6 +322,9 @@ class Router:
         accepted: List[Entry] = []
         rejected: List[Entry] = []
         passed: List[Entry] = []
+        # The records of the accepted and passed entries as the filter packed them.
+        accepted_packed: List[Optional[bytes]] = []
+        passed_packed: List[Optional[bytes]] = []
         for entry, is_text in zip(entries, known_text):
             if entry.problem is not None:
                 rejected.append(self.unusable(entry))
@@ -316,18 +337,20 @@ class Router:
             outcome = verdict.outcome
             if outcome == ACCEPTED:
                 accepted.append(Entry(accepted_time(verdict, entry), verdict.record, entry.metadata))
+                accepted_packed.append(verdict.packed)
             elif outcome == REJECTED:
                 rejected.append(Entry(entry.time, verdict.dead_letter(), entry.metadata))
             else:
                 record = verdict.record
                 passed.append(entry if record is entry.record else entry._replace(record=record))
+                passed_packed.append(verdict.packed)
         batches: List[RoutedBatch] = []
         if accepted:
-            batches.append(RoutedBatch(ACCEPTED, self.accepted_tag(tag), accepted, True))
+            batches.append(RoutedBatch(ACCEPTED, self.accepted_tag(tag), accepted, True, accepted_packed))
         if rejected:
             batches.append(RoutedBatch(REJECTED, self.rejected_tag(tag), rejected, True))
         if passed:
-            batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed, True))
+            batches.append(RoutedBatch(PASSED, self.passed_tag(tag), passed, True, passed_packed))
         return batches
 
     def _route_unfiltered(self, tag: str, entries: List[Entry]) -> List[RoutedBatch]:

@@ -688,15 +688,17 @@ class Relay:
         route = self.router.route
         if len(entries) <= ROUTE_SLICE:
             return route(tag, entries, text)
-        groups: Dict[Tuple[str, str], List[Entry]] = {}
-        decided = True
+        groups: Dict[Tuple[str, str], RoutedBatch] = {}
         for start in range(0, len(entries), ROUTE_SLICE):
             part = text[start:start + ROUTE_SLICE] if text is not None else None
             for batch in route(tag, entries[start:start + ROUTE_SLICE], part):
-                groups.setdefault((batch.route, batch.tag), []).extend(batch.entries)
-                decided = decided and batch.decided
+                group = groups.get((batch.route, batch.tag))
+                if group is None:
+                    groups[(batch.route, batch.tag)] = batch
+                else:
+                    group.extend(batch)
             await asyncio.sleep(0)
-        return [RoutedBatch(route_name, out_tag, group, decided) for (route_name, out_tag), group in groups.items()]
+        return list(groups.values())
 
     def on_sighup(self) -> None:
         """SIGHUP: reload the tuning file (if there is one) and reopen the record files of the
