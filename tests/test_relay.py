@@ -494,6 +494,26 @@ def test_event_time_that_cannot_be_read_leaves_the_original_time(text):
     assert parse_event_time(text) is None
 
 
+def test_event_time_caches_stay_bounded_and_right_past_their_limits(monkeypatch):
+    import random
+    from datetime import datetime, timezone
+
+    from atnorm.relay import routing
+
+    monkeypatch.setattr(routing, "_MAX_CACHED_MINUTES", 50)
+    monkeypatch.setattr(routing, "_MAX_CACHED_DAYS", 5)
+    parse = routing._EventTimeParser()
+    rng = random.Random(3)
+    for _ in range(3000):  # times over a few decades: far more days and minutes than the caches hold
+        moment = datetime.fromtimestamp(rng.randrange(0, 1 << 31), timezone.utc)
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S.123+0000")
+        parsed = parse(text)
+        assert (parsed.seconds, parsed.nanoseconds) == (int(moment.timestamp()), 123_000_000)
+        assert len(parse._minutes) <= 50 and len(parse._days) <= 5
+        # New times are still cached once a cache was full.
+        assert text[:16] in parse._minutes and text[:10] in parse._days
+
+
 def test_reloads_are_counted_in_the_metrics(tmp_path):
     import signal
 

@@ -35,8 +35,10 @@ TAG_PLACEHOLDER = "{tag}"
 TIME_SOURCES = ("event", "original")
 ROUTES = (ACCEPTED, REJECTED, PASSED)
 
-# Bounds the cache of minute → epoch seconds (a month of traffic, minute by minute).
+# Bound the caches of minute → epoch seconds (a month of traffic, minute by minute) and of
+# day → epoch seconds; each starts afresh when full, so new times are cached again.
 _MAX_CACHED_MINUTES = 50_000
+_MAX_CACHED_DAYS = 4_096
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
@@ -170,6 +172,8 @@ class _EventTimeParser:
     def __init__(self) -> None:
         # Events of a stream cluster in time: most share the minute of the one before.
         self._minutes: Dict[str, int] = {}
+        # Events spread over many minutes (a backlog, a replay) still share days.
+        self._days: Dict[str, int] = {}
 
     def __call__(self, text: Any) -> Optional[EventTime]:
         if type(text) is not str or len(text) < 24 or text[10] != "T" or text[16] != ":":
@@ -199,10 +203,16 @@ class _EventTimeParser:
         return EventTime(seconds, nanoseconds)
 
     def _minute_seconds(self, text: str) -> int:
-        day = date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_ORDINAL
-        seconds = day * 86400 + int(text[11:13]) * 3600 + int(text[14:16]) * 60
-        if len(self._minutes) < _MAX_CACHED_MINUTES:
-            self._minutes[text] = seconds
+        day = self._days.get(text[:10])
+        if day is None:
+            day = (date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_ORDINAL) * 86400
+            if len(self._days) >= _MAX_CACHED_DAYS:
+                self._days.clear()
+            self._days[text[:10]] = day
+        seconds = day + int(text[11:13]) * 3600 + int(text[14:16]) * 60
+        if len(self._minutes) >= _MAX_CACHED_MINUTES:
+            self._minutes.clear()
+        self._minutes[text] = seconds
         return seconds
 
 
