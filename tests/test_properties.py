@@ -78,7 +78,8 @@ def pieces(data: bytes, cuts: List[int]) -> List[bytes]:
 
 
 def json_line(record: Any) -> bytes:
-    return json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    # The mutated samples may hold bytes (and other values JSON has no type for): as text here.
+    return json.dumps(record, ensure_ascii=False, default=repr).encode("utf-8", "surrogatepass")
 
 
 # --- the filter core ---------------------------------------------------------------------------
