@@ -37,6 +37,11 @@ class Filter(Protocol):
         """The verdict on one JSON text (a record that does not parse is a rejection)."""
         ...
 
+    def process_decoded_json(self, record: Any, plain: bool) -> Verdict:
+        """The verdict on one record decoded from JSON text (`jsoncodec.loads_plain`, whose
+        second value is `plain`), with its output's JSON line on the verdict."""
+        ...
+
 
 @runtime_checkable
 class ReloadableFilter(Filter, Protocol):

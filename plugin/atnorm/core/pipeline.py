@@ -413,6 +413,14 @@ class EventFilter:
         except Exception as exc:
             return self._count(self._internal_error(line, exc))
 
+    def process_decoded_json(self, record: Any, plain: bool) -> Verdict:
+        """`process` for a record decoded from JSON text (`jsoncodec.loads_plain`), keys
+        taken off it since or not (an exec-filter's tag and time keys): it holds JSON's
+        types only, and `plain` says msgspec decoded it (no lone surrogate, not deep), so
+        it is decided as `process_json` decides its record, the output's JSON line kept on
+        the verdict (`json_line`). Like `process`, never raises."""
+        return self._process_decoded(record, plain)
+
     def _process_json(self, line: Any) -> Verdict:
         limit = self.settings.max_record_bytes
         if isinstance(line, (bytes, bytearray, memoryview)):

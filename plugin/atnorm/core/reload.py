@@ -81,6 +81,7 @@ class ReloadingFilter:
             self.process = self._process_observed  # type: ignore[method-assign]
             self.process_text = self._process_text_observed  # type: ignore[method-assign]
             self.process_json = self._process_json_observed  # type: ignore[method-assign]
+            self.process_decoded_json = self._process_decoded_json_observed  # type: ignore[method-assign]
         self.drift_state = drift_state
         self.reloads = 0
         # Called (from the thread that reloaded) once a new configuration is in place, before
@@ -148,6 +149,10 @@ class ReloadingFilter:
         """Decide one JSON document (bytes or text) with the current configuration."""
         return self.filter.process_json(line)
 
+    def process_decoded_json(self, record: Any, plain: bool) -> Verdict:
+        """Decide one record decoded from JSON text (see `EventFilter.process_decoded_json`)."""
+        return self.filter.process_decoded_json(record, plain)
+
     def _process_observed(self, record: Any) -> Verdict:
         event_filter = self.filter  # one read: the record is decided by this filter only
         verdict = event_filter.process(record)
@@ -163,6 +168,12 @@ class ReloadingFilter:
     def _process_json_observed(self, line: Any) -> Verdict:
         event_filter = self.filter
         verdict = event_filter.process_json(line)
+        self._drift_observe(verdict, event_filter.rules)
+        return verdict
+
+    def _process_decoded_json_observed(self, record: Any, plain: bool) -> Verdict:
+        event_filter = self.filter
+        verdict = event_filter.process_decoded_json(record, plain)
         self._drift_observe(verdict, event_filter.rules)
         return verdict
 

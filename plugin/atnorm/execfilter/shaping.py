@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.interfaces import Filter
 from ..core.stats import FilterStats
 from ..model.encodable import json_text
-from ..model.jsoncodec import loads
+from ..model.jsoncodec import compact_json, loads_plain
 from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
 from .diagnostics import DiagnosticLog
 
 _MISSING = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class EncodedOutput:
+    """An output record already written as its JSON text (compact, strict, one line):
+    what `OutputEncoder` would write for it."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 def _pop_text_key(record: Dict[Any, Any], key: str, default: Any) -> Any:
@@ -44,7 +56,8 @@ class RecordRouter:
 
     def __init__(self, event_filter: Filter, tag_key: Optional[str] = None,
                  rejected_tag_suffix: str = ".rejected", default_tag: str = "atnorm",
-                 time_key: Optional[str] = None, log: Optional["DiagnosticLog"] = None) -> None:
+                 time_key: Optional[str] = None, log: Optional["DiagnosticLog"] = None,
+                 json_out: bool = False) -> None:
         self.event_filter = event_filter
         self.stats: FilterStats = event_filter.stats
         self.max_record_bytes: int = event_filter.settings.max_record_bytes
@@ -53,15 +66,15 @@ class RecordRouter:
         self._default_tag = default_tag
         self._time_key = time_key
         self._transport_keys = bool(tag_key or time_key)
-        # Which transport keys are put back on the output, chosen once.
-        self._put_keys: List[Callable[[Dict[str, Any], Verdict, Any, Any], None]] = []
-        if tag_key:
-            self._put_keys.append(self._put_tag)
-        if time_key:
-            self._put_keys.append(self._put_time)
         self._log = log
         self._process = event_filter.process
         self._process_json = event_filter.process_json
+        self._process_decoded_json = event_filter.process_decoded_json
+        # With JSON out, an accepted or passed record whose JSON line the filter made
+        # (`Verdict.json_line`) leaves as that line, the transport keys appended to it,
+        # instead of being written again (`EncodedOutput`). Not when both keys are one.
+        self._reuse_lines = json_out and not (tag_key and tag_key == time_key)
+        self._dumps = compact_json()
         self._outcomes: List[str] = []  # outcome of each output shaped since the last take
 
     def take_outcomes(self) -> List[str]:
@@ -98,11 +111,15 @@ class RecordRouter:
         """One JSON document (bytes) → its output record; unreadable ones are rejected."""
         if self._transport_keys and len(line) <= self.max_record_bytes:
             try:
-                record = loads(line)
+                record, plain = loads_plain(line)
             except (ValueError, RecursionError):
                 pass  # the filter core words the reason below; the tag is unknowable
             else:
-                return self.record(record)
+                tag, when = self._take_transport_keys(record)
+                try:
+                    return self.shape(self._process_decoded_json(record, plain), tag, when)
+                except Exception as exc:  # as in `record`
+                    return self.shape(self._failed(record, exc), tag, when)
         try:
             return self.shape(self._process_json(line), None, _MISSING)
         except Exception as exc:
@@ -126,28 +143,61 @@ class RecordRouter:
 
     def shape(self, verdict: Verdict, tag: Any, when: Any) -> Any:
         """The output of `verdict` with the transport keys put back."""
-        out = verdict.output()
         self._outcomes.append(verdict.outcome)
-        put_keys = self._put_keys
-        if not put_keys:
+        transport = self._transport_values(verdict, tag, when) if self._transport_keys else []
+        if self._reuse_lines and verdict.json_line is not None and verdict.outcome != REJECTED:
+            encoded = self._line_with(verdict, transport)
+            if encoded is not None:
+                return encoded
+        out = verdict.output()
+        if not transport:
             return out
         if type(out) is not dict:
             # Only maps can carry a tag back to Fluentd.
             out = {"original": out, "reasons": []}
-        for put in put_keys:
-            put(out, verdict, tag, when)
+        for key, value in transport:
+            out[key] = value
         return out
 
-    def _put_tag(self, out: Dict[str, Any], verdict: Verdict, tag: Any, when: Any) -> None:
-        if not isinstance(tag, str) or not tag:
-            tag = self._default_tag
-        out[self._tag_key] = tag + self._suffix if verdict.outcome == REJECTED else tag  # type: ignore[index]
+    def _transport_values(self, verdict: Verdict, tag: Any, when: Any) -> List[Tuple[str, Any]]:
+        """(key, value) of the transport keys to put on the output, in order: the tag
+        (the default one if it had none, with the suffix if rejected), and the time (the
+        normalized eventTime if accepted, else the time as received, if any)."""
+        values: List[Tuple[str, Any]] = []
+        if self._tag_key:
+            if not isinstance(tag, str) or not tag:
+                tag = self._default_tag
+            values.append((self._tag_key, tag + self._suffix if verdict.outcome == REJECTED else tag))
+        if self._time_key:
+            if verdict.outcome == ACCEPTED and verdict.event_time is not None:
+                values.append((self._time_key, verdict.event_time))
+            elif when is not _MISSING:
+                values.append((self._time_key, when))
+        return values
 
-    def _put_time(self, out: Dict[str, Any], verdict: Verdict, tag: Any, when: Any) -> None:
-        if verdict.outcome == ACCEPTED and verdict.event_time is not None:
-            out[self._time_key] = verdict.event_time  # type: ignore[index]
-        elif when is not _MISSING:
-            out[self._time_key] = when  # type: ignore[index]
+    def _line_with(self, verdict: Verdict, transport: List[Tuple[str, Any]]) -> Optional[EncodedOutput]:
+        """The verdict's JSON line with the transport keys added at the end, as the dict
+        with them put on would be written; None where it would not be the same text (a key
+        the record has already, a value strict JSON or UTF-8 cannot hold)."""
+        line = verdict.json_line
+        record = verdict.record
+        if line is None or type(record) is not dict:
+            return None
+        if not transport:
+            return EncodedOutput(line)
+        dumps = self._dumps
+        parts = []
+        for key, value in transport:
+            if key in record:
+                return None  # it is put in its place, not at the end
+            try:
+                parts.append(dumps(key) + ":" + dumps(value))
+            except (ValueError, TypeError, RecursionError):
+                return None
+        added = ",".join(parts)
+        if not added.isascii() and _SURROGATE.search(added) is not None:
+            return None
+        return EncodedOutput(line[:-1] + ("," if record else "") + added + "}")
 
     def encode_failed(self, output: Any, outcome: Optional[str], exc: Exception) -> Any:
         """An output that cannot be encoded at all → a rejected record whose original is

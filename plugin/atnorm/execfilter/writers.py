@@ -9,7 +9,7 @@ import msgpack
 from ..model.encodable import encodable
 from ..model.jsoncodec import compact_json
 from .diagnostics import DiagnosticLog
-from .shaping import RecordRouter
+from .shaping import EncodedOutput, RecordRouter
 
 
 def _keep_bytes(value: Any) -> Any:
@@ -44,15 +44,18 @@ class OutputEncoder:
         self._one: Callable[[Any], bytes] = (
             self._json_bytes if self._json else msgpack.Packer(use_bin_type=True).pack)
 
+    def _json_text(self, output: Any) -> str:
+        return output.text if type(output) is EncodedOutput else self._dumps(output)
+
     def _json_bytes(self, output: Any) -> bytes:
         # Strict UTF-8: a lone surrogate raises here instead of leaving as "\ud800".
-        return self._dumps(output).encode("utf-8")
+        return self._json_text(output).encode("utf-8")
 
     def __call__(self, outputs: List[Any]) -> bytes:
         outcomes = self.router.take_outcomes()
         try:
             if self._json:
-                data = ("\n".join(map(self._dumps, outputs)) + "\n").encode("utf-8")
+                data = ("\n".join(map(self._json_text, outputs)) + "\n").encode("utf-8")
             else:
                 pack = self._one
                 data = b"".join([pack(output) for output in outputs])

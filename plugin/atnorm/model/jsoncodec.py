@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from json import encoder as json_encoder
-from typing import Any, Callable
+from typing import Any, Callable, Tuple
 
 import msgspec
 
@@ -50,6 +50,18 @@ def loads(data: Any) -> Any:
         except _REFUSED:
             pass  # the reference decides, and words the error
     return _json_loads(data)
+
+
+def loads_plain(data: Any) -> Tuple[Any, bool]:
+    """`loads(data)`, and whether msgspec decoded it: then the value holds no lone surrogate
+    (msgspec refuses them, escaped or raw) and is nested less than 500 levels deep, as well
+    as JSON's types only. False says nothing: the standard library decided."""
+    if len(data) < _SHORT or _brackets(data) < _BRACKETS:
+        try:
+            return _decode(data), True
+        except _REFUSED:
+            pass
+    return _json_loads(data), False
 
 
 # What `compact_json` is checked against when it is made: escapes, non-ASCII text, floats,
