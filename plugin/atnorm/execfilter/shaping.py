@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..core.interfaces import Filter
 from ..core.stats import FilterStats
-from ..model.encodable import json_text
+from ..model.encodable import is_encodable, json_text
 from ..model.jsoncodec import compact_json, loads_plain
 from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
 from .diagnostics import DiagnosticLog
 
 _MISSING = object()
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class EncodedOutput:
@@ -100,10 +98,14 @@ class RecordRouter:
 
     def record(self, record: Any) -> Any:
         """A parsed input record → its output record."""
+        return self._decided(record, self._process)
+
+    def _decided(self, record: Any, decide: Callable[..., Verdict], *args: Any) -> Any:
+        """The output of `decide(record, *args)`, the transport keys taken off before and
+        put back after."""
         tag, when = self._take_transport_keys(record)
         try:
-            verdict = self._process(record)
-            return self.shape(verdict, tag, when)
+            return self.shape(decide(record, *args), tag, when)
         except Exception as exc:  # a filter bug must not take the whole stream down
             return self.shape(self._failed(record, exc), tag, when)
 
@@ -115,11 +117,7 @@ class RecordRouter:
             except (ValueError, RecursionError):
                 pass  # the filter core words the reason below; the tag is unknowable
             else:
-                tag, when = self._take_transport_keys(record)
-                try:
-                    return self.shape(self._process_decoded_json(record, plain), tag, when)
-                except Exception as exc:  # as in `record`
-                    return self.shape(self._failed(record, exc), tag, when)
+                return self._decided(record, self._process_decoded_json, plain)
         try:
             return self.shape(self._process_json(line), None, _MISSING)
         except Exception as exc:
@@ -145,7 +143,7 @@ class RecordRouter:
         """The output of `verdict` with the transport keys put back."""
         self._outcomes.append(verdict.outcome)
         transport = self._transport_values(verdict, tag, when) if self._transport_keys else []
-        if self._reuse_lines and verdict.json_line is not None and verdict.outcome != REJECTED:
+        if self._reuse_lines and verdict.outcome != REJECTED:
             encoded = self._line_with(verdict, transport)
             if encoded is not None:
                 return encoded
@@ -195,7 +193,7 @@ class RecordRouter:
             except (ValueError, TypeError, RecursionError):
                 return None
         added = ",".join(parts)
-        if not added.isascii() and _SURROGATE.search(added) is not None:
+        if not is_encodable(added):  # a lone surrogate: strict UTF-8 cannot hold it
             return None
         return EncodedOutput(line[:-1] + ("," if record else "") + added + "}")
 
