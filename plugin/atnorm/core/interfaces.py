@@ -33,6 +33,10 @@ class Filter(Protocol):
         """The verdict on one parsed record; never raises for a record's content."""
         ...
 
+    def process_text(self, record: Any) -> Verdict:
+        """`process` for a record a decoder vouches is text as it is (`codec.text_records`)."""
+        ...
+
     def process_json(self, line: Any) -> Verdict:
         """The verdict on one JSON text (a record that does not parse is a rejection)."""
         ...

@@ -77,11 +77,11 @@ class ReloadingFilter:
             drift = DriftLog.load(drift_state) if os.path.exists(drift_state) else DriftLog()
         self.drift: Optional[DriftLog] = drift
         if drift is not None:  # decided once: the per-record path does not ask
-            self._drift_observe = drift.observe
-            self.process = self._process_observed  # type: ignore[method-assign]
-            self.process_text = self._process_text_observed  # type: ignore[method-assign]
-            self.process_json = self._process_json_observed  # type: ignore[method-assign]
-            self.process_decoded_json = self._process_decoded_json_observed  # type: ignore[method-assign]
+            self.process = self._observing(EventFilter.process, drift)  # type: ignore[method-assign]
+            self.process_text = self._observing(EventFilter.process_text, drift)  # type: ignore[method-assign]
+            self.process_json = self._observing(EventFilter.process_json, drift)  # type: ignore[method-assign]
+            self.process_decoded_json = self._observing(  # type: ignore[method-assign]
+                EventFilter.process_decoded_json, drift)
         self.drift_state = drift_state
         self.reloads = 0
         # Called (from the thread that reloaded) once a new configuration is in place, before
@@ -153,29 +153,17 @@ class ReloadingFilter:
         """Decide one record decoded from JSON text (see `EventFilter.process_decoded_json`)."""
         return self.filter.process_decoded_json(record, plain)
 
-    def _process_observed(self, record: Any) -> Verdict:
-        event_filter = self.filter  # one read: the record is decided by this filter only
-        verdict = event_filter.process(record)
-        self._drift_observe(verdict, event_filter.rules)
-        return verdict
+    def _observing(self, decide: Callable[..., Verdict], drift: DriftLog) -> Callable[..., Verdict]:
+        """`decide` (an EventFilter method) on the filter running now, each verdict given to
+        the drift log too."""
+        observe = drift.observe
 
-    def _process_text_observed(self, record: Any) -> Verdict:
-        event_filter = self.filter
-        verdict = event_filter.process_text(record)
-        self._drift_observe(verdict, event_filter.rules)
-        return verdict
-
-    def _process_json_observed(self, line: Any) -> Verdict:
-        event_filter = self.filter
-        verdict = event_filter.process_json(line)
-        self._drift_observe(verdict, event_filter.rules)
-        return verdict
-
-    def _process_decoded_json_observed(self, record: Any, plain: bool) -> Verdict:
-        event_filter = self.filter
-        verdict = event_filter.process_decoded_json(record, plain)
-        self._drift_observe(verdict, event_filter.rules)
-        return verdict
+        def observed(*args: Any) -> Verdict:
+            event_filter = self.filter  # one read: the record is decided by this filter only
+            verdict = decide(event_filter, *args)
+            observe(verdict, event_filter.rules)
+            return verdict
+        return observed
 
     # -- reloading -------------------------------------------------------------------
 

@@ -454,8 +454,11 @@ class Relay:
         self.relay_stats = RelayStats()
         routes = RouteSettings(accepted_tag=settings.accepted_tag, rejected_tag=settings.rejected_tag,
                                time_source=settings.time_source)
-        self.router = Router.with_settings(self._decide_function(), routes, count=self.filter_stats.count,
-                                           count_passed=self.filter_stats.count_passed)
+        decide = self._decide_function()
+        self.router = Router.with_settings(decide, routes, count=self.filter_stats.count,
+                                           count_passed=self.filter_stats.count_passed,
+                                           decide_text=self.event_filter.process_text
+                                           if decide is not None and self.event_filter is not None else None)
         self.pool: Optional[FilterPool] = None
         if self.router.decide is not None and settings.filter_workers > 1:
             # Workers build their filters from the options the relay's filter was built from.
