@@ -21,6 +21,8 @@ from typing import Any, Dict, Hashable, Iterable, Iterator, List, Mapping, Named
 import msgpack
 import msgspec
 
+from ..model.packed import BIN_HEADERS, CONTAINER_HEADERS
+
 try:  # optional: only needed when a sender compresses with zstd
     import zstandard
 except ImportError:  # pragma: no cover - depends on the environment
@@ -484,10 +486,9 @@ def unpack_text_entries(payload: Union[bytes, bytearray]) -> Tuple[List[Entry], 
 # float, an EventTime or other fixed-size ext, nil); 0 for any other: then it is read too.
 _TIME_SIZES = bytes([1] * 0x80) + bytes(0x40) + bytes([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 9, 2, 3, 5, 9, 2, 3, 5, 9,
                                                      3, 4, 6, 10, 18, 0, 0, 0, 0, 0, 0, 0]) + bytes([1] * 0x20)
-# msgpack's bin headers, and its map and array headers (each level of nesting starts with one).
-_BIN_HEADERS = b"\xc4\xc5\xc6"
-_CONTAINER_HEADERS = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
-_OTHER_BYTES = bytes(b for b in range(256) if b not in _BIN_HEADERS + _CONTAINER_HEADERS)
+# Every byte but msgpack's bin headers and its map and array headers (each level of nesting
+# starts with one).
+_OTHER_BYTES = bytes(b for b in range(256) if b not in BIN_HEADERS + CONTAINER_HEADERS)
 # A record with at most this many map and array headers nests at most this deep: far from
 # where walking it could meet the interpreter's recursion limit.
 _TEXT_MAX_CONTAINERS = 100
@@ -510,7 +511,7 @@ def text_records(payload: Union[bytes, bytearray], ends: List[int]) -> List[bool
         if payload[start] == 0x92:
             head += _TIME_SIZES[payload[head]]
         marks = payload[head:end].translate(None, _OTHER_BYTES)
-        append(len(marks) <= _TEXT_MAX_CONTAINERS and not marks.translate(None, _CONTAINER_HEADERS))
+        append(len(marks) <= _TEXT_MAX_CONTAINERS and not marks.translate(None, CONTAINER_HEADERS))
         start = end
     return flags
 

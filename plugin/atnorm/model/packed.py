@@ -25,10 +25,10 @@ _encode = msgspec.msgpack.Encoder().encode
 # (each level of nesting starts with one), a bin header (bytes, and the data of an ExtType,
 # which msgspec writes as the array [code, bin]), and float64's header (NaN, infinities).
 # The same bytes also occur inside text, lengths and numbers: then the walk decides.
-_CONTAINER_HEADERS = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
-_BIN_HEADERS = b"\xc4\xc5\xc6"
+CONTAINER_HEADERS = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
+BIN_HEADERS = b"\xc4\xc5\xc6"
 _FLOAT64_HEADER = b"\xcb"
-_OTHER_BYTES = bytes(b for b in range(256) if b not in _CONTAINER_HEADERS + _BIN_HEADERS + _FLOAT64_HEADER)
+_OTHER_BYTES = bytes(b for b in range(256) if b not in CONTAINER_HEADERS + BIN_HEADERS + _FLOAT64_HEADER)
 # float64 with all exponent bits set: an infinity or a NaN.
 _NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]").search
 
@@ -50,7 +50,7 @@ def packed_text_record(record: Any) -> Optional[bytes]:
     marks = packed.translate(None, _OTHER_BYTES)
     if len(marks) > MAX_DEPTH:
         return None
-    others = marks.translate(None, _CONTAINER_HEADERS)
+    others = marks.translate(None, CONTAINER_HEADERS)
     if others and (others.translate(None, _FLOAT64_HEADER) or _NON_FINITE(packed) is not None):
         return None
     return packed

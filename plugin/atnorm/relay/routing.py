@@ -81,7 +81,7 @@ class RoutedBatch:
         entries = self.entries
         if self.decided:
             packed_records, self.packed_records = self.packed_records, None  # used once: let them go
-            if packed_records is not None:
+            if packed_records is not None and any(packed_records):  # none packed: one batch call below
                 try:
                     return join_packed_entries(entries, packed_records)
                 except Exception:  # a record msgspec refuses: msgpack-python decides
