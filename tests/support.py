@@ -9,8 +9,11 @@ import argparse
 import asyncio
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any, Dict
+
+import msgpack
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
@@ -75,3 +78,25 @@ def crn_parts_as_specified(value: Any) -> Any:
     if parts[8]:
         out["resourceType"] = parts[8]
     return out
+
+
+def random_float(rng: Any) -> float:
+    """A float of any bit pattern: NaN payloads, infinities, subnormals, -0.0."""
+    return float(struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0])
+
+
+def reference_pack(entries: Any, plain: bool = False) -> bytes:
+    """The packing the codec's fast paths stand in for: msgpack-python with surrogateescape,
+    one entry at a time (`plain`: metadata left out)."""
+    from atnorm.forward.codec import _pack_default
+
+    packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_pack_default,
+                            autoreset=False)
+    for entry in entries:
+        if entry.problem is not None:
+            packer.pack(entry.record)
+        elif entry.metadata is None or plain:
+            packer.pack([entry.time, entry.record])
+        else:
+            packer.pack([[entry.time, entry.metadata], entry.record])
+    return bytes(packer.bytes())

@@ -12,7 +12,6 @@ JSON lines.
 import json
 import math
 import random
-import struct
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from atnorm.bench.eventgen import EventGenerator
 from atnorm.core import jsonlines, pipeline
 from atnorm.core.pipeline import EventFilter
 from atnorm.model.jsoncodec import loads
+from support import random_float
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events"
 LINES = 12_000
@@ -58,9 +58,6 @@ def _exact(value):
     return tokens
 
 
-def _random_float(rng):
-    return struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
-
 
 NUMBER_TEXTS = ["NaN", "-Infinity", "Infinity", "1e400", "-1e400", "1E5", "1.0e+5", "-0", "-0.0", "0.1",
                 "1e16", "5e-324", "2.2250738585072014e-308", "123456789012345678901234567890",
@@ -73,7 +70,7 @@ def _mutate(rng, line):
     if kind == 0:  # a number in an odd form, in place of a string value
         return line.replace(b':"', b":" + rng.choice(NUMBER_TEXTS).encode() + b',"x":"', 1)
     if kind == 1:  # a float of any bit pattern, as repr writes it
-        return line[:-1] + b',"f":' + repr(_random_float(rng)).encode() + b"}"
+        return line[:-1] + b',"f":' + repr(random_float(rng)).encode() + b"}"
     if kind == 2:  # a duplicate key
         return line[:-1] + b',"action":"dup.' + str(rng.randrange(9)).encode() + b'"}'
     if kind == 3:  # an escaped surrogate, lone or paired
@@ -160,7 +157,7 @@ def test_verdicts_and_outputs_equal_the_reference(decoded):
 
 def test_floats_of_every_bit_pattern_decode_as_the_reference_does():
     rng = random.Random(3)
-    values = [_random_float(rng) for _ in range(20_000)]
+    values = [random_float(rng) for _ in range(20_000)]
     for start in range(0, len(values), 100):
         text = "[" + ",".join(map(repr, values[start:start + 100])) + "]"
         assert _outcome(loads, text) == _outcome(json.loads, text)

@@ -12,15 +12,15 @@ packed for the downstream as the reference packs them.
 """
 
 import random
-import struct
 
 import msgpack
 import pytest
 
 from atnorm.bench.eventgen import EventGenerator
 from atnorm.core.pipeline import EventFilter
-from atnorm.forward.codec import Entry, EntryProblem, EventTime, _pack_default, pack_entries, pack_plain_entries
+from atnorm.forward.codec import Entry, EntryProblem, EventTime, pack_entries, pack_plain_entries
 from atnorm.relay.routing import Router
+from support import random_float, reference_pack
 
 RECORDS = 12_000
 BATCH = 50
@@ -33,20 +33,6 @@ SURROGATES = ["\udcff", "x\udc80y"]  # bytes that were not UTF-8, kept by surrog
 UNPACKABLE = PAST_64_BITS + ["\ud800"]  # a lone surrogate surrogateescape cannot write
 
 
-def reference_pack(entries, plain=False):
-    """The packing both fast paths stand in for: msgpack-python with surrogateescape, one
-    entry at a time (`plain`: metadata left out)."""
-    packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_pack_default,
-                            autoreset=False)
-    for entry in entries:
-        if entry.problem is not None:
-            packer.pack(entry.record)
-        elif entry.metadata is None or plain:
-            packer.pack([entry.time, entry.record])
-        else:
-            packer.pack([[entry.time, entry.metadata], entry.record])
-    return packer.bytes()
-
 
 def outcome(call, *args):
     try:
@@ -54,9 +40,6 @@ def outcome(call, *args):
     except Exception as exc:
         return type(exc).__name__, None
 
-
-def _random_float(rng):
-    return struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
 
 
 def _nested(depth):
@@ -72,7 +55,7 @@ def _mutate(rng, record):
     if kind == 0:
         record["n"] = rng.choice(INTEGERS)
     elif kind == 1:
-        record["f"] = rng.choice([_random_float(rng), float("nan"), float("inf"), -0.0, 1e16])
+        record["f"] = rng.choice([random_float(rng), float("nan"), float("inf"), -0.0, 1e16])
     elif kind == 2:
         record["t"] = rng.choice(TEXTS)
     elif kind == 3:

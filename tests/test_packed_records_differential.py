@@ -14,7 +14,6 @@ verdicts as `process`, and every batch packed for the downstream as msgpack-pyth
 """
 
 import random
-import struct
 
 import msgpack
 import pytest
@@ -35,6 +34,7 @@ from atnorm.model.encodable import MAX_DEPTH, is_encodable
 from atnorm.model.packed import packed_text_record
 from atnorm.model.verdict import ACCEPTED
 from atnorm.relay.routing import Router
+from support import random_float, reference_pack
 
 RECORDS = 12_000
 
@@ -51,9 +51,6 @@ def reference_packb(value):
     return msgpack.packb(value, use_bin_type=True, unicode_errors="surrogateescape", default=_pack_default)
 
 
-def _random_float(rng):
-    return struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
-
 
 def _nested(depth):
     value = {}
@@ -67,7 +64,7 @@ def _mutate(rng, record):
     if kind == 0:
         record["n"] = rng.choice(INTEGERS)
     elif kind == 1:
-        record["f"] = rng.choice(FLOATS + [_random_float(rng)])
+        record["f"] = rng.choice(FLOATS + [random_float(rng)])
     elif kind == 2:
         record["big"] = rng.choice(PAST_64_BITS)
     elif kind == 3:
@@ -84,7 +81,7 @@ def _mutate(rng, record):
     elif kind == 8:
         record["t"] = rng.choice(LOOKALIKE_TEXT)
     elif kind == 9:
-        record["floats"] = [_random_float(rng) for _ in range(rng.randrange(1, 5))]
+        record["floats"] = [random_float(rng) for _ in range(rng.randrange(1, 5))]
     elif kind == 10:
         record[rng.choice(LOOKALIKE_TEXT)] = rng.choice(LOOKALIKE_TEXT)
     elif kind == 11:
@@ -184,9 +181,9 @@ def test_the_relays_way_gives_process_verdicts_and_the_reference_packing(records
         for batch in router.route("audit", entries, text):
             if batch.route == ACCEPTED and batch.packed_records is not None:
                 joined += 1
-            assert batch.plain_packed() == _reference_plain(batch.entries)
+            assert batch.plain_packed() == reference_pack(batch.entries, plain=True)
             assert batch.packed_records is None  # used once, then let go
-            assert batch.plain_packed() == _reference_plain(batch.entries)
+            assert batch.plain_packed() == reference_pack(batch.entries, plain=True)
     # Some chunks hold text that is not strict UTF-8 (a surrogateescape'd str): all of it
     # is then decided by `process`; the others go the text way, and batches are joined.
     assert 0 < text_chunks < len(writable) // 200 and joined >= text_chunks // 2
