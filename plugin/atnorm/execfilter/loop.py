@@ -239,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot start: {exc}") from None
         router = RecordRouter(event_filter, settings.tag_key, settings.rejected_tag_suffix,
                               settings.default_tag, settings.time_key, log,
-                              json_out=settings.out_format == "json")
+                              json_out=settings.out_format == "json",
+                              msgpack_out=settings.out_format == "msgpack")
         reader = build_reader(settings, router, log)
         encode = OutputEncoder(router, settings.out_format, settings.json_block_size, log)
         settle_after_start()  # schemas loaded: keep them out of every later collection

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import msgpack
 
+from ..forward.codec import text_object
 from .diagnostics import DiagnosticLog
 from .shaping import RecordRouter
 
@@ -328,8 +329,8 @@ def plausible_record(obj: Any, required_key: Optional[str] = None) -> bool:
     return found is not None and isinstance(obj[found], (str, bytes))
 
 
-def _bounded_unpacker(limit: int, raw: bool = False) -> msgpack.Unpacker:
-    return msgpack.Unpacker(raw=raw, strict_map_key=False, max_buffer_size=0,
+def _bounded_unpacker(limit: int, raw: bool = False, text_keys: bool = False) -> msgpack.Unpacker:
+    return msgpack.Unpacker(raw=raw, strict_map_key=text_keys, max_buffer_size=0,
                             max_str_len=limit, max_bin_len=limit, max_ext_len=limit,
                             max_array_len=limit, max_map_len=limit)
 
@@ -409,8 +410,11 @@ class MsgpackInput:
     """
 
     def __init__(self, router: RecordRouter, keep_raw: Callable[[Any], Any],
-                 log: Optional["DiagnosticLog"] = None) -> None:
+                 log: Optional["DiagnosticLog"] = None, fast_path: bool = True) -> None:
         self.router = router
+        # False: every object is read as any key allows and decided with the walks (the
+        # reference the text proof is tested against).
+        self._fast_path = fast_path
         self._keep_raw = keep_raw
         self._log = log
         self._limit = router.max_record_bytes
@@ -467,19 +471,36 @@ class MsgpackInput:
         moving `self._pos` past what was decided; True to wait for more input."""
         buf, limit, key = self._buf, self._limit, self._tag_key
         base = pos = self._pos
-        unpacker = _bounded_unpacker(limit)
+        # Map keys str or bin only, at every depth: with strict UTF-8, the bytes of such a
+        # record then show whether it is text as it is (`codec.text_object`), and one that
+        # is is decided without the walks for bin values and writability (`route_text`).
+        fast_path = self._fast_path
+        unpacker = _bounded_unpacker(limit, text_keys=fast_path)
         unpacker.feed(memoryview(buf)[pos:])
-        route = self.router.record
+        route, route_text = self.router.record, self.router.record_text
         while True:
+            alone = False
             try:
                 obj = unpacker.unpack()
             except msgpack.OutOfData:
                 if pos >= len(buf):
                     return self._settle(None, pos)
                 return self._settle(self._incomplete(pos, eof, outputs), pos)
-            except Exception as exc:  # the peer's bytes, or a string that is not UTF-8
-                return self._settle(self._undecodable(pos, exc, eof, outputs), pos)
-            end = base + unpacker.tell()
+            except Exception:
+                # A key of another type (or the peer's bytes, or a string that is not
+                # UTF-8): this one object is read as any key allows, and decided as such.
+                one = _bounded_unpacker(limit)
+                one.feed(memoryview(buf)[pos:])
+                try:
+                    obj = one.unpack()
+                except msgpack.OutOfData:
+                    return self._settle(self._incomplete(pos, eof, outputs), pos)
+                except Exception as exc:  # the peer's bytes, or a string that is not UTF-8
+                    return self._settle(self._undecodable(pos, exc, eof, outputs), pos)
+                end, text, alone = pos + one.tell(), False, True
+            else:
+                end = base + unpacker.tell()
+                text = fast_path and text_object(buf[pos:end])
             if not plausible_record(obj, key):
                 if not plausible_record(obj):
                     # Not shaped like a record at all: damage, up to the next record.
@@ -496,8 +517,10 @@ class MsgpackInput:
                     obj, "record.size",
                     f"record of {end - pos} bytes is over the {limit}-byte limit"))
             else:
-                outputs.append(route(obj))
+                outputs.append(route_text(obj) if text else route(obj))
             pos = self._pos = end
+            if alone:  # the strict unpacker stopped inside it: a new one goes on after it
+                return self._settle(end, pos)
 
     def _settle(self, step: Optional[int], pos: int) -> bool:
         """Go on from `step` (True: wait at `pos` for more input)."""

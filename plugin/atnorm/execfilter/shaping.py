@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import msgpack
+
 from ..core.interfaces import Filter
 from ..core.stats import FilterStats
 from ..model.encodable import is_encodable, json_text
@@ -22,6 +24,36 @@ class EncodedOutput:
 
     def __init__(self, text: str) -> None:
         self.text = text
+
+
+class PackedOutput:
+    """An output record already packed as msgpack: what `OutputEncoder` would write for it."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _map_header(count: int) -> bytes:
+    """msgpack's smallest map header for `count` pairs, as msgpack-python writes it."""
+    if count < 16:
+        return bytes((0x80 | count,))
+    if count < 1 << 16:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
+
+
+def _map_count(data: bytes) -> Tuple[int, int]:
+    """(pairs, header bytes) of the msgpack map that `data` starts with; (-1, 0) if none."""
+    head = data[0] if data else 0
+    if 0x80 <= head <= 0x8F:
+        return head & 0x0F, 1
+    if head == 0xDE:
+        return int.from_bytes(data[1:3], "big"), 3
+    if head == 0xDF:
+        return int.from_bytes(data[1:5], "big"), 5
+    return -1, 0
 
 
 def _pop_text_key(record: Dict[Any, Any], key: str, default: Any) -> Any:
@@ -55,7 +87,7 @@ class RecordRouter:
     def __init__(self, event_filter: Filter, tag_key: Optional[str] = None,
                  rejected_tag_suffix: str = ".rejected", default_tag: str = "atnorm",
                  time_key: Optional[str] = None, log: Optional["DiagnosticLog"] = None,
-                 json_out: bool = False) -> None:
+                 json_out: bool = False, msgpack_out: bool = False) -> None:
         self.event_filter = event_filter
         self.stats: FilterStats = event_filter.stats
         self.max_record_bytes: int = event_filter.settings.max_record_bytes
@@ -68,10 +100,15 @@ class RecordRouter:
         self._process = event_filter.process
         self._process_json = event_filter.process_json
         self._process_decoded_json = event_filter.process_decoded_json
+        self._process_text = event_filter.process_text
         # With JSON out, an accepted or passed record whose JSON line the filter made
         # (`Verdict.json_line`) leaves as that line, the transport keys appended to it,
         # instead of being written again (`EncodedOutput`). Not when both keys are one.
         self._reuse_lines = json_out and not (tag_key and tag_key == time_key)
+        # With msgpack out, the same for the record the filter packed (`Verdict.packed`,
+        # a record decoded as text): its bytes, the map header counting the keys appended.
+        self._reuse_packed = msgpack_out and not (tag_key and tag_key == time_key)
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # as OutputEncoder packs
         self._dumps = compact_json()
         self._outcomes: List[str] = []  # outcome of each output shaped since the last take
 
@@ -99,6 +136,10 @@ class RecordRouter:
     def record(self, record: Any) -> Any:
         """A parsed input record → its output record."""
         return self._decided(record, self._process)
+
+    def record_text(self, record: Any) -> Any:
+        """`record` for a parsed record known to be text as it is (`codec.text_object`)."""
+        return self._decided(record, self._process_text)
 
     def _decided(self, record: Any, decide: Callable[..., Verdict], *args: Any) -> Any:
         """The output of `decide(record, *args)`, the transport keys taken off before and
@@ -147,6 +188,10 @@ class RecordRouter:
             encoded = self._line_with(verdict, transport)
             if encoded is not None:
                 return encoded
+        elif self._reuse_packed and verdict.outcome != REJECTED and verdict.packed is not None:
+            packed = self._packed_with(verdict, verdict.packed, transport)
+            if packed is not None:
+                return packed
         out = verdict.output()
         if not transport:
             return out
@@ -196,6 +241,30 @@ class RecordRouter:
         if not is_encodable(added):  # a lone surrogate: strict UTF-8 cannot hold it
             return None
         return EncodedOutput(line[:-1] + ("," if record else "") + added + "}")
+
+    def _packed_with(self, verdict: Verdict, data: bytes,
+                     transport: List[Tuple[str, Any]]) -> Optional[PackedOutput]:
+        """The verdict's packed record with the transport keys added at the end, as the
+        dict with them put on would be packed; None where it would not be the same bytes
+        (a key the record has already, a value the packer refuses)."""
+        record = verdict.record
+        if type(record) is not dict:
+            return None
+        if not transport:
+            return PackedOutput(data)
+        count, header = _map_count(data)
+        if count != len(record):
+            return None
+        pack = self._pack
+        parts = []
+        for key, value in transport:
+            if key in record:
+                return None  # it is put in its place, not at the end
+            try:
+                parts.append(pack(key) + pack(value))
+            except Exception:  # what the encoder's own fallback handles
+                return None
+        return PackedOutput(_map_header(count + len(parts)) + data[header:] + b"".join(parts))
 
     def encode_failed(self, output: Any, outcome: Optional[str], exc: Exception) -> Any:
         """An output that cannot be encoded at all → a rejected record whose original is

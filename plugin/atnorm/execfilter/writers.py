@@ -9,7 +9,7 @@ import msgpack
 from ..model.encodable import encodable
 from ..model.jsoncodec import compact_json
 from .diagnostics import DiagnosticLog
-from .shaping import EncodedOutput, RecordRouter
+from .shaping import EncodedOutput, PackedOutput, RecordRouter
 
 
 def _keep_bytes(value: Any) -> Any:
@@ -41,8 +41,11 @@ class OutputEncoder:
         self._block = block_size if self._json else 0
         self._written = 0
         self._dumps = compact_json()
-        self._one: Callable[[Any], bytes] = (
-            self._json_bytes if self._json else msgpack.Packer(use_bin_type=True).pack)
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._one: Callable[[Any], bytes] = self._json_bytes if self._json else self._packed
+
+    def _packed(self, output: Any) -> bytes:
+        return output.data if type(output) is PackedOutput else self._pack(output)
 
     def _json_text(self, output: Any) -> str:
         return output.text if type(output) is EncodedOutput else self._dumps(output)

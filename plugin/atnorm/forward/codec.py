@@ -510,10 +510,18 @@ def text_records(payload: Union[bytes, bytearray], ends: List[int]) -> List[bool
         head = start + 1  # past the entry's array header; past its time too, when of a known size
         if payload[start] == 0x92:
             head += _TIME_SIZES[payload[head]]
-        marks = payload[head:end].translate(None, _OTHER_BYTES)
-        append(len(marks) <= _TEXT_MAX_CONTAINERS and not marks.translate(None, CONTAINER_HEADERS))
+        append(text_object(payload[head:end]))
         start = end
     return flags
+
+
+def text_object(data: Union[bytes, bytearray]) -> bool:
+    """Whether the bytes of one msgpack object, decoded as strict text (strict UTF-8, str or
+    bin map keys only), show that it is text as it is: no bin header, at most 100 map and
+    array headers (see `text_records`). False may be wrong (a byte of a number or of UTF-8
+    text that looks like a header), True never is."""
+    marks = data.translate(None, _OTHER_BYTES)
+    return len(marks) <= _TEXT_MAX_CONTAINERS and not marks.translate(None, CONTAINER_HEADERS)
 
 
 _MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
