@@ -8,7 +8,8 @@ JSON) go through two exec-filter routers under several key settings: the one the
 runs (`json_out`: the filter decides the decoded record with `process_decoded_json` and an
 accepted or passed record leaves as its JSON line with the transport keys appended) and
 the reference (`record`: `process` on the decoded record, the output written by the
-writer). Same bytes out, batch by batch, same outcomes and counts.
+writer). Same bytes out, batch by batch, same outcomes and counts. With msgpack out, the
+same for an accepted or passed record packed by msgspec against the writer's packing.
 """
 
 import json
@@ -18,7 +19,7 @@ import pytest
 
 from atnorm.bench.eventgen import EventGenerator
 from atnorm.core.pipeline import EventFilter
-from atnorm.execfilter.shaping import EncodedOutput, RecordRouter
+from atnorm.execfilter.shaping import EncodedOutput, PackedOutput, RecordRouter
 from atnorm.execfilter.writers import OutputEncoder
 from atnorm.model.jsoncodec import loads
 
@@ -101,6 +102,27 @@ def test_reused_lines_are_the_bytes_the_writer_writes(lines, tag_key, time_key, 
         assert 0 < reused < len(lines) // 10
     else:
         assert reused == 0
+
+
+# With msgpack out, an accepted or passed record read from JSON leaves packed by msgspec,
+# the transport keys on it, whatever the keys are.
+@pytest.mark.parametrize("tag_key, time_key", [("tag", None), ("tag", "time"), (None, None), ("tag", "tag"),
+                                               ("tag", "atnorm")])
+def test_records_read_from_json_are_packed_as_the_writer_packs_them(lines, tag_key, time_key):
+    ours_filter, reference_filter = EventFilter.from_schemas(), EventFilter.from_schemas()
+    ours = RecordRouter(ours_filter, tag_key=tag_key, time_key=time_key, msgpack_out=True)
+    reference = RecordRouter(reference_filter, tag_key=tag_key, time_key=time_key)
+    ours_out, reference_out = OutputEncoder(ours, "msgpack"), OutputEncoder(reference, "msgpack")
+    packed = 0
+    for start in range(0, len(lines), BATCH):
+        batch = lines[start:start + BATCH]
+        outputs = [ours.json_line(line) for line in batch]
+        packed += sum(type(output) is PackedOutput for output in outputs)
+        expected = [_reference_output(reference, line) for line in batch]
+        assert ours._outcomes == reference._outcomes
+        assert ours_out(outputs) == reference_out(expected)
+    assert ours_filter.stats.snapshot() == reference_filter.stats.snapshot()
+    assert packed > len(lines) // 2
 
 
 def test_a_key_the_output_has_already_is_put_in_its_place():
