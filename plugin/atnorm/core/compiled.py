@@ -97,6 +97,66 @@ def _folded(schema: Dict[str, Any]) -> Dict[str, Any]:
     return folded
 
 
+# Keywords that assert about one value each, independently of the others in their schema
+# object: schemas using only these merge into one object (`merged_schema`).
+_INDEPENDENT = frozenset({"type", "enum", "const", "pattern", "minLength", "maxLength", "minimum", "maximum"})
+_OBJECT_MERGEABLE = frozenset({"type", "properties", "required"})
+
+
+def _conjuncts(schema: Any, out: List[Any]) -> List[Any]:
+    """The schemas that must all hold for `schema` to: its allOf members, flattened, when
+    it asserts nothing else."""
+    if isinstance(schema, dict) and isinstance(schema.get("allOf"), list) and not (
+            set(schema) - _ANNOTATIONS - {"allOf"}):
+        for member in schema["allOf"]:
+            _conjuncts(member, out)
+    elif schema is not True:
+        out.append(schema)
+    return out
+
+
+def merged_schema(schemas: List[Any]) -> Any:
+    """One schema that holds exactly when every one of `schemas` holds, written so that its
+    compiled check reads each property once: objects (type, properties, required only) merge
+    into one object whose properties merge again by name; schemas of independent keywords
+    (type, enum, pattern, …) merge into one where no keyword is given two values. What does
+    not merge stays an allOf member. For a single accept test over several rules."""
+    members: List[Any] = []
+    for schema in schemas:
+        _conjuncts(schema, members)
+    if not members:
+        return True
+    if len(members) == 1:
+        return members[0]
+    if not all(isinstance(member, dict) for member in members):
+        return {"allOf": members}
+    keywords = [set(member) - _ANNOTATIONS for member in members]
+    if all(k <= _OBJECT_MERGEABLE and m.get("type", "object") == "object" for k, m in zip(keywords, members)):
+        properties: Dict[str, List[Any]] = {}
+        required: Dict[str, None] = {}
+        for member in members:
+            for name, sub in member.get("properties", {}).items():
+                properties.setdefault(name, []).append(sub)
+            required.update(dict.fromkeys(member.get("required", [])))
+        merged: Dict[str, Any] = {}
+        if any("type" in member for member in members):
+            merged["type"] = "object"
+        if properties:
+            merged["properties"] = {name: merged_schema(subs) for name, subs in properties.items()}
+        if required:
+            merged["required"] = list(required)
+        return merged
+    if all(k <= _INDEPENDENT for k in keywords):
+        merged = {}
+        for member, keys in zip(members, keywords):
+            for key in keys:
+                if key in merged and not json_equal(merged[key], member[key]):  # 1 is not true
+                    return {"allOf": members}
+                merged[key] = member[key]
+        return merged
+    return {"allOf": members}
+
+
 # Python expressions for JSON Schema types; `{v}` is the value's variable.
 _TYPE_EXPRESSIONS: Dict[str, str] = {
     "string": "isinstance({v}, str)",

@@ -23,6 +23,7 @@ from ..model.jsoncodec import loads as json_loads
 from ..model.packed import packed_text_record
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
 from ..resources import bundled_schema_dir
+from .compiled import Predicate
 from .normalize import DERIVED_FIELDS, EncodingProblem, Normalizer, as_text, find_event, is_event, make_wrapper_step
 from .rules import Rule, RuleSet, SchemaDocument, standalone_rule
 from .stats import FilterStats
@@ -111,9 +112,19 @@ class _CompiledService:
     on_unknown_action: Optional[UnknownActionPolicy] = None
     # Adds the service's warnings to the event's and drops the ignored kinds: (work, warnings) → warnings.
     add_warnings: Callable[[Dict[str, Any], List[str]], List[str]] = field(init=False)
+    # True when no rule of the service fails (one accept test for all of them); always
+    # False where the rules are not all the document's own (then each is asked) or where
+    # ignored kinds must be dropped from the event's warnings.
+    holds: Predicate = field(init=False)
+    extra: bool = False
 
     def __post_init__(self) -> None:
         self.add_warnings = _warning_step(self.warn, self.ignored)
+        self.holds = _never if self.extra or self.ignored else self.document.accept_test(self.enforce + self.warn)
+
+
+def _never(work: Any) -> bool:
+    return False
 
 
 def _warning_step(warn: List[Rule], ignored: frozenset) -> Callable[[Dict[str, Any], List[str]], List[str]]:
@@ -164,12 +175,17 @@ class EventFilter:
         self.normalizer = Normalizer(fraction_digits=s.fraction_digits, derived_fields=s.derived_fields,
                                      annotation_key=s.annotation_key, record_fixes=s.record_fixes,
                                      aliases=s.aliases or None)
-        envelope = rules.envelope.rules + self._extra_rules("*")
+        extra = self._extra_rules("*")
+        envelope = rules.envelope.rules + extra
         self._envelope_enforce = [r for r in envelope if r.level == "enforce"]
         self._envelope_warn = _without_kinds([r for r in envelope if r.level == "warn"],
                                              frozenset(s.ignored_warnings.get("*", ())))
         self._envelope_checks = [rule.check for rule in self._envelope_enforce]
         self._envelope_warn_checks = [(rule.check, rule) for rule in self._envelope_warn]
+        # A record that passes every envelope rule at once (most do) needs no check one by
+        # one; a tuning file's own rules have schemas of their own, so then none is merged.
+        self._envelope_holds: Predicate = _never if extra else rules.envelope.accept_test(
+            [r for r in rules.envelope.rules if r.level != "off"])
         self._services: Dict[str, _CompiledService] = {
             name: self._compile_service(document) for name, document in rules.services.items()
         }
@@ -197,8 +213,9 @@ class EventFilter:
         enforce: List[Rule] = []
         warn: List[Rule] = []
         action_rule = document.rule("action")
+        extra = self._extra_rules(document.name)
         if policy.mode != "off":
-            for rule in document.rules + self._extra_rules(document.name):
+            for rule in document.rules + extra:
                 if rule is action_rule or rule.level == "off":
                     continue  # the action is checked by set membership, below
                 if rule.level == "enforce" and policy.mode == "enforce":
@@ -214,7 +231,8 @@ class EventFilter:
                 on_unknown_action = _reject_unknown_action(document, action_rule)
             else:
                 on_unknown_action = _warn_unknown_action
-        return _CompiledService(document, policy, enforce, warn, action_rule, ignored, on_unknown_action)
+        return _CompiledService(document, policy, enforce, warn, action_rule, ignored, on_unknown_action,
+                                extra=bool(extra))
 
     def _extra_rules(self, scope: str) -> List[Rule]:
         return [standalone_rule(spec["name"], spec["level"], spec["schema"])
@@ -334,13 +352,14 @@ class EventFilter:
 
         failed: Failed = []
         warnings: List[str] = []
-        for check in self._envelope_checks:
-            if not check(work):
-                failed += [(rule, None, None) for rule in self._envelope_enforce if not rule.check(work)]
-                break
-        for check, rule in self._envelope_warn_checks:
-            if not check(work):  # the rule's items are asked only when it fails
-                warnings += rule.failed_kinds(work)
+        if not self._envelope_holds(work):
+            for check in self._envelope_checks:
+                if not check(work):
+                    failed += [(rule, None, None) for rule in self._envelope_enforce if not rule.check(work)]
+                    break
+            for check, rule in self._envelope_warn_checks:
+                if not check(work):  # the rule's items are asked only when it fails
+                    warnings += rule.failed_kinds(work)
 
         action = work.get("action")
         service = self._service_of(action)  # a str action, or None
@@ -355,10 +374,11 @@ class EventFilter:
                 self.stats.count_unknown_action(service, action)
                 if compiled.on_unknown_action(action, failed, warnings):
                     return Verdict(PASSED, record, service=service, action=action)
-            for rule in compiled.enforce:
-                if not rule.check(work):
-                    failed.append((rule, None, None))
-            warnings = compiled.add_warnings(work, warnings)
+            if not compiled.holds(work):
+                for rule in compiled.enforce:
+                    if not rule.check(work):
+                        failed.append((rule, None, None))
+                warnings = compiled.add_warnings(work, warnings)
 
         if failed:
             return self._rejected(record, work, failed, [], service, warnings, fixes)

@@ -21,7 +21,7 @@ from jsonschema.exceptions import ValidationError, relevance
 
 from ..errors import ConfigError
 from ..model.verdict import RejectReason
-from .compiled import Predicate, SchemaCompiler
+from .compiled import Predicate, SchemaCompiler, merged_schema
 from .nearest import NearestActions
 
 LEVELS = ("enforce", "warn", "off")
@@ -187,6 +187,20 @@ class SchemaDocument:
     actions: frozenset = frozenset()
     renames: Dict[str, str] = field(default_factory=dict)
     raw: Dict[str, Any] = field(default_factory=dict)
+    # Accept tests compiled so far, by the names of their rules (shared by the copies
+    # other rule levels make: a level changes no schema).
+    _accept_tests: Dict[Tuple[str, ...], Predicate] = field(default_factory=dict, repr=False, compare=False)
+
+    def accept_test(self, rules: Sequence[Rule]) -> Predicate:
+        """One check that holds exactly when every one of `rules` (rules of this document)
+        holds: their schemas merged (`compiled.merged_schema`), so that a record which
+        breaks none is read once instead of once per rule. Compiled once per set of rules."""
+        key = tuple(rule.name for rule in rules)
+        test = self._accept_tests.get(key)
+        if test is None:
+            test = self._accept_tests[key] = SchemaCompiler(self.raw).compile(
+                merged_schema([rule.schema for rule in rules]))
+        return test
 
     def rule(self, short_name: str) -> Optional[Rule]:
         for rule in self.rules:
