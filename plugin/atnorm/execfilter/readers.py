@@ -147,6 +147,9 @@ class TsvInput(LineInput):
 # Bytes that open a msgpack map (fixmap, map16, map32): where a record can start.
 _MAP_START = re.compile(rb"[\x80-\x8f\xde\xdf]")
 _RESYNC_STEP = 4096
+# Times one run of decoding goes back to text keys after an object it had to read with
+# any key (a nested int key, say): each time costs a copy of the rest of the buffer.
+_TEXT_KEY_RESTARTS = 16
 # An oversized record is skipped by its declared sizes up to this many times the record
 # size limit; anything declaring more is damage, not a record.
 SKIP_FACTOR = 16
@@ -474,33 +477,33 @@ class MsgpackInput:
         # Map keys str or bin only, at every depth: with strict UTF-8, the bytes of such a
         # record then show whether it is text as it is (`codec.text_object`), and one that
         # is is decided without the walks for bin values and writability (`route_text`).
-        fast_path = self._fast_path
-        unpacker = _bounded_unpacker(limit, text_keys=fast_path)
+        text_keys = self._fast_path
+        unpacker = _bounded_unpacker(limit, text_keys=text_keys)
         unpacker.feed(memoryview(buf)[pos:])
         route, route_text = self.router.record, self.router.record_text
+        # Objects read again as any key allows in this run, and whether text keys resume
+        # after the one being read so: each restart feeds the rest of the buffer again, so
+        # past a few the run goes on as any key allows.
+        restarts, resume = 0, False
         while True:
-            alone = False
             try:
                 obj = unpacker.unpack()
             except msgpack.OutOfData:
                 if pos >= len(buf):
                     return self._settle(None, pos)
                 return self._settle(self._incomplete(pos, eof, outputs), pos)
-            except Exception:
-                # A key of another type (or the peer's bytes, or a string that is not
-                # UTF-8): this one object is read as any key allows, and decided as such.
-                one = _bounded_unpacker(limit)
-                one.feed(memoryview(buf)[pos:])
-                try:
-                    obj = one.unpack()
-                except msgpack.OutOfData:
-                    return self._settle(self._incomplete(pos, eof, outputs), pos)
-                except Exception as exc:  # the peer's bytes, or a string that is not UTF-8
-                    return self._settle(self._undecodable(pos, exc, eof, outputs), pos)
-                end, text, alone = pos + one.tell(), False, True
-            else:
-                end = base + unpacker.tell()
-                text = fast_path and text_object(buf[pos:end])
+            except Exception as exc:  # the peer's bytes, or a string that is not UTF-8
+                if text_keys:
+                    # Or a key of another type: this object is read again as any key
+                    # allows, and decided with the walks.
+                    restarts += 1
+                    text_keys, resume, base = False, restarts <= _TEXT_KEY_RESTARTS, pos
+                    unpacker = _bounded_unpacker(limit)
+                    unpacker.feed(memoryview(buf)[pos:])
+                    continue
+                return self._settle(self._undecodable(pos, exc, eof, outputs), pos)
+            end = base + unpacker.tell()
+            text = text_keys and text_object(buf[pos:end])
             if not plausible_record(obj, key):
                 if not plausible_record(obj):
                     # Not shaped like a record at all: damage, up to the next record.
@@ -519,8 +522,10 @@ class MsgpackInput:
             else:
                 outputs.append(route_text(obj) if text else route(obj))
             pos = self._pos = end
-            if alone:  # the strict unpacker stopped inside it: a new one goes on after it
-                return self._settle(end, pos)
+            if resume:
+                text_keys, resume, base = True, False, pos
+                unpacker = _bounded_unpacker(limit, text_keys=True)
+                unpacker.feed(memoryview(buf)[pos:])
 
     def _settle(self, step: Optional[int], pos: int) -> bool:
         """Go on from `step` (True: wait at `pos` for more input)."""
