@@ -39,6 +39,9 @@ class PackedOutput:
 # msgspec (C) packs JSON's types (str keys) byte for byte as msgpack-python's Packer with
 # use_bin_type does, in about half the time (`tests/test_pack_differential.py`).
 _pack_json_types = msgspec.msgpack.Encoder().encode
+_json_of_text = msgspec.json.Encoder().encode
+# float64's header: msgspec packs every float so, so a packed record without this byte has none.
+_FLOAT64 = b"\xcb"
 
 
 def _map_header(count: int) -> bytes:
@@ -192,6 +195,10 @@ class RecordRouter:
         self._outcomes.append(verdict.outcome)
         transport = self._transport_values(verdict, tag, when) if self._transport_keys else []
         if self._reuse_lines and verdict.outcome != REJECTED:
+            if verdict.json_line is None and verdict.packed is not None and _FLOAT64 not in verdict.packed:
+                # Decided as text and packed without a float: JSON's types, which msgspec
+                # writes as the writer does (`encodable.plain_json_line`).
+                verdict.json_line = _json_of_text(verdict.record).decode("utf-8")
             encoded = self._line_with(verdict, transport)
             if encoded is not None:
                 return encoded
