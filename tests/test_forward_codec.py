@@ -359,3 +359,13 @@ def test_client_and_server_halves_of_the_handshake_agree():
     refused = check_pong(unpackb(pong_frame(False, reason="shared_key mismatch")), shared_key_salt=salt,
                          nonce=nonce, shared_key="k")
     assert not refused.ok and refused.reason == "shared_key mismatch"
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 1 << 20])
+def test_a_packed_forward_frame_is_what_packing_the_message_writes(size):
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for tag, options in [("t", {}), ("é.x" * 100, {"size": 3, "chunk": "abc"}),
+                         ("a", {"size": 1, "compressed": "gzip", "chunk": b"\xff\x00"})]:
+        frame = packed_forward_frame(tag, payload, chunk_id=options.get("chunk"), size=options.get("size"),
+                                     compressed=options.get("compressed"))
+        assert frame == msgpack.packb([tag, payload, options], use_bin_type=True)

@@ -814,7 +814,20 @@ def packed_forward_frame(tag: str, payload: bytes, *, chunk_id: Any = None, size
         options["compressed"] = compressed
     if chunk_id is not None:
         options["chunk"] = chunk_id
-    return packb([tag, payload, options])
+    # What packb([tag, payload, options]) writes, with the payload copied once: packing it
+    # would copy it into the packer's buffer, then out of it.
+    return b"".join((b"\x93", packb(tag), _bin_header(len(payload)), payload, packb(options)))
+
+
+def _bin_header(size: int) -> bytes:
+    """msgpack's smallest bin header for `size` bytes, as msgpack-python writes it."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    if size < 1 << 32:
+        return b"\xc6" + size.to_bytes(4, "big")
+    raise ValueError("bin object is too large for msgpack")
 
 
 def ack_frame(chunk_id: Any) -> bytes:
