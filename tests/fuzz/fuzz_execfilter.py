@@ -53,7 +53,9 @@ def _unpack_all(data: bytes) -> List[Any]:
 def run_reader(kind: str, out_format: str, keys: Tuple[Any, Any], data: bytes, step: int) -> List[str]:
     """Feeds `data` in reads of `step` bytes, then closes; returns the outcomes in order."""
     event_filter_ = event_filter()
-    router = RecordRouter(event_filter_, tag_key=keys[0], time_key=keys[1])
+    # As the child builds it: the filter's JSON line or packed record reused for the output.
+    router = RecordRouter(event_filter_, tag_key=keys[0], time_key=keys[1], json_out=out_format == "json",
+                          msgpack_out=out_format == "msgpack")
     reader = _reader(kind, router, out_format)
     encoder = OutputEncoder(router, out_format, block_size=64 if out_format == "json" else 0)
     before = counts(event_filter_)
