@@ -179,9 +179,10 @@ def run(args: argparse.Namespace) -> int:
         for current in inputs:
             for where, raw in current.records():
                 if isinstance(raw, bytes):
-                    if not raw.strip():
+                    line = raw.rstrip(b"\r\n")
+                    if not line or line.isspace():
                         continue  # blank lines carry no record
-                    verdict = event_filter.process_json(raw.rstrip(b"\r\n"))
+                    verdict = event_filter.process_json(line)
                 else:
                     verdict = event_filter.process(raw)
                 if verdict.outcome == ACCEPTED:
