@@ -82,19 +82,24 @@ def _folded(schema: Dict[str, Any]) -> Dict[str, Any]:
     members: List[Dict[str, Any]] = []
     if "allOf" not in schema or not _members(schema, members):
         return schema
+    return _joined_objects(members, lambda subs: subs[0] if len(subs) == 1 else {"allOf": subs})
+
+
+def _joined_objects(members: List[Dict[str, Any]], join: Callable[[List[Any]], Any]) -> Dict[str, Any]:
+    """The `properties` and `required` of object schemas as one of each: a name's
+    subschemas joined by `join`, the required names in their first order."""
     properties: Dict[str, List[Any]] = {}
     required: Dict[str, None] = {}
     for member in members:
         for name, sub in member.get("properties", {}).items():
             properties.setdefault(name, []).append(sub)
         required.update(dict.fromkeys(member.get("required", [])))
-    folded: Dict[str, Any] = {}
+    joined: Dict[str, Any] = {}
     if properties:
-        folded["properties"] = {name: subs[0] if len(subs) == 1 else {"allOf": subs}
-                                for name, subs in properties.items()}
+        joined["properties"] = {name: join(subs) for name, subs in properties.items()}
     if required:
-        folded["required"] = list(required)
-    return folded
+        joined["required"] = list(required)
+    return joined
 
 
 # Keywords that assert about one value each, independently of the others in their schema
@@ -132,22 +137,10 @@ def merged_schema(schemas: List[Any]) -> Any:
         return {"allOf": members}
     keywords = [set(member) - _ANNOTATIONS for member in members]
     if all(k <= _OBJECT_MERGEABLE and m.get("type", "object") == "object" for k, m in zip(keywords, members)):
-        properties: Dict[str, List[Any]] = {}
-        required: Dict[str, None] = {}
-        for member in members:
-            for name, sub in member.get("properties", {}).items():
-                properties.setdefault(name, []).append(sub)
-            required.update(dict.fromkeys(member.get("required", [])))
-        merged: Dict[str, Any] = {}
-        if any("type" in member for member in members):
-            merged["type"] = "object"
-        if properties:
-            merged["properties"] = {name: merged_schema(subs) for name, subs in properties.items()}
-        if required:
-            merged["required"] = list(required)
-        return merged
+        joined = _joined_objects(members, merged_schema)
+        return {"type": "object", **joined} if any("type" in member for member in members) else joined
     if all(k <= _INDEPENDENT for k in keywords):
-        merged = {}
+        merged: Dict[str, Any] = {}
         for member, keys in zip(members, keywords):
             for key in keys:
                 if key in merged and not json_equal(merged[key], member[key]):  # 1 is not true
