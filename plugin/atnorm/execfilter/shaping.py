@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import msgpack
 import msgspec
@@ -65,6 +65,22 @@ def _map_count(data: bytes) -> Tuple[int, int]:
     return -1, 0
 
 
+def _appended_pairs(record: Dict[Any, Any], transport: List[Tuple[str, Any]], encode: Callable[[str, Any], Any],
+                    errors: Tuple[Type[Exception], ...]) -> Optional[List[Any]]:
+    """Each transport (key, value) encoded for appending after `record`'s own pairs; None
+    where appending would not give what putting them on the dict gives: a key the record
+    has already (it is put in its place, not at the end), a value `encode` refuses."""
+    parts = []
+    for key, value in transport:
+        if key in record:
+            return None
+        try:
+            parts.append(encode(key, value))
+        except errors:
+            return None
+    return parts
+
+
 def _pop_text_key(record: Dict[Any, Any], key: str, default: Any) -> Any:
     """Take `key` off `record`, whether it arrived as str or as bin (bytes)."""
     if key in record:
@@ -113,10 +129,11 @@ class RecordRouter:
         # With JSON out, an accepted or passed record whose JSON line the filter made
         # (`Verdict.json_line`) leaves as that line, the transport keys appended to it,
         # instead of being written again (`EncodedOutput`). Not when both keys are one.
-        self._reuse_lines = json_out and not (tag_key and tag_key == time_key)
+        distinct_keys = not (tag_key and tag_key == time_key)
+        self._reuse_lines = json_out and distinct_keys
         # With msgpack out, the same for the record the filter packed (`Verdict.packed`,
         # a record decoded as text): its bytes, the map header counting the keys appended.
-        self._reuse_packed = msgpack_out and not (tag_key and tag_key == time_key)
+        self._reuse_packed = msgpack_out and distinct_keys
         self._msgpack_out = msgpack_out
         self._pack = msgpack.Packer(use_bin_type=True).pack  # as OutputEncoder packs
         self._dumps = compact_json()
@@ -249,14 +266,10 @@ class RecordRouter:
         if not transport:
             return EncodedOutput(line)
         dumps = self._dumps
-        parts = []
-        for key, value in transport:
-            if key in record:
-                return None  # it is put in its place, not at the end
-            try:
-                parts.append(dumps(key) + ":" + dumps(value))
-            except (ValueError, TypeError, RecursionError):
-                return None
+        parts = _appended_pairs(record, transport, lambda key, value: dumps(key) + ":" + dumps(value),
+                                (ValueError, TypeError, RecursionError))
+        if parts is None:
+            return None
         added = ",".join(parts)
         if not is_encodable(added):  # a lone surrogate: strict UTF-8 cannot hold it
             return None
@@ -276,14 +289,10 @@ class RecordRouter:
         if count != len(record):
             return None
         pack = self._pack
-        parts = []
-        for key, value in transport:
-            if key in record:
-                return None  # it is put in its place, not at the end
-            try:
-                parts.append(pack(key) + pack(value))
-            except Exception:  # what the encoder's own fallback handles
-                return None
+        # What the packer refuses, the encoder's own fallback handles.
+        parts = _appended_pairs(record, transport, lambda key, value: pack(key) + pack(value), (Exception,))
+        if parts is None:
+            return None
         return PackedOutput(_map_header(count + len(parts)) + data[header:] + b"".join(parts))
 
     def encode_failed(self, output: Any, outcome: Optional[str], exc: Exception) -> Any:
