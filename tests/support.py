@@ -100,3 +100,19 @@ def reference_pack(entries: Any, plain: bool = False) -> bytes:
         else:
             packer.pack([[entry.time, entry.metadata], entry.record])
     return bytes(packer.bytes())
+
+
+# Integers at msgpack's format edges and whose bytes hold header bytes (0xC4 bin, 0xCB float64).
+MSGPACK_EDGE_INTEGERS = [0, 127, 128, 0xC4, 0xCB, 255, 65535, 0xCBCB, (1 << 32) - 1, (1 << 63) - 1, 1 << 63,
+                         (1 << 64) - 1, -1, -33, -(1 << 31) - 1, -(1 << 63)]
+# Text whose bytes hold a bin, ext or float64 header, or map and array headers (UTF-8
+# continuation bytes), and strings whose str8 length byte is such a header.
+HEADER_LOOKALIKE_TEXT = ["Ā", "ċ", "ˋ", "ÀÁÂÃÄÅ" * 20, "x" * 0xC4, "y" * 0xCB, "z" * 0x9F, "é中😀"]
+
+
+def nested_maps(depth: int) -> Dict[str, Any]:
+    """`depth` maps, each the only value of the one around it."""
+    value: Dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value

@@ -76,6 +76,27 @@ def _reference_output(router, line):
     return router.json_line(line)
 
 
+def _outputs_against_the_reference(lines, tag_key, time_key, out_format, reused_type):
+    """Both routers over `lines` batch by batch (ours reusing the filter's output for
+    `out_format`): the same outcomes and bytes out, the same counts at the end. Returns how
+    many outputs left as `reused_type`."""
+    ours_filter, reference_filter = EventFilter.from_schemas(), EventFilter.from_schemas()
+    ours = RecordRouter(ours_filter, tag_key=tag_key, time_key=time_key, json_out=out_format == "json",
+                        msgpack_out=out_format == "msgpack")
+    reference = RecordRouter(reference_filter, tag_key=tag_key, time_key=time_key)
+    ours_out, reference_out = OutputEncoder(ours, out_format), OutputEncoder(reference, out_format)
+    reused = 0
+    for start in range(0, len(lines), BATCH):
+        batch = lines[start:start + BATCH]
+        outputs = [ours.json_line(line) for line in batch]
+        reused += sum(type(output) is reused_type for output in outputs)
+        expected = [_reference_output(reference, line) for line in batch]
+        assert ours._outcomes == reference._outcomes
+        assert ours_out(outputs) == reference_out(expected)
+    assert ours_filter.stats.snapshot() == reference_filter.stats.snapshot()
+    return reused
+
+
 # (tag key, time key, how many outputs leave as the filter's line): never with both keys
 # one; with the time key the filter's annotation key, only for records it does not annotate.
 @pytest.mark.parametrize("tag_key, time_key, reuse", [
@@ -83,19 +104,7 @@ def _reference_output(router, line):
     ("tag", "tag", "none"), ("tag", "atnorm", "few")])
 def test_reused_lines_are_the_bytes_the_writer_writes(lines, tag_key, time_key, reuse):
     assert len(lines) >= 10_000
-    ours_filter, reference_filter = EventFilter.from_schemas(), EventFilter.from_schemas()
-    ours = RecordRouter(ours_filter, tag_key=tag_key, time_key=time_key, json_out=True)
-    reference = RecordRouter(reference_filter, tag_key=tag_key, time_key=time_key)
-    ours_out, reference_out = OutputEncoder(ours, "json"), OutputEncoder(reference, "json")
-    reused = 0
-    for start in range(0, len(lines), BATCH):
-        batch = lines[start:start + BATCH]
-        outputs = [ours.json_line(line) for line in batch]
-        reused += sum(type(output) is EncodedOutput for output in outputs)
-        expected = [_reference_output(reference, line) for line in batch]
-        assert ours._outcomes == reference._outcomes
-        assert ours_out(outputs) == reference_out(expected)
-    assert ours_filter.stats.snapshot() == reference_filter.stats.snapshot()
+    reused = _outputs_against_the_reference(lines, tag_key, time_key, "json", EncodedOutput)
     if reuse == "most":
         assert reused > len(lines) // 2
     elif reuse == "few":
@@ -109,19 +118,7 @@ def test_reused_lines_are_the_bytes_the_writer_writes(lines, tag_key, time_key, 
 @pytest.mark.parametrize("tag_key, time_key", [("tag", None), ("tag", "time"), (None, None), ("tag", "tag"),
                                                ("tag", "atnorm")])
 def test_records_read_from_json_are_packed_as_the_writer_packs_them(lines, tag_key, time_key):
-    ours_filter, reference_filter = EventFilter.from_schemas(), EventFilter.from_schemas()
-    ours = RecordRouter(ours_filter, tag_key=tag_key, time_key=time_key, msgpack_out=True)
-    reference = RecordRouter(reference_filter, tag_key=tag_key, time_key=time_key)
-    ours_out, reference_out = OutputEncoder(ours, "msgpack"), OutputEncoder(reference, "msgpack")
-    packed = 0
-    for start in range(0, len(lines), BATCH):
-        batch = lines[start:start + BATCH]
-        outputs = [ours.json_line(line) for line in batch]
-        packed += sum(type(output) is PackedOutput for output in outputs)
-        expected = [_reference_output(reference, line) for line in batch]
-        assert ours._outcomes == reference._outcomes
-        assert ours_out(outputs) == reference_out(expected)
-    assert ours_filter.stats.snapshot() == reference_filter.stats.snapshot()
+    packed = _outputs_against_the_reference(lines, tag_key, time_key, "msgpack", PackedOutput)
     assert packed > len(lines) // 2
 
 

@@ -28,23 +28,13 @@ from atnorm.execfilter.readers import MsgpackInput
 from atnorm.execfilter.shaping import EncodedOutput, PackedOutput, RecordRouter
 from atnorm.execfilter.writers import OutputEncoder, _keep_bytes
 from atnorm.model.encodable import encodable
-from support import random_float
+from support import HEADER_LOOKALIKE_TEXT, MSGPACK_EDGE_INTEGERS, nested_maps, random_float
 
 RECORDS = 12_000
 
 TAGS = ["audit.at", "", "é.tag", b"bin.tag", b"\xff\xfe", 7, None, ["x"]]
 TIMES = ["2025-01-02T03:04:05Z", 1735787045, 1735787045.25, b"bin time", msgpack.ExtType(0, b"\x00" * 8),
          {"t": 1}, None, float("nan")]
-INTEGERS = [0, 127, 128, 0xC4, 0xCB, 255, 65535, (1 << 32) - 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1,
-            -1, -33, -(1 << 63)]
-LOOKALIKE_TEXT = ["Ā", "ċ", "ˋ", "ÀÁÂÃÄÅ" * 20, "x" * 0xC4, "z" * 0x9F, "é中😀"]
-
-
-def _nested(depth):
-    value = {}
-    for _ in range(depth):
-        value = {"a": value}
-    return value
 
 
 def _mutate(rng, record):
@@ -56,16 +46,16 @@ def _mutate(rng, record):
     elif kind == 2:
         record["requestData"] = {rng.choice([1, -1, 2.5, True, None, b"k"]): "x"}
     elif kind == 3:
-        record["n"] = rng.choice(INTEGERS)
+        record["n"] = rng.choice(MSGPACK_EDGE_INTEGERS)
     elif kind == 4:
         record["f"] = rng.choice([float("nan"), float("inf"), -0.0, 1.5, random_float(rng)])
     elif kind == 5:
         record["ext"] = rng.choice([msgpack.ExtType(rng.choice([0, 1, 127]), rng.choice([b"\x00" * 8, b"xy"])),
                                     msgpack.Timestamp(1735787045, 250)])
     elif kind == 6:
-        record["t"] = rng.choice(LOOKALIKE_TEXT)
+        record["t"] = rng.choice(HEADER_LOOKALIKE_TEXT)
     elif kind == 7:
-        record["deep"] = _nested(rng.choice([90, 97, 98, 99, 100, 101]))
+        record["deep"] = nested_maps(rng.choice([90, 97, 98, 99, 100, 101]))
     elif kind == 8:  # 14 or 15 pairs, so that the transport keys take the header past 15
         for index in range(rng.choice([13, 14, 15, 16]) - len(record)):
             record[f"k{index}"] = index
@@ -79,9 +69,9 @@ def _mutate(rng, record):
     elif kind == 12:
         target = record.get("target")
         if isinstance(target, dict):
-            record["target"] = {**target, "name": rng.choice(LOOKALIKE_TEXT + ["  padded "])}
+            record["target"] = {**target, "name": rng.choice(HEADER_LOOKALIKE_TEXT + ["  padded "])}
     elif kind == 13:
-        record["list"] = [rng.choice(INTEGERS), "s", None, [b"x"], {"k": 1.5}]
+        record["list"] = [rng.choice(MSGPACK_EDGE_INTEGERS), "s", None, [b"x"], {"k": 1.5}]
     elif kind == 14:
         record["message"] = b"\xe9t\xe9"  # latin-1 bytes as bin, not UTF-8
     return record
@@ -94,7 +84,7 @@ def _stream(rng):
         if not isinstance(record, dict):
             record = {"value": record}
         if rng.random() < 0.03:  # not an event: passed on as it came
-            record = {"log": "GET /healthz 200", "stream": "stdout", "n": rng.choice(INTEGERS)}
+            record = {"log": "GET /healthz 200", "stream": "stdout", "n": rng.choice(MSGPACK_EDGE_INTEGERS)}
         if rng.random() < 0.35:
             record = _mutate(rng, dict(record))
         if rng.random() < 0.9:

@@ -34,17 +34,12 @@ from atnorm.model.encodable import MAX_DEPTH, is_encodable
 from atnorm.model.packed import packed_text_record
 from atnorm.model.verdict import ACCEPTED
 from atnorm.relay.routing import Router
-from support import random_float, reference_pack
+from support import HEADER_LOOKALIKE_TEXT, MSGPACK_EDGE_INTEGERS, nested_maps, random_float, reference_pack
 
 RECORDS = 12_000
 
-INTEGERS = [0, 127, 128, 0xC4, 0xCB, 255, 65535, 0xCBCB, (1 << 32) - 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1,
-            -1, -33, -(1 << 31) - 1, -(1 << 63)]
 PAST_64_BITS = [1 << 64, -(1 << 63) - 1]
 FLOATS = [float("nan"), float("inf"), float("-inf"), -0.0, 1.5, 1e308, 5e-324]
-# Text whose bytes hold a bin, ext or float64 header, or map and array headers (UTF-8
-# continuation bytes), and strings whose str8 length byte is such a header.
-LOOKALIKE_TEXT = ["Ā", "ċ", "ˋ", "ÀÁÂÃÄÅ" * 20, "x" * 0xC4, "y" * 0xCB, "z" * 0x9F, "é中😀"]
 
 
 def reference_packb(value):
@@ -52,17 +47,10 @@ def reference_packb(value):
 
 
 
-def _nested(depth):
-    value = {}
-    for _ in range(depth):
-        value = {"a": value}
-    return value
-
-
 def _mutate(rng, record):
     kind = rng.randrange(14)
     if kind == 0:
-        record["n"] = rng.choice(INTEGERS)
+        record["n"] = rng.choice(MSGPACK_EDGE_INTEGERS)
     elif kind == 1:
         record["f"] = rng.choice(FLOATS + [random_float(rng)])
     elif kind == 2:
@@ -75,17 +63,17 @@ def _mutate(rng, record):
         record["ext"] = rng.choice([msgpack.ExtType(5, b"xy"), msgpack.ExtType(0, b"\x00" * 8),
                                     EventTime(1, 2), msgpack.Timestamp(1, 2)])
     elif kind == 6:  # the record itself is one level: the deepest nesting is depth + 1
-        record["deep"] = _nested(rng.choice([MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 5]))
+        record["deep"] = nested_maps(rng.choice([MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 5]))
     elif kind == 7:
         record["maps"] = [{} for _ in range(rng.choice([10, 95, 99, 100, 150]))]
     elif kind == 8:
-        record["t"] = rng.choice(LOOKALIKE_TEXT)
+        record["t"] = rng.choice(HEADER_LOOKALIKE_TEXT)
     elif kind == 9:
         record["floats"] = [random_float(rng) for _ in range(rng.randrange(1, 5))]
     elif kind == 10:
-        record[rng.choice(LOOKALIKE_TEXT)] = rng.choice(LOOKALIKE_TEXT)
+        record[rng.choice(HEADER_LOOKALIKE_TEXT)] = rng.choice(HEADER_LOOKALIKE_TEXT)
     elif kind == 11:
-        record["nested"] = {"f": {"g": [rng.choice(FLOATS), rng.choice(INTEGERS)]}}
+        record["nested"] = {"f": {"g": [rng.choice(FLOATS), rng.choice(MSGPACK_EDGE_INTEGERS)]}}
     elif kind == 12:
         record.pop(rng.choice(list(record)), None)
     return record
@@ -127,10 +115,10 @@ def test_the_bytes_tell_for_plain_events_and_not_for_what_the_walk_refuses():
     assert sum(packed_text_record(output) is not None for output in outputs) > 0.95 * len(outputs)
     for unwritable in ({"f": float("nan")}, {"f": [1.0, float("-inf")]}, {"n": 1 << 64}, {"s": "\ud800"},
                        {"b": b"x"}, {"e": msgpack.ExtType(1, b"")}, {"t": EventTime(1, 0)},
-                       _nested(MAX_DEPTH)):
+                       nested_maps(MAX_DEPTH)):
         assert not is_encodable(unwritable)
         assert packed_text_record(unwritable) is None
-    assert packed_text_record(_nested(MAX_DEPTH - 1)) == reference_packb(_nested(MAX_DEPTH - 1))
+    assert packed_text_record(nested_maps(MAX_DEPTH - 1)) == reference_packb(nested_maps(MAX_DEPTH - 1))
 
 
 def test_joined_entries_are_the_plain_packing():
