@@ -11,7 +11,7 @@ import threading
 import time
 from typing import List, Optional
 
-_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+_LISTENING = re.compile(r"listening on (unix://\S+|(\S+):(\d+))")
 
 
 class RelayProcess:
@@ -21,7 +21,8 @@ class RelayProcess:
         self.args = [sys.executable, "-m", "atnorm", "serve", *args]
         self.cwd = cwd
         self.lines: List[str] = []
-        self.port: Optional[int] = None
+        self.port: Optional[int] = None  # the first TCP port it listens on
+        self.address: Optional[str] = None  # the first address it listens on
         self.process: Optional[subprocess.Popen] = None
         self._started = threading.Event()
 
@@ -30,7 +31,7 @@ class RelayProcess:
         self.process = subprocess.Popen(self.args, cwd=self.cwd, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._read_stderr, daemon=True).start()
-        if not self._started.wait(timeout) or self.port is None:
+        if not self._started.wait(timeout) or self.address is None:
             self.kill()
             raise AssertionError("relay did not start:\n" + self.stderr)
         return self
@@ -40,8 +41,9 @@ class RelayProcess:
         for line in self.process.stderr:
             self.lines.append(line)
             match = _LISTENING.search(line)
-            if match and self.port is None:
-                self.port = int(match.group(2))
+            if match and self.address is None:
+                self.address = match.group(1)
+                self.port = int(match.group(3)) if match.group(3) else None
                 self._started.set()
         self._started.set()
 

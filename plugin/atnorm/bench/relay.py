@@ -12,8 +12,8 @@ measures the relay:
 - filtering in its own process (the default, `--filter-workers 1`);
 - with 2 filter worker processes, and with one per core when there are more than 2 cores:
   the relay hands each payload to a worker as received, the worker decodes and decides;
-- as 2 relay processes on one port (`--workers 2`, SO_REUSEPORT), and one per core when
-  there are more than 2: each takes whole connections, decodes, decides and hands on.
+- as 2 relay processes on one port (`--workers 2`), and one per core when there are more
+  than 2: each is dealt whole connections (4 of the 8 each), decodes, decides and hands on.
 
 The sender spreads its chunks round robin over SENDER_CONNECTIONS connections.
 `workers_2_speedup` and `processes_2_speedup` are each over the one-process relay: how the
@@ -43,8 +43,8 @@ from ..forward.server import ForwardServer, ServerSettings
 from .eventgen import EventGenerator
 
 CHUNK_RECORDS = 1000
-# Sender connections, chunks spread round robin: with `--workers`, the kernel gives each
-# connection to one relay process, so one connection would keep all but one idle.
+# Sender connections, chunks spread round robin: with `--workers`, each connection is served
+# by one relay process, so one connection would keep all but one idle.
 SENDER_CONNECTIONS = 8
 TAG = "audit.bench"
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")

@@ -61,7 +61,7 @@ UDP_HEARTBEAT = "udp_heartbeat"
 log = logging.getLogger("atnorm.forward")
 
 
-class _LogThrottle:
+class LogThrottle:
     """At most one warning per (cause, peer host) per interval, and at most `per_cause` per cause.
 
     A bad peer cannot hide another peer's different trouble, and a storm of bad peers
@@ -171,7 +171,7 @@ def _unix_path(address: ListenAddress) -> Optional[str]:
     return None
 
 
-def _clear_stale_socket(path: str) -> None:
+def clear_stale_socket(path: str) -> None:
     """Remove a socket file left by a previous run; refuse to touch a live one or a non-socket."""
     try:
         mode = os.stat(path).st_mode
@@ -298,9 +298,10 @@ class ServerSettings:
     # decoding it there gives what decoding it here would (`scan_packed`'s
     # decoded_elsewhere), Fluent Bit's metadata form included.
     verbatim_decoded_elsewhere: bool = False
-    # Bind TCP listeners and UDP heartbeats with SO_REUSEPORT, so that several processes
-    # can listen on one address and the kernel spreads connections over them.
-    reuse_port: bool = False
+    # Connections come from another process that listens (`adopt`, see handoff.py):
+    # bind no TCP or unix listener, only the UDP heartbeats, with SO_REUSEPORT since the
+    # other workers answer heartbeats on the same ports.
+    handed_connections: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", tuple(self.listen))  # a list given stays the caller's
@@ -360,7 +361,7 @@ class ForwardServer:
         self.udp_heartbeat = settings.udp_heartbeat
         self.verbatim_chunks = settings.verbatim_chunks
         self.verbatim_decoded_elsewhere = settings.verbatim_decoded_elsewhere
-        self.reuse_port = settings.reuse_port
+        self.handed_connections = settings.handed_connections
         self.stats = stats if stats is not None else RelayStats()
         self.memory = _MemoryBudget(settings.max_input_memory, self.stats)
         self._acked = DedupWindow(settings.dedup_chunks, settings.dedup_seconds)
@@ -374,7 +375,7 @@ class ForwardServer:
         self._tasks: Set["asyncio.Task[Any]"] = set()  # every connection's task, evicted ones too
         self._tls: Optional[ssl.SSLContext] = None
         self._stopping = False
-        self._throttle = _LogThrottle()
+        self._throttle = LogThrottle()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -402,7 +403,8 @@ class ForwardServer:
         return context
 
     async def start(self) -> None:
-        """Bind every listen address (and the UDP heartbeat beside each TCP one).
+        """Bind every listen address (and the UDP heartbeat beside each TCP one); with
+        `handed_connections`, only the heartbeats, at the ports the dealer bound.
 
         Port 0 picks a free port per bound socket, so give a literal address with it
         ("127.0.0.1", not "localhost", which may bind two sockets on two ports)."""
@@ -414,26 +416,30 @@ class ForwardServer:
             for address in self.listen:
                 path = _unix_path(address)
                 if path is not None:
-                    _clear_stale_socket(path)
-                    server = await asyncio.start_unix_server(self._accept, path, limit=READ_SIZE)
-                    self._servers.append(server)
-                    self._unix_paths.append(path)
+                    if not self.handed_connections:
+                        clear_stale_socket(path)
+                        server = await asyncio.start_unix_server(self._accept, path, limit=READ_SIZE)
+                        self._servers.append(server)
+                        self._unix_paths.append(path)
                     self._addresses.append("unix://" + path)
                     continue
                 host, port = str(address[0]), int(address[1])
-                try:
-                    server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE,
-                                                        reuse_address=True, reuse_port=self.reuse_port or None)
-                except OSError as exc:
-                    raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-                self._servers.append(server)
-                for sock in server.sockets:
-                    bound = sock.getsockname()
+                if self.handed_connections:
+                    bound_addresses = [(host, port)]
+                else:
+                    try:
+                        server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE,
+                                                            reuse_address=True)
+                    except OSError as exc:
+                        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+                    self._servers.append(server)
+                    bound_addresses = [sock.getsockname()[:2] for sock in server.sockets]
+                for bound in bound_addresses:
                     self._addresses.append((bound[0], bound[1]))
                     if self.udp_heartbeat:
                         transport, _ = await loop.create_datagram_endpoint(
                             lambda: _HeartbeatEcho(self.stats), local_addr=(bound[0], bound[1]),
-                            reuse_port=self.reuse_port or None)
+                            reuse_port=self.handed_connections or None)
                         self._udp.append(transport)
         except BaseException:
             await self.stop(grace=0)
@@ -475,6 +481,19 @@ class ForwardServer:
         await self.stop()
 
     # --- connections -----------------------------------------------------------------------
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection another process accepted (`handed_connections`) as one
+        accepted here, until it is closed."""
+        if self._stopping:
+            sock.close()
+            return
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
+        except OSError:
+            sock.close()
+            return
+        await self._accept(reader, writer)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_name(writer)

@@ -169,8 +169,8 @@ class RelaySettings:
            metavar="on|off", group="output")
     filter_workers: int = setting(positive_int, 1, "processes that decide records; more than 1 lets the filter "
            "use more cores (e.g. the number of cores)", metavar="N", group="output")
-    workers: int = setting(positive_int, 1, "relay processes listening on the same addresses (SO_REUSEPORT, "
-           "like Fluentd's workers): the kernel spreads sender connections over them; each has its own "
+    workers: int = setting(positive_int, 1, "relay processes serving the same addresses (like Fluentd's "
+           "workers): each new sender connection goes to the one with the fewest open; each has its own "
            "filter, spool and record files (worker i > 0 in DATA_DIR/worker-i) and metrics port "
            "(metrics_listen's port + i)", metavar="N", group="output")
     # local state
@@ -224,9 +224,6 @@ def settings_problems(settings: RelaySettings) -> List[ConfigError]:
     if settings.rejected_forward and not settings.forward:
         problems.append(ConfigError("rejected_forward needs forward too (without a downstream, records go "
                                     "to files in data_dir)", key="rejected_forward"))
-    if settings.workers > 1 and any(host_port(a)[0].startswith("unix://") for a in settings.listen):
-        problems.append(ConfigError("workers above 1 need TCP listen addresses: several processes cannot "
-                                    "share a unix socket", key="workers"))
     if settings.drift_state and settings.filter_workers > 1:
         problems.append(ConfigError("drift_state needs filter_workers 1: the workers' verdicts do not "
                                     "reach the drift log", key="drift_state"))
@@ -474,7 +471,7 @@ class Relay:
         # pass-through relay hands on as received only what needs no decoding.
         self.server = ForwardServer(self.handle_chunk, dataclasses.replace(
             server_settings(settings), verbatim_chunks=verbatim_chunks,
-            verbatim_decoded_elsewhere=self.pool is not None, reuse_port=worker is not None),
+            verbatim_decoded_elsewhere=self.pool is not None, handed_connections=worker is not None),
             stats=self.relay_stats)
         self.destination: Optional[Destination] = None
         self.metrics: Optional[MetricsServer] = None

@@ -1,11 +1,14 @@
-"""`atnorm serve --workers N`: N relay processes listening on the same addresses.
+"""`atnorm serve --workers N`: N relay processes serving the same addresses.
 
 Like Fluentd's `workers`: a supervisor starts N worker processes, each a whole relay
-(`service.Relay`) that binds the listen addresses with SO_REUSEPORT, so the kernel spreads
-sender connections over them and each decides, hands on and acks its own connections'
-chunks, on its own core. Fluent Bit and Fluentd keep a connection open and send chunk after
-chunk on it, so a sender that should use several workers opens several connections
-(Fluent Bit `workers` on its forward output, or several Fluentd `<server>`s / processes).
+(`service.Relay`) that decodes, decides, hands on and acks the chunks of the connections it
+serves, on its own core. The supervisor listens on the addresses itself and deals each
+connection it accepts to the worker with the fewest open connections (`forward.handoff`),
+rather than every worker listening with SO_REUSEPORT, where the kernel's hash of the
+addresses leaves workers idle when senders keep few connections. Fluent Bit and Fluentd
+keep a connection open and send chunk after chunk on it, so a sender that should use
+several workers opens several connections (Fluent Bit `workers` on its forward output, or
+several Fluentd `<server>`s / processes).
 
 Each worker has its own spool, rather than all sharing one. A spool has one writer and one
 deliverer, so nothing has to decide which process sends a spooled batch, and a worker
@@ -17,9 +20,10 @@ relay (so going from 1 to N workers keeps draining the same spool), worker i > 0
 under DATA_DIR/worker-i; a spool left with records by a worker index no longer started
 stops start-up, as those records would wait there unseen.
 
-The supervisor restarts a worker that dies (with a growing pause if it keeps dying),
-passes SIGHUP on, and on SIGTERM / SIGINT stops every worker and logs their summed counts.
-A worker whose supervisor is gone (killed) stops by itself.
+The supervisor restarts a worker that dies (with a growing pause if it keeps dying), deals
+it connections again once it is ready, passes SIGHUP on, and on SIGTERM / SIGINT stops
+accepting, stops every worker and logs their summed counts. A worker whose supervisor is
+gone (killed) stops by itself.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import errno
 import logging
 import multiprocessing
 import os
@@ -43,6 +46,7 @@ from ..core.heap import settle_after_start
 from ..core.settings import resolve_filter_options
 from ..core.stats import FilterStats, summary_text
 from ..errors import ConfigError, ConfigErrors
+from ..forward.handoff import ConnectionDealer, HandedConnections
 from .service import Relay, RelaySettings, build_event_filter, rejected_spool_path, serve
 from .spool import Spool, SpoolError
 
@@ -117,54 +121,11 @@ def left_behind(settings: RelaySettings, highest: int = 64) -> List[ConfigError]
     return problems
 
 
-class _PortHold:
-    """The listen addresses with their ports fixed: port 0 becomes a free port, and a socket
-    bound there (SO_REUSEPORT, never listening, so the kernel gives it no connections)
-    keeps it for the workers while they restart."""
-
-    def __init__(self, listen: Tuple[str, ...]) -> None:
-        self.sockets: List[socket.socket] = []
-        resolved: List[str] = []
-        try:
-            for text in listen:
-                host, port = host_port(text)
-                family, kind, proto, _, address = socket.getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-                if port:
-                    self._check_free(family, kind, proto, address, text)
-                hold = socket.socket(family, kind, proto)
-                self.sockets.append(hold)
-                hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                hold.bind(address)
-                resolved.append(host_port_text(host, hold.getsockname()[1]))
-        except OSError as exc:
-            self.close()
-            raise ConfigError(f"cannot listen on {text}: {exc.strerror or exc}", key="listen") from None
-        self.listen = tuple(resolved)
-
-    @staticmethod
-    def _check_free(family: int, kind: int, proto: int, address: Any, text: str) -> None:
-        """Refuse a port another process listens on: with SO_REUSEPORT alone, a second
-        relay (same user) would quietly share it instead of failing to bind."""
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise ConfigError(f"cannot listen on {text}: address already in use", key="listen") from None
-                raise
-
-    def close(self) -> None:
-        for hold in self.sockets:
-            hold.close()
-
-
 def _run_worker(index: int, settings: RelaySettings, args: argparse.Namespace,
-                file_values: Dict[str, Any], channel: Connection) -> None:
-    """A worker process: one relay, which reports ("ready", description), or ("failed",
-    why) if it cannot start, and ("stopped", counts) at the end."""
+                file_values: Dict[str, Any], channel: Connection, dealt: socket.socket) -> None:
+    """A worker process: one relay, serving the connections dealt over `dealt`, which
+    reports ("ready", description), or ("failed", why) if it cannot start, and ("stopped",
+    counts) at the end."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() handles it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # while starting: a Ctrl-C reaches the supervisor too, which stops us
     configure_logging(f"serve worker {index}", settings.log_level, settings.log_format)
@@ -181,6 +142,7 @@ def _run_worker(index: int, settings: RelaySettings, args: argparse.Namespace,
     supervisor = os.getppid()
 
     def ready(started: Relay) -> None:
+        HandedConnections(dealt, started.server.adopt).start()
         _tell(channel, ("ready", started.describe()))
         asyncio.get_running_loop().create_task(_stop_when_orphaned(supervisor))
 
@@ -268,33 +230,38 @@ class RelayWorkers:
         # spawn, not fork: a clean interpreter per worker, as the filter pool's.
         self._context = multiprocessing.get_context("spawn")
         self._workers: Dict[int, _Worker] = {}
-        self._ports: Optional[_PortHold] = None
+        self._dealer: Optional[ConnectionDealer] = None
         self._tasks: List["asyncio.Task[None]"] = []
         self._stopping: Optional[asyncio.Event] = None
         self.restarts = 0
         self.counts: Dict[str, int] = {}
 
     def _spawn(self, index: int, pause: float) -> _Worker:
-        assert self._ports is not None
+        assert self._dealer is not None
         receiving, sending = self._context.Pipe(duplex=False)
+        dealt = self._dealer.seat(index)
         process = self._context.Process(
             target=_run_worker, name=f"atnorm-serve-worker-{index}",
-            args=(index, worker_settings(self.settings, index, self._ports.listen), self.args,
-                  self.file_values, sending))
+            args=(index, worker_settings(self.settings, index, self._dealer.listen), self.args,
+                  self.file_values, sending, dealt))
         process.start()
         sending.close()  # the worker holds the only writing end: EOF once it is gone
+        dealt.close()
         worker = _Worker(index, process, receiving, time.monotonic(), pause)
         self._workers[index] = worker
         return worker
 
     async def start(self) -> None:
-        """Hold the ports, start every worker and wait until each is ready; if one cannot
-        start, stop the others and raise its reason."""
+        """Listen, start every worker and wait until each is ready; if one cannot start,
+        stop the others and raise its reason."""
         self._stopping = asyncio.Event()
         problems = left_behind(self.settings)
         if problems:
             raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
-        self._ports = _PortHold(self.settings.listen)
+        try:
+            self._dealer = ConnectionDealer(self.settings.listen)
+        except OSError as exc:
+            raise ConfigError(exc.strerror or str(exc), key="listen") from None
         loop = asyncio.get_running_loop()
         first_replies: List["asyncio.Future[Optional[Tuple[str, Any]]]"] = []
         for index in range(self.settings.workers):
@@ -310,16 +277,19 @@ class RelayWorkers:
         for index, reply in enumerate(replies):
             assert reply is not None
             log.info("worker %d (pid %d): %s", index, self._workers[index].process.pid, reply[1])
-        log.info("%d workers listening on %s (SO_REUSEPORT); SIGHUP reaches each, a worker that dies "
-                 "is restarted", self.settings.workers, ", ".join(self._ports.listen))
+        log.info("%d workers serving %s (each new connection to the one with the fewest open); SIGHUP "
+                 "reaches each, a worker that dies is restarted", self.settings.workers,
+                 ", ".join(self._dealer.listen))
 
     async def _keep(self, worker: _Worker, first_reply: "asyncio.Future[Optional[Tuple[str, Any]]]") -> None:
         """One worker index for the supervisor's life: wait for the worker to be ready (the
         first time, `first_reply` gets its answer) and for its end; then, unless stopping,
         start it again after a pause that grows while it keeps dying young."""
-        assert self._stopping is not None
+        assert self._stopping is not None and self._dealer is not None
         while True:
             reply = await _message(worker, START_TIMEOUT)
+            if reply is not None and reply[0] == "ready":
+                self._dealer.ready(worker.index)
             if reply is None and worker.process.is_alive():
                 log.error("worker %d did not start within %.0f s; killing it", worker.index, START_TIMEOUT)
                 worker.process.kill()
@@ -330,6 +300,7 @@ class RelayWorkers:
             elif reply is not None:
                 log.error("worker %d could not start again: %s", worker.index, reply[1])
             await _readable(worker.process.sentinel, None)
+            self._dealer.leave(worker.index)
             worker.process.join()
             final = _last_message(worker)
             if final is not None and final[0] == "stopped":
@@ -366,6 +337,8 @@ class RelayWorkers:
         kill those still running, and let the ports go."""
         assert self._stopping is not None
         self._stopping.set()
+        if self._dealer is not None:
+            self._dealer.close()  # new connections are refused while the workers finish theirs
         self.signal_all(signal.SIGTERM)
         tasks = asyncio.gather(*self._tasks, return_exceptions=True)
         try:
@@ -377,8 +350,6 @@ class RelayWorkers:
                                 worker.process.pid, grace + EXIT_MARGIN)
                     worker.process.kill()
             await tasks
-        if self._ports is not None:
-            self._ports.close()
 
     async def run(self) -> None:
         """Start the workers, keep them running until SIGTERM / SIGINT, then stop them."""

@@ -1,0 +1,219 @@
+"""forward.handoff: the supervisor's dealer and a worker's end, over real sockets in one process.
+
+Each "worker" here is a HandedConnections whose serve() keeps the connection until the
+peer closes it and records which worker got it; the dealer deals over real socket pairs
+(SCM_RIGHTS), as between the supervisor and its worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import Dict, List, Tuple
+
+import pytest
+
+from atnorm.forward.handoff import ConnectionDealer, HandedConnections
+
+
+class Workers:
+    """N workers' ends, each serving a dealt connection by answering its first line with
+    the worker's index, then holding it until the peer closes."""
+
+    def __init__(self, dealer: ConnectionDealer, count: int, ready: bool = True) -> None:
+        self.dealer = dealer
+        self.ends: Dict[int, HandedConnections] = {}
+        self.served: Dict[int, int] = {index: 0 for index in range(count)}
+        for index in range(count):
+            self.join(index, ready)
+
+    def join(self, index: int, ready: bool = True) -> None:
+        end = HandedConnections(self.dealer.seat(index), lambda sock, index=index: self._serve(index, sock))
+        end.start()
+        self.ends[index] = end
+        if ready:
+            self.dealer.ready(index)
+
+    async def _serve(self, index: int, sock: socket.socket) -> None:
+        self.served[index] += 1
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"%d\n" % index)
+        await writer.drain()
+        await reader.read()  # until the peer closes
+        writer.close()
+        await writer.wait_closed()
+
+    def close(self) -> None:
+        for end in self.ends.values():
+            end.close()
+
+
+# Every client connection a test opens, kept open until the test ends (a writer that is
+# garbage collected closes its connection, which the dealer would see).
+OPEN: List[asyncio.StreamWriter] = []
+
+
+async def connect(port: int) -> Tuple[int, asyncio.StreamWriter]:
+    """Connect, and return which worker answered (and the open connection)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+    OPEN.append(writer)
+    line = await asyncio.wait_for(reader.readline(), 10)
+    return int(line), writer
+
+
+async def settle(condition, limit: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+
+
+def run(coroutine):
+    try:
+        return asyncio.run(asyncio.wait_for(coroutine, 60))
+    finally:
+        OPEN.clear()
+
+
+def test_long_lived_connections_are_dealt_evenly():
+    async def scenario() -> List[int]:
+        dealer = ConnectionDealer(["127.0.0.1:0"])
+        workers = Workers(dealer, 3)
+        port = int(dealer.listen[0].rsplit(":", 1)[1])
+        try:
+            opened = [await connect(port) for _ in range(9)]
+            return [index for index, _ in opened]
+        finally:
+            dealer.close()
+            workers.close()
+
+    got = run(scenario())
+    # SO_REUSEPORT's hash would split 9 connections 3/3/3 about one time in 5.
+    assert sorted(got.count(index) for index in range(3)) == [3, 3, 3]
+    assert got[:3] == [0, 1, 2], "among equally loaded workers, the one dealt to longest ago"
+
+
+def test_a_new_connection_goes_to_the_worker_with_the_fewest_open():
+    async def scenario() -> None:
+        dealer = ConnectionDealer(["127.0.0.1:0"])
+        workers = Workers(dealer, 2)
+        port = int(dealer.listen[0].rsplit(":", 1)[1])
+        try:
+            opened = [await connect(port) for _ in range(4)]
+            assert [index for index, _ in opened] == [0, 1, 0, 1]
+            # Worker 1's two connections close: the next two go to it, not round robin.
+            for index, writer in opened:
+                if index == 1:
+                    writer.close()
+            await settle(lambda: dealer.loads()[1][0] == 0)
+            assert [(await connect(port))[0] for _ in range(2)] == [1, 1]
+            assert dealer.loads() == {0: (2, 2), 1: (2, 4)}
+        finally:
+            dealer.close()
+            workers.close()
+
+    run(scenario())
+
+
+def test_a_worker_not_ready_or_gone_is_dealt_nothing_and_connections_wait_for_a_ready_one():
+    async def scenario() -> None:
+        dealer = ConnectionDealer(["127.0.0.1:0"])
+        workers = Workers(dealer, 2, ready=False)
+        port = int(dealer.listen[0].rsplit(":", 1)[1])
+        try:
+            # No worker ready: the connection waits in the listen backlog, not accepted and closed.
+            waiting = asyncio.ensure_future(connect(port))
+            await asyncio.sleep(0.3)
+            assert not waiting.done() and workers.served == {0: 0, 1: 0}
+            dealer.ready(1)
+            index, _ = await waiting
+            assert index == 1
+            assert (await connect(port))[0] == 1, "worker 0 is not ready yet"
+            # Worker 1 goes away (its end closes, as when its process dies): only 0 is dealt to.
+            dealer.ready(0)
+            workers.ends[1].close()
+            await settle(lambda: 1 not in dealer.loads())
+            assert [(await connect(port))[0] for _ in range(3)] == [0, 0, 0]
+            # Its replacement is dealt to again once ready, first as the least loaded.
+            workers.join(1)
+            assert (await connect(port))[0] == 1
+        finally:
+            dealer.close()
+            workers.close()
+
+    run(scenario())
+
+
+def test_a_port_in_use_is_refused_and_a_unix_socket_is_dealt_too(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="address already in use|Address already in use"):
+            ConnectionDealer([f"127.0.0.1:{taken.getsockname()[1]}"])
+
+    path = tmp_path / "relay.sock"
+
+    async def scenario() -> List[int]:
+        dealer = ConnectionDealer([f"unix://{path}"])
+        workers = Workers(dealer, 2)
+        try:
+            assert dealer.listen == (f"unix://{path}",)
+            got = []
+            for _ in range(4):
+                reader, writer = await asyncio.open_unix_connection(str(path))
+                OPEN.append(writer)
+                got.append(int(await reader.readline()))
+            return got
+        finally:
+            dealer.close()
+            workers.close()
+
+    assert run(scenario()) == [0, 1, 0, 1]
+    assert not path.exists(), "the socket file goes with the dealer"
+
+
+def test_a_closed_connection_is_reported_once_however_many_close_together():
+    async def scenario() -> None:
+        dealer = ConnectionDealer(["127.0.0.1:0"])
+        workers = Workers(dealer, 1)
+        port = int(dealer.listen[0].rsplit(":", 1)[1])
+        try:
+            opened = [await connect(port) for _ in range(50)]
+            assert dealer.loads() == {0: (50, 50)}
+            for _, writer in opened:
+                writer.close()
+            await settle(lambda: dealer.loads()[0][0] == 0)
+            await asyncio.sleep(0.1)
+            assert dealer.loads() == {0: (0, 50)}
+        finally:
+            dealer.close()
+            workers.close()
+
+    run(scenario())
+
+
+def test_a_burst_of_connections_reset_at_once_leaves_the_dealer_serving():
+    async def scenario() -> None:
+        dealer = ConnectionDealer(["127.0.0.1:0"])
+        workers = Workers(dealer, 2)
+        port = int(dealer.listen[0].rsplit(":", 1)[1])
+        loop = asyncio.get_running_loop()
+
+        async def connect_and_reset() -> None:
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST, perhaps before it is accepted or dealt
+
+        try:
+            await asyncio.gather(*(connect_and_reset() for _ in range(300)))
+            await settle(lambda: all(open_ == 0 for open_, _ in dealer.loads().values()))
+            assert sum(dealt for _, dealt in dealer.loads().values()) <= 300
+            assert sorted([(await connect(port))[0] for _ in range(2)]) == [0, 1]
+        finally:
+            dealer.close()
+            workers.close()
+
+    run(scenario())
