@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -16,6 +17,7 @@ from typing import Callable, Dict, List
 
 import pytest
 from fluent.sender import FluentSender
+from test_forward_server import make_certificate
 
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.relay.service import Relay
@@ -23,7 +25,7 @@ from atnorm.relay.spool import Spool
 from atnorm.relay.workers import left_behind, worker_settings
 from forward_receiver import ForwardReceiver
 from relay_process import RelayProcess
-from support import load_event, relay_settings, run
+from support import forward_sender, load_event, relay_settings, run
 
 # The workers answer UDP heartbeats on one port each.
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
@@ -128,6 +130,28 @@ def test_workers_serve_a_unix_socket_and_its_file_goes_with_them(tmp_path):
         assert relay.stop() == 0
     assert len(records_in(tmp_path)) == 1 and len(records_in(tmp_path / "worker-1")) == 1
     assert not path.exists()
+
+
+def test_dealt_connections_keep_tls_and_the_shared_key_handshake(tmp_path):
+    cert, key = make_certificate(tmp_path)
+    payload = pack_entries([Entry(EventTime(1_750_000_000, 0), {"n": n}) for n in range(3)])
+
+    async def send_on_two_connections(port: int) -> List[bool]:
+        senders = [forward_sender([("127.0.0.1", port)], tls=True, tls_ca_file=cert, shared_key="k",
+                                  tls_server_hostname="localhost", ack_timeout=10.0, retry_deadline=30.0)
+                   for _ in range(2)]
+        try:
+            return [bool(await sender.send("audit", payload, 3)) for sender in senders]
+        finally:
+            for sender in senders:
+                await sender.close()
+
+    with RelayProcess("--workers", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                      "--tls-cert", cert, "--tls-key", key, "--shared-key", "k") as relay:
+        assert asyncio.run(send_on_two_connections(relay.port)) == [True, True]
+        assert relay.stop() == 0
+    # Each worker did its own TLS and handshake on the connection it was dealt.
+    assert len(records_in(tmp_path)) == len(records_in(tmp_path / "worker-1")) == 3
 
 
 def test_a_worker_that_cannot_start_stops_start_up_with_its_reason(tmp_path):

@@ -488,12 +488,24 @@ class ForwardServer:
         if self._stopping:
             sock.close()
             return
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await self._accept(reader, writer)
+            finally:
+                if not ended.done():
+                    ended.set_result(None)
+
+        # The server side of the stream, as start_server makes it (so TLS starts as a server).
         try:
-            reader, writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
+            await loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=READ_SIZE), serve), sock)
         except OSError:
             sock.close()
             return
-        await self._accept(reader, writer)
+        await ended
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_name(writer)
