@@ -93,6 +93,12 @@ def _address_text(sock: socket.socket) -> str:
     return host_port_text(name[0], name[1])
 
 
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return host_port_text(str(peer[0]), peer[1])
+    return "unix"
+
+
 @dataclass
 class _Seat:
     """One worker index as the dealer sees it."""
@@ -204,7 +210,7 @@ class ConnectionDealer:
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                connection, _ = listener.accept()
+                connection, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -215,7 +221,7 @@ class ConnectionDealer:
                     self._pause()
                     return
                 continue  # e.g. ECONNABORTED: that peer gave up; the next may be waiting
-            self._deal(connection)
+            self._deal(connection, peer)
             if not self._accepting:
                 return
 
@@ -229,7 +235,7 @@ class ConnectionDealer:
         self._paused = loop.call_later(ACCEPT_PAUSE, resume)
         self._update_accepting()
 
-    def _deal(self, connection: socket.socket) -> None:
+    def _deal(self, connection: socket.socket, peer: Any) -> None:
         """Pass `connection` to the least loaded ready worker; if none takes it, close it
         (nothing was read from it: the sender connects again)."""
         try:
@@ -246,6 +252,9 @@ class ConnectionDealer:
                 seat.open += 1
                 seat.dealt += 1
                 seat.last_dealt = self._deals
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("connection from %s dealt to worker %d (open per worker: %s)", _peer_text(peer),
+                              seat.index, ", ".join(f"{s.index}: {s.open}" for s in self._seats.values()))
                 return
             self._throttle.warning("undealt", "", "no worker could take a connection now; closed it (the "
                                    "sender connects again)")
