@@ -32,6 +32,7 @@ def test_one_hop_is_measured_once_every_record_has_arrived_and_every_chunk_is_ac
     result = asyncio.run(measure_hop(payloads, start))
     assert result["records"] == 2000 and result["acked"]
     assert result["records_per_s"] > 0
+    assert result["harness_cpu_s_per_1m"] > 0  # the sender and the receiver run in this process
     [relay] = started
     assert relay.process.poll() is not None  # stopped after the measurement
 
