@@ -11,6 +11,7 @@ from ..core.interfaces import Filter
 from ..core.stats import FilterStats
 from ..model.encodable import is_encodable, json_text
 from ..model.jsoncodec import compact_json, loads_plain
+from ..model.packed import map_count, map_header
 from ..model.verdict import ACCEPTED, REJECTED, RejectReason, Verdict
 from .diagnostics import DiagnosticLog
 
@@ -42,27 +43,6 @@ _pack_json_types = msgspec.msgpack.Encoder().encode
 _json_of_text = msgspec.json.Encoder().encode
 # float64's header: msgspec packs every float so, so a packed record without this byte has none.
 _FLOAT64 = b"\xcb"
-
-
-def _map_header(count: int) -> bytes:
-    """msgpack's smallest map header for `count` pairs, as msgpack-python writes it."""
-    if count < 16:
-        return bytes((0x80 | count,))
-    if count < 1 << 16:
-        return b"\xde" + count.to_bytes(2, "big")
-    return b"\xdf" + count.to_bytes(4, "big")
-
-
-def _map_count(data: bytes) -> Tuple[int, int]:
-    """(pairs, header bytes) of the msgpack map that `data` starts with; (-1, 0) if none."""
-    head = data[0] if data else 0
-    if 0x80 <= head <= 0x8F:
-        return head & 0x0F, 1
-    if head == 0xDE:
-        return int.from_bytes(data[1:3], "big"), 3
-    if head == 0xDF:
-        return int.from_bytes(data[1:5], "big"), 5
-    return -1, 0
 
 
 def _appended_pairs(record: Dict[Any, Any], transport: List[Tuple[str, Any]], encode: Callable[[str, Any], Any],
@@ -285,7 +265,7 @@ class RecordRouter:
             return None
         if not transport:
             return PackedOutput(data)
-        count, header = _map_count(data)
+        count, header = map_count(data)
         if count != len(record):
             return None
         pack = self._pack
@@ -293,7 +273,7 @@ class RecordRouter:
         parts = _appended_pairs(record, transport, lambda key, value: pack(key) + pack(value), (Exception,))
         if parts is None:
             return None
-        return PackedOutput(_map_header(count + len(parts)) + data[header:] + b"".join(parts))
+        return PackedOutput(map_header(count + len(parts)) + data[header:] + b"".join(parts))
 
     def encode_failed(self, output: Any, outcome: Optional[str], exc: Exception) -> Any:
         """An output that cannot be encoded at all → a rejected record whose original is

@@ -21,7 +21,7 @@ from typing import Any, Dict, Hashable, Iterable, Iterator, List, Mapping, Named
 import msgpack
 import msgspec
 
-from ..model.packed import BIN_HEADERS, CONTAINER_HEADERS
+from ..model.packed import BIN_HEADERS, CONTAINER_HEADERS, bin_header
 
 try:  # optional: only needed when a sender compresses with zstd
     import zstandard
@@ -816,18 +816,7 @@ def packed_forward_frame(tag: str, payload: bytes, *, chunk_id: Any = None, size
         options["chunk"] = chunk_id
     # What packb([tag, payload, options]) writes, with the payload copied once: packing it
     # would copy it into the packer's buffer, then out of it.
-    return b"".join((b"\x93", packb(tag), _bin_header(len(payload)), payload, packb(options)))
-
-
-def _bin_header(size: int) -> bytes:
-    """msgpack's smallest bin header for `size` bytes, as msgpack-python writes it."""
-    if size < 1 << 8:
-        return b"\xc4" + size.to_bytes(1, "big")
-    if size < 1 << 16:
-        return b"\xc5" + size.to_bytes(2, "big")
-    if size < 1 << 32:
-        return b"\xc6" + size.to_bytes(4, "big")
-    raise ValueError("bin object is too large for msgpack")
+    return b"".join((b"\x93", packb(tag), bin_header(len(payload)), payload, packb(options)))
 
 
 def ack_frame(chunk_id: Any) -> bytes:

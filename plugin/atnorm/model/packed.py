@@ -5,12 +5,16 @@ writable as it is (`encodable.is_encodable`) before it goes on; the relay then p
 for downstream. Packing it first with msgspec (C) answers most of the first question from
 the bytes, and the bytes are the ones the relay sends (`forward.codec.join_packed_entries`):
 one pass instead of a Python walk and a pack.
+
+The msgpack headers that code writing packed bytes by hand needs (a bin header before a
+payload joined as is, a map header rewritten when pairs are appended) are here too, so
+the byte-level knowledge of msgpack's format lives in one module.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import msgspec
 
@@ -54,3 +58,37 @@ def packed_text_record(record: Any) -> Optional[bytes]:
     if others and (others.translate(None, _FLOAT64_HEADER) or _NON_FINITE(packed) is not None):
         return None
     return packed
+
+
+# --- headers, as msgpack-python writes them ---------------------------------------------
+
+def bin_header(size: int) -> bytes:
+    """msgpack's smallest bin header for `size` bytes, as msgpack-python writes it."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    if size < 1 << 32:
+        return b"\xc6" + size.to_bytes(4, "big")
+    raise ValueError("bin object is too large for msgpack")
+
+
+def map_header(count: int) -> bytes:
+    """msgpack's smallest map header for `count` pairs, as msgpack-python writes it."""
+    if count < 16:
+        return bytes((0x80 | count,))
+    if count < 1 << 16:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
+
+
+def map_count(data: bytes) -> Tuple[int, int]:
+    """(pairs, header bytes) of the msgpack map that `data` starts with; (-1, 0) if none."""
+    head = data[0] if data else 0
+    if 0x80 <= head <= 0x8F:
+        return head & 0x0F, 1
+    if head == 0xDE:
+        return int.from_bytes(data[1:3], "big"), 3
+    if head == 0xDF:
+        return int.from_bytes(data[1:5], "big"), 5
+    return -1, 0
