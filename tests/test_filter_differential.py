@@ -16,7 +16,7 @@ import random
 from atnorm.bench.eventgen import EventGenerator
 from atnorm.core import jsonlines
 from atnorm.core.normalize import Normalizer
-from atnorm.core.pipeline import EventFilter
+from atnorm.core.pipeline import EventFilter, FilterSettings
 from atnorm.model.verdict import REJECTED
 
 SEEDS = (1, 2, 3, 4)
@@ -196,3 +196,31 @@ def test_steps_a_normalizer_skips_would_have_changed_nothing():
             assert json.dumps(event) == before  # the event itself is left as it was
             events += 1
     assert events >= 10_000
+
+
+# Lines where reading bytes in one C call could part from decoding them as UTF-8 first.
+EDGE_LINES = [b"", b" ", b"null", b"1", b'"text"', b"[]", b"{}", b' {"action": "x"} ', b'{"a":1}\n',
+              b"\xef\xbb\xbf{}", '{"a":"é"}'.encode("utf-16"), '{"a":"é"}'.encode("utf-16-le"),
+              b'{"a":"\xff"}', b'{"a":"\xed\xa0\x80"}', b'{"a":"\\ud800"}', b'{"a":"\\udc00\\u00e9"}',
+              b'{"a":"\\ud83d\\ude00"}', b'{"a":NaN}', b'{"a":1e400}', b'{"a":18446744073709551616}',
+              b"[" * 600 + b"]" * 600, b"[" * 499 + b"]" * 499, b'{"a":' + b"[" * 520 + b"]" * 520 + b"}",
+              b'{"a":1,"a":2}', b'{"a":1', b"\x00", b'{"x":"' + b"y" * 2000 + b'"}']
+
+
+def test_bytes_read_in_one_call_equal_the_same_bytes_decoded_first():
+    """`process_json` reads a `bytes` line with msgspec directly; a bytearray (or text)
+    goes the way every line went before, decoding UTF-8 first: on every line, unreadable
+    ones included, both give the same verdict, output line and counts."""
+    # A lower size limit, so that generated lines are over it too.
+    settings = FilterSettings(max_record_bytes=1000)
+    direct, decoded_first = EventFilter.from_schemas(settings=settings), EventFilter.from_schemas(settings=settings)
+    lines = [line if isinstance(line, bytes) else line.encode("utf-8") for line in _lines()] + EDGE_LINES
+    unreadable = oversized = 0
+    for line in lines:
+        verdict, expected = direct.process_json(line), decoded_first.process_json(bytearray(line))
+        assert (_seen(verdict), verdict.json_line, verdict.record) == (
+            _seen(expected), expected.json_line, expected.record), line
+        unreadable += verdict.outcome == REJECTED and verdict.reasons[0].rule.startswith("record.")
+        oversized += verdict.outcome == REJECTED and verdict.reasons[0].rule == "record.size"
+    assert len(lines) >= 10_000 and unreadable >= len(EDGE_LINES) // 2 and oversized > 100
+    assert direct.stats.snapshot() == decoded_first.stats.snapshot()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..model.encodable import describe_error, encodable, first_unencodable, is_encodable, json_line, json_text
+from ..model.jsoncodec import decoded_plain
 from ..model.jsoncodec import loads as json_loads
 from ..model.packed import packed_text_record
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
@@ -443,6 +444,12 @@ class EventFilter:
 
     def _process_json(self, line: Any) -> Verdict:
         limit = self.settings.max_record_bytes
+        if type(line) is bytes and len(line) <= limit:
+            # The common case in one C call: valid UTF-8, JSON msgspec takes, no lone
+            # surrogate. Anything else is read below, where the error is worded.
+            decoded, record = decoded_plain(line)
+            if decoded:
+                return self._process_decoded(record, True)
         if isinstance(line, (bytes, bytearray, memoryview)):
             raw = line if type(line) is bytes else bytes(line)
             if len(raw) > limit:

@@ -56,12 +56,24 @@ def loads_plain(data: Any) -> Tuple[Any, bool]:
     """`loads(data)`, and whether msgspec decoded it: then the value holds no lone surrogate
     (msgspec refuses them, escaped or raw) and is nested less than 500 levels deep, as well
     as JSON's types only. False says nothing: the standard library decided."""
+    decoded, value = decoded_plain(data)
+    if decoded:
+        return value, True
+    return _json_loads(data), False
+
+
+def decoded_plain(data: Any) -> Tuple[bool, Any]:
+    """(True, the value) when msgspec decodes `data` (str, or bytes as UTF-8) to what
+    `loads` returns, as `loads_plain` says it; (False, None) when it does not try or
+    refuses (not JSON, not UTF-8, a lone surrogate, ...), for the caller's own way, which
+    words the error. Bytes msgspec accepts are valid UTF-8: decoding them first would give
+    msgspec the same text."""
     if len(data) < _SHORT or _brackets(data) < _BRACKETS:
         try:
-            return _decode(data), True
+            return True, _decode(data)
         except _REFUSED:
             pass
-    return _json_loads(data), False
+    return False, None
 
 
 # What `compact_json` is checked against when it is made: escapes, non-ASCII text, floats,
