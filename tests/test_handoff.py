@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import subprocess
+import sys
 from typing import Dict, List, Tuple
 
 import pytest
@@ -215,5 +217,110 @@ def test_a_burst_of_connections_reset_at_once_leaves_the_dealer_serving():
         finally:
             dealer.close()
             workers.close()
+
+    run(scenario())
+
+
+def test_closes_the_dealer_cannot_take_now_are_reported_once_it_can():
+    """The worker's end reports each close with one byte; when the pair is full (the
+    supervisor busy), the rest go as soon as there is room, not with the next close."""
+    async def scenario() -> None:
+        dealer_end, worker_end = socket.socketpair()
+        dealer_end.setblocking(False)
+
+        async def serve(sock: socket.socket) -> None:
+            sock.close()
+
+        end = HandedConnections(worker_end, serve)
+        end.start()
+        dealt = 3000  # far more one-byte notices than the pair holds unread
+        try:
+            for _ in range(dealt):
+                mine, theirs = socket.socketpair()
+                socket.send_fds(dealer_end, [b"c"], [theirs.fileno()])
+                mine.close()
+                theirs.close()
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.1)
+            reported = 0
+            deadline = asyncio.get_running_loop().time() + 10
+            while reported < dealt and asyncio.get_running_loop().time() < deadline:
+                try:
+                    reported += len(dealer_end.recv(65536))
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            assert reported == dealt
+        finally:
+            end.close()
+            dealer_end.close()
+
+    run(scenario())
+
+
+# A worker's end in its own process that runs out of file descriptors for a while: the
+# connections dealt meanwhile arrive as the byte without the descriptor.
+_STARVED_WORKER = """
+import asyncio, os, resource, socket, sys
+from atnorm.forward.handoff import HandedConnections
+
+async def main():
+    held = []
+    async def serve(sock):
+        held.append(sock)
+        await asyncio.sleep(3600)
+    HandedConnections(socket.socket(fileno=int(sys.argv[1])), serve).start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    filler = []
+    try:
+        while True:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    told = asyncio.Event()
+    asyncio.get_running_loop().add_reader(0, told.set)  # the test writes a line: free them
+    print("full", flush=True)
+    await told.wait()
+    for descriptor in filler:
+        os.close(descriptor)
+    print("free", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_connection_dealt_to_a_worker_out_of_descriptors_is_not_counted_open_for_good():
+    async def scenario() -> None:
+        dealer = ConnectionDealer(["127.0.0.1:0"])
+        port = int(dealer.listen[0].rsplit(":", 1)[1])
+        theirs = dealer.seat(0)
+        child = subprocess.Popen([sys.executable, "-c", _STARVED_WORKER, str(theirs.fileno())],
+                                 pass_fds=[theirs.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+        theirs.close()
+        loop = asyncio.get_running_loop()
+        try:
+            assert await loop.run_in_executor(None, child.stdout.readline) == "full\n"
+            dealer.ready(0)
+            readers = []
+            for _ in range(5):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                OPEN.append(writer)
+                readers.append(reader)
+            # The kernel closed each descriptor it could not pass: the senders see the end...
+            assert [await asyncio.wait_for(reader.read(), 10) for reader in readers] == [b""] * 5
+            # ...and the dealer hears of each, instead of counting 5 open connections for good.
+            await settle(lambda: dealer.loads()[0] == (0, 5))
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert await loop.run_in_executor(None, child.stdout.readline) == "free\n"
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            OPEN.append(writer)
+            await settle(lambda: dealer.loads()[0] == (1, 6))
+        finally:
+            child.kill()
+            child.wait()
+            dealer.close()
 
     run(scenario())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
+import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -13,8 +16,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
+import msgpack
 import pytest
 from fluent.sender import FluentSender
 from test_forward_server import make_certificate
@@ -22,7 +26,7 @@ from test_forward_server import make_certificate
 from atnorm.forward.codec import Entry, EventTime, pack_entries
 from atnorm.relay.service import Relay
 from atnorm.relay.spool import Spool
-from atnorm.relay.workers import left_behind, worker_settings
+from atnorm.relay.workers import RelayWorkers, left_behind, worker_settings
 from forward_receiver import ForwardReceiver
 from relay_process import RelayProcess
 from support import forward_sender, load_event, relay_settings, run
@@ -248,3 +252,68 @@ def test_a_workers_stats_record_says_which_worker_sent_it(tmp_path):
                 await relay.stop()
             assert all(record["worker"] == 1 for tag, _, record in receiver.events if tag == "relay.stats")
     run(scenario())
+
+
+def test_a_worker_that_is_stopping_is_dealt_no_new_connections(tmp_path):
+    """SIGTERM to one worker: while it finishes its chunks (here it waits on a downstream
+    that never acks, up to shutdown_timeout), the connections that come meanwhile go to the
+    other worker, not to one that would close them at once."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts (in the backlog), never reads, never acks
+    with RelayProcess("--workers", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                      "--forward", f"127.0.0.1:{silent.getsockname()[1]}", "--shutdown-timeout", "5",
+                      "--log-level", "debug") as relay:
+        pids = worker_pids(relay)
+        busy = [socket.create_connection(("127.0.0.1", relay.port)) for _ in range(2)]  # one per worker
+        for n, sock in enumerate(busy):
+            sock.sendall(msgpack.packb(["audit", [[1_750_000_000, {"n": n}]], {"chunk": f"c{n}"}]))
+        wait_for(lambda: sum(" dealt to worker " in line for line in relay.lines) == 2, relay)
+        os.kill(pids[1], signal.SIGTERM)
+        wait_for(lambda: any("serve worker 1: stopping" in line for line in relay.lines), relay)
+        time.sleep(0.2)
+        newcomers = [socket.create_connection(("127.0.0.1", relay.port)) for _ in range(6)]
+        wait_for(lambda: sum(" dealt to worker " in line for line in relay.lines) == 8, relay)
+        dealt = [line for line in relay.lines if " dealt to worker " in line][2:]
+        assert all(" dealt to worker 0 " in line for line in dealt), dealt
+        for sock in newcomers:  # open, not closed by a stopping worker
+            sock.settimeout(0.2)
+            with pytest.raises(socket.timeout):
+                sock.recv(1)
+        for sock in busy + newcomers:
+            sock.close()
+        relay.kill()
+    silent.close()
+
+
+def test_a_worker_that_cannot_be_started_again_is_retried_with_a_growing_pause(tmp_path, monkeypatch, caplog):
+    """Restarting a worker can fail before it runs (no file descriptors, no memory to fork):
+    the supervisor logs it and tries again later rather than leaving the index empty."""
+    settings = relay_settings("--workers", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path))
+    workers = RelayWorkers(settings, argparse.Namespace(), {})
+    attempts: List[float] = []
+
+    def spawn(index: int, pause: float) -> str:
+        attempts.append(pause)
+        if len(attempts) < 3:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return f"worker {index}"
+
+    monkeypatch.setattr(workers, "_spawn", spawn)
+
+    async def scenario() -> Optional[str]:
+        workers._stopping = asyncio.Event()
+        return await workers._respawn(1, 0.01)
+
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(scenario()) == "worker 1"
+    assert attempts == [0.02, 0.04, 0.08]
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker 1 cannot be started: Too many open files; trying again in 0 s"] * 2
+
+    async def stopped() -> Optional[str]:
+        workers._stopping = asyncio.Event()
+        workers._stopping.set()
+        return await workers._respawn(1, 0.01)
+
+    assert asyncio.run(stopped()) is None

@@ -279,7 +279,10 @@ class ConnectionDealer:
 
 class HandedConnections:
     """A worker's end of the pair: each socket dealt goes to `serve(sock)`, which owns it and
-    returns once the connection is closed; each return is reported back to the dealer."""
+    returns once the connection is closed; each return is reported back to the dealer.
+    `close()` when the worker stops serving: the dealer sees the pair end and deals it
+    nothing more (a connection still queued in the pair is closed unread; its sender
+    connects again)."""
 
     def __init__(self, channel: socket.socket, serve: Callable[[socket.socket], Awaitable[None]]) -> None:
         self.channel = channel
@@ -288,19 +291,31 @@ class HandedConnections:
         self._tasks: Set["asyncio.Task[None]"] = set()
         self._unreported = 0
         self._reading = False
+        self._writing = False
+        self._closed = False
+        self._throttle = LogThrottle()
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self.channel.fileno(), self._receive)
         self._reading = True
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._stop_reading()
+        self._stop_writing()
         self.channel.close()
 
     def _stop_reading(self) -> None:
         if self._reading:
             asyncio.get_running_loop().remove_reader(self.channel.fileno())
             self._reading = False
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            asyncio.get_running_loop().remove_writer(self.channel.fileno())
+            self._writing = False
 
     def _receive(self) -> None:
         while True:
@@ -318,6 +333,14 @@ class HandedConnections:
                 task = asyncio.get_running_loop().create_task(self._serve(socket.socket(fileno=descriptor)))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            # Each deal is one byte with one descriptor. Out of file descriptors, the kernel
+            # delivers the byte and closes the descriptor: that connection is gone, and
+            # the dealer must hear so, or it would count it open for good.
+            lost = data.count(_DEALT) - len(descriptors)
+            if lost > 0:
+                self._throttle.warning("lost_descriptor", "", "%d dealt connection(s) arrived without their "
+                                       "descriptor (out of file descriptors?); their senders connect again", lost)
+                self._closed_connections(lost)
 
     async def _serve(self, sock: socket.socket) -> None:
         try:
@@ -326,16 +349,29 @@ class HandedConnections:
             log.exception("serving a dealt connection failed")
             sock.close()
         finally:
-            self._unreported += 1
-            self._report()
+            self._closed_connections(1)
+
+    def _closed_connections(self, count: int) -> None:
+        self._unreported += count
+        self._report()
 
     def _report(self) -> None:
+        """Send the dealer one byte per unreported close; what does not fit now is sent as
+        soon as the pair has room."""
+        if self._closed or not self._unreported:
+            self._stop_writing()
+            return
         try:
             sent = self.channel.send(_CLOSED * self._unreported)
         except (BlockingIOError, InterruptedError):
-            return  # reported with the next close
+            sent = 0
         except OSError:
             self._unreported = 0  # the dealer is gone
+            self._stop_writing()
             return
         self._unreported -= sent
-
+        if not self._unreported:
+            self._stop_writing()
+        elif not self._writing:
+            asyncio.get_running_loop().add_writer(self.channel.fileno(), self._report)
+            self._writing = True

@@ -794,10 +794,12 @@ def _chunk_key(chunk: Chunk) -> Optional[Hashable]:
 
 # --- the command -----------------------------------------------------------------------------
 
-async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None, log_start: bool = True) -> None:
+async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None, log_start: bool = True,
+                stopping_hook: Optional[Callable[[], None]] = None) -> None:
     """Run `relay` until SIGTERM or SIGINT, then shut it down cleanly. SIGHUP never stops it:
     it reloads the tuning file (if any) and reopens the record files (after logrotate).
-    Without `log_start`, the start-up line (`relay.describe()`) is left to `ready`."""
+    Without `log_start`, the start-up line (`relay.describe()`) is left to `ready`;
+    `stopping_hook` runs once stopping begins, before the relay stops."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     previous_sighup = signal.getsignal(signal.SIGHUP)
@@ -812,6 +814,8 @@ async def serve(relay: Relay, ready: Optional[Callable[[Relay], None]] = None, l
     try:
         await stopping.wait()
         log.info("stopping: no new connections; finishing chunks in flight")
+        if stopping_hook is not None:
+            stopping_hook()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)

@@ -140,14 +140,18 @@ def _run_worker(index: int, settings: RelaySettings, args: argparse.Namespace,
         return
     settle_after_start()
     supervisor = os.getppid()
+    connections = HandedConnections(dealt, relay.server.adopt)
 
     def ready(started: Relay) -> None:
-        HandedConnections(dealt, started.server.adopt).start()
+        connections.start()
         _tell(channel, ("ready", started.describe()))
         asyncio.get_running_loop().create_task(_stop_when_orphaned(supervisor))
 
     try:
-        asyncio.run(serve(relay, ready=ready, log_start=False))
+        # Stopping, the worker closes its end of the pair first, so that the supervisor
+        # deals the connections that come meanwhile to the others, not to a worker that
+        # would close them at once.
+        asyncio.run(serve(relay, ready=ready, log_start=False, stopping_hook=connections.close))
     except (ConfigError, ConfigErrors) as exc:
         _tell(channel, ("failed", str(exc)))
         return
@@ -237,16 +241,28 @@ class RelayWorkers:
         self.counts: Dict[str, int] = {}
 
     def _spawn(self, index: int, pause: float) -> _Worker:
+        """Start worker `index`; OSError (no descriptors, no memory to fork) leaves nothing open."""
         assert self._dealer is not None
         receiving, sending = self._context.Pipe(duplex=False)
-        dealt = self._dealer.seat(index)
+        try:
+            dealt = self._dealer.seat(index)
+        except OSError:
+            receiving.close()
+            sending.close()
+            raise
         process = self._context.Process(
             target=_run_worker, name=f"atnorm-serve-worker-{index}",
             args=(index, worker_settings(self.settings, index, self._dealer.listen), self.args,
                   self.file_values, sending, dealt))
-        process.start()
-        sending.close()  # the worker holds the only writing end: EOF once it is gone
-        dealt.close()
+        try:
+            process.start()
+        except OSError:
+            receiving.close()
+            self._dealer.leave(index)
+            raise
+        finally:
+            sending.close()  # the worker holds the only writing end: EOF once it is gone
+            dealt.close()
         worker = _Worker(index, process, receiving, time.monotonic(), pause)
         self._workers[index] = worker
         return worker
@@ -267,7 +283,12 @@ class RelayWorkers:
         for index in range(self.settings.workers):
             first_reply: "asyncio.Future[Optional[Tuple[str, Any]]]" = loop.create_future()
             first_replies.append(first_reply)
-            self._tasks.append(loop.create_task(self._keep(self._spawn(index, RESTART_PAUSE), first_reply)))
+            try:
+                worker = self._spawn(index, RESTART_PAUSE)
+            except OSError as exc:
+                await self.stop(grace=0)
+                raise ConfigError(f"cannot start worker {index}: {exc.strerror or exc}", key="workers") from None
+            self._tasks.append(loop.create_task(self._keep(worker, first_reply)))
         replies = await asyncio.gather(*first_replies)
         failed = [(index, reply) for index, reply in enumerate(replies) if reply is None or reply[0] != "ready"]
         if failed:
@@ -312,13 +333,28 @@ class RelayWorkers:
             pause = RESTART_PAUSE if lived >= STABLE_AFTER else worker.pause
             log.error("worker %d (pid %d) ended (%s); starting it again in %.0f s", worker.index,
                       worker.process.pid, _exit_text(worker.process.exitcode), pause)
+            replacement = await self._respawn(worker.index, pause)
+            if replacement is None:
+                return
+            worker = replacement
+            self.restarts += 1
+
+    async def _respawn(self, index: int, pause: float) -> Optional[_Worker]:
+        """Worker `index` started again after `pause` (and again, pausing longer, while it
+        cannot be started at all); None if stopping meanwhile."""
+        assert self._stopping is not None
+        while True:
             try:
                 await asyncio.wait_for(self._stopping.wait(), pause)
-                return
+                return None
             except asyncio.TimeoutError:
                 pass
-            worker = self._spawn(worker.index, min(pause * 2, RESTART_PAUSE_MAX))
-            self.restarts += 1
+            pause = min(pause * 2, RESTART_PAUSE_MAX)
+            try:
+                return self._spawn(index, pause)
+            except OSError as exc:
+                log.error("worker %d cannot be started: %s; trying again in %.0f s", index,
+                          exc.strerror or exc, pause)
 
     def _add_counts(self, counts: Dict[str, int]) -> None:
         for name, value in counts.items():
