@@ -40,7 +40,9 @@ def _time(rng):
     return rng.choice([None, 0, -5, "now", msgpack.Timestamp(5, 0), 1 << 40])
 
 
-def _nested(depth):
+def _maps_with_a_leaf(depth):
+    """`depth` maps, each the only value of the one around it, the innermost holding text
+    (unlike `support.nested_maps`, whose innermost map is empty)."""
     value = {"leaf": "x"}
     for _ in range(depth - 1):
         value = {"n": value}
@@ -67,7 +69,7 @@ def _mutate_record(rng, record):
     elif kind == 6:
         record["ext"] = rng.choice([msgpack.ExtType(5, b"\xc4x"), EventTime(1, 2), msgpack.Timestamp(1, 2)])
     elif kind == 7:
-        record["deep"] = _nested(rng.choice([50, 97, 98, 99, 100, 101, 150, 400, 960, 990, 1000, 1020]))
+        record["deep"] = _maps_with_a_leaf(rng.choice([50, 97, 98, 99, 100, 101, 150, 400, 960, 990, 1000, 1020]))
     elif kind == 8:
         record["many"] = [{"i": i} for i in range(rng.choice([10, 90, 99, 100, 101, 150]))]
     elif kind == 9:
@@ -174,7 +176,7 @@ def test_text_records_are_routed_as_the_reference_routes_them_on_12000_records(p
 
 def test_a_record_with_bin_keys_that_are_not_text_or_deep_nesting_is_not_vouched_for():
     entries = [[EventTime(1, 0), record] for record in (
-        {"a": "b"}, {"a": b"x"}, {b"a": "x"}, {"a": [{"b": b""}]}, _nested(101), _nested(100), {"a": "Ą"},
+        {"a": "b"}, {"a": b"x"}, {b"a": "x"}, {"a": [{"b": b""}]}, _maps_with_a_leaf(101), _maps_with_a_leaf(100), {"a": "Ą"},
         {"n": 197})]
     payload = b"".join(packb(entry) for entry in entries)
     _, _, ends = unpack_text_entries(payload)
