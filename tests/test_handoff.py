@@ -20,11 +20,14 @@ from atnorm.forward.handoff import ConnectionDealer, HandedConnections
 
 
 class Workers:
-    """N workers' ends, each serving a dealt connection by answering its first line with
-    the worker's index, then holding it until the peer closes."""
+    """A dealer on `listen` and N workers' ends, each serving a dealt connection by
+    answering its first line with the worker's index, then holding it until the peer
+    closes. Used as a context manager: the dealer and the ends close at its exit."""
 
-    def __init__(self, dealer: ConnectionDealer, count: int, ready: bool = True) -> None:
-        self.dealer = dealer
+    def __init__(self, count: int, ready: bool = True, listen: str = "127.0.0.1:0") -> None:
+        self.dealer = ConnectionDealer([listen])
+        address = self.dealer.listen[0]
+        self.port = None if address.startswith("unix://") else int(address.rsplit(":", 1)[1])
         self.ends: Dict[int, HandedConnections] = {}
         self.served: Dict[int, int] = {index: 0 for index in range(count)}
         for index in range(count):
@@ -46,7 +49,11 @@ class Workers:
         writer.close()
         await writer.wait_closed()
 
-    def close(self) -> None:
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.dealer.close()
         for end in self.ends.values():
             end.close()
 
@@ -80,15 +87,9 @@ def run(coroutine):
 
 def test_long_lived_connections_are_dealt_evenly():
     async def scenario() -> List[int]:
-        dealer = ConnectionDealer(["127.0.0.1:0"])
-        workers = Workers(dealer, 3)
-        port = int(dealer.listen[0].rsplit(":", 1)[1])
-        try:
-            opened = [await connect(port) for _ in range(9)]
+        with Workers(3) as workers:
+            opened = [await connect(workers.port) for _ in range(9)]
             return [index for index, _ in opened]
-        finally:
-            dealer.close()
-            workers.close()
 
     got = run(scenario())
     # SO_REUSEPORT's hash would split 9 connections 3/3/3 about one time in 5.
@@ -98,10 +99,8 @@ def test_long_lived_connections_are_dealt_evenly():
 
 def test_a_new_connection_goes_to_the_worker_with_the_fewest_open():
     async def scenario() -> None:
-        dealer = ConnectionDealer(["127.0.0.1:0"])
-        workers = Workers(dealer, 2)
-        port = int(dealer.listen[0].rsplit(":", 1)[1])
-        try:
+        with Workers(2) as workers:
+            dealer, port = workers.dealer, workers.port
             opened = [await connect(port) for _ in range(4)]
             assert [index for index, _ in opened] == [0, 1, 0, 1]
             # Worker 1's two connections close: the next two go to it, not round robin.
@@ -111,19 +110,14 @@ def test_a_new_connection_goes_to_the_worker_with_the_fewest_open():
             await settle(lambda: dealer.loads()[1][0] == 0)
             assert [(await connect(port))[0] for _ in range(2)] == [1, 1]
             assert dealer.loads() == {0: (2, 2), 1: (2, 4)}
-        finally:
-            dealer.close()
-            workers.close()
 
     run(scenario())
 
 
 def test_a_worker_not_ready_or_gone_is_dealt_nothing_and_connections_wait_for_a_ready_one():
     async def scenario() -> None:
-        dealer = ConnectionDealer(["127.0.0.1:0"])
-        workers = Workers(dealer, 2, ready=False)
-        port = int(dealer.listen[0].rsplit(":", 1)[1])
-        try:
+        with Workers(2, ready=False) as workers:
+            dealer, port = workers.dealer, workers.port
             # No worker ready: the connection waits in the listen backlog, not accepted and closed.
             waiting = asyncio.ensure_future(connect(port))
             await asyncio.sleep(0.3)
@@ -140,9 +134,6 @@ def test_a_worker_not_ready_or_gone_is_dealt_nothing_and_connections_wait_for_a_
             # Its replacement is dealt to again once ready, first as the least loaded.
             workers.join(1)
             assert (await connect(port))[0] == 1
-        finally:
-            dealer.close()
-            workers.close()
 
     run(scenario())
 
@@ -157,9 +148,8 @@ def test_a_port_in_use_is_refused_and_a_unix_socket_is_dealt_too(tmp_path):
     path = tmp_path / "relay.sock"
 
     async def scenario() -> List[int]:
-        dealer = ConnectionDealer([f"unix://{path}"])
-        workers = Workers(dealer, 2)
-        try:
+        with Workers(2, listen=f"unix://{path}") as workers:
+            dealer = workers.dealer
             assert dealer.listen == (f"unix://{path}",)
             got = []
             for _ in range(4):
@@ -167,9 +157,6 @@ def test_a_port_in_use_is_refused_and_a_unix_socket_is_dealt_too(tmp_path):
                 OPEN.append(writer)
                 got.append(int(await reader.readline()))
             return got
-        finally:
-            dealer.close()
-            workers.close()
 
     assert run(scenario()) == [0, 1, 0, 1]
     assert not path.exists(), "the socket file goes with the dealer"
@@ -177,10 +164,8 @@ def test_a_port_in_use_is_refused_and_a_unix_socket_is_dealt_too(tmp_path):
 
 def test_a_closed_connection_is_reported_once_however_many_close_together():
     async def scenario() -> None:
-        dealer = ConnectionDealer(["127.0.0.1:0"])
-        workers = Workers(dealer, 1)
-        port = int(dealer.listen[0].rsplit(":", 1)[1])
-        try:
+        with Workers(1) as workers:
+            dealer, port = workers.dealer, workers.port
             opened = [await connect(port) for _ in range(50)]
             assert dealer.loads() == {0: (50, 50)}
             for _, writer in opened:
@@ -188,35 +173,25 @@ def test_a_closed_connection_is_reported_once_however_many_close_together():
             await settle(lambda: dealer.loads()[0][0] == 0)
             await asyncio.sleep(0.1)
             assert dealer.loads() == {0: (0, 50)}
-        finally:
-            dealer.close()
-            workers.close()
 
     run(scenario())
 
 
 def test_a_burst_of_connections_reset_at_once_leaves_the_dealer_serving():
+    async def connect_and_reset(port: int) -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST, perhaps before it is accepted or dealt
+
     async def scenario() -> None:
-        dealer = ConnectionDealer(["127.0.0.1:0"])
-        workers = Workers(dealer, 2)
-        port = int(dealer.listen[0].rsplit(":", 1)[1])
-        loop = asyncio.get_running_loop()
-
-        async def connect_and_reset() -> None:
-            sock = socket.socket()
-            sock.setblocking(False)
-            await loop.sock_connect(sock, ("127.0.0.1", port))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()  # RST, perhaps before it is accepted or dealt
-
-        try:
-            await asyncio.gather(*(connect_and_reset() for _ in range(300)))
+        with Workers(2) as workers:
+            dealer, port = workers.dealer, workers.port
+            await asyncio.gather(*(connect_and_reset(port) for _ in range(300)))
             await settle(lambda: all(open_ == 0 for open_, _ in dealer.loads().values()))
             assert sum(dealt for _, dealt in dealer.loads().values()) <= 300
             assert sorted([(await connect(port))[0] for _ in range(2)]) == [0, 1]
-        finally:
-            dealer.close()
-            workers.close()
 
     run(scenario())
 
@@ -292,35 +267,34 @@ asyncio.run(main())
 
 def test_a_connection_dealt_to_a_worker_out_of_descriptors_is_not_counted_open_for_good():
     async def scenario() -> None:
-        dealer = ConnectionDealer(["127.0.0.1:0"])
-        port = int(dealer.listen[0].rsplit(":", 1)[1])
-        theirs = dealer.seat(0)
-        child = subprocess.Popen([sys.executable, "-c", _STARVED_WORKER, str(theirs.fileno())],
-                                 pass_fds=[theirs.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True)
-        theirs.close()
-        loop = asyncio.get_running_loop()
-        try:
-            assert await loop.run_in_executor(None, child.stdout.readline) == "full\n"
-            dealer.ready(0)
-            readers = []
-            for _ in range(5):
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        with Workers(0) as workers:  # the dealer only: the worker is the child process
+            dealer, port = workers.dealer, workers.port
+            theirs = dealer.seat(0)
+            child = subprocess.Popen([sys.executable, "-c", _STARVED_WORKER, str(theirs.fileno())],
+                                     pass_fds=[theirs.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+            theirs.close()
+            loop = asyncio.get_running_loop()
+            try:
+                assert await loop.run_in_executor(None, child.stdout.readline) == "full\n"
+                dealer.ready(0)
+                readers = []
+                for _ in range(5):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    OPEN.append(writer)
+                    readers.append(reader)
+                # The kernel closed each descriptor it could not pass: the senders see the end...
+                assert [await asyncio.wait_for(reader.read(), 10) for reader in readers] == [b""] * 5
+                # ...and the dealer hears of each, instead of counting 5 open connections for good.
+                await settle(lambda: dealer.loads()[0] == (0, 5))
+                child.stdin.write("\n")
+                child.stdin.flush()
+                assert await loop.run_in_executor(None, child.stdout.readline) == "free\n"
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
                 OPEN.append(writer)
-                readers.append(reader)
-            # The kernel closed each descriptor it could not pass: the senders see the end...
-            assert [await asyncio.wait_for(reader.read(), 10) for reader in readers] == [b""] * 5
-            # ...and the dealer hears of each, instead of counting 5 open connections for good.
-            await settle(lambda: dealer.loads()[0] == (0, 5))
-            child.stdin.write("\n")
-            child.stdin.flush()
-            assert await loop.run_in_executor(None, child.stdout.readline) == "free\n"
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            OPEN.append(writer)
-            await settle(lambda: dealer.loads()[0] == (1, 6))
-        finally:
-            child.kill()
-            child.wait()
-            dealer.close()
+                await settle(lambda: dealer.loads()[0] == (1, 6))
+            finally:
+                child.kill()
+                child.wait()
 
     run(scenario())
