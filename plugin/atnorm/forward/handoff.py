@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..config.options import host_port, host_port_text
-from .server import LogThrottle, clear_stale_socket
+from .server import LogThrottle, clear_stale_socket, peer_text
 
 log = logging.getLogger("atnorm.forward")
 
@@ -91,12 +91,6 @@ def _address_text(sock: socket.socket) -> str:
     if sock.family == socket.AF_UNIX:
         return "unix://" + (name.decode() if isinstance(name, bytes) else name)
     return host_port_text(name[0], name[1])
-
-
-def _peer_text(peer: Any) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return host_port_text(str(peer[0]), peer[1])
-    return "unix"
 
 
 @dataclass
@@ -221,7 +215,7 @@ class ConnectionDealer:
                     self._pause()
                     return
                 continue  # e.g. ECONNABORTED: that peer gave up; the next may be waiting
-            self._deal(connection, peer)
+            self._deal(connection, peer, listener)
             if not self._accepting:
                 return
 
@@ -235,7 +229,7 @@ class ConnectionDealer:
         self._paused = loop.call_later(ACCEPT_PAUSE, resume)
         self._update_accepting()
 
-    def _deal(self, connection: socket.socket, peer: Any) -> None:
+    def _deal(self, connection: socket.socket, peer: Any, listener: socket.socket) -> None:
         """Pass `connection` to the least loaded ready worker; if none takes it, close it
         (nothing was read from it: the sender connects again)."""
         try:
@@ -253,7 +247,8 @@ class ConnectionDealer:
                 seat.dealt += 1
                 seat.last_dealt = self._deals
                 if log.isEnabledFor(logging.DEBUG):
-                    log.debug("connection from %s dealt to worker %d (open per worker: %s)", _peer_text(peer),
+                    log.debug("connection from %s dealt to worker %d (open per worker: %s)",
+                              peer_text(peer, listener.getsockname()),
                               seat.index, ", ".join(f"{s.index}: {s.open}" for s in self._seats.values()))
                 return
             self._throttle.warning("undealt", "", "no worker could take a connection now; closed it (the "

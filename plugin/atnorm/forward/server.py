@@ -147,10 +147,14 @@ def _dedup_key(chunk: Chunk) -> Optional[Hashable]:
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
+    return peer_text(writer.get_extra_info("peername"), writer.get_extra_info("sockname"))
+
+
+def peer_text(peer: Any, where: Any = None) -> str:
+    """A peer's name in logs and limits: `HOST:PORT`, or `unix:PATH` (`where` it connected)
+    for a unix-socket peer, which has no address of its own."""
     if isinstance(peer, tuple) and len(peer) >= 2:
         return host_port_text(str(peer[0]), peer[1])
-    where = writer.get_extra_info("sockname")
     return f"unix:{where}" if where else "unix"
 
 
