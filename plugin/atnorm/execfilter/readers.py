@@ -478,8 +478,14 @@ class MsgpackInput:
         # record then show whether it is text as it is (`codec.text_object`), and one that
         # is is decided without the walks for bin values and writability (`route_text`).
         text_keys = self._fast_path
-        unpacker = _bounded_unpacker(limit, text_keys=text_keys)
-        unpacker.feed(memoryview(buf)[pos:])
+
+        def unpacker_from(start: int, text: bool) -> msgpack.Unpacker:
+            """A fresh unpacker over the rest of the buffer, from `start`."""
+            unpacker = _bounded_unpacker(limit, text_keys=text)
+            unpacker.feed(memoryview(buf)[start:])
+            return unpacker
+
+        unpacker = unpacker_from(pos, text_keys)
         route, route_text = self.router.record, self.router.record_text
         # Objects read again as any key allows in this run, and whether text keys resume
         # after the one being read so: each restart feeds the rest of the buffer again, so
@@ -498,8 +504,7 @@ class MsgpackInput:
                     # allows, and decided with the walks.
                     restarts += 1
                     text_keys, resume, base = False, restarts <= _TEXT_KEY_RESTARTS, pos
-                    unpacker = _bounded_unpacker(limit)
-                    unpacker.feed(memoryview(buf)[pos:])
+                    unpacker = unpacker_from(pos, False)
                     continue
                 return self._settle(self._undecodable(pos, exc, eof, outputs), pos)
             end = base + unpacker.tell()
@@ -524,8 +529,7 @@ class MsgpackInput:
             pos = self._pos = end
             if resume:
                 text_keys, resume, base = True, False, pos
-                unpacker = _bounded_unpacker(limit, text_keys=True)
-                unpacker.feed(memoryview(buf)[pos:])
+                unpacker = unpacker_from(pos, True)
 
     def _settle(self, step: Optional[int], pos: int) -> bool:
         """Go on from `step` (True: wait at `pos` for more input)."""
