@@ -2,7 +2,12 @@
 the reference it is compared with."""
 
 import difflib
+import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +95,33 @@ def test_a_service_with_fewer_actions_than_the_shortlist_compares_them_all():
     assert nearest("svc.a.creat", 3, 0.6) == difflib.get_close_matches("svc.a.creat", nearest.actions, 3, 0.6)
     assert nearest("svc.zzzzzzzzzzzzzzzzzzzz", 3, 0.6) == []
     assert NearestActions([])("svc.a.get", 3, 0.6) == []
+
+
+# Misspellings of every service's actions, and the nearest found for each, as JSON.
+_NEAREST_SCRIPT = """
+import json, random, sys
+sys.path.insert(0, sys.argv[1])
+from test_nearest_actions import _misspellings
+from atnorm.core.nearest import NearestActions
+from atnorm.core.rules import RuleSet
+from atnorm.resources import bundled_schema_dir
+rng, found = random.Random(5), {}
+for name, document in sorted(RuleSet.load([bundled_schema_dir()]).services.items()):
+    actions = sorted(document.actions)
+    nearest = NearestActions(actions)
+    for _, misspelt in _misspellings(name, actions, rng, 40):
+        found[misspelt] = nearest(misspelt, 3, 0.6)
+print(json.dumps(found, sort_keys=True))
+"""
+
+
+def test_the_nearest_actions_are_the_same_in_every_process():
+    # The bigrams are a set of strings, whose order changes with the hash seed; ties between
+    # candidates once followed it, and a rejection's message changed with the process.
+    runs = [subprocess.run([sys.executable, "-c", _NEAREST_SCRIPT, str(Path(__file__).parent)],
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}, capture_output=True, text=True)
+            for seed in (1, 2, 3, 4, 5)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr
+    found = [json.loads(run.stdout) for run in runs]
+    assert len(found[0]) > 900
+    assert all(other == found[0] for other in found[1:])

@@ -73,4 +73,6 @@ class NearestActions:
                 shared.setdefault(index, 0)
         size = len(grams)
         sizes = self._sizes
-        return heapq.nlargest(self.shortlist, shared, key=lambda i: shared[i] / (size + sizes[i] or 1))
+        # Ties go to the action declared first: `shared` is filled in the order of a set of
+        # strings, which differs from process to process, and the message must not.
+        return heapq.nlargest(self.shortlist, shared, key=lambda i: (shared[i] / (size + sizes[i] or 1), -i))
