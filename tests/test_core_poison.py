@@ -16,6 +16,7 @@ import msgpack
 import pytest
 
 from atnorm.forward.codec import packb
+from atnorm.model.encodable import MAX_NESTING
 from support import load_event
 
 ATNORM = [sys.executable, "-m", "atnorm"]
@@ -93,13 +94,24 @@ def test_poison_record_is_rejected_with_a_reason_and_counted_once(fresh_filter, 
     assert fresh_filter.stats.received == 1 and fresh_filter.stats.outcomes["rejected"] == 1
 
 
-def test_failure_inside_the_filter_is_internal_error_naming_the_exception(fresh_filter):
-    record = initiator_named(nested(sys.getrecursionlimit() + 50))
-    verdict = fresh_filter.process(record)
-    assert [r.rule for r in verdict.reasons] == ["internal.error"]
-    assert "RecursionError" in verdict.reasons[0].message
-    assert fresh_filter.stats.rejections[("internal.error", "")] == 1
+@pytest.mark.parametrize("depth", [MAX_NESTING, sys.getrecursionlimit() + 50, 200_000])
+def test_nesting_past_the_bound_is_rejected_before_any_decision_however_deep(fresh_filter, depth):
+    # Deeper than Python's recursion limit, and deep enough to overflow the C stack of a
+    # walk that recursed without a bound (the compiled modules' would).
+    verdict = fresh_filter.process(initiator_named(nested(depth)))
+    assert [(r.rule, r.message) for r in verdict.reasons] == [
+        ("record.encoding", f"nesting deeper than {MAX_NESTING} levels")]
+    assert verdict.reasons[0].path == "/initiator/name" + "/a" * (MAX_NESTING - 2)
+    assert fresh_filter.stats.rejections[("record.encoding", "")] == 1
     assert_encodable(verdict)
+
+
+def test_nesting_up_to_the_bound_is_decided_as_any_record(fresh_filter):
+    record = dict(event(), extra=nested(MAX_NESTING - 1))  # the record is the first level
+    verdict = fresh_filter.process(record)
+    # Valid, but deeper than the encoders go: it cannot be sent on as it is.
+    assert [r.rule for r in verdict.reasons] == ["record.encoding"]
+    assert "nesting deeper than 100 levels cannot be sent on" in verdict.reasons[0].message
 
 
 def test_deep_json_in_log_is_internal_error_not_an_exception(fresh_filter):

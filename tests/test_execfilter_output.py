@@ -15,6 +15,8 @@ import msgpack
 import pytest
 from test_execfilter import FIXTURES, Child, exec_filter_command, json_outputs, mixed_items, msgpack_outputs, run_child, tagged
 
+from atnorm.model.encodable import MAX_NESTING
+
 MSGPACK_IN = ["--in-format", "msgpack", "--tag-key", "tag"]
 
 
@@ -28,7 +30,7 @@ def nested(depth: int) -> object:
 # --- item: an exception for one record is one rejection ------------------------------------
 
 @pytest.mark.parametrize("out_format", ["json", "msgpack"])
-def test_record_nested_too_deep_to_encode_is_one_internal_error_rejection(tmp_path, out_format):
+def test_record_nested_too_deep_to_read_is_one_rejection(tmp_path, out_format):
     deep = {"tag": "app.deep", "deep": nested(995)}
     data = (msgpack.packb({"tag": "app.1", "m": "ok"}) + msgpack.Packer().pack(deep)
             + msgpack.packb({"tag": "app.2", "m": "ok"}))
@@ -38,8 +40,8 @@ def test_record_nested_too_deep_to_encode_is_one_internal_error_rejection(tmp_pa
     assert outputs[0] == {"tag": "app.1", "m": "ok"} and outputs[2] == {"tag": "app.2", "m": "ok"}
     rejected = outputs[1]
     assert rejected["tag"] == "app.deep.rejected"
-    assert [r["rule"] for r in rejected["reasons"]] == ["internal.error"]
-    assert "RecursionError" in rejected["reasons"][0]["message"]
+    assert [(r["rule"], r["message"]) for r in rejected["reasons"]] == [
+        ("record.encoding", f"nesting deeper than {MAX_NESTING} levels")]
     # The original is kept whole: nested as far as every encoder goes, the rest as JSON text.
     node, depth = rejected["original"]["deep"], 0
     while isinstance(node, list):

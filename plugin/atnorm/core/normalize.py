@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..model.encodable import MAX_INT, MIN_INT, bytes_text
+from ..model.encodable import MAX_INT, MAX_NESTING, MIN_INT, SURROGATE, bytes_text
 from ..model.encodable import text as readable
 from ..model.event import CREDENTIAL_TYPES, EVENT_MARKERS, OUTCOMES, SEVERITIES
 
@@ -34,7 +34,6 @@ Step = Callable[[Dict[str, Any], Dict[str, Any], Fixes], None]  # (work, origina
 # string may hold a lone surrogate ("\ud800"). Bin that is UTF-8 is text like any other;
 # the rest cannot be validated or written as text, and the record is rejected for it.
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class EncodingProblem(Exception):
@@ -47,34 +46,39 @@ class EncodingProblem(Exception):
         self.rule = rule
 
 
-def _needs_text(value: Any) -> bool:
-    """True when `value` holds bytes, a key that is not a str, or a str that is not Unicode text.
+def _needs_text(value: Any, depth: int) -> bool:
+    """True when `value` holds bytes, a key that is not a str, a str that is not Unicode
+    text, or maps and lists nested deeper than `depth` levels.
 
     On the path of every record, so written for speed: ASCII strings (most) cost one check.
     """
     kind = type(value)
     if kind is dict:
+        if depth <= 0:
+            return True
         for key, item in value.items():
-            if type(key) is not str or not key.isascii() and _SURROGATE.search(key) is not None:
+            if type(key) is not str or not key.isascii() and SURROGATE.search(key) is not None:
                 return True
             kind = type(item)
             if kind is str:
-                if not item.isascii() and _SURROGATE.search(item) is not None:
+                if not item.isascii() and SURROGATE.search(item) is not None:
                     return True
-            elif (kind is dict or kind is list or kind is bytes) and _needs_text(item):
+            elif (kind is dict or kind is list or kind is bytes) and _needs_text(item, depth - 1):
                 return True
         return False
     if kind is list:
+        if depth <= 0:
+            return True
         for item in value:
             kind = type(item)
             if kind is str:
-                if not item.isascii() and _SURROGATE.search(item) is not None:
+                if not item.isascii() and SURROGATE.search(item) is not None:
                     return True
-            elif (kind is dict or kind is list or kind is bytes) and _needs_text(item):
+            elif (kind is dict or kind is list or kind is bytes) and _needs_text(item, depth - 1):
                 return True
         return False
     if kind is str:
-        return not value.isascii() and _SURROGATE.search(value) is not None
+        return not value.isascii() and SURROGATE.search(value) is not None
     return kind is bytes
 
 
@@ -89,7 +93,7 @@ def _text(value: Any, pointer: str, where: str) -> str:
             return value.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise EncodingProblem(pointer, f"{where}invalid UTF-8 at byte {exc.start}: {exc.reason}") from None
-    match = _SURROGATE.search(value)
+    match = SURROGATE.search(value)
     if match is not None:
         code = ord(match.group())
         what = f"byte 0x{code - 0xDC00:02x} that is not UTF-8" if 0xDC80 <= code <= 0xDCFF \
@@ -98,8 +102,10 @@ def _text(value: Any, pointer: str, where: str) -> str:
     return value
 
 
-def _as_text(value: Any, pointer: str) -> Any:
+def _as_text(value: Any, pointer: str, depth: int) -> Any:
     kind = type(value)
+    if (kind is dict or kind is list) and depth <= 0:
+        raise EncodingProblem(pointer, f"nesting deeper than {MAX_NESTING} levels")
     if kind is dict:
         out: Dict[str, Any] = {}
         for key, item in value.items():
@@ -113,10 +119,13 @@ def _as_text(value: Any, pointer: str) -> Any:
             if name in out:
                 raise EncodingProblem(pointer + "/" + _escape_part(name), f"key {name!r} appears twice",
                                       "record.type")
-            out[name] = _as_text(item, pointer + "/" + _escape_part(name))
+            out[name] = _as_text(item, pointer + "/" + _escape_part(name), depth - 1)
         return out
     if kind is list:
-        return [_as_text(item, f"{pointer}/{index}") for index, item in enumerate(value)]
+        items: List[Any] = []
+        for index, item in enumerate(value):  # a comprehension would be a frame more per level
+            items.append(_as_text(item, f"{pointer}/{index}", depth - 1))
+        return items
     if kind is bytes or kind is str:
         return _text(value, pointer, "")
     return value
@@ -128,9 +137,9 @@ def as_text(record: Any) -> Any:
     Raises EncodingProblem for bytes that are not UTF-8, strings holding lone surrogates,
     and keys that are neither bin nor str.
     """
-    if not _needs_text(record):
+    if not _needs_text(record, MAX_NESTING):
         return record
-    return _as_text(record, "")
+    return _as_text(record, "", MAX_NESTING)
 
 
 # ---------------------------------------------------------------------------------------
@@ -207,7 +216,7 @@ UNWRAPPERS: Sequence[Tuple[str, Callable[[Dict[str, Any]], Optional[Dict[str, An
 MAX_UNWRAP_DEPTH = 3
 
 
-def unflatten(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+def unflatten(record: Dict[Any, Any]) -> Optional[Dict[str, Any]]:
     """`{"initiator.id": x}` → `{"initiator": {"id": x}}`; None when no key is dotted.
 
     A dotted key that would clash with a non-object value is left as it is.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..model.encodable import describe_error, encodable, first_unencodable, is_encodable, json_line, json_text
+from ..model.encodable import SURROGATE, describe_error, encodable, first_unencodable, is_encodable, json_line, json_text
 from ..model.jsoncodec import decoded_plain
 from ..model.jsoncodec import loads as json_loads
 from ..model.packed import packed_text_record
@@ -36,7 +36,6 @@ DEFAULT_MAX_RECORD_BYTES = 1 << 20
 
 UNKNOWN_SERVICE = "unknown_service"
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 # The rule of a rejection made because deciding the record failed.
 UNKNOWN_ACTION = "unknown_action"
 
@@ -472,7 +471,7 @@ class EventFilter:
         # Parsed JSON holds no bytes and only str keys; a lone surrogate can only come from
         # a \uD800-\uDFFF escape (or from text given as str), so only such text needs the scan.
         plain = ("\\u" not in text or _ESCAPED_SURROGATE.search(text) is None) and (
-            text.isascii() or _SURROGATE.search(text) is None)
+            text.isascii() or SURROGATE.search(text) is None)
         return self._process_decoded(record, plain)
 
     def _count(self, verdict: Verdict) -> Verdict:

@@ -30,10 +30,15 @@ MAX_INT = (1 << 64) - 1
 # Deeper than this, a value is kept as its JSON text (msgpack's packer stops at 511 levels,
 # Python's json at about 1000, other parsers earlier).
 MAX_DEPTH = 100
+# Deeper than this, a record is not read at all: it is rejected before any decision. Below
+# msgpack's 511 levels and Python's recursion limit (about 1000), and a bound of its own:
+# compiled (setup.py), the walks recurse in C, where no recursion limit would stop them.
+MAX_NESTING = 500
 # JSON text of a too-deep value is cut at about this many characters.
 MAX_TEXT = 1 << 20
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# A lone surrogate, in regex escapes: no surrogate stands in the source itself.
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _escape_surrogate(match: "re.Match[str]") -> str:
@@ -47,7 +52,7 @@ def text(value: str) -> str:
     """`value` with lone surrogates written out as `\\uXXXX` (or `\\xNN` for escaped bytes)."""
     if value.isascii():
         return value
-    return _SURROGATE.sub(_escape_surrogate, value)
+    return SURROGATE.sub(_escape_surrogate, value)
 
 
 def bytes_text(value: bytes) -> str:
@@ -198,16 +203,16 @@ def _fine(value: Any, depth: int) -> bool:
     # a call each.
     kind = type(value)
     if kind is str:
-        return value.isascii() or _SURROGATE.search(value) is None
+        return value.isascii() or SURROGATE.search(value) is None
     if kind is dict:
         if depth <= 0:
             return False
         for key, item in value.items():
-            if type(key) is not str or not key.isascii() and _SURROGATE.search(key) is not None:
+            if type(key) is not str or not key.isascii() and SURROGATE.search(key) is not None:
                 return False
             kind = type(item)
             if kind is str:
-                if not item.isascii() and _SURROGATE.search(item) is not None:
+                if not item.isascii() and SURROGATE.search(item) is not None:
                     return False
             elif kind is int:
                 if not MIN_INT <= item <= MAX_INT:
@@ -221,7 +226,7 @@ def _fine(value: Any, depth: int) -> bool:
         for item in value:
             kind = type(item)
             if kind is str:
-                if not item.isascii() and _SURROGATE.search(item) is not None:
+                if not item.isascii() and SURROGATE.search(item) is not None:
                     return False
             elif kind is int:
                 if not MIN_INT <= item <= MAX_INT:
@@ -359,7 +364,7 @@ def first_unencodable(value: Any, max_depth: int = MAX_DEPTH) -> Tuple[str, str]
                     if type(key) is not str or not _fine(key, 1):
                         return path, f"a key that is not text: {_key(key)!r}"
                     pairs.append((key.replace("~", "~0").replace("/", "~1"), child))
-            stack.extend((f"{path}/{name}", child, depth - 1) for name, child in reversed(pairs))
+            stack.extend((f"{path}/{name}", child, depth - 1) for name, child in pairs[::-1])
         elif not _fine(item, 1):
             leaf = _leaf(item)
             shown = leaf if isinstance(leaf, str) else repr(item)
