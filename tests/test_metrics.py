@@ -350,10 +350,12 @@ def test_relay_counters_and_latency_histogram_are_exported(served):
 
 def test_build_info_and_schema_count_are_exported(served):
     import atnorm
+    from atnorm.version import compiled_modules
 
     server = served(filter_stats=FilterStats(), schemas_loaded=lambda: 2)
     families = scrape(server.url)
-    assert samples(families, "atnorm_build_info") == {(("version", atnorm.__version__),): 1.0}
+    compiled = "true" if compiled_modules() else "false"
+    assert samples(families, "atnorm_build_info") == {(("compiled", compiled), ("version", atnorm.__version__)): 1.0}
     assert samples(families, "atnorm_schemas_loaded") == {(): 2.0}
 
 

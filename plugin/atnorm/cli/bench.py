@@ -13,6 +13,7 @@ from typing import Any, Dict, List
 
 from ..bench.core import filter_core_figure
 from ..errors import UsageError
+from ..version import build_text
 
 # Other ways of running the filter add figures by providing `bench_figures(records, invalid_ratio, rounds)`.
 # atnorm.bench.agents adds a figure only when fluentd or fluent-bit is on PATH.
@@ -44,11 +45,12 @@ def run(args: argparse.Namespace) -> int:
                 continue
             figures += module.bench_figures(args.records, args.invalid_ratio, args.rounds)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report = {"machine": machine(), "peak_rss_mib": round(peak_rss_mib, 1), "figures": figures}
+    report = {"machine": machine(), "build": build_text(), "peak_rss_mib": round(peak_rss_mib, 1), "figures": figures}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"machine: {report['machine']}")
+    print(f"build: {report['build']}")
     for figure in figures:
         name = figure["figure"]
         values = ", ".join(f"{k}={v}" for k, v in figure.items() if k != "figure")

@@ -14,7 +14,7 @@ import sys
 from typing import List, NoReturn, Optional
 
 from ..errors import ConfigError, UsageError
-from ..version import __version__
+from ..version import build_text
 
 # name → (module, one-line help)
 COMMANDS = {
@@ -28,6 +28,18 @@ COMMANDS = {
     "quarantine": ("atnorm.cli.quarantine", "list, re-send or drop chunks the downstream kept refusing"),
     "bench": ("atnorm.cli.bench", "measure throughput against the reference validator"),
 }
+
+
+class _VersionAction(argparse.Action):
+    """--version: the version and the build (compiled or not), looked up only when asked."""
+
+    def __init__(self, option_strings: List[str], dest: str, help: Optional[str] = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: Optional[str] = None) -> None:
+        print(build_text())
+        parser.exit()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,8 +82,7 @@ Run `atnorm COMMAND --help` for the options of a command."""
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="atnorm", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"atnorm {__version__}",
-                        help="print the version and exit")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (module_name, help_text) in COMMANDS.items():
         if importlib.util.find_spec(module_name) is None:

@@ -28,7 +28,7 @@ from ..config.options import Option, address
 from ..core.stats import FilterStats
 from ..errors import ConfigError
 from ..model.verdict import OUTCOMES
-from ..version import __version__
+from ..version import __version__, compiled_modules
 from .relaystats import LATENCY_BUCKETS, RELAY_COUNTS, RelayStats
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,13 @@ class AtnormCollector(Collector):
         self.relay_stats = relay_stats
         self.schemas_loaded = schemas_loaded
         self.reload_counts = reload_counts
+        self._compiled = "true" if compiled_modules() else "false"
 
     def collect(self) -> Iterable[Metric]:
-        build = GaugeMetricFamily("atnorm_build_info", "atnorm version, always 1.",
-                                  labels=["version"])
-        build.add_metric([__version__], 1)
+        build = GaugeMetricFamily("atnorm_build_info",
+                                  "atnorm version, and whether its per-record modules are compiled; always 1.",
+                                  labels=["version", "compiled"])
+        build.add_metric([__version__, self._compiled], 1)
         yield build
         if self.schemas_loaded is not None:
             yield GaugeMetricFamily("atnorm_schemas_loaded",
