@@ -33,6 +33,9 @@ COMPILED_MODULES = [
     "plugin/atnorm/model/verdict.py",
 ]
 CHOICES = ("auto", "no", "required")
+# The commands that build extensions; the others (egg_info, dist_info, sdist) only
+# describe the package.
+BUILDS = {"bdist_wheel", "build", "build_ext", "install", "bdist", "bdist_egg"}
 
 
 def _choice():
@@ -41,10 +44,13 @@ def _choice():
         sys.exit(f"error: ATNORM_COMPILE={choice!r}: use one of {', '.join(CHOICES)}")
     if "editable_wheel" in sys.argv or "develop" in sys.argv:
         return "no"
+    if not BUILDS & set(sys.argv[1:]):  # pip asks for the metadata first: nothing to compile
+        return "no"
     return choice
 
 
 def _warn(message):
+    message = message if len(message) <= 300 else message[:300] + "..."
     print(f"atnorm: {message}; installing the interpreted modules", file=sys.stderr)
 
 
