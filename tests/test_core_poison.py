@@ -227,3 +227,16 @@ def test_json_unwrapped_from_a_string_goes_downstream_as_msgpack(shared_filter):
         pack_entries(batch.entries)  # an integer past 64 bits raised OverflowError here
     verdict = shared_filter.process({"log": text})
     assert verdict.record["requestData"]["n"] == "123456789012345678901234567890"
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_line_nested_past_the_bound_gets_the_reason_its_record_gets(fresh_filter, as_bytes):
+    # Read from JSON text, a record skips the text check when nothing in the text can need
+    # it; nesting past the bound is such a thing, so the reason is the one `process` gives.
+    record = dict(event(), extra=nested(MAX_NESTING))
+    line = json.dumps(record)
+    from_line = fresh_filter.process_json(line.encode() if as_bytes else line)
+    from_record = fresh_filter.process(record)
+    assert from_line.reasons == from_record.reasons
+    assert [(r.rule, r.message) for r in from_line.reasons] == [
+        ("record.encoding", f"nesting deeper than {MAX_NESTING} levels")]
