@@ -198,8 +198,9 @@ def test_file_mode_decides_every_line_as_the_reference_decoder_would(decoded):
     """`process_json` (atnorm filter, the Python API) reads a line with msgspec; the same
     line read as UTF-8 then by json.loads and decided as a decoded record
     (`process_decoded_json`, the text check included) gets the same verdict, output and
-    line kept for a JSON writer, and a line either refuses is rejected as unreadable. The reference decoder is called
-    here, not patched into the pipeline: compiled, the pipeline's own call would not see it."""
+    line kept for a JSON writer, and a line either refuses is rejected as unreadable. The
+    reference decoder is called here, not patched into the pipeline: compiled, the
+    pipeline's own call would not see it."""
     _, lines, _ = decoded
     event_filter, reference = EventFilter.from_schemas(), EventFilter.from_schemas()
     compared = unreadable = 0

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from atnorm.forward.codec import packb
-from atnorm.model.encodable import MAX_NESTING
+from atnorm.model.jsoncodec import MAX_NESTING
 from support import load_event
 
 ATNORM = [sys.executable, "-m", "atnorm"]

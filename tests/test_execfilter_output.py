@@ -15,7 +15,7 @@ import msgpack
 import pytest
 from test_execfilter import FIXTURES, Child, exec_filter_command, json_outputs, mixed_items, msgpack_outputs, run_child, tagged
 
-from atnorm.model.encodable import MAX_NESTING
+from atnorm.model.jsoncodec import MAX_NESTING
 
 MSGPACK_IN = ["--in-format", "msgpack", "--tag-key", "tag"]
 

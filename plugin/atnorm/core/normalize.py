@@ -19,9 +19,10 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..model.encodable import MAX_INT, MAX_NESTING, MIN_INT, SURROGATE, bytes_text
+from ..model.encodable import MAX_INT, MIN_INT, SURROGATE, bytes_text
 from ..model.encodable import text as readable
 from ..model.event import CREDENTIAL_TYPES, EVENT_MARKERS, OUTCOMES, SEVERITIES
+from ..model.jsoncodec import MAX_NESTING
 
 Fixes = List[str]
 Step = Callable[[Dict[str, Any], Dict[str, Any], Fixes], None]  # (work, original event, fixes)
@@ -33,7 +34,6 @@ Step = Callable[[Dict[str, Any], Dict[str, Any], Fixes], None]  # (work, origina
 # a msgpack str that is not UTF-8 arrives as a str holding surrogateescape'd bytes; a JSON
 # string may hold a lone surrogate ("\ud800"). Bin that is UTF-8 is text like any other;
 # the rest cannot be validated or written as text, and the record is rejected for it.
-
 
 
 class EncodingProblem(Exception):

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..model.encodable import (
-    MAX_NESTING,
     SURROGATE,
     describe_error,
     encodable,
@@ -28,7 +27,7 @@ from ..model.encodable import (
     json_line,
     json_text,
 )
-from ..model.jsoncodec import decoded_plain
+from ..model.jsoncodec import decoded_plain, within_nesting
 from ..model.jsoncodec import loads as json_loads
 from ..model.packed import packed_text_record
 from ..model.verdict import ACCEPTED, INTERNAL_ERROR, PASSED, REJECTED, RejectReason, Verdict
@@ -479,10 +478,9 @@ class EventFilter:
             return self._count(self._unreadable(text, "record.json", f"not JSON: {exc}"))
         # Parsed JSON holds no bytes and only str keys; a lone surrogate can only come from
         # a \uD800-\uDFFF escape (or from text given as str), so only such text needs the scan.
-        # Fewer brackets than MAX_NESTING: not nested past the text check's bound either.
+        # Nor can text within the nesting bound hold what the text check's bound stops.
         plain = ("\\u" not in text or _ESCAPED_SURROGATE.search(text) is None) and (
-            text.isascii() or SURROGATE.search(text) is None) and (
-            text.count("[") + text.count("{") < MAX_NESTING)
+            text.isascii() or SURROGATE.search(text) is None) and within_nesting(text)
         return self._process_decoded(record, plain)
 
     def _count(self, verdict: Verdict) -> Verdict:

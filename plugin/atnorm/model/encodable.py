@@ -30,10 +30,6 @@ MAX_INT = (1 << 64) - 1
 # Deeper than this, a value is kept as its JSON text (msgpack's packer stops at 511 levels,
 # Python's json at about 1000, other parsers earlier).
 MAX_DEPTH = 100
-# Deeper than this, a record is not read at all: it is rejected before any decision. Below
-# msgpack's 511 levels and Python's recursion limit (about 1000), and a bound of its own:
-# compiled (setup.py), the walks recurse in C, where no recursion limit would stop them.
-MAX_NESTING = 500
 # JSON text of a too-deep value is cut at about this many characters.
 MAX_TEXT = 1 << 20
 

@@ -25,26 +25,33 @@ from typing import Any, Callable, Tuple
 
 import msgspec
 
-# msgspec goes a few levels deeper than the standard library before RecursionError (about
-# 1000 levels less the caller's stack); a document with fewer opening brackets than this,
-# or shorter than twice as many bytes, is nowhere near either limit.
-_BRACKETS = 500
-_SHORT = 2 * _BRACKETS
+# Deeper than this, a record is not read at all: it is rejected before any decision
+# (normalize.as_text). Below msgpack's 511 levels and Python's recursion limit (about 1000),
+# and a bound of its own: compiled (setup.py), the walks recurse in C, where no recursion
+# limit would stop them. msgspec goes a few levels deeper than the standard library before
+# RecursionError (about 1000 levels less the caller's stack): a document `within_nesting`
+# is nowhere near either limit.
+MAX_NESTING = 500
+_SHORT = 2 * MAX_NESTING
 
 _decode = msgspec.json.Decoder().decode
 _json_loads = json.loads
 _REFUSED = (msgspec.MsgspecError, ValueError, TypeError, RecursionError, OverflowError)
 
 
-def _brackets(data: Any) -> int:
+def within_nesting(data: Any) -> bool:
+    """True when JSON text (str or bytes) that parses is nested less than MAX_NESTING
+    levels: fewer opening brackets than that, or too short to hold as many pairs."""
+    if len(data) < _SHORT:
+        return True
     if isinstance(data, str):
-        return data.count("[") + data.count("{")
-    return data.count(b"[") + data.count(b"{")
+        return data.count("[") + data.count("{") < MAX_NESTING
+    return data.count(b"[") + data.count(b"{") < MAX_NESTING
 
 
 def loads(data: Any) -> Any:
     """`json.loads(data)` for str or bytes, decoded by msgspec where that is the same."""
-    if len(data) < _SHORT or _brackets(data) < _BRACKETS:
+    if within_nesting(data):
         try:
             return _decode(data)
         except _REFUSED:
@@ -54,7 +61,7 @@ def loads(data: Any) -> Any:
 
 def loads_plain(data: Any) -> Tuple[Any, bool]:
     """`loads(data)`, and whether msgspec decoded it: then the value holds no lone surrogate
-    (msgspec refuses them, escaped or raw) and is nested less than 500 levels deep, as well
+    (msgspec refuses them, escaped or raw) and is nested less than MAX_NESTING levels, as well
     as JSON's types only. False says nothing: the standard library decided."""
     decoded, value = decoded_plain(data)
     if decoded:
@@ -68,7 +75,7 @@ def decoded_plain(data: Any) -> Tuple[bool, Any]:
     refuses (not JSON, not UTF-8, a lone surrogate, ...), for the caller's own way, which
     words the error. Bytes msgspec accepts are valid UTF-8: decoding them first would give
     msgspec the same text."""
-    if len(data) < _SHORT or _brackets(data) < _BRACKETS:
+    if within_nesting(data):
         try:
             return True, _decode(data)
         except _REFUSED:
