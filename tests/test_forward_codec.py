@@ -369,3 +369,14 @@ def test_a_packed_forward_frame_is_what_packing_the_message_writes(size):
         frame = packed_forward_frame(tag, payload, chunk_id=options.get("chunk"), size=options.get("size"),
                                      compressed=options.get("compressed"))
         assert frame == msgpack.packb([tag, payload, options], use_bin_type=True)
+
+
+def test_a_protocol_error_comes_back_whole_from_another_process():
+    # A filter worker's exception is pickled back to the relay; one that cannot be
+    # unpickled breaks the worker pool instead of reaching the handler.
+    import pickle
+
+    error = pickle.loads(pickle.dumps(ProtocolError("malformed", "invalid entries in packed payload")))
+    assert type(error) is ProtocolError
+    assert (error.kind, str(error)) == ("malformed", "invalid entries in packed payload")
+

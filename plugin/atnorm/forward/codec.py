@@ -51,6 +51,11 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.kind = kind
 
+    def __reduce__(self) -> Tuple[Any, Tuple[str, str]]:
+        # Raised in a filter worker, it is pickled back: by default unpickling would call
+        # ProtocolError(message) and fail, which breaks the whole worker pool.
+        return ProtocolError, (self.kind, str(self))
+
 
 class EventTime:
     """Fluentd EventTime (msgpack ext type 0): whole seconds plus nanoseconds."""
