@@ -9,10 +9,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
 
+import pytest
 from fluent.sender import FluentSender
 
 from atnorm.cli.serve import configure_parser
@@ -21,6 +23,7 @@ from atnorm.core.stats import FilterStats
 from atnorm.forward.codec import Entry, pack_entries
 from atnorm.relay.filterpool import FilterPool
 from atnorm.relay.routing import RouteSettings
+from forward_frames import Time, ack_bytes, fluentd_packed_forward, mp
 from relay_process import RelayProcess
 from support import load_event
 
@@ -292,3 +295,44 @@ def test_a_relay_with_workers_and_no_downstream_writes_the_lines_its_own_process
     assert sorted(own) == ["accepted.jsonl", "passed.jsonl", "rejected.jsonl"]
     assert workers == own
     assert set(own_kinds) == {"RoutedBatch"} and set(worker_kinds) == {LinesBatch.__name__}
+
+
+GOOD_ENTRY = mp([Time(1750000000), load_event("vsi-provision.json")])
+UNHOLDABLE_RECORD = b"\x82" + mp("action") + mp("x.y.z") + mp("target") + b"\x81" + mp({"id": 1}) + mp("v")
+CHUNK_ID = "Y2h1bmstMQ=="
+# The same two records as each mode puts them on the wire; Message mode carries one record a frame.
+FRAMES = {
+    "packed_forward": [fluentd_packed_forward("audit.at", GOOD_ENTRY + b"\x92" + Time(1750000001).encode() +
+                                              UNHOLDABLE_RECORD, size=2, chunk_id=CHUNK_ID)],
+    "forward": [b"\x93" + mp("audit.at") + b"\x92" + GOOD_ENTRY + b"\x92" + Time(1750000001).encode() +
+                UNHOLDABLE_RECORD + mp({"chunk": CHUNK_ID})],
+    "message": [b"\x94" + mp("audit.at") + Time(1750000000).encode() + mp(load_event("vsi-provision.json")) +
+                mp({"chunk": CHUNK_ID}),
+                b"\x94" + mp("audit.at") + Time(1750000001).encode() + UNHOLDABLE_RECORD + mp({"chunk": CHUNK_ID})],
+}
+
+
+@pytest.mark.parametrize("mode", sorted(FRAMES))
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_record_keyed_by_a_map_is_rejected_and_its_chunk_acked_in_the_relay_and_in_workers(
+        tmp_path, workers, mode):
+    """Valid msgpack Python cannot hold (a map keyed by a map): the scan cannot tell it, so a
+    worker may meet it while decoding. It costs its own entry, as a rejection with a
+    reason; the chunk is acked, the connection stays open, and no worker dies for it."""
+    data = tmp_path / "data"
+    with RelayProcess("--listen", "127.0.0.1:0", "--data-dir", str(data), "--filter-workers", workers) as relay:
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as connection:
+            for _ in range(2):  # and the resend is acked from the dedup window
+                for frame in FRAMES[mode]:
+                    connection.sendall(frame)
+                    assert connection.recv(1024) == ack_bytes(CHUNK_ID)
+            wait_until(lambda: len(read_lines(data / "rejected.jsonl")) == 1 and
+                       len(read_lines(data / "accepted.jsonl")) == 1)
+            connection.sendall(FRAMES[mode][0])  # a good frame after it: the stream reads on
+            assert connection.recv(1024) == ack_bytes(CHUNK_ID)
+        assert "filter worker died" not in relay.stderr and "closed connection" not in relay.stderr
+    [dead_letter] = read_lines(data / "rejected.jsonl")
+    assert dead_letter["original"][1] == {"action": "x.y.z", "target": [[{"id": 1}, "v"]]}
+    [reason] = dead_letter["reasons"]
+    assert (reason["rule"], reason["path"]) == ("entry.record", "/1/target")
+    assert read_lines(data / "accepted.jsonl")[0]["action"] == load_event("vsi-provision.json")["action"]

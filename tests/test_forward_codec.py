@@ -380,3 +380,77 @@ def test_a_protocol_error_comes_back_whole_from_another_process():
     assert type(error) is ProtocolError
     assert (error.kind, str(error)) == ("malformed", "invalid entries in packed payload")
 
+
+# A record map keyed by a map, as Forward and Message frames carry it.
+_KEYED_BY_MAP = b"\x82" + mp("a") + mp(1) + mp("m") + b"\x81" + mp({"k": [1]}) + mp("v")
+
+
+def _frames_read(stream: bytes, step: int) -> list:
+    reader = FrameReader(1 << 20, keep_frames=True)
+    frames = []
+    for start in range(0, len(stream), step):
+        reader.feed(stream[start:start + step])
+        for frame in reader:
+            frames.append((parse_frame(frame, max_decompressed_size=1 << 20, raw=reader.last_frame),
+                           bytes(reader.last_frame)))
+    assert reader.buffered == 0
+    return frames
+
+
+@pytest.mark.parametrize("step", [1, 7, 1 << 20])
+def test_a_forward_or_message_entry_keyed_by_a_map_is_an_unusable_entry_and_the_stream_reads_on(step):
+    good = mp([Time(1700000000), {"x": 1}])
+    keyed = b"\x92" + Time(1700000001).encode() + _KEYED_BY_MAP
+    forward = b"\x93" + mp("t") + b"\x93" + good + keyed + good + mp({"chunk": "c1"})
+    message = b"\x94" + mp("t") + Time(1700000002).encode() + _KEYED_BY_MAP + mp({"chunk": "c2"})
+    plain = b"\x93" + mp("t") + b"\x91" + good + mp({"chunk": "c3"})
+    stream = plain + forward + message + plain + forward
+    frames = _frames_read(stream, step)
+    assert [raw for _, raw in frames] == [plain, forward, message, plain, forward]
+    chunks = [chunk for chunk, _ in frames]
+    assert [(c.mode, c.chunk_id, c.invalid, c.entry_count) for c in chunks] == [
+        (FORWARD, "c3", 0, 1), (FORWARD, "c1", 1, 3), (MESSAGE, "c2", 1, 1), (FORWARD, "c3", 0, 1),
+        (FORWARD, "c1", 1, 3)]
+    forward_chunk, message_chunk = chunks[1], chunks[2]
+    assert forward_chunk.entries[0] == forward_chunk.entries[2] == Entry(EventTime(1700000000, 0), {"x": 1})
+    unusable = forward_chunk.entries[1]
+    assert unusable.record == [EventTime(1700000001, 0), {"a": 1, "m": [[{"k": [1]}, "v"]]}]
+    assert unusable.problem is not None and unusable.problem[:2] == ("entry.record", "/1/m")
+    assert unusable.problem.raw == keyed
+    [from_message] = message_chunk.entries
+    assert from_message.problem is not None and from_message.problem[:2] == ("entry.record", "/1/m")
+    assert from_message.problem.raw == b"\x92" + Time(1700000002).encode() + _KEYED_BY_MAP
+    # Packed again (as for a filter worker), each unusable entry decodes to what it was.
+    again, invalid = unpack_entries(pack_entries(forward_chunk.entries + message_chunk.entries))
+    assert invalid == 2 and [e.problem for e in again if e.problem] == [unusable.problem, from_message.problem]
+    # The chunks that hold no such map are what reading them alone makes.
+    assert chunks[0].entries == chunks[3].entries == _frames_read(plain, 1 << 20)[0][0].entries
+
+
+def test_options_keyed_by_a_map_still_make_the_frame_malformed():
+    frame = b"\x93" + mp("t") + b"\x91" + mp([Time(1700000000), {"x": 1}]) + b"\x81" + mp({"k": 1}) + mp(1)
+    reader = FrameReader(1 << 20, keep_frames=True)
+    reader.feed(frame)
+    [read] = list(reader)
+    with pytest.raises(ProtocolError) as raised:
+        parse_frame(read, max_decompressed_size=1 << 20, raw=reader.last_frame)
+    assert raised.value.kind == "malformed"
+
+
+def test_maps_read_as_pairs_keep_the_frame_size_limit():
+    big = b"\x93" + mp("t") + b"\x92" + b"\x92" + Time(1700000001).encode() + _KEYED_BY_MAP + \
+        mp([Time(1700000000), {"x": "y" * 5000}]) + mp({})
+    reader = FrameReader(4096, max_feed=1024, keep_frames=True)
+    with pytest.raises(ProtocolError) as raised:
+        for start in range(0, len(big), 1024):
+            reader.feed(big[start:start + 1024])
+            list(reader)
+    assert raised.value.kind == "oversize"
+
+
+def test_without_kept_frames_a_map_keyed_by_a_map_is_malformed():
+    reader = FrameReader(1 << 20)  # a sender reading acks: nothing there may hold one
+    reader.feed(b"\x81" + mp({"k": 1}) + mp(1))
+    with pytest.raises(ProtocolError) as raised:
+        list(reader)
+    assert raised.value.kind == "malformed"

@@ -23,7 +23,6 @@ from atnorm.forward.codec import (
     EventTime,
     FrameReader,
     ProtocolError,
-    _ext_hook,
     ack_chunk_id,
     check_ping,
     check_pong,
@@ -54,10 +53,14 @@ def _items_in(frame: List[Any], inflated: Any) -> int:
     if type(body) is list:
         return len(body)
     if type(body) in (str, bytes):
-        unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", strict_map_key=False,
-                                    ext_hook=_ext_hook, max_buffer_size=max(len(inflated), 1))
+        # Skipped, not decoded: an object Python cannot hold (a map keyed by a map) counts too.
+        unpacker = msgpack.Unpacker(max_buffer_size=max(len(inflated), 1))
         unpacker.feed(inflated)
-        return sum(1 for _ in unpacker)
+        count = 0
+        while unpacker.tell() < len(inflated):
+            unpacker.skip()
+            count += 1
+        return count
     return 1
 
 

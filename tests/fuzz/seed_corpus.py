@@ -41,6 +41,16 @@ def forward_seeds(events: List[dict]) -> List[bytes]:
         b"\x07" + pack(["audit.at", [[2**32 - 1, {"a": 1}], [2**32, {"a": 2}], [-1, {"a": 3}],
                                      [[_event_time(5), {"m": 1}], {"a": 4}], [7, "not a map"]]]),
     ]
+    # A record map keyed by a map (valid msgpack Python cannot hold as a dict), in a Forward
+    # frame, a Message and a PackedForward payload, each followed by a plain frame.
+    keyed = b"\x92" + pack(1741064767) + b"\x82\xa1a\x01\xa1m\x81\x81\xa1k\x91\x01\xa1v"
+    plain = pack(["audit.at", [entries[0]], {"chunk": "Y2h1bmstNQ=="}])
+    seeds += [
+        b"\x07" + b"\x93" + pack("audit.at") + b"\x92" + pack(entries[0]) + keyed + pack({"chunk": "Y2h1bmstNg=="})
+        + plain,
+        b"\x07" + b"\x93" + pack("audit.at") + keyed[1:] + pack({"chunk": "Y2h1bmstNw=="}) + plain,
+        b"\x07" + pack(["audit.at", payload + keyed, {"chunk": "Y2h1bmstOA==", "size": 3}]) + plain,
+    ]
     return seeds
 
 

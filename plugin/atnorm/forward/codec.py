@@ -134,11 +134,14 @@ def as_bytes(value: Union[str, bytes]) -> bytes:
 
 class EntryProblem(NamedTuple):
     """Why an entry cannot be handed on as an event: `rule` (`entry.shape`, `entry.time` or
-    `entry.record`), `path` (a JSON pointer into the entry as received) and a message."""
+    `entry.record`), `path` (a JSON pointer into the entry as received) and a message.
+    `raw` holds the entry's bytes as received when Python cannot hold it as it is (a map
+    keyed by a map or an array): it is packed again as those bytes."""
 
     rule: str
     path: str
     message: str
+    raw: Optional[bytes] = None
 
 
 class Entry(NamedTuple):
@@ -235,20 +238,39 @@ class FrameReader:
     raised as ProtocolError ('oversize' or 'malformed') and leave the stream unusable.
     With `keep_frames`, `last_frame` holds the exact bytes of the object last returned
     (a server digests them to recognise a resend without packing the frame again).
+
+    A frame holding a map keyed by a map or an array (valid msgpack, which Python cannot
+    hold as a dict) is not malformed: with `keep_frames`, that frame is read again with
+    such maps as lists of [key, value] pairs, and each Forward or Message entry that holds
+    one comes as an `Unholdable` item, which the codec makes an unusable entry.
     """
 
     def __init__(self, max_frame_size: int, max_feed: int = 1 << 16, keep_frames: bool = False) -> None:
         self.max_frame_size = max_frame_size
+        self.max_feed = max_feed
         self.keep_frames = keep_frames
         self._raw = bytearray()  # with keep_frames: bytes fed, not yet part of a returned object
         self.last_frame: Optional[bytearray] = None
-        self._unpacker = msgpack.Unpacker(
-            max_buffer_size=max_frame_size + max_feed,
-            max_str_len=max_frame_size, max_bin_len=max_frame_size, max_ext_len=max_frame_size,
-            max_array_len=max_frame_size, max_map_len=max_frame_size // 2,
-            ext_hook=_ext_hook, **_UNPACK_OPTIONS)
+        self._unpacker = self._new_unpacker()
         self._fed = 0
         self._consumed = 0
+        self._pairs: Optional[_PairsHook] = None  # while reading a frame with a map that cannot be a dict
+
+    def _new_unpacker(self, **options: Any) -> msgpack.Unpacker:
+        limit = self.max_frame_size
+        return msgpack.Unpacker(
+            max_buffer_size=limit + self.max_feed, max_str_len=limit, max_bin_len=limit, max_ext_len=limit,
+            max_array_len=limit, max_map_len=limit // 2, ext_hook=_ext_hook, **options, **_UNPACK_OPTIONS)
+
+    def _read_again(self, pairs: Optional["_PairsHook"]) -> None:
+        """A fresh unpacker over the bytes not returned yet (they start a frame). With
+        `pairs`, for the frame that holds a map keyed by a map or an array, every map is
+        built in Python (slower) and that one is a list of its pairs; without, the frames
+        after it are read at full speed again."""
+        self._pairs = pairs
+        self._unpacker = self._new_unpacker(object_pairs_hook=pairs) if pairs else self._new_unpacker()
+        self._unpacker.feed(bytes(self._raw))
+        self._fed, self._consumed = len(self._raw), 0
 
     def feed(self, data: bytes) -> None:
         """Add received bytes."""
@@ -279,7 +301,12 @@ class FrameReader:
             if "exceeds max" in str(exc):
                 raise ProtocolError("oversize", f"declared size over the {self.max_frame_size}-byte limit") from None
             raise ProtocolError("malformed", f"invalid msgpack: {exc or type(exc).__name__}") from None
-        except Exception as exc:  # e.g. a map key that cannot be hashed
+        except TypeError as exc:  # a map key that cannot be hashed (a map or an array)
+            if not self.keep_frames or self._pairs is not None:
+                raise ProtocolError("malformed", f"invalid msgpack: {exc or type(exc).__name__}") from None
+            self._read_again(_PairsHook())
+            return next(self)
+        except Exception as exc:
             raise ProtocolError("malformed", f"invalid msgpack: {exc or type(exc).__name__}") from None
         position = self._unpacker.tell()
         size, self._consumed = position - self._consumed, position
@@ -288,6 +315,10 @@ class FrameReader:
             del self._raw[:size]  # cheap: bytearray drops its head without moving the rest
         if size > self.max_frame_size:
             raise ProtocolError("oversize", f"{size}-byte frame over the {self.max_frame_size}-byte limit")
+        if self._pairs is not None:
+            self._read_again(None)
+            assert self.last_frame is not None
+            return _unholdable_entries(obj, bytes(self.last_frame))
         return obj
 
 
@@ -405,6 +436,11 @@ def _unusable(item: Any, rule: str, path: str, message: str, metadata: Optional[
 
 def _check_item(item: Any) -> Entry:
     """One item of a Forward array or packed payload → Entry (with a `problem` if unusable)."""
+    if type(item) is Unholdable:
+        rule = "entry.record" if item.path.startswith("/1/") or item.path == "/1" else "entry.shape"
+        return Entry(EventTime.now(), item.item, None, EntryProblem(
+            rule, item.path, "a map keyed by a map or an array cannot be an event's (it is shown as its "
+            "[key, value] pairs)", item.raw))
     if type(item) is not list or len(item) != 2:
         shape = f"an array of {len(item)} elements" if type(item) is list else \
             ("nil" if item is None else f"a {type(item).__name__}")
@@ -463,6 +499,8 @@ def _unpack_items(payload: Union[bytes, bytearray], options: Dict[str, Any]) -> 
         for item in unpacker:
             append(item)
             mark(tell())
+    except TypeError:  # valid msgpack Python cannot hold as it is: a map keyed by a map or an array
+        return _unpack_unholdable(payload, options)
     except Exception as exc:
         raise ProtocolError("malformed", f"invalid entries in packed payload: {exc or type(exc).__name__}") from None
     # Where the last whole entry ended: after an entry cut short inside an ext value, the
@@ -470,6 +508,122 @@ def _unpack_items(payload: Union[bytes, bytearray], options: Dict[str, Any]) -> 
     if (ends[-1] if ends else 0) != len(payload):
         raise ProtocolError("malformed", "packed payload ends in the middle of an entry")
     return items, ends
+
+
+class _Pairs(list):  # type: ignore[type-arg]
+    """A map decoded as its [key, value] pairs, because a key is a map or an array."""
+
+
+class Unholdable(NamedTuple):
+    """A payload item Python cannot hold as it is: `item` with each map keyed by a map or an
+    array given as a list of its [key, value] pairs, `path` the JSON pointer of the first such
+    map, `raw` the item's bytes as received."""
+
+    item: Any
+    path: str
+    raw: bytes
+
+
+class _PairsHook:
+    """msgpack's object_pairs_hook: a map as a dict or, when a key is a map or an array, as
+    `_Pairs`; `made` tells that one was, since it was last cleared."""
+
+    def __init__(self) -> None:
+        self.made = False
+
+    def __call__(self, pairs: List[Tuple[Any, Any]]) -> Any:
+        try:
+            return dict(pairs)
+        except TypeError:  # a key that is a list (a map already given as pairs, or an array)
+            self.made = True
+            return _Pairs([key, value] for key, value in pairs)
+
+
+def _unpack_unholdable(payload: Union[bytes, bytearray], options: Dict[str, Any]) -> Tuple[List[Any], List[int]]:
+    """`_unpack_items` of a payload that holds a map keyed by a map or an array: the items
+    that hold one come as `Unholdable`, the others as always. Such a payload is rare, so
+    every map is built in Python here."""
+    pairs = _PairsHook()
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook,
+                                object_pairs_hook=pairs, **options)
+    items: List[Any] = []
+    ends: List[int] = []
+    start = 0
+    try:
+        unpacker.feed(payload)
+        for item in unpacker:
+            end = unpacker.tell()
+            if pairs.made:
+                pairs.made = False
+                path, item = _plain_pairs(item)
+                assert path is not None
+                item = Unholdable(item, path, bytes(payload[start:end]))
+            items.append(item)
+            ends.append(end)
+            start = end
+    except Exception as exc:
+        raise ProtocolError("malformed", f"invalid entries in packed payload: {exc or type(exc).__name__}") from None
+    if start != len(payload):
+        raise ProtocolError("malformed", "packed payload ends in the middle of an entry")
+    return items, ends
+
+
+def _plain_pairs(item: Any) -> Tuple[Optional[str], Any]:
+    """The JSON pointer of the first map of `item` given as pairs (None if none is), and `item`
+    with every such map a plain list. Iterative: msgpack nests up to its own stack limit."""
+    first: Optional[str] = None
+    root = [item]
+    stack: List[Tuple[Any, Any, str]] = [(root, 0, "")]
+    while stack:
+        parent, key, pointer = stack.pop()
+        value = parent[key]
+        kind = type(value)
+        if kind is _Pairs:
+            if first is None:
+                first = pointer
+            value = parent[key] = list(value)
+            kind = list
+        if kind is list:
+            stack.extend((value, index, f"{pointer}/{index}") for index in range(len(value) - 1, -1, -1))
+        elif kind is dict:
+            stack.extend((value, name, f"{pointer}/{_pointer_token(name)}") for name in reversed(list(value)))
+    return first, root[0]
+
+
+def _unholdable_entries(frame: Any, raw: bytes) -> Any:
+    """A frame read with maps as pairs (`FrameReader`), `raw` its bytes: each Forward entry,
+    or the Message, that holds such a map becomes an `Unholdable` item with its own bytes
+    (a Message's as the entry `[time, record]`); every other such map becomes a plain list,
+    which the frame checks refuse where a map belongs (the options)."""
+    if type(frame) is list and len(frame) >= 2:
+        try:
+            reader = msgpack.Unpacker(max_buffer_size=max(len(raw), 1), ext_hook=_ext_hook, **_UNPACK_OPTIONS)
+            reader.feed(raw)
+            reader.read_array_header()
+            reader.skip()  # the tag
+            body = frame[1]
+            if type(body) is list:  # Forward: [tag, [entry, ...], options]
+                for index in range(reader.read_array_header()):
+                    start = reader.tell()
+                    reader.skip()
+                    path, item = _plain_pairs(body[index])
+                    if path is not None:
+                        body[index] = Unholdable(item, path, raw[start:reader.tell()])
+            elif type(body) not in (str, bytes) and len(frame) >= 3:  # Message: [tag, time, record, ...]
+                start = reader.tell()
+                reader.skip()
+                reader.skip()
+                path, item = _plain_pairs([body, frame[2]])
+                if path is not None:
+                    frame[2] = Unholdable(item, path, b"\x92" + raw[start:reader.tell()])
+        except Exception:  # not the shape of a forward frame: the frame checks say what is wrong
+            pass
+    return _plain_pairs(frame)[1]
+
+
+def _pointer_token(key: Any) -> str:
+    text = key if type(key) is str else str(key)
+    return text.replace("~", "~0").replace("/", "~1")
 
 
 # Strict UTF-8 (no surrogateescape) and str or bin map keys only: a payload that decodes so
@@ -714,7 +868,7 @@ def parse_frame(frame: List[Any], *, max_decompressed_size: int, peer: str = "",
         if len(frame) < 3:
             raise ProtocolError("malformed", "message frame without a record")
         options = _options(frame, 3)
-        item = [body, frame[2]]
+        item = frame[2] if type(frame[2]) is Unholdable else [body, frame[2]]
         entries, invalid = entries_from_list((item,))
         mode = MESSAGE
         if options.get("chunk") is not None:
@@ -735,13 +889,20 @@ def pack_entries(entries: Iterable[Entry]) -> bytes:
 
 def _pack_into(packer: msgpack.Packer, entries: List[Entry]) -> bytes:
     pack = packer.pack
+    parts: List[bytes] = []
     for entry in entries:
         if entry.problem is not None:
+            if entry.problem.raw is not None:  # bytes that decode to no Python object as they are
+                parts += (packer.bytes(), entry.problem.raw)
+                packer.reset()
+                continue
             pack(entry.record)  # as received: decoding it again finds the same problem
         elif entry.metadata is None:
             pack([entry.time, entry.record])
         else:
             pack([[entry.time, entry.metadata], entry.record])
+    if parts:
+        return b"".join(parts) + packer.bytes()
     return packer.bytes()
 
 
