@@ -187,3 +187,26 @@ def test_record_with_more_items_than_the_limit_is_one_rejection(tmp_path):
     outputs = msgpack_outputs(out)
     assert [o["tag"] for o in outputs] == ["app.1", "app.big.rejected", "app.2"]
     assert outputs[1]["reasons"][0]["rule"] == "record.size"
+
+
+@pytest.mark.parametrize("step", [1, 5, 64, 1 << 20])
+def test_a_record_keyed_by_a_map_is_one_rejection_not_pieces_of_records(step):
+    """Valid msgpack Python cannot hold as a dict: the record is one rejection, its inner map
+    shown as [key, value] pairs; the inner map is never taken for a record of its own."""
+    keyed = (b"\x83" + msgpack.packb("tag") + msgpack.packb("app.x") + msgpack.packb("target") + b"\x81" +
+             msgpack.packb({"id": 1}) + msgpack.packb("v") + msgpack.packb("n") + b"\x81" +
+             msgpack.packb([1, 2]) + msgpack.packb(3))
+    records = [plain(i) for i in range(3)]
+    data = msgpack.packb(records[0]) + keyed + msgpack.packb(records[1]) + keyed + msgpack.packb(records[2])
+    feeder = reader()
+    outputs: List[Any] = []
+    for start in range(0, len(data), step):
+        outputs.extend(feeder.feed(data[start:start + step]))
+    outputs.extend(feeder.close())
+    assert len(outputs) == 5
+    assert [o for o in outputs if "reasons" not in o] == records
+    for rejected in (outputs[1], outputs[3]):
+        assert rejected["original"] == {b"tag": b"app.x", b"target": [[{b"id": 1}, b"v"]], b"n": [[[1, 2], 3]]}
+        [reason] = rejected["reasons"]
+        assert reason["rule"] == "input.msgpack"
+        assert "keyed by a map or an array at '/target'" in reason["message"]

@@ -74,6 +74,9 @@ def execfilter_seeds(events: List[dict]) -> List[bytes]:
             bytes([out, _NO_KEYS, 2, _RAW_MSGPACK]) + b"\x81\xa1k\xa2\xff1\x81\xa1k\xa2\xfe2",
             bytes([out, _NO_KEYS, 3, _RAW_MSGPACK]) + b"\x82\xa6action\x81\xa0\xc0\xa10\xa1\x80",
             bytes([out, _NO_KEYS, 4, _RAW_JSON]) + b"{}\n   \n" + b" " * 9000 + b"\n{\"a\":1}\n",
+            # A record holding a map keyed by a map, between two records.
+            bytes([out, _TAG_KEY, 6, _RAW_MSGPACK]) + msgpack.packb(events[0]) +
+            b"\x82\xa3tag\xa1t\xa1m\x81\x81\xa1k\x91\x01\xa1v" + msgpack.packb(events[1]),
         ]
     return seeds
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import msgpack
 
-from ..forward.codec import text_object
+from ..forward.codec import text_object, unpack_with_pairs
 from .diagnostics import DiagnosticLog
 from .shaping import RecordRouter
 
@@ -609,11 +609,20 @@ class MsgpackInput:
             outputs.append(self._oversized(self._offset + pos, used, bytes(buf[pos:pos + KEPT_BYTES]),
                                            walker=walker))
             return end
+        data = bytes(buf[pos:end])
         try:  # framed as a record: only its text is bad; keep it byte for byte
-            raw_obj = msgpack.unpackb(bytes(buf[pos:end]), raw=True, strict_map_key=False)
+            raw_obj = msgpack.unpackb(data, raw=True, strict_map_key=False)
+            problem = f"cannot be decoded as a record ({_describe(exc)}); original holds it with strings undecoded"
+        except TypeError:  # a map keyed by a map or an array: one record, which Python cannot hold
+            try:
+                path, raw_obj = unpack_with_pairs(data, raw=True)
+            except ValueError:
+                return self._damage(pos, eof, outputs)
+            problem = (f"holds a map keyed by a map or an array at '{path}', which a record cannot hold; "
+                       "original shows that map as its [key, value] pairs, with strings undecoded")
         except Exception:
             return self._damage(pos, eof, outputs)
-        if type(raw_obj) is not dict:
+        if type(raw_obj) is not dict and not _is_map_header(data[0]):
             return self._damage(pos, eof, outputs)
         # Alone only if a record (or the end of input) follows; else it is part of damage.
         # The search starts after the map: a map inside it is one of its values (as for a
@@ -626,8 +635,7 @@ class MsgpackInput:
             outputs.append(self._reject_bytes(pos, len(buf) if found is None else found,
                                               "not a record"))
             return len(buf) if found is None else found
-        message = (f"msgpack object of {used} bytes cannot be decoded as a record "
-                   f"({_describe(exc)}); original holds it with strings undecoded")
+        message = f"msgpack object of {used} bytes {problem}"
         if self._log is not None:
             self._log.write(message, problem=True)
         outputs.append(self.router.unreadable(self._keep_raw(raw_obj), "input.msgpack", message))

@@ -568,6 +568,22 @@ def _unpack_unholdable(payload: Union[bytes, bytearray], options: Dict[str, Any]
     return items, ends
 
 
+def unpack_with_pairs(data: bytes, raw: bool = False) -> Tuple[str, Any]:
+    """One msgpack object that holds a map keyed by a map or an array → (the JSON pointer of
+    the first such map, the object with each such map as a list of its [key, value] pairs).
+    ValueError when `data` is not one such object."""
+    pairs = _PairsHook()
+    options = dict(_UNPACK_OPTIONS, raw=raw)
+    try:
+        value = msgpack.unpackb(data, ext_hook=_ext_hook, object_pairs_hook=pairs, **options)
+    except Exception as exc:
+        raise ValueError(f"not one msgpack object: {exc or type(exc).__name__}") from None
+    path, value = _plain_pairs(value)
+    if path is None:
+        raise ValueError("no map keyed by a map or an array")
+    return path, value
+
+
 def _plain_pairs(item: Any) -> Tuple[Optional[str], Any]:
     """The JSON pointer of the first map of `item` given as pairs (None if none is), and `item`
     with every such map a plain list. Iterative: msgpack nests up to its own stack limit."""
@@ -622,7 +638,8 @@ def _unholdable_entries(frame: Any, raw: bytes) -> Any:
 
 
 def _pointer_token(key: Any) -> str:
-    text = key if type(key) is str else str(key)
+    kind = type(key)
+    text = key if kind is str else key.decode("utf-8", "backslashreplace") if kind is bytes else str(key)
     return text.replace("~", "~0").replace("/", "~1")
 
 
