@@ -168,9 +168,9 @@ def _records_hold_0xff(payload: bytes) -> bool:
     return False
 
 
-def _unholdable(entries: List[Entry]) -> bool:
-    """Whether some entry holds a map keyed by a map or an array (kept as its bytes)."""
-    return any(entry.problem is not None and entry.problem.raw is not None for entry in entries)
+def _unholdable(entries: List[Entry]) -> int:
+    """How many entries hold a map keyed by a map or an array (kept as their bytes)."""
+    return sum(entry.problem is not None and entry.problem.raw is not None for entry in entries)
 
 
 def _eager(payload: bytes) -> Tuple[str, Any]:
@@ -327,7 +327,7 @@ def test_a_verbatim_chunk_decodes_later_to_exactly_the_entries_of_decoding_at_on
                            max_decompressed_size=1 << 20, scan=True, decoded_elsewhere=metadata)
         # A verbatim chunk counts its unusable entries once decoded: only an unholdable
         # one (a map keyed by a map or an array) can be in one, as skipping cannot tell it.
-        unholdable = sum(entry.problem is not None and entry.problem.raw is not None for entry in eager.entries)
+        unholdable = _unholdable(eager.entries)
         assert lazy.invalid == (eager.invalid - unholdable if lazy.verbatim is not None else eager.invalid)
         assert (lazy.tag, lazy.chunk_id, lazy.mode, lazy.digest, lazy.resend_key) == \
                (eager.tag, eager.chunk_id, eager.mode, eager.digest, eager.resend_key)

@@ -612,7 +612,6 @@ class MsgpackInput:
         data = bytes(buf[pos:end])
         try:  # framed as a record: only its text is bad; keep it byte for byte
             raw_obj = msgpack.unpackb(data, raw=True, strict_map_key=False)
-            problem = f"cannot be decoded as a record ({_describe(exc)}); original holds it with strings undecoded"
         except TypeError:  # a map keyed by a map or an array: one record, which Python cannot hold
             try:
                 path, raw_obj = unpack_with_pairs(data, raw=True)
@@ -622,8 +621,10 @@ class MsgpackInput:
                        "original shows that map as its [key, value] pairs, with strings undecoded")
         except Exception:
             return self._damage(pos, eof, outputs)
-        if type(raw_obj) is not dict and not _is_map_header(data[0]):
-            return self._damage(pos, eof, outputs)
+        else:
+            if type(raw_obj) is not dict:
+                return self._damage(pos, eof, outputs)
+            problem = f"cannot be decoded as a record ({_describe(exc)}); original holds it with strings undecoded"
         # Alone only if a record (or the end of input) follows; else it is part of damage.
         # The search starts after the map: a map inside it is one of its values (as for a
         # record that decodes), not a record of its own.

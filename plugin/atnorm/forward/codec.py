@@ -488,9 +488,12 @@ def unpack_entries(payload: Union[bytes, bytearray]) -> Tuple[List[Entry], int]:
     return entries_from_list(_unpack_items(payload, _UNPACK_OPTIONS)[0])
 
 
-def _unpack_items(payload: Union[bytes, bytearray], options: Dict[str, Any]) -> Tuple[List[Any], List[int]]:
-    """The msgpack objects of a payload, decoded with `options`, and where each one ends."""
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook, **options)
+def _unpack_items(payload: Union[bytes, bytearray], options: Dict[str, Any],
+                  pairs: Optional["_PairsHook"] = None) -> Tuple[List[Any], List[int]]:
+    """The msgpack objects of a payload, decoded with `options`, and where each one ends;
+    with `pairs`, every map is built by it (see `_unpack_unholdable`)."""
+    hook = {} if pairs is None else {"object_pairs_hook": pairs}
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook, **hook, **options)
     items: List[Any] = []
     ends: List[int] = []
     append, mark, tell = items.append, ends.append, unpacker.tell
@@ -499,9 +502,9 @@ def _unpack_items(payload: Union[bytes, bytearray], options: Dict[str, Any]) -> 
         for item in unpacker:
             append(item)
             mark(tell())
-    except TypeError:  # valid msgpack Python cannot hold as it is: a map keyed by a map or an array
-        return _unpack_unholdable(payload, options)
     except Exception as exc:
+        if isinstance(exc, TypeError) and pairs is None:  # valid msgpack Python cannot hold as it is:
+            return _unpack_unholdable(payload, options)  # a map keyed by a map or an array
         raise ProtocolError("malformed", f"invalid entries in packed payload: {exc or type(exc).__name__}") from None
     # Where the last whole entry ended: after an entry cut short inside an ext value, the
     # unpacker's position can already stand at the end of the payload.
@@ -543,29 +546,19 @@ def _unpack_unholdable(payload: Union[bytes, bytearray], options: Dict[str, Any]
     """`_unpack_items` of a payload that holds a map keyed by a map or an array: the items
     that hold one come as `Unholdable`, the others as always. Such a payload is rare, so
     every map is built in Python here."""
-    pairs = _PairsHook()
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook,
-                                object_pairs_hook=pairs, **options)
-    items: List[Any] = []
-    ends: List[int] = []
+    items, ends = _unpack_items(payload, options, _PairsHook())
     start = 0
-    try:
-        unpacker.feed(payload)
-        for item in unpacker:
-            end = unpacker.tell()
-            if pairs.made:
-                pairs.made = False
-                path, item = _plain_pairs(item)
-                assert path is not None
-                item = Unholdable(item, path, bytes(payload[start:end]))
-            items.append(item)
-            ends.append(end)
-            start = end
-    except Exception as exc:
-        raise ProtocolError("malformed", f"invalid entries in packed payload: {exc or type(exc).__name__}") from None
-    if start != len(payload):
-        raise ProtocolError("malformed", "packed payload ends in the middle of an entry")
+    for index, end in enumerate(ends):
+        items[index] = _held(items[index], bytes(payload[start:end]))
+        start = end
     return items, ends
+
+
+def _held(item: Any, raw: bytes) -> Any:
+    """`item`, read with maps as pairs, with each such map a plain list: an `Unholdable`
+    (with `raw`, its bytes) when it holds one."""
+    path, item = _plain_pairs(item)
+    return item if path is None else Unholdable(item, path, raw)
 
 
 def unpack_with_pairs(data: bytes, raw: bool = False) -> Tuple[str, Any]:
@@ -622,16 +615,14 @@ def _unholdable_entries(frame: Any, raw: bytes) -> Any:
                 for index in range(reader.read_array_header()):
                     start = reader.tell()
                     reader.skip()
-                    path, item = _plain_pairs(body[index])
-                    if path is not None:
-                        body[index] = Unholdable(item, path, raw[start:reader.tell()])
+                    body[index] = _held(body[index], raw[start:reader.tell()])
             elif type(body) not in (str, bytes) and len(frame) >= 3:  # Message: [tag, time, record, ...]
                 start = reader.tell()
                 reader.skip()
                 reader.skip()
-                path, item = _plain_pairs([body, frame[2]])
-                if path is not None:
-                    frame[2] = Unholdable(item, path, b"\x92" + raw[start:reader.tell()])
+                entry = _held([body, frame[2]], b"\x92" + raw[start:reader.tell()])
+                if type(entry) is Unholdable:
+                    frame[2] = entry
         except Exception:  # not the shape of a forward frame: the frame checks say what is wrong
             pass
     return _plain_pairs(frame)[1]
