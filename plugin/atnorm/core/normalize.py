@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..model.encodable import MAX_INT, MIN_INT, SURROGATE, bytes_text
+from ..model.encodable import MAX_INT, MIN_INT, SURROGATE, bytes_text, pointer_part
 from ..model.encodable import text as readable
 from ..model.event import CREDENTIAL_TYPES, EVENT_MARKERS, OUTCOMES, SEVERITIES
 from ..model.jsoncodec import MAX_NESTING
@@ -82,10 +82,6 @@ def _needs_text(value: Any, depth: int) -> bool:
     return kind is bytes
 
 
-def _escape_part(part: str) -> str:
-    return part.replace("~", "~0").replace("/", "~1")
-
-
 def _text(value: Any, pointer: str, where: str) -> str:
     """`value` (bytes or str) as text, or EncodingProblem pointing at it."""
     if type(value) is bytes:
@@ -110,16 +106,16 @@ def _as_text(value: Any, pointer: str, depth: int) -> Any:
         out: Dict[str, Any] = {}
         for key, item in value.items():
             if type(key) is bytes:
-                name = _text(key, pointer + "/" + _escape_part(bytes_text(key)), "key: ")
+                name = _text(key, pointer + "/" + pointer_part(bytes_text(key)), "key: ")
             elif type(key) is str:
-                name = _text(key, pointer + "/" + _escape_part(readable(key)), "key: ")
+                name = _text(key, pointer + "/" + pointer_part(readable(key)), "key: ")
             else:
                 raise EncodingProblem(pointer, f"a key must be a string, not {type(key).__name__} ({key!r})",
                                       "record.type")
             if name in out:
-                raise EncodingProblem(pointer + "/" + _escape_part(name), f"key {name!r} appears twice",
+                raise EncodingProblem(pointer + "/" + pointer_part(name), f"key {name!r} appears twice",
                                       "record.type")
-            out[name] = _as_text(item, pointer + "/" + _escape_part(name), depth - 1)
+            out[name] = _as_text(item, pointer + "/" + pointer_part(name), depth - 1)
         return out
     if kind is list:
         items: List[Any] = []

@@ -21,6 +21,7 @@ from typing import Any, Dict, Hashable, Iterable, Iterator, List, Mapping, Named
 import msgpack
 import msgspec
 
+from ..model.encodable import key_pointer_part
 from ..model.packed import BIN_HEADERS, CONTAINER_HEADERS, bin_header
 
 try:  # optional: only needed when a sender compresses with zstd
@@ -595,7 +596,7 @@ def _plain_pairs(item: Any) -> Tuple[Optional[str], Any]:
         if kind is list:
             stack.extend((value, index, f"{pointer}/{index}") for index in range(len(value) - 1, -1, -1))
         elif kind is dict:
-            stack.extend((value, name, f"{pointer}/{_pointer_token(name)}") for name in reversed(list(value)))
+            stack.extend((value, name, f"{pointer}/{key_pointer_part(name)}") for name in reversed(list(value)))
     return first, root[0]
 
 
@@ -626,12 +627,6 @@ def _unholdable_entries(frame: Any, raw: bytes) -> Any:
         except Exception:  # not the shape of a forward frame: the frame checks say what is wrong
             pass
     return _plain_pairs(frame)[1]
-
-
-def _pointer_token(key: Any) -> str:
-    kind = type(key)
-    text = key if kind is str else key.decode("utf-8", "backslashreplace") if kind is bytes else str(key)
-    return text.replace("~", "~0").replace("/", "~1")
 
 
 # Strict UTF-8 (no surrogateescape) and str or bin map keys only: a payload that decodes so

@@ -56,6 +56,16 @@ def bytes_text(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
 
 
+def pointer_part(part: str) -> str:
+    """A JSON pointer reference token (RFC 6901): `~` as `~0`, `/` as `~1`."""
+    return part.replace("~", "~0").replace("/", "~1")
+
+
+def key_pointer_part(key: Any) -> str:
+    """The reference token of a map key of any type, named as `encodable` writes the key."""
+    return pointer_part(_key(key))
+
+
 def integer(value: int) -> Any:
     """`value`, or its decimal text when msgpack cannot hold it (hex when too long for decimal)."""
     if MIN_INT <= value <= MAX_INT:
@@ -359,7 +369,7 @@ def first_unencodable(value: Any, max_depth: int = MAX_DEPTH) -> Tuple[str, str]
                 for key, child in item.items():
                     if type(key) is not str or not _fine(key, 1):
                         return path, f"a key that is not text: {_key(key)!r}"
-                    pairs.append((key.replace("~", "~0").replace("/", "~1"), child))
+                    pairs.append((pointer_part(key), child))
             stack.extend((f"{path}/{name}", child, depth - 1) for name, child in pairs[::-1])
         elif not _fine(item, 1):
             leaf = _leaf(item)
