@@ -493,7 +493,7 @@ def _unpack_items(payload: Union[bytes, bytearray], options: Dict[str, Any],
                   pairs: Optional["_PairsHook"] = None) -> Tuple[List[Any], List[int]]:
     """The msgpack objects of a payload, decoded with `options`, and where each one ends;
     with `pairs`, every map is built by it (see `_unpack_unholdable`)."""
-    hook = {} if pairs is None else {"object_pairs_hook": pairs}
+    hook: Dict[str, Any] = {} if pairs is None else {"object_pairs_hook": pairs}
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), ext_hook=_ext_hook, **hook, **options)
     items: List[Any] = []
     ends: List[int] = []
