@@ -30,11 +30,13 @@ from support import load_event
 ROUTES = RouteSettings(accepted_tag="{tag}", rejected_tag="{tag}.rejected", time_source="event")
 
 
-def wait_until(predicate, timeout=60.0):
+def wait_until(predicate, timeout=60.0, context=None):
+    """Wait for `predicate`; on a timeout the failure shows what `context()` returns (a
+    relay's stderr, say)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+            raise AssertionError("condition not reached in time" + (f"\n{context()}" if context else ""))
         time.sleep(0.02)
 
 
@@ -83,7 +85,7 @@ def test_relay_redoes_the_chunk_of_a_killed_worker_and_stops_on_sigterm(tmp_path
         for _ in range(3):
             assert sender.emit("audit", load_event("vsi-provision.json"))
         sender.close()
-        wait_until(lambda: len(read_lines(data / "accepted.jsonl")) == 4)
+        wait_until(lambda: len(read_lines(data / "accepted.jsonl")) == 4, context=lambda: relay.stderr)
         try:
             status = relay.stop(timeout=60)
         except subprocess.TimeoutExpired:
@@ -144,6 +146,133 @@ def test_pool_redoes_a_chunk_once_then_decides_it_itself_and_always_closes():
     assert pool.restarts >= 1 and pool.decided_here == 1
     assert (stats.outcomes["accepted"], stats.outcomes["passed"]) == (2, 2)  # each chunk counted once
     assert worker_pids(os.getpid()) == []
+
+
+def _submit_as_if_before_the_break(executor):
+    """Make `executor.submit` do what a submit does when it passed its broken-check just
+    before a worker died and adds its work after the executor failed what it held
+    (CPython sets the flag without the lock submit holds): a future nobody will finish."""
+    real_submit = executor.submit
+
+    def late_submit(fn, *args, **kwargs):
+        flags = executor._broken, executor._shutdown_thread
+        executor._broken, executor._shutdown_thread = False, False
+        try:
+            return real_submit(fn, *args, **kwargs)
+        finally:
+            executor._broken, executor._shutdown_thread = flags
+
+    executor.submit = late_submit
+
+
+def test_a_chunk_submitted_as_a_worker_dies_is_redone_not_waited_on_forever():
+    stats = FilterStats()
+    pool = FilterPool(2, filter_options(), ROUTES, stats)
+    payload = pack_entries([Entry(1700000000, load_event("vsi-provision.json")), Entry(1700000000, {"msg": "hello"})])
+
+    async def scenario():
+        await pool.start()
+        executor = pool._executor
+        os.kill(worker_pids(os.getpid())[0], signal.SIGKILL)
+        wait_until(lambda: executor._broken and not executor._executor_manager_thread.is_alive())
+        _submit_as_if_before_the_break(executor)
+        return await asyncio.wait_for(pool.route("audit.at", payload), 60)
+
+    try:
+        batches = asyncio.run(scenario())
+    finally:
+        closer = threading.Thread(target=pool.close, daemon=True)
+        closer.start()
+        closer.join(120)
+    assert sorted((b.route, b.count) for b in batches) == [("accepted", 1), ("passed", 1)]
+    assert (pool.restarts, pool.decided_here) == (1, 0)  # redone by the new workers
+    assert (stats.outcomes["accepted"], stats.outcomes["passed"]) == (1, 1)
+    wait_until(lambda: worker_pids(os.getpid()) == [])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_workers_left_behind_by_a_broken_executor_are_stopped(monkeypatch):
+    """CPython's clean-up of a broken executor can itself fail in the same race (seen:
+    RuntimeError, dictionary changed size during iteration), after flagging the executor
+    broken and before stopping its other workers; one left blocked on the dead worker's
+    queue lock stays for ever, and holds the relay's exit. The pool stops them itself."""
+    from concurrent.futures import process
+
+    def fails_midway(manager, cause):
+        executor = manager.executor_reference()
+        executor._broken = "A child process terminated abruptly"
+        executor._shutdown_thread = True
+        raise RuntimeError("dictionary changed size during iteration")
+
+    monkeypatch.setattr(process._ExecutorManagerThread, "terminate_broken", fails_midway)
+    stats = FilterStats()
+    pool = FilterPool(2, filter_options(), ROUTES, stats)
+    payload = pack_entries([Entry(1700000000, {"msg": "hello"})])
+
+    async def scenario():
+        await pool.start()
+        executor = pool._executor
+        first, survivor = worker_pids(os.getpid())
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: executor._broken and not executor._executor_manager_thread.is_alive())
+        assert survivor in worker_pids(os.getpid())  # nothing stopped it
+        batches = await asyncio.wait_for(pool.route("audit.at", payload), 60)
+        return survivor, batches
+
+    survivor = None
+    try:
+        survivor, batches = asyncio.run(scenario())
+        wait_until(lambda: survivor not in worker_pids(os.getpid()))
+    finally:
+        closer = threading.Thread(target=pool.close, args=(5,), daemon=True)
+        closer.start()
+        closer.join(120)
+        for pid in worker_pids(os.getpid()):  # never leave this process a child to wait for
+            os.kill(pid, signal.SIGKILL)
+    assert [(b.route, b.count) for b in batches] == [("passed", 1)] and pool.restarts == 1
+    assert not closer.is_alive()
+
+
+def _die_holding_the_pools_shared_locks():
+    """In a worker: take every lock of the pool's shared values, then be killed holding them
+    (as a worker killed while reading the reload generation was)."""
+    from atnorm.relay import filterpool
+
+    assert filterpool._worker is not None
+    for shared in (filterpool._worker.generation, filterpool._started):
+        get_lock = getattr(shared, "get_lock", None)
+        if get_lock is not None:
+            get_lock().acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_holding_a_shared_lock_stalls_neither_new_workers_nor_reloads():
+    from concurrent.futures.process import BrokenProcessPool
+
+    stats = FilterStats()
+    pool = FilterPool(2, filter_options(), ROUTES, stats)
+    payload = pack_entries([Entry(1700000000, {"msg": "hello"})])
+
+    async def scenario():
+        await pool.start()
+        with pytest.raises(BrokenProcessPool):
+            await asyncio.get_running_loop().run_in_executor(pool._executor, _die_holding_the_pools_shared_locks)
+        reload = threading.Thread(target=pool.request_reload, daemon=True)  # as SIGHUP does, in the relay
+        reload.start()
+        reload.join(30)
+        assert not reload.is_alive(), "a reload waited on a lock a dead worker held"
+        return await asyncio.wait_for(pool.route("audit.at", payload), 60)
+
+    try:
+        batches = asyncio.run(scenario())
+    finally:
+        closer = threading.Thread(target=pool.close, args=(5,), daemon=True)
+        closer.start()
+        closer.join(120)
+        for pid in worker_pids(os.getpid()):
+            os.kill(pid, signal.SIGKILL)
+    assert [(b.route, b.count) for b in batches] == [("passed", 1)]
+    assert (pool.restarts, pool.decided_here) == (1, 0)  # the new workers started and decided it
 
 
 def test_pool_close_returns_after_a_worker_was_killed():

@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import signal
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Dict, List, Optional, Tuple
@@ -137,7 +138,7 @@ def _packed(entries: List[Entry]) -> bytes:
 
 
 _worker: Optional[_Worker] = None
-_started: Any = None  # how many workers of the pool have built their filter (a shared int)
+_started: Any = None  # how many workers of the executor have built their filter (a shared int)
 
 
 def _start_worker(filter_options: FilterOptions, routes: RouteSettings, generation: Any, form: str,
@@ -170,6 +171,20 @@ def _all_started(workers: int, timeout: float) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+# How often a chunk waiting on a worker checks that its executor is still whole.
+ORPHAN_CHECK_INTERVAL = 1.0
+
+
+def _broken(executor: concurrent.futures.ProcessPoolExecutor) -> bool:
+    """Whether a worker of `executor` died: its own flag, set before it fails what it holds."""
+    return bool(getattr(executor, "_broken", False))
+
+
+def _processes(executor: concurrent.futures.ProcessPoolExecutor) -> List[Any]:
+    """The worker processes `executor` started (none once it was shut down)."""
+    return list((getattr(executor, "_processes", None) or {}).values())
 
 
 def add_counts(stats: FilterStats, counts: Counts) -> None:
@@ -206,9 +221,13 @@ class FilterPool:
         self.decided_here = 0  # chunks decided in this process after breaking workers twice
         # spawn, not fork: the relay has threads (spool, metrics) that a fork would copy mid-lock.
         self._context = multiprocessing.get_context("spawn")
-        self._generation = self._context.Value("i", 0)
+        # No lock in shared memory that a worker can die holding (SIGKILL while reading it
+        # left every later worker, and the relay's next reload, waiting on it for ever): the
+        # relay is the only writer of the generation, each worker counts itself in on a
+        # counter of its own executor's, and a broken executor is never started again.
+        self._generation = self._context.RawValue("i", 0)
+        self._reload_lock = threading.Lock()
         self._arguments = (filter_options, routes, self._generation, form)
-        self._started = self._context.Value("i", 0)
         self._executor = self._new_executor()
         self._local: Optional[_Worker] = None
         self._closing = False
@@ -216,7 +235,7 @@ class FilterPool:
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=self._context,
                                                       initializer=_start_worker,
-                                                      initargs=(*self._arguments, self._started))
+                                                      initargs=(*self._arguments, self._context.Value("i", 0)))
 
     async def start(self, timeout: float = 120.0) -> None:
         """Start every worker and wait until each has built its filter: a worker started
@@ -236,7 +255,8 @@ class FilterPool:
                 break
             executor = self._executor
             try:
-                routed, counts = await loop.run_in_executor(executor, _route_in_worker, tag, payload)
+                work = loop.run_in_executor(executor, _route_in_worker, tag, payload)
+                routed, counts = await self._outcome(executor, work)
             except BrokenProcessPool:
                 self._replace(executor, attempt)
                 continue
@@ -244,13 +264,34 @@ class FilterPool:
             return routed
         return self._route_here(tag, payload)
 
+    async def _outcome(self, executor: concurrent.futures.ProcessPoolExecutor, work: "asyncio.Future[Any]") -> Any:
+        """What a worker made of a chunk, or BrokenProcessPool once `executor` is broken.
+
+        The executor fails every chunk it holds when a worker dies, but CPython (3.9 to
+        3.12 at least) marks it broken without the lock `submit` holds: a chunk submitted
+        in that instant is never failed and never run. So while a chunk waits, the pool
+        looks every ORPHAN_CHECK_INTERVAL whether its executor broke or was replaced; the
+        relay's result then comes from a redo, and no worker's late answer is taken."""
+        while True:
+            done, _ = await asyncio.wait((work,), timeout=ORPHAN_CHECK_INTERVAL)
+            if done:
+                return work.result()
+            if self._executor is not executor or _broken(executor):
+                work.cancel()
+                raise BrokenProcessPool("the executor holding this chunk broke before deciding it")
+
     def _replace(self, broken: concurrent.futures.ProcessPoolExecutor, attempt: int) -> None:
         """A worker of `broken` died: new workers for what comes next (once per broken executor)."""
-        if attempt == 0:
-            log.error("a filter worker died; starting new workers and redoing the chunks it held")
-        else:
+        if attempt > 0:
             log.error("a filter worker died again on a chunk it was redoing; deciding that chunk in the relay")
         if self._executor is broken and not self._closing:
+            log.error("a filter worker died; starting new workers and redoing the chunks it held")
+            # Its survivors are useless now, and may never exit: when the executor's own
+            # clean-up fails in the race `_outcome` describes, nothing stops them, and a
+            # worker left blocked on the dead one's queue lock would hold the relay's exit.
+            for process in _processes(broken):
+                if process.is_alive():
+                    process.kill()
             broken.shutdown(wait=False, cancel_futures=True)
             self._executor = self._new_executor()
             self.restarts += 1
@@ -266,14 +307,14 @@ class FilterPool:
 
     def request_reload(self) -> None:
         """Have every worker rebuild its filter before its next chunk."""
-        with self._generation.get_lock():
+        with self._reload_lock:
             self._generation.value += 1
 
     def close(self, grace: float = 30.0) -> None:
         """Stop the workers: those still busy after `grace` seconds are killed, so this always returns."""
         self._closing = True
         executor = self._executor
-        processes = list((getattr(executor, "_processes", None) or {}).values())
+        processes = _processes(executor)
         executor.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + max(grace, 0.0)
         for process in processes:
