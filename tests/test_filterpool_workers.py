@@ -275,6 +275,28 @@ def test_a_worker_killed_holding_a_shared_lock_stalls_neither_new_workers_nor_re
     assert (pool.restarts, pool.decided_here) == (1, 0)  # the new workers started and decided it
 
 
+def test_close_kills_workers_still_running_after_the_grace(caplog):
+    """A worker busy past the grace is killed; so is an idle one, which the executor only
+    lets go once nothing is pending. An idle pool closes at once, and without a warning."""
+    for busy_for in (120, None):
+        pool = FilterPool(2, filter_options(), ROUTES, FilterStats())
+        asyncio.run(pool.start())
+        if busy_for:
+            busy = pool._executor.submit(time.sleep, busy_for)
+            wait_until(busy.running)
+        caplog.clear()
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="atnorm.relay"):
+            pool.close(grace=2)
+        took = time.monotonic() - started
+        warnings = [r.getMessage() for r in caplog.records if "did not stop" in r.getMessage()]
+        if busy_for:
+            assert 2 <= took < 60 and len(warnings) == 2, (took, warnings)
+        else:
+            assert took < 2 and warnings == [], (took, warnings)
+        assert worker_pids(os.getpid()) == []
+
+
 def test_pool_close_returns_after_a_worker_was_killed():
     pool = FilterPool(2, filter_options(), ROUTES, FilterStats())
     asyncio.run(pool.start())

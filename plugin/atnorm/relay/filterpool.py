@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait as wait_for_exit
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.heap import settle_after_start
@@ -182,6 +183,28 @@ def _broken(executor: concurrent.futures.ProcessPoolExecutor) -> bool:
     return bool(getattr(executor, "_broken", False))
 
 
+def _hand_over(loop: asyncio.AbstractEventLoop, work: "concurrent.futures.Future[Any]",
+               outcome: "asyncio.Future[Any]") -> None:
+    """In the executor's thread as `work` ends: its outcome goes to `outcome`, on the loop."""
+    try:
+        loop.call_soon_threadsafe(_settle, work, outcome)
+    except RuntimeError:  # the loop is closed: nobody waits for it any more
+        pass
+
+
+def _settle(work: "concurrent.futures.Future[Any]", outcome: "asyncio.Future[Any]") -> None:
+    if outcome.done():  # the pool found the executor broken first, or the chunk's task was cancelled
+        return
+    if work.cancelled():  # the pool is closing
+        outcome.cancel()
+        return
+    error = work.exception()
+    if error is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(work.result())
+
+
 def _processes(executor: concurrent.futures.ProcessPoolExecutor) -> List[Any]:
     """The worker processes `executor` started (none once it was shut down)."""
     return list((getattr(executor, "_processes", None) or {}).values())
@@ -249,14 +272,12 @@ class FilterPool:
     async def route(self, tag: str, payload: bytes) -> List[Batch]:
         """A chunk's records, as a PackedForward payload, decided in a worker: one batch per
         route, in the pool's form."""
-        loop = asyncio.get_running_loop()
         for attempt in range(2):
             if self._closing:
                 break
             executor = self._executor
             try:
-                work = loop.run_in_executor(executor, _route_in_worker, tag, payload)
-                routed, counts = await self._outcome(executor, work)
+                routed, counts = await self._decided(executor, tag, payload)
             except BrokenProcessPool:
                 self._replace(executor, attempt)
                 continue
@@ -264,21 +285,38 @@ class FilterPool:
             return routed
         return self._route_here(tag, payload)
 
-    async def _outcome(self, executor: concurrent.futures.ProcessPoolExecutor, work: "asyncio.Future[Any]") -> Any:
-        """What a worker made of a chunk, or BrokenProcessPool once `executor` is broken.
+    async def _decided(self, executor: concurrent.futures.ProcessPoolExecutor, tag: str, payload: bytes) -> Any:
+        """What a worker of `executor` made of a chunk, or BrokenProcessPool once it broke.
 
         The executor fails every chunk it holds when a worker dies, but CPython (3.9 to
-        3.12 at least) marks it broken without the lock `submit` holds: a chunk submitted
-        in that instant is never failed and never run. So while a chunk waits, the pool
-        looks every ORPHAN_CHECK_INTERVAL whether its executor broke or was replaced; the
-        relay's result then comes from a redo, and no worker's late answer is taken."""
-        while True:
-            done, _ = await asyncio.wait((work,), timeout=ORPHAN_CHECK_INTERVAL)
-            if done:
-                return work.result()
+        3.12 at least) flags it broken without the lock `submit` holds: a chunk submitted
+        in that instant is never failed and never run. So a chunk still waiting after
+        ORPHAN_CHECK_INTERVAL looks whether its executor broke or was replaced, and if so
+        is redone; a worker's late answer is never taken. (A timer, not a wait with a
+        timeout: that cost the relay 50 µs of CPU per chunk.)"""
+        loop = asyncio.get_running_loop()
+        work = executor.submit(_route_in_worker, tag, payload)  # BrokenProcessPool if it already broke
+        outcome: "asyncio.Future[Any]" = loop.create_future()
+        work.add_done_callback(lambda done: _hand_over(loop, done, outcome))
+        watch: List[asyncio.TimerHandle] = []
+
+        def check() -> None:
+            if outcome.done():
+                return
             if self._executor is not executor or _broken(executor):
+                outcome.set_exception(BrokenProcessPool("the executor holding this chunk broke before deciding it"))
                 work.cancel()
-                raise BrokenProcessPool("the executor holding this chunk broke before deciding it")
+            else:
+                watch[0] = loop.call_later(ORPHAN_CHECK_INTERVAL, check)
+
+        watch.append(loop.call_later(ORPHAN_CHECK_INTERVAL, check))
+        try:
+            return await outcome
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            watch[0].cancel()
 
     def _replace(self, broken: concurrent.futures.ProcessPoolExecutor, attempt: int) -> None:
         """A worker of `broken` died: new workers for what comes next (once per broken executor)."""
@@ -287,7 +325,7 @@ class FilterPool:
         if self._executor is broken and not self._closing:
             log.error("a filter worker died; starting new workers and redoing the chunks it held")
             # Its survivors are useless now, and may never exit: when the executor's own
-            # clean-up fails in the race `_outcome` describes, nothing stops them, and a
+            # clean-up fails in the race `_decided` describes, nothing stops them, and a
             # worker left blocked on the dead one's queue lock would hold the relay's exit.
             for process in _processes(broken):
                 if process.is_alive():
@@ -311,18 +349,24 @@ class FilterPool:
             self._generation.value += 1
 
     def close(self, grace: float = 30.0) -> None:
-        """Stop the workers: those still busy after `grace` seconds are killed, so this always returns."""
+        """Stop the workers: those still running after `grace` seconds are killed, so this always returns."""
         self._closing = True
         executor = self._executor
         processes = _processes(executor)
         executor.shutdown(wait=False, cancel_futures=True)
+        # Wait on their exit pipes, not join(): the executor's thread reaps them as they exit,
+        # and a join racing it lost the exit status and called an exited worker busy.
+        running = {process.sentinel: process for process in processes}
         deadline = time.monotonic() + max(grace, 0.0)
-        for process in processes:
-            process.join(max(deadline - time.monotonic(), 0.0))
-        for process in processes:
-            if process.is_alive():
-                log.warning("filter worker %s still busy after %.0f s; killing it", process.pid, grace)
-                process.kill()
-                process.join(5.0)
+        while running:
+            left = deadline - time.monotonic()
+            exited = wait_for_exit(list(running), left) if left > 0 else []
+            if not exited:
+                break
+            for sentinel in exited:
+                del running[sentinel]
+        for process in running.values():
+            log.warning("filter worker %s did not stop within %.0f s; killing it", process.pid, grace)
+            process.kill()
         # With every worker gone, the executor's own shutdown finishes at once.
         executor.shutdown(wait=True)
